@@ -1,0 +1,159 @@
+"""`kdstore` commands. Each one parses its options into a config and calls the library."""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable
+
+import click
+
+from kdstore.errors import KdstoreError
+
+DEVICES = click.Choice(["auto", "cpu", "cuda"])
+
+
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a KdstoreError (bad input) into one line on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KdstoreError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by `train` and `teacher` (one loop serves both)."""
+    options = [
+        click.option("--out", required=True, type=click.Path(), help="Run directory (config.json, metrics.jsonl, summary.json, checkpoint.pt)."),
+        click.option("--stem", type=click.Choice(["auto", "cifar", "imagenet"]), default="auto", show_default=True, help="Stem of timm ResNets on small images; auto = cifar at 64 px and below."),
+        click.option("--pretrained", is_flag=True, help="Start from timm's pretrained weights."),
+        click.option("--epochs", type=int, default=30, show_default=True),
+        click.option("--batch-size", type=int, default=128, show_default=True),
+        click.option("--lr", type=float, default=0.05, show_default=True, help="Peak SGD learning rate (cosine to 0)."),
+        click.option("--weight-decay", type=float, default=5e-4, show_default=True),
+        click.option("--label-smoothing", type=float, default=0.0, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--workers", type=int, default=2, show_default=True, help="FFCV decoding threads."),
+        click.option("--device", type=DEVICES, default="auto", show_default=True),
+        click.option("--no-augment", is_flag=True, help="Disable random crop + flip."),
+        click.option("--overwrite", is_flag=True, help="Replace a finished run in --out."),
+        click.option("--no-progress", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _train_config(**kw: Any):
+    from kdstore.train import TrainConfig
+
+    kw["augment"] = not kw.pop("no_augment")
+    kw["progress"] = not kw.pop("no_progress")
+    return TrainConfig(**kw)
+
+
+@click.group()
+@click.version_option(package_name="kdstore")
+def cli() -> None:
+    """Offline knowledge distillation: cache a teacher once, train students from the store."""
+
+
+@cli.command()
+@click.option("--dataset", required=True, help="digits, cifar10, cifar100 or imagefolder:PATH.")
+@click.option("--out", required=True, type=click.Path(), help="Store directory to create.")
+@click.option("--teacher", help="timm model name (default: the checkpoint's model).")
+@click.option("--checkpoint", type=click.Path(), help="Teacher weights saved by kdstore (or a plain state dict).")
+@click.option("--pretrained", is_flag=True, help="Use timm's pretrained weights for the teacher.")
+@click.option("--pretrained-file", type=click.Path(), help="A local timm/torchvision weights file for --pretrained.")
+@click.option("--stem", type=click.Choice(["auto", "cifar", "imagenet"]), help="Stem of a timm ResNet teacher (default: checkpoint's, else auto).")
+@click.option("--input-size", type=int, help="Teacher input size in pixels (images are resized); default: native.")
+@click.option("--image-size", type=int, help="Size images are stored at (imagefolder); default: the first image's.")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--device", type=DEVICES, default="auto", show_default=True)
+@click.option("--data-root", type=click.Path(), help="Where torchvision datasets live (default ~/.cache/kdstore/data).")
+@click.option("--logits-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing store at --out (only once the new one is complete).")
+@click.option("--no-progress", is_flag=True)
+@_friendly
+def cache(no_progress: bool, **kw: Any) -> None:
+    """Run the teacher once and write a store (FFCV images + teacher.h5)."""
+    from kdstore.cache import CacheConfig, run
+
+    run(CacheConfig(progress=not no_progress, **kw))
+
+
+@cli.command()
+@click.option("--store", required=True, type=click.Path(), help="Store written by `kdstore cache`.")
+@click.option("--variant", default="kd", show_default=True, help="unguided, kd, kd-cl, kd-icl (kd-cl'), kd-cl-sr, kd-icl-sr (kd-cl'-sr).")
+@click.option("--student", default="cifar_resnet8", show_default=True, help="timm model name.")
+@click.option("--tau", type=float, default=4.0, show_default=True, help="KD temperature.")
+@click.option("--lam", type=float, default=0.9, show_default=True, help="KD weight of fixed-lambda variants.")
+@_train_options
+@_friendly
+def train(**kw: Any) -> None:
+    """Train a student from a store (no teacher is loaded)."""
+    from kdstore.train import run
+
+    run(_train_config(**kw))
+
+
+@cli.command()
+@click.option("--model", required=True, help="timm model name of the teacher.")
+@click.option("--dataset", required=True, help="digits, cifar10, cifar100 or imagefolder:PATH.")
+@click.option("--data-root", type=click.Path())
+@click.option("--image-size", type=int)
+@_train_options
+@_friendly
+def teacher(model: str, dataset: str, data_root: str | None, image_size: int | None, **kw: Any) -> None:
+    """Train (or fine-tune with --pretrained) a teacher; its checkpoint.pt feeds `kdstore cache`."""
+    from kdstore.teacher import run
+
+    run(_train_config(student=model, variant="unguided", **kw), dataset, data_root, image_size)
+
+
+@cli.command()
+@click.argument("store", type=click.Path())
+@_friendly
+def inspect(store: str) -> None:
+    """Summarise a store: dataset, teacher, sizes, accuracy, confidence histogram."""
+    from cli.render import render_store
+
+    from kdstore.store import Store
+
+    render_store(Store.open(store))
+
+
+@cli.command()
+@click.argument("store", type=click.Path())
+@_friendly
+def verify(store: str) -> None:
+    """Recompute the sha256 of every store file against its manifest."""
+    from kdstore.store import verify as verify_store
+
+    problems = verify_store(store)
+    for line in problems:
+        click.echo(f"mismatch: {line}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"{store}: all files match their recorded sha256")
+
+
+def main() -> None:
+    cli(prog_name="kdstore")
+
+
+def distill_cache() -> None:
+    cache(prog_name="distill-cache")
+
+
+def distill_train() -> None:
+    train(prog_name="distill-train")

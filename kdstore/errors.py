@@ -1,0 +1,5 @@
+"""The one exception type the CLI turns into a one-line message and a non-zero exit."""
+
+
+class KdstoreError(Exception):
+    """A problem with the user's input or environment, stated in one line."""

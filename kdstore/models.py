@@ -1,0 +1,157 @@
+"""Models: timm's registry (plus kdstore's CIFAR networks), the small-input stem, checkpoints.
+
+A kdstore checkpoint is a plain dict {"state_dict": ..., "meta": {...}} of tensors and plain types,
+so it loads with torch.load(weights_only=True); `meta` says how to rebuild the model.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+
+from . import cifar_models  # noqa: F401 - registers the CIFAR networks in timm's registry
+from .errors import KdstoreError
+
+STEMS = ("auto", "cifar", "imagenet")
+CIFAR_STEM_MAX_SIZE = 64  # `--stem auto` uses the CIFAR stem at this input size and below
+
+
+def resolve_stem(stem: str, input_size: int) -> str:
+    if stem not in STEMS:
+        raise KdstoreError(f"unknown stem {stem!r}; known: {', '.join(STEMS)}")
+    if stem == "auto":
+        return "cifar" if input_size <= CIFAR_STEM_MAX_SIZE else "imagenet"
+    return stem
+
+
+def _apply_cifar_stem(model: nn.Module, name: str) -> bool:
+    """Swap a timm ResNet's 7x7/2 conv + max-pool for a 3x3/1 conv; False if the model has no such stem."""
+    conv, pool = getattr(model, "conv1", None), getattr(model, "maxpool", None)
+    if not isinstance(conv, nn.Conv2d) or pool is None:
+        return False
+    model.conv1 = nn.Conv2d(conv.in_channels, conv.out_channels, 3, 1, 1, bias=False)
+    model.maxpool = nn.Identity()
+    return True
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    input_size: int,
+    stem: str = "auto",
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Create `name` from timm's registry; returns the model and the metadata to rebuild it."""
+    if not timm.is_model(name):
+        raise KdstoreError(f"unknown model {name!r}; any timm model name works (timm.list_models()), or one of {', '.join(cifar_models.CIFAR_ARCHS)}")
+    stem = resolve_stem(stem, input_size)
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if pretrained_file:
+        if not Path(pretrained_file).is_file():
+            raise KdstoreError(f"pretrained weights file {pretrained_file} does not exist")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_file)}
+    try:
+        model = timm.create_model(name, pretrained=pretrained or bool(pretrained_file), **kwargs)
+    except RuntimeError as e:
+        if name in cifar_models.CIFAR_ARCHS:
+            raise KdstoreError(str(e)) from None
+        raise KdstoreError(_pretrained_message(name, e)) from None
+    except (OSError, ValueError) as e:
+        raise KdstoreError(_pretrained_message(name, e)) from None
+    is_cifar_net = name in cifar_models.CIFAR_ARCHS
+    if stem == "cifar" and not is_cifar_net and not _apply_cifar_stem(model, name):
+        if resolve_stem("auto", input_size) == "cifar" and stem == "cifar":
+            stem = "imagenet"  # auto on a model without a ResNet stem: keep the model as it is
+        else:
+            raise KdstoreError(f"--stem cifar needs a timm ResNet (conv1 + maxpool); {name} has none")
+    meta = {"model": name, "num_classes": num_classes, "input_size": input_size, "stem": "cifar" if is_cifar_net else stem}
+    return model, meta
+
+
+def _pretrained_message(name: str, err: Exception) -> str:
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+        where = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or name
+    except Exception:  # noqa: BLE001 - only used to improve the message
+        where = name
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:160]
+    return f"could not fetch pretrained weights for {name} ({where}): {first}; download them elsewhere and pass --pretrained-file PATH"
+
+
+def build_from_meta(meta: dict[str, Any]) -> nn.Module:
+    """Rebuild the architecture a checkpoint's metadata describes (weights not loaded)."""
+    model, _ = build_model(meta["model"], int(meta["num_classes"]), int(meta["input_size"]), meta.get("stem", "auto"))
+    return model
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Atomic torch.save: write a sibling temp file, then rename over `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """torch.load(weights_only=True); a pickle payload or a foreign file is refused in one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise KdstoreError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise KdstoreError(f"checkpoint {path} cannot be loaded safely (weights_only=True): {first[:200]}") from None
+    if isinstance(ckpt, dict) and "state_dict" in ckpt:
+        return ckpt
+    if isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return {"state_dict": ckpt, "meta": {}}
+    raise KdstoreError(f"checkpoint {path} is not a state dict or a kdstore checkpoint")
+
+
+def load_weights(model: nn.Module, ckpt: dict[str, Any], path: Path) -> None:
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise KdstoreError(f"checkpoint {path} does not fit the model: {str(e).splitlines()[0]}") from None
+
+
+def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std the model expects its inputs normalised with (timm's data config)."""
+    cfg = timm.data.resolve_model_data_config(model)
+    return tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise KdstoreError("--device cuda was asked for but no CUDA device is available")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise KdstoreError(f"unknown device {device!r}; use auto, cpu or cuda") from None
+
+
+def normalization_for(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std for `name` from timm's pretrained config without building the model."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    cfg = timm.models.get_pretrained_cfg(name) if name not in cifar_models.CIFAR_ARCHS else None
+    mean = getattr(cfg, "mean", None) or IMAGENET_DEFAULT_MEAN
+    std = getattr(cfg, "std", None) or IMAGENET_DEFAULT_STD
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)

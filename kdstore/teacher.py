@@ -1,0 +1,34 @@
+"""`kdstore teacher`: train (or fine-tune) a teacher with the student loop, straight from a dataset.
+
+There is no store yet, so the dataset is written to FFCV files under OUT/data and the run is the
+`unguided` variant (lambda = 0, shuffled): the same loop, augmentation and schedule as students.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .datasets import load_dataset
+from .loading import write_beton
+from .models import normalization_for
+from .progress import console
+from .store import BETONS
+from .train import TrainConfig, TrainData, fit
+
+
+def run(cfg: TrainConfig, dataset: str, data_root: str | None = None, image_size: int | None = None) -> dict[str, Any]:
+    """Train model `cfg.student` as a teacher on `dataset`; the checkpoint feeds `kdstore cache`."""
+    cfg.validate()
+    ds = load_dataset(dataset, Path(data_root) if data_root else None, image_size)
+    data_dir = Path(cfg.out) / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val"):
+        with console.status(f"writing {BETONS[split]}"):
+            write_beton(getattr(ds, split), data_dir / BETONS[split], cfg.workers)
+    mean, std = normalization_for(cfg.student)
+    data = TrainData(
+        train_beton=data_dir / BETONS["train"], val_beton=data_dir / BETONS["val"], num_classes=ds.num_classes,
+        image_size=int(ds.train.get(0).shape[0]), mean=mean, std=std,
+        meta={"dataset": ds.name, "class_names": list(ds.class_names)},
+    )
+    return fit(cfg, data, cfg.student, "teacher")

@@ -1,0 +1,249 @@
+"""`kdstore train` (students from a store) and `kdstore teacher`: one training loop for both.
+
+The loop never asks which variant it runs: a variant gives an epoch order (handed to FFCV's
+Loader) and a lambda per batch (from reliance.POLICIES); teacher logits are looked up by the
+sample id that travels with each image. No teacher model is ever built here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .augment import crop_flip, crop_flip_params, normalize
+from .config import to_dict, write_json
+from .errors import KdstoreError
+from .loading import make_loader, read_int_fields
+from .losses import student_loss
+from .models import build_model, resolve_device, save_checkpoint
+from .orders import epoch_order_fn
+from .progress import console, images_progress
+from .reliance import POLICIES
+from .store import Store
+from .variants import Variant, get_variant
+
+PAD = 4  # random-crop padding in pixels (the standard CIFAR augmentation)
+
+# on_batch(epoch, batch index, sample ids (B,), lambda): observes what the loop trained on.
+BatchHook = Callable[[int, int, np.ndarray, float], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run depends on; saved as config.json and inside checkpoint.pt."""
+
+    out: str
+    store: str | None = None  # student runs: the store to train from
+    variant: str = "kd"  # see variants.VARIANTS
+    student: str = "cifar_resnet8"  # any timm name (kdstore registers the CIFAR nets)
+    stem: str = "auto"  # auto | cifar | imagenet, for timm ResNets on small images
+    pretrained: bool = False
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.05  # peak SGD learning rate, cosine-annealed per step to 0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    tau: float = 4.0  # KD temperature
+    lam: float = 0.9  # KD weight for fixed-lambda variants
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"
+    augment: bool = True  # random crop (4 px padding) + horizontal flip
+    overwrite: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be > 0, got {self.lr}"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (self.tau > 0 and math.isfinite(self.tau), f"--tau must be > 0, got {self.tau}"),
+            (0.0 <= self.lam <= 1.0, f"--lam must be in [0, 1], got {self.lam}"),
+            (0.0 <= self.label_smoothing < 1.0, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise KdstoreError(message)
+        try:
+            get_variant(self.variant)
+        except ValueError as e:
+            raise KdstoreError(str(e)) from None
+
+
+@dataclass
+class TrainData:
+    """What the loop needs from a store (or from a bare dataset, for a teacher)."""
+
+    train_beton: Path
+    val_beton: Path
+    num_classes: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    confidence: np.ndarray | None = None  # (N,) by .beton position; None without a teacher
+    teacher_logits: np.ndarray | None = None  # (N, C) by .beton position
+    fixed_orders: dict[str, np.ndarray] = field(default_factory=dict)  # ordering -> positions
+    meta: dict[str, Any] = field(default_factory=dict)  # provenance saved with the run
+
+
+def data_from_store(store: Store) -> TrainData:
+    t = store.train
+    return TrainData(
+        train_beton=store.beton("train"), val_beton=store.beton("val"), num_classes=store.num_classes,
+        image_size=int(store.attrs["image_size"]), mean=tuple(store.attrs["normalize_mean"]), std=tuple(store.attrs["normalize_std"]),
+        confidence=t.confidence, teacher_logits=t.logits,
+        fixed_orders={"curriculum": t.positions(t.curriculum), "inverse": t.positions(t.inverse)},
+        meta={"store": str(store.path), "dataset": store.attrs["dataset"], "dataset_fingerprint": store.attrs["dataset_fingerprint"],
+              "teacher": store.attrs["teacher"], "class_names": store.attrs["class_names"]},
+    )
+
+
+def train_one_epoch(
+    model: nn.Module, loader, order: np.ndarray, lambdas: np.ndarray, teacher: torch.Tensor | None,
+    optimizer: torch.optim.Optimizer, scheduler, aug: torch.Generator | None, cfg: TrainConfig,
+    mean: torch.Tensor, std: torch.Tensor, device: torch.device, epoch: int, bar, task,
+    hook: BatchHook | None = None, label_smoothing: float = 0.0,
+) -> dict[str, float]:
+    """One pass over `loader`, which visits `order` (positions) in batches of cfg.batch_size."""
+    model.train()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, ce, kd, correct (sample-weighted)
+    n_seen, wait = 0, 0.0
+    t0 = time.perf_counter()
+    t_wait = t0
+    for b, (images, labels, ids) in enumerate(loader):
+        wait += time.perf_counter() - t_wait
+        pos = order[b * cfg.batch_size: b * cfg.batch_size + len(ids)]
+        ids_np = ids.numpy()
+        if hook is not None:
+            hook(epoch, b, ids_np.copy(), float(lambdas[b]))
+        pos_t = torch.from_numpy(pos).to(device)
+        x = normalize(images.to(device, non_blocking=True), mean, std)
+        if aug is not None:
+            x = crop_flip(x, *crop_flip_params(len(x), PAD, aug), pad=PAD)
+        y = labels.to(device, non_blocking=True)
+        logits = model(x)
+        terms = student_loss(logits, y, None if teacher is None else teacher[pos_t], float(lambdas[b]), cfg.tau, label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+        scheduler.step()
+        n = len(y)
+        n_seen += n
+        sums += torch.stack([terms["loss"].detach() * n, terms["ce"] * n, terms["kd"] * n, (logits.argmax(1) == y).sum()]).double()
+        if bar is not None and (b % 10 == 0):
+            bar.update(task, completed=n_seen, info=f"loss {sums[0].item() / n_seen:.3f}")
+        t_wait = time.perf_counter()
+    seconds = time.perf_counter() - t0
+    if bar is not None:
+        bar.update(task, completed=n_seen, info=f"loss {sums[0].item() / max(n_seen, 1):.3f}")
+    loss, ce, kd, correct = (sums / max(n_seen, 1)).tolist()
+    used = lambdas[: len(loader)]
+    return {
+        "train_loss": loss, "train_ce": ce, "train_kd": kd, "train_acc": correct,
+        "lam_mean": float(used.mean()), "lam_min": float(used.min()), "lam_max": float(used.max()),
+        "seconds": seconds, "images_per_s": n_seen / max(seconds, 1e-9), "data_wait_frac": wait / max(seconds, 1e-9),
+    }
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader, mean: torch.Tensor, std: torch.Tensor, device: torch.device) -> dict[str, float]:
+    """Validation accuracy and loss (mean CE) over the whole split."""
+    model.eval()
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    n = 0
+    for images, labels, _ in loader:
+        logits = model(normalize(images.to(device), mean, std))
+        y = labels.to(device)
+        loss += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+        n += len(y)
+    return {"val_acc": correct.item() / max(n, 1), "val_loss": loss.item() / max(n, 1)}
+
+
+def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: BatchHook | None = None) -> dict[str, Any]:
+    """Train `model_name` on `data` with cfg; writes config.json, metrics.jsonl, summary.json and
+    checkpoint.pt under cfg.out. `kind` ("student" or "teacher") goes into the checkpoint."""
+    cfg.validate()
+    variant: Variant = get_variant(cfg.variant)
+    out = Path(cfg.out)
+    if (out / "summary.json").exists() and not cfg.overwrite:
+        raise KdstoreError(f"{out} already holds a finished run; pass --overwrite to replace it")
+    if variant.needs_teacher and data.teacher_logits is None:
+        raise KdstoreError(f"variant {variant.name} needs teacher logits from a store")
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model, meta = build_model(model_name, data.num_classes, data.image_size, cfg.stem, cfg.pretrained)
+    model.to(device)
+
+    n = len(read_int_fields(data.train_beton)["sample_id"])
+    order_fn = epoch_order_fn(variant.ordering, n, cfg.seed, data.fixed_orders.get(variant.ordering))
+    # One lone sample in the last batch would break BatchNorm in training mode: drop it then.
+    drop_last = n % cfg.batch_size == 1 and n > 1
+    train_loader = make_loader(data.train_beton, cfg.batch_size, cfg.workers, order_fn, drop_last)
+    val_loader = make_loader(data.val_beton, 512, cfg.workers)
+    steps_per_epoch = len(train_loader)
+
+    confidence = data.confidence if data.confidence is not None else np.ones(n, dtype=np.float32)
+    max_conf = float(confidence.max())
+    policy = POLICIES[variant.policy]
+    teacher = None if data.teacher_logits is None or not variant.needs_teacher else torch.from_numpy(data.teacher_logits).float().to(device)
+    mean = torch.tensor(data.mean, device=device)
+    std = torch.tensor(data.std, device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
+    aug = torch.Generator().manual_seed(cfg.seed) if cfg.augment else None
+
+    out.mkdir(parents=True, exist_ok=True)
+    config = {**to_dict(cfg), "variant": variant.name, "kind": kind, "model": meta, "data": data.meta}
+    write_json(out / "config.json", config)
+    metrics_path = out / "metrics.jsonl"
+    metrics_path.write_text("")
+    history: list[dict[str, Any]] = []
+    t_run = time.perf_counter()
+    with images_progress(cfg.progress) as bar:
+        for epoch in range(cfg.epochs):
+            order = order_fn(epoch)
+            lambdas = policy(confidence[order], cfg.batch_size, cfg.lam, max_conf)
+            task = bar.add_task(f"{variant.name} epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch * cfg.batch_size if drop_last else n, info="")
+            row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
+            row.update(train_one_epoch(model, train_loader, order, lambdas, teacher, optimizer, scheduler, aug, cfg, mean, std, device, epoch, bar, task, hook, cfg.label_smoothing))
+            row.update(evaluate(model, val_loader, mean, std, device))
+            bar.update(task, info=f"loss {row['train_loss']:.3f} val acc {row['val_acc']:.2%}")
+            history.append(row)
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            save_checkpoint(out / "checkpoint.pt", {
+                "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1, "meta": {**meta, "kind": kind, "class_names": data.meta.get("class_names", [])},
+                "config": json.loads(json.dumps(config)),
+            })
+    summary = {
+        "variant": variant.name, "kind": kind, "model": model_name, "epochs": cfg.epochs, "seed": cfg.seed,
+        "final_val_acc": history[-1]["val_acc"], "best_val_acc": max(r["val_acc"] for r in history),
+        "final_val_loss": history[-1]["val_loss"], "seconds": time.perf_counter() - t_run,
+        "images_per_s": float(np.median([r["images_per_s"] for r in history])),
+        **{k: v for k, v in data.meta.items() if k != "class_names"},
+    }
+    write_json(out / "summary.json", summary)
+    console.print(f"[bold]{variant.name}[/] {model_name}: val acc {summary['final_val_acc']:.2%} (best {summary['best_val_acc']:.2%}), {summary['seconds']:.1f} s -> {out}")
+    return summary
+
+
+def run(cfg: TrainConfig, hook: BatchHook | None = None) -> dict[str, Any]:
+    """Train a student from cfg.store; returns the summary."""
+    cfg.validate()
+    if not cfg.store:
+        raise KdstoreError("--store is required")
+    store = Store.open(cfg.store)
+    return fit(cfg, data_from_store(store), cfg.student, "student", hook)
