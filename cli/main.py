@@ -147,6 +147,36 @@ def verify(store: str) -> None:
     click.echo(f"{store}: all files match their recorded sha256")
 
 
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(), help="Write results.md, results.csv and results.json here.")
+@click.option("--allow-mixed", is_flag=True, help="Tabulate runs from different stores together.")
+@_friendly
+def report(runs: tuple[str, ...], out: str | None, allow_mixed: bool) -> None:
+    """Table of runs (or sweep directories): per variant, mean ± std over seeds."""
+    from cli.render import render_results
+
+    from kdstore import report as rep
+
+    summary = rep.summarize(rep.find_runs(list(runs)), allow_mixed)
+    if out:
+        rep.write_report(summary, out)
+    render_results(summary)
+
+
+@cli.command()
+@click.option("--out", default="demo-out", show_default=True, type=click.Path())
+@click.option("--no-progress", is_flag=True)
+@_friendly
+def demo(out: str, no_progress: bool) -> None:
+    """Teacher, cache and all six variants on the embedded digits data; prints the results."""
+    from cli.render import render_results
+
+    from kdstore import demo as demo_lib
+
+    render_results(demo_lib.run(out, progress=not no_progress))
+
+
 def main() -> None:
     cli(prog_name="kdstore")
 

@@ -32,3 +32,15 @@ def render_store(store: Store) -> None:
     for c, lo, hi in zip(counts, edges[:-1], edges[1:]):
         hist.add_row(f"{lo:.1f}-{hi:.1f}", str(int(c)), "█" * int(round(width * c / max(counts.max(), 1))))
     console.print(hist)
+
+
+def render_results(summary: dict) -> None:
+    from kdstore.report import table_rows
+
+    header, body = table_rows(summary)
+    table = Table(title="students per variant (mean ± std over seeds)")
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for row in body:
+        table.add_row(*row)
+    console.print(table)

@@ -1,0 +1,38 @@
+# Set-up and entry points. `make demo` and `make test` install what is missing first:
+# the system packages FFCV builds against, a .venv, and kdstore with its dev extras.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kdstore-installed
+SYS_PKGS := pkg-config libturbojpeg0-dev libopencv-dev
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEMO_DIR ?= demo-out
+PYTEST_ARGS ?=
+
+.PHONY: setup sysdeps demo test clean
+
+setup: $(STAMP)
+
+# System packages: installed only when dpkg says one is missing.
+sysdeps:
+	@missing=""; for p in $(SYS_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+
+# The venv is (re)built only when pyproject.toml changes.
+$(STAMP): pyproject.toml | sysdeps
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/kdstore demo --out $(DEMO_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

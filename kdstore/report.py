@@ -1,0 +1,152 @@
+"""Results across runs: per variant, mean ± std over seeds and the paired difference to `unguided`.
+
+A run directory is what `kdstore train` writes (config.json, metrics.jsonl, summary.json).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import write_json
+from .errors import KdstoreError
+from .variants import VARIANTS
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    metrics: list[dict[str, Any]]
+
+    @property
+    def variant(self) -> str:
+        return self.summary["variant"]
+
+    @property
+    def seed(self) -> int:
+        return int(self.summary["seed"])
+
+
+def load_run(path: Path) -> Run:
+    path = Path(path)
+    files = {name: path / name for name in ("config.json", "summary.json", "metrics.jsonl")}
+    missing = [n for n, p in files.items() if not p.is_file()]
+    if missing:
+        raise KdstoreError(f"{path} is not a finished run (missing {', '.join(missing)})")
+    metrics = [json.loads(line) for line in files["metrics.jsonl"].read_text().splitlines() if line.strip()]
+    return Run(path, json.loads(files["config.json"].read_text()), json.loads(files["summary.json"].read_text()), metrics)
+
+
+def find_runs(paths: list[Path]) -> list[Run]:
+    """Each path is a run directory or a directory holding run directories (a sweep)."""
+    runs = []
+    for p in map(Path, paths):
+        if (p / "summary.json").is_file():
+            runs.append(load_run(p))
+        elif p.is_dir():
+            runs.extend(load_run(d) for d in sorted(p.iterdir()) if (d / "summary.json").is_file())
+        else:
+            raise KdstoreError(f"{p} is not a run directory")
+    if not runs:
+        raise KdstoreError(f"no finished runs under {', '.join(map(str, paths))}")
+    return runs
+
+
+def t_critical_95(dof: int) -> float:
+    """Two-sided 95% Student-t critical value."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, dof))
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def paired_diff(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
+    """Mean of a - b over the seeds both have, with a 95% t-interval (None with no shared seed)."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    d = np.asarray([a[s] - b[s] for s in seeds])
+    mean = float(d.mean())
+    if len(d) < 2:
+        return {"mean": mean, "ci95": [math.nan, math.nan], "n": 1}
+    half = t_critical_95(len(d) - 1) * float(d.std(ddof=1)) / math.sqrt(len(d))
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": len(d)}
+
+
+def summarize(runs: list[Run], allow_mixed: bool = False) -> dict[str, Any]:
+    """Per-variant statistics over seeds; refuses runs from different stores unless allowed."""
+    stores = sorted({r.summary.get("dataset_fingerprint", "") + "|" + str(r.summary.get("teacher", "")) for r in runs})
+    if len(stores) > 1 and not allow_mixed:
+        raise KdstoreError(f"runs come from {len(stores)} different stores (dataset or teacher differ); pass --allow-mixed to tabulate them together")
+    by_variant: dict[str, list[Run]] = {}
+    for r in runs:
+        by_variant.setdefault(r.variant, []).append(r)
+    order = [v for v in VARIANTS if v in by_variant] + sorted(set(by_variant) - set(VARIANTS))
+    base = {r.seed: r.summary["final_val_acc"] for r in by_variant.get("unguided", [])}
+    rows = []
+    for v in order:
+        rs = by_variant[v]
+        seeds = sorted({r.seed for r in rs})
+        if len(seeds) != len(rs):
+            raise KdstoreError(f"variant {v} has more than one run for the same seed")
+        final = {r.seed: r.summary["final_val_acc"] for r in rs}
+        row = {"variant": v, "seeds": seeds, "n": len(rs)}
+        for key, vals in (("final_val_acc", list(final.values())), ("best_val_acc", [r.summary["best_val_acc"] for r in rs]),
+                          ("final_val_loss", [r.summary["final_val_loss"] for r in rs]), ("images_per_s", [r.summary["images_per_s"] for r in rs])):
+            m, s = mean_std(vals)
+            row[key] = {"mean": m, "std": s, "values": vals}
+        row["diff_vs_unguided"] = paired_diff(final, base) if v != "unguided" and base else None
+        rows.append(row)
+    return {"rows": rows, "runs": [str(r.path) for r in runs]}
+
+
+def _pct(stat: dict[str, float]) -> str:
+    return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
+
+
+def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The results table as strings (shared by the markdown file and the terminal)."""
+    header = ["variant", "final val acc (%)", "best val acc (%)", "val loss", "Δ vs unguided (pts, 95% CI)", "seeds"]
+    body = []
+    for r in summary["rows"]:
+        d = r["diff_vs_unguided"]
+        if d is None:
+            diff = "-"
+        elif d["n"] < 2:
+            diff = f"{100 * d['mean']:+.2f} (1 seed)"
+        else:
+            diff = f"{100 * d['mean']:+.2f} [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]"
+        loss = r["final_val_loss"]
+        body.append([r["variant"], _pct(r["final_val_acc"]), _pct(r["best_val_acc"]), f"{loss['mean']:.3f} ± {loss['std']:.3f}", diff, str(r["n"])])
+    return header, body
+
+
+def write_report(summary: dict[str, Any], out: Path) -> None:
+    """results.md (like the paper's Table 2), results.csv and results.json under `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    header, body = table_rows(summary)
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(row) + " |" for row in body]
+    (out / "results.md").write_text("\n".join(md) + "\n\nMean ± std over seeds; Δ is paired by seed against `unguided`.\n")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["variant", "n", "final_val_acc_mean", "final_val_acc_std", "best_val_acc_mean", "best_val_acc_std",
+                "final_val_loss_mean", "final_val_loss_std", "diff_vs_unguided", "diff_ci95_low", "diff_ci95_high"])
+    for r in summary["rows"]:
+        d = r["diff_vs_unguided"] or {"mean": "", "ci95": ["", ""]}
+        w.writerow([r["variant"], r["n"], r["final_val_acc"]["mean"], r["final_val_acc"]["std"], r["best_val_acc"]["mean"], r["best_val_acc"]["std"],
+                    r["final_val_loss"]["mean"], r["final_val_loss"]["std"], d["mean"], d["ci95"][0], d["ci95"][1]])
+    (out / "results.csv").write_text(buf.getvalue())
+    write_json(out / "results.json", summary)
