@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny datasets, a trained tiny teacher and its store (built once per session)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network here: fail fast instead of retrying
+
+from kdstore import cache, teacher  # noqa: E402
+from kdstore.cache import CacheConfig  # noqa: E402
+from kdstore.train import TrainConfig  # noqa: E402
+
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def make_imagefolder(root: Path, classes: int = 3, train_per_class: int = 10, val_per_class: int = 4, size: int = 16, val_dir: str = "test") -> Path:
+    """A learnable synthetic ImageFolder: class k is a bright square at a class-specific place."""
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", train_per_class), (val_dir, val_per_class)):
+        for k in range(classes):
+            d = root / split / f"class{k}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+                o = (k * size) // (classes + 1)
+                img[o:o + size // 3, o:o + size // 3] = 255
+                Image.fromarray(img).save(d / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits_teacher(tmp_path_factory) -> Path:
+    """A cifar_resnet8 teacher trained for 2 epochs on digits; returns its run directory."""
+    out = tmp_path_factory.mktemp("teacher")
+    teacher.run(TrainConfig(out=str(out), student="cifar_resnet8", variant="unguided", epochs=2, batch_size=64, lr=0.1, progress=False), "digits")
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_store(tmp_path_factory, digits_teacher) -> Path:
+    out = tmp_path_factory.mktemp("stores") / "digits"
+    cache.run(CacheConfig(dataset="digits", out=str(out), checkpoint=str(digits_teacher / "checkpoint.pt"), batch_size=200, progress=False))
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_folder(tmp_path_factory) -> Path:
+    return make_imagefolder(tmp_path_factory.mktemp("synthetic"))
