@@ -158,10 +158,30 @@ def report(runs: tuple[str, ...], out: str | None, allow_mixed: bool) -> None:
 
     from kdstore import report as rep
 
-    summary = rep.summarize(rep.find_runs(list(runs)), allow_mixed)
+    found = rep.find_runs(list(runs))
+    summary = rep.summarize(found, allow_mixed)
     if out:
-        rep.write_report(summary, out)
+        rep.write_report(summary, out, found)
     render_results(summary)
+
+
+@cli.command()
+@click.option("--store", required=True, type=click.Path(), help="Store written by `kdstore cache`.")
+@click.option("--student", default="cifar_resnet8", show_default=True, help="timm model name.")
+@click.option("--variants", default="all", show_default=True, help="'all' or a comma-separated list.")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
+@click.option("--tau", type=float, default=4.0, show_default=True)
+@click.option("--lam", type=float, default=0.9, show_default=True)
+@_train_options
+@_friendly
+def sweep(variants: str, seeds: str, out: str, **kw: Any) -> None:
+    """Every variant x seed from one store (resumable), then the report in OUT/report."""
+    from cli.render import render_results
+
+    from kdstore import sweep as sweep_lib
+
+    base = _train_config(out=out, **kw)
+    render_results(sweep_lib.run(base, sweep_lib.parse_variants(variants), sweep_lib.parse_seeds(seeds), out))
 
 
 @cli.command()

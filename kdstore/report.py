@@ -85,34 +85,51 @@ def paired_diff(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | No
     return {"mean": mean, "ci95": [mean - half, mean + half], "n": len(d)}
 
 
+def run_figures(run: Run) -> dict[str, float]:
+    """The per-run numbers of the table, recomputed from metrics.jsonl."""
+    if not run.metrics:
+        raise KdstoreError(f"{run.path}/metrics.jsonl holds no epoch")
+    acc = [m["val_acc"] for m in run.metrics]
+    return {"final_val_acc": acc[-1], "best_val_acc": max(acc), "final_val_loss": run.metrics[-1]["val_loss"],
+            "images_per_s": float(np.median([m["images_per_s"] for m in run.metrics]))}
+
+
+def _store_key(run: Run) -> str:
+    data = run.config.get("data", {})
+    return f"{data.get('dataset_fingerprint', '')}|{data.get('teacher', '')}"
+
+
 def summarize(runs: list[Run], allow_mixed: bool = False) -> dict[str, Any]:
     """Per-variant statistics over seeds; refuses runs from different stores unless allowed."""
-    stores = sorted({r.summary.get("dataset_fingerprint", "") + "|" + str(r.summary.get("teacher", "")) for r in runs})
+    stores = sorted({_store_key(r) for r in runs})
     if len(stores) > 1 and not allow_mixed:
         raise KdstoreError(f"runs come from {len(stores)} different stores (dataset or teacher differ); pass --allow-mixed to tabulate them together")
     by_variant: dict[str, list[Run]] = {}
     for r in runs:
         by_variant.setdefault(r.variant, []).append(r)
     order = [v for v in VARIANTS if v in by_variant] + sorted(set(by_variant) - set(VARIANTS))
-    base = {r.seed: r.summary["final_val_acc"] for r in by_variant.get("unguided", [])}
+    figures = {r.path: run_figures(r) for r in runs}
+    base = {r.seed: figures[r.path]["final_val_acc"] for r in by_variant.get("unguided", [])}
     rows = []
     for v in order:
         rs = by_variant[v]
         seeds = sorted({r.seed for r in rs})
         if len(seeds) != len(rs):
             raise KdstoreError(f"variant {v} has more than one run for the same seed")
-        final = {r.seed: r.summary["final_val_acc"] for r in rs}
-        row = {"variant": v, "seeds": seeds, "n": len(rs)}
-        for key, vals in (("final_val_acc", list(final.values())), ("best_val_acc", [r.summary["best_val_acc"] for r in rs]),
-                          ("final_val_loss", [r.summary["final_val_loss"] for r in rs]), ("images_per_s", [r.summary["images_per_s"] for r in rs])):
-            m, s = mean_std(vals)
-            row[key] = {"mean": m, "std": s, "values": vals}
+        final = {r.seed: figures[r.path]["final_val_acc"] for r in rs}
+        row: dict[str, Any] = {"variant": v, "seeds": [r.seed for r in rs], "n": len(rs), "runs": [str(r.path) for r in rs]}
+        for key in ("final_val_acc", "best_val_acc", "final_val_loss", "images_per_s"):
+            vals = [figures[r.path][key] for r in rs]
+            m, sd = mean_std(vals)
+            row[key] = {"mean": m, "std": sd, "values": vals}
         row["diff_vs_unguided"] = paired_diff(final, base) if v != "unguided" and base else None
         rows.append(row)
     return {"rows": rows, "runs": [str(r.path) for r in runs]}
 
 
-def _pct(stat: dict[str, float]) -> str:
+def _pct(stat: dict[str, Any]) -> str:
+    if len(stat["values"]) < 2:
+        return f"{100 * stat['mean']:.2f}"
     return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
 
 
@@ -129,12 +146,14 @@ def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         else:
             diff = f"{100 * d['mean']:+.2f} [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]"
         loss = r["final_val_loss"]
-        body.append([r["variant"], _pct(r["final_val_acc"]), _pct(r["best_val_acc"]), f"{loss['mean']:.3f} ± {loss['std']:.3f}", diff, str(r["n"])])
+        loss_text = f"{loss['mean']:.3f}" + (f" ± {loss['std']:.3f}" if r["n"] > 1 else "")
+        body.append([r["variant"], _pct(r["final_val_acc"]), _pct(r["best_val_acc"]), loss_text, diff, str(r["n"])])
     return header, body
 
 
-def write_report(summary: dict[str, Any], out: Path) -> None:
-    """results.md (like the paper's Table 2), results.csv and results.json under `out`."""
+def write_report(summary: dict[str, Any], out: Path, runs: list[Run] | None = None) -> None:
+    """results.md (like the paper's Table 2), results.csv and results.json under `out`; with
+    `runs`, also the figures (convergence.png, and curriculum.png and lambda.png from the store)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     header, body = table_rows(summary)
@@ -149,4 +168,8 @@ def write_report(summary: dict[str, Any], out: Path) -> None:
         w.writerow([r["variant"], r["n"], r["final_val_acc"]["mean"], r["final_val_acc"]["std"], r["best_val_acc"]["mean"], r["best_val_acc"]["std"],
                     r["final_val_loss"]["mean"], r["final_val_loss"]["std"], d["mean"], d["ci95"][0], d["ci95"][1]])
     (out / "results.csv").write_text(buf.getvalue())
+    if runs:
+        from .plots import write_figures
+
+        summary["figures"] = write_figures(runs, out)
     write_json(out / "results.json", summary)
