@@ -45,6 +45,7 @@ def _train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--device", type=DEVICES, default="auto", show_default=True),
         click.option("--no-augment", is_flag=True, help="Disable random crop + flip."),
         click.option("--overwrite", is_flag=True, help="Replace a finished run in --out."),
+        click.option("--resume", is_flag=True, help="Continue from --out/checkpoint.pt (saved after every epoch)."),
         click.option("--no-progress", is_flag=True, help="No progress bars."),
     ]
     for option in reversed(options):
@@ -82,6 +83,7 @@ def cli() -> None:
 @click.option("--data-root", type=click.Path(), help="Where torchvision datasets live (default ~/.cache/kdstore/data).")
 @click.option("--logits-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out (only once the new one is complete).")
+@click.option("--resume", is_flag=True, help="Continue a killed cache (same options) from its last flushed chunk.")
 @click.option("--no-progress", is_flag=True)
 @_friendly
 def cache(no_progress: bool, **kw: Any) -> None:

@@ -6,6 +6,8 @@ manifest has been written, so --out holds either the previous complete store or 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -18,13 +20,14 @@ import torch
 
 from . import __version__
 from .augment import normalize, resize
-from .datasets import load_dataset
+from .config import write_json
+from .datasets import ImageDataset, load_dataset
 from .errors import KdstoreError
-from .loading import make_loader, write_beton
+from .loading import fingerprint_beton, make_loader, read_int_fields, write_beton
 from .models import build_model, load_checkpoint, load_weights, normalization, resolve_device, sha256_file
 from .orders import confidence_and_correct, curriculum, inverse
 from .progress import console, images_progress
-from .store import BETONS, H5_NAME, Split, Store, commit_dir, staging_dir, write_manifest, write_teacher_h5
+from .store import BETONS, H5_NAME, SCHEMA_VERSION, Split, Store, commit_dir, staging_dir, write_manifest, write_teacher_h5
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class CacheConfig:
     data_root: str | None = None
     logits_dtype: str = "float16"
     overwrite: bool = False
+    resume: bool = False  # continue a killed cache of the same options from its last flushed chunk
     progress: bool = True
 
     def validate(self) -> None:
@@ -57,38 +61,69 @@ class CacheConfig:
             raise KdstoreError("name the teacher with --teacher (and/or give --checkpoint)")
 
 
+CHUNK_SAMPLES = 2048  # teacher outputs are flushed to disk about this often (whole batches)
+
+
+def _load_chunks(chunk_dir: Path) -> list[dict[str, np.ndarray]]:
+    """The contiguous chunks 000000.npz, 000001.npz, ... flushed by an earlier, killed pass."""
+    chunks = []
+    while (path := chunk_dir / f"{len(chunks):06d}.npz").is_file():
+        with np.load(path) as z:
+            chunks.append({k: z[k] for k in ("logits", "labels", "sample_id")})
+    return chunks
+
+
+def _save_chunk(chunk_dir: Path, index: int, parts: dict[str, list[torch.Tensor]]) -> dict[str, np.ndarray]:
+    chunk = {k: torch.cat(v).numpy() for k, v in parts.items()}
+    tmp = chunk_dir / f".{index:06d}.tmp.npz"
+    np.savez(tmp, **chunk)
+    os.replace(tmp, chunk_dir / f"{index:06d}.npz")  # atomic: a chunk file is whole or absent
+    return chunk
+
+
 def score_beton(
     model: torch.nn.Module, beton: Path, batch_size: int, workers: int, device: torch.device,
     input_size: int, mean: torch.Tensor, std: torch.Tensor, label: str = "", progress: bool = True,
+    chunk_dir: Path | None = None,
 ) -> dict[str, Any]:
     """One inference pass over a .beton in file order.
 
-    Returns logits (N, C) float32, labels (N,), sample ids (N,), the split's fingerprint (sha256
-    over sample ids, labels and image bytes in order) and the images/s of the pass.
+    Returns logits (N, C) float32, labels (N,), sample ids (N,) and the images/s of the pass.
+    With `chunk_dir`, outputs are flushed there in chunks of whole batches, and a pass killed
+    earlier continues after its last flushed chunk (the batches are the same as in one pass).
     """
-    loader = make_loader(beton, batch_size, workers)
-    h = hashlib.sha256()
-    logits, labels, ids = [], [], []
+    n_total = len(read_int_fields(beton)["sample_id"])
+    chunks: list[dict[str, np.ndarray]] = []
+    if chunk_dir is not None:
+        chunk_dir.mkdir(exist_ok=True)
+        chunks = _load_chunks(chunk_dir)
+    start = sum(len(c["labels"]) for c in chunks)
+    batches_per_chunk = max(1, CHUNK_SAMPLES // batch_size)
+    parts: dict[str, list[torch.Tensor]] = {"logits": [], "labels": [], "sample_id": []}
     model.eval()
     t0, n = time.perf_counter(), 0
     with images_progress(progress) as bar, torch.inference_mode():
-        task = bar.add_task(label, total=len(loader.indices), info="")
-        for images, y, sid in loader:  # images: (B, H, W, 3) uint8
-            h.update(sid.numpy().astype("<i8").tobytes())
-            h.update(y.numpy().astype("<i8").tobytes())
-            h.update(images.numpy().tobytes())
-            x = resize(normalize(images.to(device, non_blocking=True), mean, std), input_size)
-            logits.append(model(x).float().cpu())
-            labels.append(y.clone())
-            ids.append(sid.clone())
-            n += len(y)
-            bar.update(task, advance=len(y))
+        task = bar.add_task(label, total=n_total, completed=start, info="resumed" if start else "")
+        if start < n_total:
+            loader = make_loader(beton, batch_size, workers, indices=np.arange(start, n_total))
+            for b, (images, y, sid) in enumerate(loader, 1):  # images: (B, H, W, 3) uint8
+                x = resize(normalize(images.to(device, non_blocking=True), mean, std), input_size)
+                parts["logits"].append(model(x).float().cpu())
+                parts["labels"].append(y.clone())  # FFCV reuses its buffers
+                parts["sample_id"].append(sid.clone())
+                n += len(y)
+                bar.update(task, advance=len(y))
+                if chunk_dir is not None and b % batches_per_chunk == 0:
+                    chunks.append(_save_chunk(chunk_dir, len(chunks), parts))
+                    parts = {k: [] for k in parts}
+    if parts["labels"]:
+        chunks.append({k: torch.cat(v).numpy() for k, v in parts.items()})
     seconds = time.perf_counter() - t0
-    return {
-        "logits": torch.cat(logits).numpy(), "labels": torch.cat(labels).numpy().astype(np.int64),
-        "sample_id": torch.cat(ids).numpy().astype(np.int64), "fingerprint": h.hexdigest(),
-        "images_per_s": n / max(seconds, 1e-9), "seconds": seconds,
-    }
+    result = {k: np.concatenate([c[k] for c in chunks]) for k in ("logits", "labels", "sample_id")}
+    result["labels"] = result["labels"].astype(np.int64)
+    result["sample_id"] = result["sample_id"].astype(np.int64)
+    result.update(images_per_s=n / max(seconds, 1e-9), seconds=seconds)
+    return result
 
 
 def _split_arrays(scored: dict[str, Any], with_orders: bool) -> Split:
@@ -116,6 +151,7 @@ def load_teacher(cfg: CacheConfig, num_classes: int, image_size: int) -> tuple[t
         raise KdstoreError(f"checkpoint {cfg.checkpoint} has {meta['num_classes']} classes but the dataset has {num_classes}")
     input_size = cfg.input_size or meta.get("input_size") or image_size
     stem = cfg.stem or meta.get("stem") or "auto"
+    torch.manual_seed(0)  # a teacher without weights (a random baseline) is the same in every run
     model, model_meta = build_model(name, num_classes, int(input_size), stem, cfg.pretrained and ckpt is None, cfg.pretrained_file if ckpt is None else None)
     digest = ""
     if ckpt is not None:
@@ -124,8 +160,37 @@ def load_teacher(cfg: CacheConfig, num_classes: int, image_size: int) -> tuple[t
     return model, model_meta, digest
 
 
+def _stage_state(cfg: CacheConfig, meta: dict[str, Any], digest: str, dataset: ImageDataset) -> dict[str, Any]:
+    """What a partial cache depends on; --resume continues only a cache started with the same."""
+    return {
+        "dataset": dataset.name, "train_size": len(dataset.train), "val_size": len(dataset.val), "teacher": meta,
+        "checkpoint_sha256": digest, "pretrained": cfg.pretrained, "pretrained_file": cfg.pretrained_file,
+        "batch_size": cfg.batch_size, "image_size": cfg.image_size, "kdstore_version": __version__,
+    }
+
+
+def _prepare_stage(stage: Path, state: dict[str, Any], resume: bool) -> bool:
+    """Create (or, with resume, reopen) the staging directory; True when resuming."""
+    state_file = stage / "cache-state.json"
+    if resume and state_file.is_file():
+        recorded = json.loads(state_file.read_text())
+        if recorded != state:
+            differing = sorted(k for k in set(state) | set(recorded) if recorded.get(k) != state.get(k))
+            raise KdstoreError(f"--resume: the partial cache at {stage} was started with different {', '.join(differing)}; rerun without --resume")
+        return True
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    write_json(state_file, state)
+    return False
+
+
 def run(cfg: CacheConfig) -> Path:
-    """Write the store; returns its path."""
+    """Write the store; returns its path.
+
+    The store is built in OUT's hidden sibling `.NAME.partial`; a cache killed part-way leaves it
+    there, and `resume=True` continues from the last flushed chunk of teacher outputs.
+    """
     cfg.validate()
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
@@ -139,18 +204,27 @@ def run(cfg: CacheConfig) -> Path:
     mean_t, std_t = normalization(model)
     mean, std = torch.tensor(mean_t, device=device), torch.tensor(std_t, device=device)
 
-    tmp = staging_dir(out)
+    stage = staging_dir(out)
+    resumed = _prepare_stage(stage, _stage_state(cfg, meta, digest, dataset), cfg.resume)
+    if resumed:
+        console.print(f"resuming the partial cache in {stage}")
     try:
         scored = {}
         for split_name in ("train", "val"):
-            beton = tmp / BETONS[split_name]
-            with console.status(f"writing {beton.name} ({len(getattr(dataset, split_name))} images)"):
-                write_beton(getattr(dataset, split_name), beton, cfg.workers)
-            scored[split_name] = score_beton(model, beton, cfg.batch_size, cfg.workers, device, meta["input_size"], mean, std, f"teacher on {split_name}", cfg.progress)
+            beton = stage / BETONS[split_name]
+            if not beton.is_file():
+                tmp = stage / f".{beton.name}.tmp"
+                with console.status(f"writing {beton.name} ({len(getattr(dataset, split_name))} images)"):
+                    write_beton(getattr(dataset, split_name), tmp, cfg.workers)
+                os.replace(tmp, beton)
+            scored[split_name] = score_beton(model, beton, cfg.batch_size, cfg.workers, device, meta["input_size"], mean, std,
+                                             f"teacher on {split_name}", cfg.progress, chunk_dir=stage / f"chunks-{split_name}")
         splits = {name: _split_arrays(s, name == "train") for name, s in scored.items()}
-        fingerprint = hashlib.sha256((scored["train"]["fingerprint"] + scored["val"]["fingerprint"]).encode()).hexdigest()
+        with console.status("fingerprinting the images"):
+            parts = [fingerprint_beton(stage / BETONS[name], cfg.workers) for name in ("train", "val")]
+        fingerprint = hashlib.sha256("".join(parts).encode()).hexdigest()
         attrs = {
-            "schema_version": 1, "kdstore_version": __version__, "teacher": meta["model"], "teacher_stem": meta["stem"],
+            "schema_version": SCHEMA_VERSION, "kdstore_version": __version__, "teacher": meta["model"], "teacher_stem": meta["stem"],
             "checkpoint_sha256": digest, "pretrained": bool(cfg.pretrained or cfg.pretrained_file), "input_size": int(meta["input_size"]),
             "image_size": image_size, "dataset": dataset.name, "num_classes": dataset.num_classes,
             "class_names": list(dataset.class_names), "dataset_fingerprint": fingerprint,
@@ -158,12 +232,17 @@ def run(cfg: CacheConfig) -> Path:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "normalize_mean": list(mean_t), "normalize_std": list(std_t),
         }
-        write_teacher_h5(tmp / H5_NAME, splits, attrs, cfg.logits_dtype)
-        write_manifest(tmp, {"teacher_images_per_s": scored["train"]["images_per_s"]})
-        Store.open(tmp)  # the checks a reader runs, before the store is published
-        commit_dir(tmp, out)
+        write_teacher_h5(stage / H5_NAME, splits, attrs, cfg.logits_dtype)
+        for leftover in ("chunks-train", "chunks-val"):
+            shutil.rmtree(stage / leftover, ignore_errors=True)
+        (stage / "cache-state.json").unlink()
+        write_manifest(stage, {"dataset_fingerprint": fingerprint, "teacher_images_per_s": scored["train"]["images_per_s"]})
+        Store.open(stage)  # the checks a reader runs, before the store is published
+        commit_dir(stage, out)
+    except KeyboardInterrupt:
+        raise KdstoreError(f"interrupted; the partial cache is kept in {stage}: rerun with --resume to continue") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
         raise
     size = sum(p.stat().st_size for p in out.iterdir())
     console.print(

@@ -6,6 +6,7 @@ A .beton has three fields: `image` (RGB, raw pixels up to 64 px, JPEG above), `l
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 from pathlib import Path
 from typing import Callable, Sequence
@@ -13,6 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .datasets import ImageSplit
+from .errors import KdstoreError
 
 RAW_MAX_SIZE = 64  # images up to this size are stored as raw pixels (exact); larger ones as JPEG
 PAGE_SIZE = 1 << 21  # bytes per .beton page: FFCV's minimum (2 MiB)
@@ -50,7 +52,10 @@ def read_int_fields(path: Path) -> dict[str, np.ndarray]:
     """`label` and `sample_id` of every position, read from the .beton's metadata (no decoding)."""
     from ffcv.reader import Reader
 
-    reader = Reader(str(path))
+    try:
+        reader = Reader(str(path))
+    except (OSError, ValueError, AssertionError, IndexError) as e:
+        raise KdstoreError(f"{path} is not a readable FFCV file ({type(e).__name__}: {str(e)[:120]})") from None
     names = list(reader.handlers)
     meta = reader.metadata
     return {name: np.asarray(meta[f"f{names.index(name)}"]).astype(np.int64) for name in ("label", "sample_id")}
@@ -84,11 +89,13 @@ def make_loader(
     workers: int,
     order_fn: Callable[[int], np.ndarray] | None = None,
     drop_last: bool = False,
+    indices: np.ndarray | None = None,
 ):
     """An FFCV Loader yielding (images (B, H, W, 3) uint8, labels (B,), sample ids (B,)).
 
-    `order_fn(epoch)` gives the positions to visit in that epoch; None reads in file order.
-    Images are not augmented here: augmentation runs batched on tensors (see augment.py).
+    `order_fn(epoch)` gives the positions to visit in that epoch; None reads `indices` (default:
+    all positions) in file order. Images are not augmented here: augmentation runs batched on
+    tensors (see augment.py).
     """
     from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
@@ -100,4 +107,18 @@ def make_loader(
         "label": [IntDecoder(), ToTensor(), Squeeze(1)],
         "sample_id": [IntDecoder(), ToTensor(), Squeeze(1)],
     }
-    return Loader(str(path), batch_size=batch_size, num_workers=max(1, workers), order=order, pipelines=pipelines, drop_last=drop_last, os_cache=True)
+    try:
+        return Loader(str(path), batch_size=batch_size, num_workers=max(1, workers), order=order, pipelines=pipelines,
+                      drop_last=drop_last, os_cache=True, indices=indices)
+    except (OSError, ValueError, AssertionError, IndexError) as e:
+        raise KdstoreError(f"{path} is not a readable FFCV file ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def fingerprint_beton(path: Path, workers: int = 2, batch_size: int = 512) -> str:
+    """sha256 over sample ids, labels and image bytes of every position, in file order."""
+    h = hashlib.sha256()
+    for images, labels, ids in make_loader(path, batch_size, workers):
+        h.update(ids.numpy().astype("<i8").tobytes())
+        h.update(labels.numpy().astype("<i8").tobytes())
+        h.update(images.numpy().tobytes())
+    return h.hexdigest()

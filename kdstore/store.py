@@ -145,9 +145,15 @@ class Store:
                     arrays["logits"] = arrays["logits"].astype(np.float32)
                     splits[name] = Split(**arrays)
         except OSError as e:
-            raise KdstoreError(f"store {path}: {H5_NAME} cannot be read ({str(e).splitlines()[0]})") from None
+            text = str(e).splitlines()[0]
+            if "unable to lock file" in text.lower():
+                raise KdstoreError(f"store {path}: the filesystem refused an HDF5 file lock ({text}); set HDF5_USE_FILE_LOCKING=FALSE") from None
+            raise KdstoreError(f"store {path}: {H5_NAME} cannot be read ({text}); `kdstore verify` checks every file") from None
         store = cls(path, attrs, splits)
         store.check()
+        recorded = json.loads((path / MANIFEST).read_text()).get("dataset_fingerprint")
+        if recorded is not None and recorded != attrs.get("dataset_fingerprint"):
+            raise KdstoreError(f"store {path}: {H5_NAME} belongs to another dataset (its fingerprint differs from {MANIFEST}'s)")
         return store
 
     def check(self) -> None:
@@ -205,17 +211,18 @@ def verify(path: Path) -> list[str]:
             problems.append(f"{name}: missing")
         elif sha256_file(path / name) != digest:
             problems.append(f"{name}: sha256 differs from the manifest (file changed or corrupt)")
+    if not problems:
+        try:
+            Store.open(path)  # fletcher32 checksums of every HDF5 dataset, and the consistency checks
+        except KdstoreError as e:
+            problems.append(str(e))
     return problems
 
 
 def staging_dir(out: Path) -> Path:
-    """A fresh sibling directory to build a store in before it is renamed into place."""
+    """The hidden sibling directory a store is built in before it is renamed into place."""
     out = Path(out)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
+    return out.parent / f".{out.name}.partial"
 
 
 def commit_dir(tmp: Path, out: Path) -> None:

@@ -22,7 +22,7 @@ from .config import to_dict, write_json
 from .errors import KdstoreError
 from .loading import make_loader, read_int_fields
 from .losses import student_loss
-from .models import build_model, resolve_device, save_checkpoint
+from .models import build_model, load_checkpoint, resolve_device, save_checkpoint
 from .orders import epoch_order_fn
 from .progress import console, images_progress
 from .reliance import POLICIES
@@ -58,6 +58,7 @@ class TrainConfig:
     device: str = "auto"
     augment: bool = True  # random crop (4 px padding) + horizontal flip
     overwrite: bool = False
+    resume: bool = False  # continue from OUT/checkpoint.pt (saved after every epoch)
     progress: bool = True
 
     def validate(self) -> None:
@@ -179,6 +180,8 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
     out = Path(cfg.out)
     if (out / "summary.json").exists() and not cfg.overwrite:
         raise KdstoreError(f"{out} already holds a finished run; pass --overwrite to replace it")
+    if cfg.resume and not (out / "checkpoint.pt").is_file():
+        raise KdstoreError(f"--resume: {out} has no checkpoint.pt to continue from")
     if variant.needs_teacher and data.teacher_logits is None:
         raise KdstoreError(f"variant {variant.name} needs teacher logits from a store")
     device = resolve_device(cfg.device)
@@ -206,13 +209,17 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
 
     out.mkdir(parents=True, exist_ok=True)
     config = {**to_dict(cfg), "variant": variant.name, "kind": kind, "model": meta, "data": data.meta}
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if cfg.resume:
+        start_epoch, history = _restore(out / "checkpoint.pt", config, model, optimizer, scheduler, aug)
+        train_loader.next_epoch = start_epoch  # FFCV asks order_fn for this epoch next
     write_json(out / "config.json", config)
     metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("")
-    history: list[dict[str, Any]] = []
+    metrics_path.write_text("".join(json.dumps(row) + "\n" for row in history))
     t_run = time.perf_counter()
     with images_progress(cfg.progress) as bar:
-        for epoch in range(cfg.epochs):
+        for epoch in range(start_epoch, cfg.epochs):
             order = order_fn(epoch)
             lambdas = policy(confidence[order], cfg.batch_size, cfg.lam, max_conf)
             task = bar.add_task(f"{variant.name} epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch * cfg.batch_size if drop_last else n, info="")
@@ -226,7 +233,8 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
             save_checkpoint(out / "checkpoint.pt", {
                 "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "epoch": epoch + 1, "meta": {**meta, "kind": kind, "class_names": data.meta.get("class_names", [])},
-                "config": json.loads(json.dumps(config)),
+                "config": json.loads(json.dumps(config)), "history": json.loads(json.dumps(history)),
+                "rng": {"torch": torch.get_rng_state(), **({"augment": aug.get_state()} if aug is not None else {})},
             })
     summary = {
         "variant": variant.name, "kind": kind, "model": model_name, "epochs": cfg.epochs, "seed": cfg.seed,
@@ -238,6 +246,26 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
     write_json(out / "summary.json", summary)
     console.print(f"[bold]{variant.name}[/] {model_name}: val acc {summary['final_val_acc']:.2%} (best {summary['best_val_acc']:.2%}), {summary['seconds']:.1f} s -> {out}")
     return summary
+
+
+# Options that may differ between a run and its resumption.
+_RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "workers", "device"}
+
+
+def _restore(path: Path, config: dict[str, Any], model: nn.Module, optimizer, scheduler, aug: torch.Generator | None) -> tuple[int, list[dict[str, Any]]]:
+    """Load a per-epoch checkpoint into the run's state; refuses one from a different run."""
+    ckpt = load_checkpoint(path)
+    saved = ckpt.get("config", {})
+    differing = sorted(k for k in set(saved) | set(config) if k not in _RESUMABLE_CHANGES and saved.get(k) != config.get(k))
+    if differing:
+        raise KdstoreError(f"--resume: {path} was saved by a run with different {', '.join(differing)}")
+    model.load_state_dict(ckpt["state_dict"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if aug is not None:
+        aug.set_state(ckpt["rng"]["augment"])
+    return int(ckpt["epoch"]), list(ckpt.get("history", []))
 
 
 def run(cfg: TrainConfig, hook: BatchHook | None = None) -> dict[str, Any]:
