@@ -187,6 +187,30 @@ def sweep(variants: str, seeds: str, out: str, **kw: Any) -> None:
 
 
 @cli.command()
+@click.option("--store", required=True, type=click.Path(), help="Store written by `kdstore cache`.")
+@click.option("--teacher", help="timm name of the teacher (default: the store's).")
+@click.option("--checkpoint", type=click.Path(), help="Teacher weights (for the online-KD mode).")
+@click.option("--input-size", type=int, help="Teacher input size (default: the store's).")
+@click.option("--stem", type=click.Choice(["auto", "cifar", "imagenet"]))
+@click.option("--student", default="cifar_resnet8", show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--steps", type=int, default=20, show_default=True, help="Timed steps per mode.")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed steps per mode.")
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--device", type=DEVICES, default="auto", show_default=True)
+@click.option("--sweep-epochs", type=int, default=30, show_default=True, help="Epochs per run in the sweep estimate.")
+@click.option("--json", "json_path", type=click.Path(), help="Write every figure as JSON here.")
+@_friendly
+def bench(json_path: str | None, **kw: Any) -> None:
+    """Speed of offline KD against online KD and unguided training, on the same batches."""
+    from cli.render import render_bench
+
+    from kdstore.bench import BenchConfig, run
+
+    render_bench(run(BenchConfig(json=json_path, **kw)))
+
+
+@cli.command()
 @click.option("--out", default="demo-out", show_default=True, type=click.Path())
 @click.option("--no-progress", is_flag=True)
 @_friendly

@@ -44,3 +44,29 @@ def render_results(summary: dict) -> None:
     for row in body:
         table.add_row(*row)
     console.print(table)
+
+
+def render_bench(r: dict) -> None:
+    t = Table(title=f"kdstore bench on {r['device_name']} ({r['device']}), batch {r['config']['batch_size']}, "
+                    f"{r['teacher']['model']}@{r['teacher']['input_size']} -> {r['student']['model']}")
+    for col in ("mode", "images/s", "step (ms)", "data wait", "peak memory"):
+        t.add_column(col, justify="left" if col == "mode" else "right")
+    for mode, m in r["modes"].items():
+        t.add_row(mode, f"{m['images_per_s']:,.0f}", f"{m['step_ms_median']:.1f}", f"{m['data_wait_frac']:.1%}",
+                  f"{m['peak_memory_bytes'] / 2**20:,.0f} MiB ({m['memory_kind']})")
+    console.print(t)
+    f, c, b = r["flops_per_image"], r["cache"], r["break_even"]
+    s = Table(show_header=False, title="offline KD against online KD")
+    rows = [
+        ("offline / unguided throughput", f"{r['offline_vs_unguided']:.3f}x"),
+        ("online / offline step time (measured)", f"{r['online_offline_ratio']:.2f}x"),
+        ("FLOP limit (teacher fwd + student step) / student step", f"{f['limit']:.2f}x  ({f['teacher_forward'] / 1e9:.3f} + {f['student_step'] / 1e9:.3f} GFLOP per image)"),
+        ("measured / limit", f"{r['ratio_vs_flop_limit']:.2f}"),
+        ("cache pass vs bare teacher forward", f"{c['cache_images_per_s']:,.0f} vs {c['teacher_forward_images_per_s']:,.0f} images/s ({c['cache_vs_forward']:.2f}x)"),
+        ("cache time for this store", f"{b['cache_seconds']:.1f} s"),
+        ("break-even", f"{b['break_even_epochs']:.2f} student epochs"),
+        (f"six-variant sweep, {b['sweep_epochs']} epochs each", f"online {b['sweep_seconds_online'] / 60:.1f} min, offline {b['sweep_seconds_offline'] / 60:.1f} min ({b['sweep_speedup']:.2f}x)"),
+    ]
+    for k, v in rows:
+        s.add_row(k, v)
+    console.print(s)

@@ -61,6 +61,13 @@ class CacheConfig:
             raise KdstoreError("name the teacher with --teacher (and/or give --checkpoint)")
 
 
+def teacher_forward(model: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                    input_size: int, device: torch.device) -> torch.Tensor:
+    """Teacher logits (B, C) float32 for a batch of (B, H, W, 3) uint8 images, on `device`."""
+    x = resize(normalize(images.to(device, non_blocking=True), mean, std), input_size)
+    return model(x).float()
+
+
 CHUNK_SAMPLES = 2048  # teacher outputs are flushed to disk about this often (whole batches)
 
 
@@ -107,8 +114,7 @@ def score_beton(
         if start < n_total:
             loader = make_loader(beton, batch_size, workers, indices=np.arange(start, n_total))
             for b, (images, y, sid) in enumerate(loader, 1):  # images: (B, H, W, 3) uint8
-                x = resize(normalize(images.to(device, non_blocking=True), mean, std), input_size)
-                parts["logits"].append(model(x).float().cpu())
+                parts["logits"].append(teacher_forward(model, images, mean, std, input_size, device).cpu())
                 parts["labels"].append(y.clone())  # FFCV reuses its buffers
                 parts["sample_id"].append(sid.clone())
                 n += len(y)

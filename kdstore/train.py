@@ -33,6 +33,15 @@ PAD = 4  # random-crop padding in pixels (the standard CIFAR augmentation)
 
 # on_batch(epoch, batch index, sample ids (B,), lambda): observes what the loop trained on.
 BatchHook = Callable[[int, int, np.ndarray, float], None]
+# teacher(positions (B,) on the device, augmented normalised images (B, 3, H, W)) -> logits (B, C).
+# The cached teacher ignores the images; the online-KD baseline of `bench` runs a model on them.
+TeacherFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cached_teacher(logits: np.ndarray, device: torch.device) -> TeacherFn:
+    """Teacher logits looked up by .beton position in one in-memory table. (N, C)."""
+    table = torch.from_numpy(logits).float().to(device)
+    return lambda pos, images: table[pos]
 
 
 @dataclass(frozen=True)
@@ -110,7 +119,7 @@ def data_from_store(store: Store) -> TrainData:
 
 
 def train_one_epoch(
-    model: nn.Module, loader, order: np.ndarray, lambdas: np.ndarray, teacher: torch.Tensor | None,
+    model: nn.Module, loader, order: np.ndarray, lambdas: np.ndarray, teacher: TeacherFn | None,
     optimizer: torch.optim.Optimizer, scheduler, aug: torch.Generator | None, cfg: TrainConfig,
     mean: torch.Tensor, std: torch.Tensor, device: torch.device, epoch: int, bar, task,
     hook: BatchHook | None = None, label_smoothing: float = 0.0,
@@ -133,7 +142,7 @@ def train_one_epoch(
             x = crop_flip(x, *crop_flip_params(len(x), PAD, aug), pad=PAD)
         y = labels.to(device, non_blocking=True)
         logits = model(x)
-        terms = student_loss(logits, y, None if teacher is None else teacher[pos_t], float(lambdas[b]), cfg.tau, label_smoothing)
+        terms = student_loss(logits, y, None if teacher is None else teacher(pos_t, x), float(lambdas[b]), cfg.tau, label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
@@ -172,9 +181,11 @@ def evaluate(model: nn.Module, loader, mean: torch.Tensor, std: torch.Tensor, de
     return {"val_acc": correct.item() / max(n, 1), "val_loss": loss.item() / max(n, 1)}
 
 
-def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: BatchHook | None = None) -> dict[str, Any]:
+def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: BatchHook | None = None,
+        teacher: TeacherFn | None = None) -> dict[str, Any]:
     """Train `model_name` on `data` with cfg; writes config.json, metrics.jsonl, summary.json and
-    checkpoint.pt under cfg.out. `kind` ("student" or "teacher") goes into the checkpoint."""
+    checkpoint.pt under cfg.out. `kind` ("student" or "teacher") goes into the checkpoint.
+    `teacher` replaces the cached logits as the KD target (the online-KD baseline)."""
     cfg.validate()
     variant: Variant = get_variant(cfg.variant)
     out = Path(cfg.out)
@@ -182,7 +193,7 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
         raise KdstoreError(f"{out} already holds a finished run; pass --overwrite to replace it")
     if cfg.resume and not (out / "checkpoint.pt").is_file():
         raise KdstoreError(f"--resume: {out} has no checkpoint.pt to continue from")
-    if variant.needs_teacher and data.teacher_logits is None:
+    if variant.needs_teacher and data.teacher_logits is None and teacher is None:
         raise KdstoreError(f"variant {variant.name} needs teacher logits from a store")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -200,7 +211,10 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
     confidence = data.confidence if data.confidence is not None else np.ones(n, dtype=np.float32)
     max_conf = float(confidence.max())
     policy = POLICIES[variant.policy]
-    teacher = None if data.teacher_logits is None or not variant.needs_teacher else torch.from_numpy(data.teacher_logits).float().to(device)
+    if not variant.needs_teacher:
+        teacher = None
+    elif teacher is None:
+        teacher = cached_teacher(data.teacher_logits, device)
     mean = torch.tensor(data.mean, device=device)
     std = torch.tensor(data.std, device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)

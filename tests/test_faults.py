@@ -189,3 +189,14 @@ def test_killed_and_resumed_training_matches_uninterrupted(digits_store, tmp_pat
     assert resumed["final_val_acc"] == straight["final_val_acc"]
     with pytest.raises(KdstoreError, match="different epochs"):
         train.run(TrainConfig(**{**killed.__dict__, "resume": True, "overwrite": True, "epochs": 5}))
+
+
+def test_two_train_processes_read_one_store_at_once(digits_store, tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "kdstore")
+    procs = [subprocess.Popen([exe, "train", "--store", str(digits_store), "--variant", v, "--epochs", "1", "--batch-size", "256",
+                               "--workers", "1", "--no-progress", "--out", str(tmp_path / v)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for v in ("kd", "kd-cl-sr")]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    assert (tmp_path / "kd" / "summary.json").is_file() and (tmp_path / "kd-cl-sr" / "summary.json").is_file()

@@ -1,0 +1,237 @@
+"""`kdstore bench`: offline KD against online KD and unguided training, on the same batches.
+
+Three modes run one after another in one process, each from the same initial student and on the
+same batches: (a) `unguided` student steps, (b) `offline` KD steps with logits from the store,
+(c) `online` KD steps with the teacher in eval and inference mode on every (augmented) batch.
+Timing follows airbench: warm-up steps excluded, device synchronised, median over steps.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+import torch.nn as nn
+
+from .augment import crop_flip, crop_flip_params, normalize, resize
+from .cache import CacheConfig, load_teacher, teacher_forward
+from .config import to_dict, write_json
+from .errors import KdstoreError
+from .loading import make_loader
+from .losses import student_loss
+from .models import build_model, resolve_device
+from .orders import epoch_order_fn
+from .store import Store
+from .train import PAD
+
+MODES = ("unguided", "offline", "online")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    store: str
+    student: str = "cifar_resnet8"
+    teacher: str | None = None  # default: the store's teacher
+    checkpoint: str | None = None
+    input_size: int | None = None  # default: the store's teacher input size
+    stem: str | None = None
+    batch_size: int = 128
+    steps: int = 20  # timed steps per mode
+    warmup: int = 3  # untimed steps per mode (loader compilation, allocator warm-up)
+    workers: int = 2
+    device: str = "auto"
+    tau: float = 4.0
+    lam: float = 0.9
+    sweep_epochs: int = 30  # epochs per run of the six-variant sweep in the break-even estimate
+    json: str | None = None
+
+    def validate(self) -> None:
+        for name in ("batch_size", "steps", "sweep_epochs", "workers"):
+            if getattr(self, name) < 1:
+                raise KdstoreError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise KdstoreError(f"--warmup must be >= 0, got {self.warmup}")
+
+
+def flop_counts(teacher: nn.Module, student: nn.Module, teacher_input: int, student_input: int, num_classes: int) -> dict[str, float]:
+    """FLOPs per image (torch.utils.flop_counter): teacher forward, and one student training step
+    (forward + backward); the FLOP limit of the online/offline time ratio is their sum over the
+    student step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = 2  # BatchNorm in training mode needs more than one sample
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        was_training = teacher.training
+        teacher.eval()
+        teacher(torch.randn(batch, 3, teacher_input, teacher_input))
+        teacher.train(was_training)
+    teacher_fwd = counter.get_total_flops() / batch
+    s = copy.deepcopy(student).train()
+    with FlopCounterMode(display=False) as counter:
+        out = s(torch.randn(batch, 3, student_input, student_input))
+        nn.functional.cross_entropy(out, torch.zeros(batch, dtype=torch.long) % num_classes).backward()
+    student_step = counter.get_total_flops() / batch
+    return {"teacher_forward": teacher_fwd, "student_step": student_step, "limit": (teacher_fwd + student_step) / student_step}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _memory_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _memory_peak(device: torch.device, rss_peak: int) -> dict[str, Any]:
+    if device.type == "cuda":
+        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)), "memory_kind": "cuda max allocated"}
+    return {"peak_memory_bytes": int(rss_peak), "memory_kind": "process RSS"}
+
+
+def _batches(loader):
+    """Batches forever (the loader restarts at the end of an epoch)."""
+    while True:
+        yield from loader
+
+
+def run_mode(mode: str, cfg: BenchConfig, student: nn.Module, store: Store, teacher: nn.Module | None, input_size: int,
+             device: torch.device) -> dict[str, Any]:
+    """Warm-up + timed student steps of one mode; returns its timings and peak memory."""
+    model = copy.deepcopy(student).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    mean = torch.tensor(store.attrs["normalize_mean"], device=device)
+    std = torch.tensor(store.attrs["normalize_std"], device=device)
+    table = torch.from_numpy(store.train.logits).float().to(device) if mode == "offline" else None
+    order_fn = epoch_order_fn("shuffle", len(store.train), seed=0)  # the same batches in every mode
+    loader = make_loader(store.beton("train"), cfg.batch_size, cfg.workers, order_fn, drop_last=True)
+    aug = torch.Generator().manual_seed(0)
+    proc = psutil.Process()
+    step_s, wait_s, rss_peak = [], [], 0
+    _memory_reset(device)
+    batches = _batches(loader)
+    for step in range(cfg.warmup + cfg.steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        images, labels, ids = next(batches)
+        t1 = time.perf_counter()
+        x = crop_flip(normalize(images.to(device, non_blocking=True), mean, std), *crop_flip_params(len(images), PAD, aug), pad=PAD)
+        y = labels.to(device, non_blocking=True)
+        if mode == "offline":
+            pos = torch.from_numpy(store.train.positions(ids.numpy())).to(device)
+            target = table[pos]
+        elif mode == "online":
+            with torch.inference_mode():
+                target = teacher(resize(x, input_size)).float()
+            target = target.clone()  # an inference tensor cannot be saved for backward
+        else:
+            target = None
+        terms = student_loss(model(x), y, target, cfg.lam if target is not None else 0.0, cfg.tau)
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        opt.step()
+        _sync(device)
+        t2 = time.perf_counter()
+        if step >= cfg.warmup:
+            step_s.append(t2 - t0)
+            wait_s.append(t1 - t0)
+            rss_peak = max(rss_peak, proc.memory_info().rss)
+    step_arr = np.array(step_s)
+    return {
+        "images_per_s": float(np.median(cfg.batch_size / step_arr)), "step_ms_median": float(np.median(step_arr) * 1e3),
+        "data_wait_frac": float(np.sum(wait_s) / np.sum(step_arr)), **_memory_peak(device, rss_peak),
+    }
+
+
+def measure_cache(cfg: BenchConfig, teacher: nn.Module, store: Store, input_size: int, device: torch.device) -> dict[str, float]:
+    """The teacher pass as `cache` runs it (images from the .beton) against bare forwards of one
+    fixed batch already on the device; images/s, medians over timed batches."""
+    mean = torch.tensor(store.attrs["normalize_mean"], device=device)
+    std = torch.tensor(store.attrs["normalize_std"], device=device)
+    teacher.eval()
+    n = min(len(store.train), (cfg.warmup + cfg.steps) * cfg.batch_size)
+    loader = make_loader(store.beton("train"), cfg.batch_size, cfg.workers, indices=np.arange(n), drop_last=True)
+    size = int(store.attrs["image_size"])
+    fixed = torch.randint(0, 256, (cfg.batch_size, size, size, 3), dtype=torch.uint8, device=device)
+    pass_s, bare_s = [], []
+    with torch.inference_mode():
+        for step, (images, _, _) in enumerate(loader):
+            _sync(device)
+            t0 = time.perf_counter()
+            teacher_forward(teacher, images, mean, std, input_size, device).cpu()
+            _sync(device)
+            if step >= min(cfg.warmup, len(loader) - 1):
+                pass_s.append(time.perf_counter() - t0)
+        for step in range(cfg.warmup + cfg.steps):
+            _sync(device)
+            t0 = time.perf_counter()
+            teacher_forward(teacher, fixed, mean, std, input_size, device)
+            _sync(device)
+            if step >= cfg.warmup:
+                bare_s.append(time.perf_counter() - t0)
+    cache_ips = float(np.median(cfg.batch_size / np.array(pass_s)))
+    bare_ips = float(np.median(cfg.batch_size / np.array(bare_s)))
+    return {"cache_images_per_s": cache_ips, "teacher_forward_images_per_s": bare_ips, "cache_vs_forward": cache_ips / bare_ips}
+
+
+def break_even(n_train: int, n_val: int, ips: dict[str, float], cache_ips: float, epochs: int) -> dict[str, float]:
+    """When the cache has paid for itself, in student epochs; and a six-variant sweep's saving.
+
+    The sweep has five KD variants and `unguided` (which needs no teacher either way)."""
+    cache_s = (n_train + n_val) / cache_ips
+    epoch = {m: n_train / ips[m] for m in MODES}
+    saving_per_epoch = epoch["online"] - epoch["offline"]
+    online_sweep = epochs * (5 * epoch["online"] + epoch["unguided"])
+    offline_sweep = cache_s + epochs * (5 * epoch["offline"] + epoch["unguided"])
+    return {
+        "cache_seconds": cache_s, "epoch_seconds_online": epoch["online"], "epoch_seconds_offline": epoch["offline"],
+        "break_even_epochs": cache_s / saving_per_epoch if saving_per_epoch > 0 else float("inf"),
+        "sweep_epochs": epochs, "sweep_seconds_online": online_sweep, "sweep_seconds_offline": offline_sweep,
+        "sweep_saving_seconds": online_sweep - offline_sweep, "sweep_speedup": online_sweep / offline_sweep,
+    }
+
+
+def run(cfg: BenchConfig) -> dict[str, Any]:
+    cfg.validate()
+    store = Store.open(cfg.store)
+    device = resolve_device(cfg.device)
+    input_size = int(cfg.input_size or store.attrs["input_size"])
+    teacher_cfg = CacheConfig(dataset=store.attrs["dataset"], out="", teacher=cfg.teacher or (None if cfg.checkpoint else store.attrs["teacher"]),
+                              checkpoint=cfg.checkpoint, stem=cfg.stem or (None if cfg.checkpoint else store.attrs["teacher_stem"]), input_size=input_size)
+    teacher, teacher_meta, _ = load_teacher(teacher_cfg, store.num_classes, int(store.attrs["image_size"]))
+    torch.manual_seed(0)
+    student, student_meta = build_model(cfg.student, store.num_classes, int(store.attrs["image_size"]))
+    flops = flop_counts(teacher, student, input_size, int(store.attrs["image_size"]), store.num_classes)
+    teacher.to(device).eval()
+    modes = {m: run_mode(m, cfg, student, store, teacher if m == "online" else None, input_size, device) for m in MODES}
+    cache = measure_cache(cfg, teacher, store, input_size, device)
+    ratio = modes["offline"]["images_per_s"] / modes["online"]["images_per_s"]
+    result = {
+        "config": to_dict(cfg), "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "teacher": teacher_meta, "student": student_meta,
+        "modes": modes, "offline_vs_unguided": modes["offline"]["images_per_s"] / modes["unguided"]["images_per_s"],
+        "online_offline_ratio": ratio, "flops_per_image": flops, "ratio_vs_flop_limit": ratio / flops["limit"],
+        "cache": cache, "break_even": break_even(len(store.train), len(store.val), {m: modes[m]["images_per_s"] for m in MODES}, cache["cache_images_per_s"], cfg.sweep_epochs),
+    }
+    if cfg.json:
+        Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
+        write_json(Path(cfg.json), result)
+    return result
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "cpu"

@@ -1,0 +1,48 @@
+"""`bench` writes every figure; the FLOP limit matches a hand count. No test asserts a speed."""
+import json
+
+import pytest
+import torch.nn as nn
+from click.testing import CliRunner
+
+from cli.main import cli
+from kdstore.bench import break_even, flop_counts
+
+
+def test_flop_limit_by_hand():
+    # teacher on 3x8x8: conv 3->8 (3x3, pad 1): 2 * 8*8*8 outputs * 27 = 27,648; linear 512->10: 2*512*10 = 10,240
+    teacher = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(512, 10))
+    # student 192->16->10: forward 2*192*16 + 2*16*10 = 6,464; backward: weight grads 6,144 + 320,
+    # input grad of the second layer 320 (none for the first: the images need no gradient) = 6,784
+    student = nn.Sequential(nn.Flatten(), nn.Linear(192, 16), nn.ReLU(), nn.Linear(16, 10))
+    f = flop_counts(teacher, student, 8, 8, 10)
+    assert f["teacher_forward"] == 37_888
+    assert f["student_step"] == 13_248
+    assert f["limit"] == pytest.approx((37_888 + 13_248) / 13_248)
+
+
+def test_break_even_arithmetic():
+    ips = {"unguided": 1000.0, "offline": 1000.0, "online": 500.0}
+    b = break_even(n_train=1000, n_val=0, ips=ips, cache_ips=2000.0, epochs=10)
+    # cache 0.5 s; an epoch costs 2 s online, 1 s offline -> paid back after 0.5 epochs
+    assert b["cache_seconds"] == 0.5 and b["break_even_epochs"] == 0.5
+    assert b["sweep_seconds_online"] == 10 * (5 * 2.0 + 1.0)
+    assert b["sweep_seconds_offline"] == 0.5 + 10 * (5 * 1.0 + 1.0)
+
+
+def test_bench_runs_and_writes_every_field(digits_store, tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(cli, ["bench", "--store", str(digits_store), "--student", "cifar_resnet8", "--batch-size", "32",
+                                      "--steps", "2", "--warmup", "1", "--device", "cpu", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    r = json.loads(out.read_text())
+    for mode in ("unguided", "offline", "online"):
+        m = r["modes"][mode]
+        assert m["images_per_s"] > 0 and 0 <= m["data_wait_frac"] <= 1 and m["peak_memory_bytes"] > 0
+        assert m["memory_kind"] == "process RSS"
+    assert set(r) >= {"config", "device", "device_name", "torch", "teacher", "student", "offline_vs_unguided", "online_offline_ratio",
+                      "flops_per_image", "ratio_vs_flop_limit", "cache", "break_even"}
+    assert r["teacher"]["model"] == "cifar_resnet8" and r["flops_per_image"]["limit"] > 1
+    assert r["ratio_vs_flop_limit"] == pytest.approx(r["online_offline_ratio"] / r["flops_per_image"]["limit"])
+    assert set(r["cache"]) == {"cache_images_per_s", "teacher_forward_images_per_s", "cache_vs_forward"}
+    assert r["break_even"]["sweep_epochs"] == 30
