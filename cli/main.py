@@ -84,6 +84,8 @@ def cli() -> None:
 @click.option("--logits-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out (only once the new one is complete).")
 @click.option("--resume", is_flag=True, help="Continue a killed cache (same options) from its last flushed chunk.")
+@click.option("--split-part", type=click.Choice(["all", "holdout"]), default="all", show_default=True,
+              help="holdout: score only the training samples the teacher's --split held out.")
 @click.option("--no-progress", is_flag=True)
 @_friendly
 def cache(no_progress: bool, **kw: Any) -> None:
@@ -112,14 +114,22 @@ def train(**kw: Any) -> None:
 @click.option("--model", required=True, help="timm model name of the teacher.")
 @click.option("--dataset", required=True, help="digits, cifar10, cifar100 or imagefolder:PATH.")
 @click.option("--data-root", type=click.Path())
-@click.option("--image-size", type=int)
+@click.option("--image-size", type=int, help="Size images are stored at (imagefolder).")
+@click.option("--input-size", type=int, help="Train at this size (e.g. 224 for an ImageNet-pretrained model); default native.")
+@click.option("--pretrained-file", type=click.Path(), help="Local timm/torchvision weights file (implies --pretrained).")
+@click.option("--head-lr", type=float, help="Learning rate of the new classifier head (default: --lr).")
+@click.option("--freeze-epochs", type=int, default=0, show_default=True, help="Train only the head for this many first epochs.")
+@click.option("--no-amp", is_flag=True, help="No mixed precision on CUDA.")
+@click.option("--split", type=float, help="Train on this seeded, class-stratified fraction of the training set (e.g. 0.6).")
+@click.option("--split-seed", type=int, default=0, show_default=True)
 @_train_options
 @_friendly
-def teacher(model: str, dataset: str, data_root: str | None, image_size: int | None, **kw: Any) -> None:
+def teacher(model: str, dataset: str, data_root: str | None, image_size: int | None, split: float | None, split_seed: int,
+            no_amp: bool, **kw: Any) -> None:
     """Train (or fine-tune with --pretrained) a teacher; its checkpoint.pt feeds `kdstore cache`."""
     from kdstore.teacher import run
 
-    run(_train_config(student=model, variant="unguided", **kw), dataset, data_root, image_size)
+    run(_train_config(student=model, variant="unguided", amp=not no_amp, **kw), dataset, data_root, image_size, split, split_seed)
 
 
 @cli.command()
@@ -195,7 +205,8 @@ def sweep(variants: str, seeds: str, out: str, **kw: Any) -> None:
 @click.option("--student", default="cifar_resnet8", show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--steps", type=int, default=20, show_default=True, help="Timed steps per mode.")
-@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed steps per mode.")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed steps per mode and round.")
+@click.option("--rounds", type=int, default=2, show_default=True, help="Runs of every mode, in alternating order.")
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--device", type=DEVICES, default="auto", show_default=True)
 @click.option("--sweep-epochs", type=int, default=30, show_default=True, help="Epochs per run in the sweep estimate.")

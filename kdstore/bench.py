@@ -3,7 +3,8 @@
 Three modes run one after another in one process, each from the same initial student and on the
 same batches: (a) `unguided` student steps, (b) `offline` KD steps with logits from the store,
 (c) `online` KD steps with the teacher in eval and inference mode on every (augmented) batch.
-Timing follows airbench: warm-up steps excluded, device synchronised, median over steps.
+Timing follows airbench: warm-up steps excluded, device synchronised, median over steps, and
+repeats (rounds, in alternating order).
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ class BenchConfig:
     stem: str | None = None
     batch_size: int = 128
     steps: int = 20  # timed steps per mode
-    warmup: int = 3  # untimed steps per mode (loader compilation, allocator warm-up)
+    warmup: int = 3  # untimed steps per mode and round (loader compilation, allocator warm-up)
+    rounds: int = 2  # each mode runs this many times, in alternating order
     workers: int = 2
     device: str = "auto"
     tau: float = 4.0
@@ -51,7 +53,7 @@ class BenchConfig:
     json: str | None = None
 
     def validate(self) -> None:
-        for name in ("batch_size", "steps", "sweep_epochs", "workers"):
+        for name in ("batch_size", "steps", "sweep_epochs", "workers", "rounds"):
             if getattr(self, name) < 1:
                 raise KdstoreError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
@@ -89,12 +91,6 @@ def _memory_reset(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _memory_peak(device: torch.device, rss_peak: int) -> dict[str, Any]:
-    if device.type == "cuda":
-        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)), "memory_kind": "cuda max allocated"}
-    return {"peak_memory_bytes": int(rss_peak), "memory_kind": "process RSS"}
-
-
 def _batches(loader):
     """Batches forever (the loader restarts at the end of an epoch)."""
     while True:
@@ -102,8 +98,9 @@ def _batches(loader):
 
 
 def run_mode(mode: str, cfg: BenchConfig, student: nn.Module, store: Store, teacher: nn.Module | None, input_size: int,
-             device: torch.device) -> dict[str, Any]:
-    """Warm-up + timed student steps of one mode; returns its timings and peak memory."""
+             device: torch.device) -> dict[str, list[float] | int]:
+    """Warm-up + timed student steps of one mode from a fresh copy of the student; returns the
+    per-step times, the data-wait times and the peak memory."""
     model = copy.deepcopy(student).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     mean = torch.tensor(store.attrs["normalize_mean"], device=device)
@@ -112,6 +109,7 @@ def run_mode(mode: str, cfg: BenchConfig, student: nn.Module, store: Store, teac
     order_fn = epoch_order_fn("shuffle", len(store.train), seed=0)  # the same batches in every mode
     loader = make_loader(store.beton("train"), cfg.batch_size, cfg.workers, order_fn, drop_last=True)
     aug = torch.Generator().manual_seed(0)
+    online = online_teacher(teacher, input_size) if mode == "online" else None
     proc = psutil.Process()
     step_s, wait_s, rss_peak = [], [], 0
     _memory_reset(device)
@@ -127,9 +125,7 @@ def run_mode(mode: str, cfg: BenchConfig, student: nn.Module, store: Store, teac
             pos = torch.from_numpy(store.train.positions(ids.numpy())).to(device)
             target = table[pos]
         elif mode == "online":
-            with torch.inference_mode():
-                target = teacher(resize(x, input_size)).float()
-            target = target.clone()  # an inference tensor cannot be saved for backward
+            target = online(pos=None, images=x)
         else:
             target = None
         terms = student_loss(model(x), y, target, cfg.lam if target is not None else 0.0, cfg.tau)
@@ -142,11 +138,34 @@ def run_mode(mode: str, cfg: BenchConfig, student: nn.Module, store: Store, teac
             step_s.append(t2 - t0)
             wait_s.append(t1 - t0)
             rss_peak = max(rss_peak, proc.memory_info().rss)
-    step_arr = np.array(step_s)
-    return {
-        "images_per_s": float(np.median(cfg.batch_size / step_arr)), "step_ms_median": float(np.median(step_arr) * 1e3),
-        "data_wait_frac": float(np.sum(wait_s) / np.sum(step_arr)), **_memory_peak(device, rss_peak),
-    }
+    peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else rss_peak
+    return {"step_s": step_s, "wait_s": wait_s, "peak": peak}
+
+
+def run_modes(cfg: BenchConfig, student: nn.Module, store: Store, teacher: nn.Module, input_size: int, device: torch.device) -> dict[str, Any]:
+    """All modes, `rounds` times, in alternating order so that drift of the machine's speed does
+    not favour one mode; medians over every timed step of every round."""
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    for r in range(cfg.rounds):
+        for mode in (MODES if r % 2 == 0 else MODES[::-1]):
+            if mode == "online":
+                teacher.to(device)  # on the device only while it is used, so other modes' peaks exclude it
+            runs[mode].append(run_mode(mode, cfg, student, store, teacher if mode == "online" else None, input_size, device))
+            if mode == "online":
+                teacher.to("cpu")
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    out = {}
+    for mode, rs in runs.items():
+        step = np.concatenate([r["step_s"] for r in rs])
+        wait = np.concatenate([r["wait_s"] for r in rs])
+        out[mode] = {
+            "images_per_s": float(np.median(cfg.batch_size / step)), "step_ms_median": float(np.median(step) * 1e3),
+            "data_wait_frac": float(wait.sum() / step.sum()), "timed_steps": int(len(step)),
+            "peak_memory_bytes": max(int(r["peak"]) for r in rs),
+            "memory_kind": "cuda max allocated" if device.type == "cuda" else "process RSS (includes the teacher bench holds)",
+        }
+    return out
 
 
 def measure_cache(cfg: BenchConfig, teacher: nn.Module, store: Store, input_size: int, device: torch.device) -> dict[str, float]:
@@ -197,6 +216,31 @@ def break_even(n_train: int, n_val: int, ips: dict[str, float], cache_ips: float
     }
 
 
+def online_teacher(model: nn.Module, input_size: int):
+    """The online-KD baseline's TeacherFn: the teacher (eval, inference mode) on every augmented batch."""
+    model.eval()
+
+    def forward(pos: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            logits = model(resize(images, input_size)).float()
+        return logits.clone()  # an inference tensor cannot be saved for backward
+
+    return forward
+
+
+def train_online(cfg, store: Store, checkpoint: str | None = None, teacher_name: str | None = None) -> dict[str, Any]:
+    """Train a student with online KD (the teacher runs every step) through the same loop as
+    `kdstore train`; a baseline for benchmarks, not part of the offline workflow."""
+    from .train import data_from_store, fit
+
+    teacher_cfg = CacheConfig(dataset=store.attrs["dataset"], out="", teacher=teacher_name, checkpoint=checkpoint, input_size=int(store.attrs["input_size"]))
+    model, meta, _ = load_teacher(teacher_cfg, store.num_classes, int(store.attrs["image_size"]))
+    model.to(resolve_device(cfg.device))
+    data = data_from_store(store)
+    data.meta["online_teacher"] = meta["model"]
+    return fit(cfg, data, cfg.student, "student", teacher=online_teacher(model, int(meta["input_size"])))
+
+
 def run(cfg: BenchConfig) -> dict[str, Any]:
     cfg.validate()
     store = Store.open(cfg.store)
@@ -208,9 +252,9 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     torch.manual_seed(0)
     student, student_meta = build_model(cfg.student, store.num_classes, int(store.attrs["image_size"]))
     flops = flop_counts(teacher, student, input_size, int(store.attrs["image_size"]), store.num_classes)
-    teacher.to(device).eval()
-    modes = {m: run_mode(m, cfg, student, store, teacher if m == "online" else None, input_size, device) for m in MODES}
-    cache = measure_cache(cfg, teacher, store, input_size, device)
+    teacher.eval()
+    modes = run_modes(cfg, student, store, teacher, input_size, device)
+    cache = measure_cache(cfg, teacher.to(device), store, input_size, device)
     ratio = modes["offline"]["images_per_s"] / modes["online"]["images_per_s"]
     result = {
         "config": to_dict(cfg), "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),

@@ -27,6 +27,7 @@ from .loading import fingerprint_beton, make_loader, read_int_fields, write_beto
 from .models import build_model, load_checkpoint, load_weights, normalization, resolve_device, sha256_file
 from .orders import confidence_and_correct, curriculum, inverse
 from .progress import console, images_progress
+from .splits import holdout
 from .store import BETONS, H5_NAME, SCHEMA_VERSION, Split, Store, commit_dir, staging_dir, write_manifest, write_teacher_h5
 
 
@@ -48,6 +49,7 @@ class CacheConfig:
     logits_dtype: str = "float16"
     overwrite: bool = False
     resume: bool = False  # continue a killed cache of the same options from its last flushed chunk
+    split_part: str = "all"  # all | holdout: only the training samples the teacher's split held out
     progress: bool = True
 
     def validate(self) -> None:
@@ -59,6 +61,10 @@ class CacheConfig:
             raise KdstoreError(f"--logits-dtype must be float16 or float32, got {self.logits_dtype}")
         if self.teacher is None and self.checkpoint is None:
             raise KdstoreError("name the teacher with --teacher (and/or give --checkpoint)")
+        if self.split_part not in ("all", "holdout"):
+            raise KdstoreError(f"--split-part must be all or holdout, got {self.split_part}")
+        if self.split_part == "holdout" and not self.checkpoint:
+            raise KdstoreError("--split-part holdout needs the --checkpoint of a teacher trained with --split")
 
 
 def teacher_forward(model: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
@@ -143,6 +149,11 @@ def _split_arrays(scored: dict[str, Any], with_orders: bool) -> Split:
 
 
 def load_teacher(cfg: CacheConfig, num_classes: int, image_size: int) -> tuple[torch.nn.Module, dict[str, Any], str]:
+    model, meta, digest, _ = _load_teacher(cfg, num_classes, image_size)
+    return model, meta, digest
+
+
+def _load_teacher(cfg: CacheConfig, num_classes: int, image_size: int) -> tuple[torch.nn.Module, dict[str, Any], str, dict[str, Any]]:
     """Build the teacher from timm (and a checkpoint); returns it, its metadata and the checkpoint sha256."""
     ckpt, meta = None, {}
     if cfg.checkpoint:
@@ -163,7 +174,7 @@ def load_teacher(cfg: CacheConfig, num_classes: int, image_size: int) -> tuple[t
     if ckpt is not None:
         load_weights(model, ckpt, Path(cfg.checkpoint))
         digest = sha256_file(Path(cfg.checkpoint))
-    return model, model_meta, digest
+    return model, model_meta, digest, meta
 
 
 def _stage_state(cfg: CacheConfig, meta: dict[str, Any], digest: str, dataset: ImageDataset) -> dict[str, Any]:
@@ -171,7 +182,7 @@ def _stage_state(cfg: CacheConfig, meta: dict[str, Any], digest: str, dataset: I
     return {
         "dataset": dataset.name, "train_size": len(dataset.train), "val_size": len(dataset.val), "teacher": meta,
         "checkpoint_sha256": digest, "pretrained": cfg.pretrained, "pretrained_file": cfg.pretrained_file,
-        "batch_size": cfg.batch_size, "image_size": cfg.image_size, "kdstore_version": __version__,
+        "batch_size": cfg.batch_size, "image_size": cfg.image_size, "kdstore_version": __version__, "split_part": cfg.split_part,
     }
 
 
@@ -205,8 +216,13 @@ def run(cfg: CacheConfig) -> Path:
     t_start = time.perf_counter()
     dataset = load_dataset(cfg.dataset, Path(cfg.data_root) if cfg.data_root else None, cfg.image_size)
     image_size = int(dataset.train.get(0).shape[0])
-    model, meta, digest = load_teacher(cfg, dataset.num_classes, image_size)
+    model, meta, digest, ckpt_meta = _load_teacher(cfg, dataset.num_classes, image_size)
     model.to(device)
+    split = ckpt_meta.get("split") or None
+    if cfg.split_part == "holdout":
+        if not split:
+            raise KdstoreError(f"--split-part holdout: checkpoint {cfg.checkpoint} was not trained with --split, so nothing was held out")
+        dataset.train = holdout(dataset.train, split)
     mean_t, std_t = normalization(model)
     mean, std = torch.tensor(mean_t, device=device), torch.tensor(std_t, device=device)
 
@@ -236,7 +252,9 @@ def run(cfg: CacheConfig) -> Path:
             "class_names": list(dataset.class_names), "dataset_fingerprint": fingerprint,
             "teacher_train_acc": float(splits["train"].correct.mean()), "teacher_val_acc": float(splits["val"].correct.mean()),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "normalize_mean": list(mean_t), "normalize_std": list(std_t),
+            "normalize_mean": list(mean_t), "normalize_std": list(std_t), "split_part": cfg.split_part,
+            "split_fraction": float(split["fraction"]) if split else 0.0, "split_seed": int(split["seed"]) if split else -1,
+            "split_members_sha256": split["members_sha256"] if split else "",
         }
         write_teacher_h5(stage / H5_NAME, splits, attrs, cfg.logits_dtype)
         for leftover in ("chunks-train", "chunks-val"):

@@ -41,6 +41,7 @@ ROOT_ATTRS = (
     "schema_version", "kdstore_version", "teacher", "teacher_stem", "checkpoint_sha256", "pretrained",
     "input_size", "image_size", "dataset", "num_classes", "class_names", "dataset_fingerprint",
     "teacher_train_acc", "teacher_val_acc", "created", "normalize_mean", "normalize_std",
+    "split_part", "split_fraction", "split_seed", "split_members_sha256",
 )
 
 

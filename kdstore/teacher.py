@@ -12,14 +12,24 @@ from .datasets import load_dataset
 from .loading import write_beton
 from .models import normalization_for
 from .progress import console
+from .splits import split_record, subset
 from .store import BETONS
 from .train import TrainConfig, TrainData, fit
 
 
-def run(cfg: TrainConfig, dataset: str, data_root: str | None = None, image_size: int | None = None) -> dict[str, Any]:
-    """Train model `cfg.student` as a teacher on `dataset`; the checkpoint feeds `kdstore cache`."""
+def run(cfg: TrainConfig, dataset: str, data_root: str | None = None, image_size: int | None = None,
+        split: float | None = None, split_seed: int = 0) -> dict[str, Any]:
+    """Train model `cfg.student` as a teacher on `dataset`; the checkpoint feeds `kdstore cache`.
+
+    With `split` (e.g. 0.6) it trains on a seeded, class-stratified fraction of the training set
+    and records the split in its checkpoint; `cache --split-part holdout` then scores the rest.
+    """
     cfg.validate()
     ds = load_dataset(dataset, Path(data_root) if data_root else None, image_size)
+    record = None
+    if split is not None:
+        mask, record = split_record(ds.train, split, split_seed)
+        ds.train = subset(ds.train, mask)
     data_dir = Path(cfg.out) / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val"):
@@ -29,6 +39,6 @@ def run(cfg: TrainConfig, dataset: str, data_root: str | None = None, image_size
     data = TrainData(
         train_beton=data_dir / BETONS["train"], val_beton=data_dir / BETONS["val"], num_classes=ds.num_classes,
         image_size=int(ds.train.get(0).shape[0]), mean=mean, std=std,
-        meta={"dataset": ds.name, "class_names": list(ds.class_names)},
+        meta={"dataset": ds.name, "class_names": list(ds.class_names), "split": record},
     )
     return fit(cfg, data, cfg.student, "teacher")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .augment import crop_flip, crop_flip_params, normalize
+from .augment import crop_flip, crop_flip_params, normalize, resize
 from .config import to_dict, write_json
 from .errors import KdstoreError
 from .loading import make_loader, read_int_fields
@@ -54,9 +54,13 @@ class TrainConfig:
     student: str = "cifar_resnet8"  # any timm name (kdstore registers the CIFAR nets)
     stem: str = "auto"  # auto | cifar | imagenet, for timm ResNets on small images
     pretrained: bool = False
+    pretrained_file: str | None = None  # local timm/torchvision weights for --pretrained
+    input_size: int | None = None  # train at this size (images resized after augmentation); default native
     epochs: int = 30
     batch_size: int = 128
     lr: float = 0.05  # peak SGD learning rate, cosine-annealed per step to 0
+    head_lr: float | None = None  # learning rate of the classifier head (fine-tuning); default lr
+    freeze_epochs: int = 0  # train only the classifier head for this many first epochs
     momentum: float = 0.9
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
@@ -66,6 +70,7 @@ class TrainConfig:
     workers: int = 2
     device: str = "auto"
     augment: bool = True  # random crop (4 px padding) + horizontal flip
+    amp: bool = True  # mixed precision (autocast) on CUDA; ignored on the CPU
     overwrite: bool = False
     resume: bool = False  # continue from OUT/checkpoint.pt (saved after every epoch)
     progress: bool = True
@@ -80,6 +85,9 @@ class TrainConfig:
             (0.0 <= self.lam <= 1.0, f"--lam must be in [0, 1], got {self.lam}"),
             (0.0 <= self.label_smoothing < 1.0, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
+            (self.head_lr is None or self.head_lr > 0, f"--head-lr must be > 0, got {self.head_lr}"),
+            (0 <= self.freeze_epochs < self.epochs, f"--freeze-epochs must be in [0, epochs), got {self.freeze_epochs}"),
+            (self.input_size is None or self.input_size >= 8, f"--input-size must be >= 8 pixels, got {self.input_size}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -122,10 +130,11 @@ def train_one_epoch(
     model: nn.Module, loader, order: np.ndarray, lambdas: np.ndarray, teacher: TeacherFn | None,
     optimizer: torch.optim.Optimizer, scheduler, aug: torch.Generator | None, cfg: TrainConfig,
     mean: torch.Tensor, std: torch.Tensor, device: torch.device, epoch: int, bar, task,
-    hook: BatchHook | None = None, label_smoothing: float = 0.0,
+    hook: BatchHook | None = None, label_smoothing: float = 0.0, scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
     """One pass over `loader`, which visits `order` (positions) in batches of cfg.batch_size."""
     model.train()
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, ce, kd, correct (sample-weighted)
     n_seen, wait = 0, 0.0
     t0 = time.perf_counter()
@@ -141,11 +150,14 @@ def train_one_epoch(
         if aug is not None:
             x = crop_flip(x, *crop_flip_params(len(x), PAD, aug), pad=PAD)
         y = labels.to(device, non_blocking=True)
-        logits = model(x)
-        terms = student_loss(logits, y, None if teacher is None else teacher(pos_t, x), float(lambdas[b]), cfg.tau, label_smoothing)
+        target = None if teacher is None else teacher(pos_t, x)
+        with _autocast(device, cfg.amp):
+            logits = model(resize(x, cfg.input_size) if cfg.input_size else x)
+        terms = student_loss(logits.float(), y, target, float(lambdas[b]), cfg.tau, label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        optimizer.step()
+        scaler.scale(terms["loss"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         n = len(y)
         n_seen += n
@@ -165,15 +177,25 @@ def train_one_epoch(
     }
 
 
+def _autocast(device: torch.device, enabled: bool):
+    """Mixed precision on CUDA (bf16 where supported, else fp16); a no-op elsewhere."""
+    on = enabled and device.type == "cuda"
+    dtype = torch.bfloat16 if on and torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device.type, dtype=dtype, enabled=on)
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, mean: torch.Tensor, std: torch.Tensor, device: torch.device) -> dict[str, float]:
+def evaluate(model: nn.Module, loader, mean: torch.Tensor, std: torch.Tensor, device: torch.device,
+             input_size: int | None = None, amp: bool = False) -> dict[str, float]:
     """Validation accuracy and loss (mean CE) over the whole split."""
     model.eval()
     loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     n = 0
     for images, labels, _ in loader:
-        logits = model(normalize(images.to(device), mean, std))
+        x = normalize(images.to(device), mean, std)
+        with _autocast(device, amp):
+            logits = model(resize(x, input_size) if input_size else x).float()
         y = labels.to(device)
         loss += nn.functional.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
@@ -197,7 +219,7 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
         raise KdstoreError(f"variant {variant.name} needs teacher logits from a store")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model, meta = build_model(model_name, data.num_classes, data.image_size, cfg.stem, cfg.pretrained)
+    model, meta = build_model(model_name, data.num_classes, cfg.input_size or data.image_size, cfg.stem, cfg.pretrained, cfg.pretrained_file)
     model.to(device)
 
     n = len(read_int_fields(data.train_beton)["sample_id"])
@@ -217,8 +239,11 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
         teacher = cached_teacher(data.teacher_logits, device)
     mean = torch.tensor(data.mean, device=device)
     std = torch.tensor(data.std, device=device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    head, body = _split_head(model)
+    groups = [{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr or cfg.lr}]
+    optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
     aug = torch.Generator().manual_seed(cfg.seed) if cfg.augment else None
 
     out.mkdir(parents=True, exist_ok=True)
@@ -238,15 +263,19 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
             lambdas = policy(confidence[order], cfg.batch_size, cfg.lam, max_conf)
             task = bar.add_task(f"{variant.name} epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch * cfg.batch_size if drop_last else n, info="")
             row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
-            row.update(train_one_epoch(model, train_loader, order, lambdas, teacher, optimizer, scheduler, aug, cfg, mean, std, device, epoch, bar, task, hook, cfg.label_smoothing))
-            row.update(evaluate(model, val_loader, mean, std, device))
+            for p in body:  # --freeze-epochs: only the head learns at first (frozen params get no grad)
+                p.requires_grad_(epoch >= cfg.freeze_epochs)
+            row.update(train_one_epoch(model, train_loader, order, lambdas, teacher, optimizer, scheduler, aug, cfg, mean, std, device,
+                                       epoch, bar, task, hook, cfg.label_smoothing, scaler))
+            row.update(evaluate(model, val_loader, mean, std, device, cfg.input_size, cfg.amp))
             bar.update(task, info=f"loss {row['train_loss']:.3f} val acc {row['val_acc']:.2%}")
             history.append(row)
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
             save_checkpoint(out / "checkpoint.pt", {
                 "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1, "meta": {**meta, "kind": kind, "class_names": data.meta.get("class_names", [])},
+                "epoch": epoch + 1, "meta": {**meta, "kind": kind, "class_names": data.meta.get("class_names", []),
+                                             "dataset": data.meta.get("dataset", ""), "split": data.meta.get("split")},
                 "config": json.loads(json.dumps(config)), "history": json.loads(json.dumps(history)),
                 "rng": {"torch": torch.get_rng_state(), **({"augment": aug.get_state()} if aug is not None else {})},
             })
@@ -260,6 +289,15 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
     write_json(out / "summary.json", summary)
     console.print(f"[bold]{variant.name}[/] {model_name}: val acc {summary['final_val_acc']:.2%} (best {summary['best_val_acc']:.2%}), {summary['seconds']:.1f} s -> {out}")
     return summary
+
+
+def _split_head(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(classifier head parameters, the rest), the head as timm's get_classifier() names it."""
+    get = getattr(model, "get_classifier", None)
+    head_module = get() if callable(get) else None
+    head = list(head_module.parameters()) if isinstance(head_module, nn.Module) else []
+    ids = {id(p) for p in head}
+    return head, [p for p in model.parameters() if id(p) not in ids]
 
 
 # Options that may differ between a run and its resumption.

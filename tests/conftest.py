@@ -34,9 +34,9 @@ def make_imagefolder(root: Path, classes: int = 3, train_per_class: int = 10, va
 
 @pytest.fixture(scope="session")
 def digits_teacher(tmp_path_factory) -> Path:
-    """A cifar_resnet8 teacher trained for 2 epochs on digits; returns its run directory."""
+    """A cifar_resnet8 teacher trained for 4 epochs on digits; returns its run directory."""
     out = tmp_path_factory.mktemp("teacher")
-    teacher.run(TrainConfig(out=str(out), student="cifar_resnet8", variant="unguided", epochs=2, batch_size=64, lr=0.1, progress=False), "digits")
+    teacher.run(TrainConfig(out=str(out), student="cifar_resnet8", variant="unguided", epochs=4, batch_size=64, lr=0.1, progress=False), "digits")
     return out
 
 

@@ -1,0 +1,76 @@
+"""Accuracy on the real CIFAR-10 images with a CPU-sized recipe: unguided vs offline KD (cached
+clean-image logits) vs online KD (the teacher on every augmented batch), over several seeds.
+
+    .venv/bin/python benchmarks/accuracy.py [--train-per-class 2000] [--seeds 0,1,2]
+
+Teacher: cifar_resnet20 trained with `kdstore teacher`; students: cifar_resnet8, variant `kd`
+(shuffled, lambda 0.9, tau 4) or `unguided`. Everything lands under ~/.cache/kdstore/bench/;
+the table (mean ± std over seeds) goes to benchmarks/results/accuracy.json and stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from common import WORK, cifar10_subset
+
+from kdstore import bench, cache, teacher, train
+from kdstore.cache import CacheConfig
+from kdstore.store import Store
+from kdstore.train import TrainConfig
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--train-per-class", type=int, default=2000)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--teacher-epochs", type=int, default=6)
+    p.add_argument("--student-epochs", type=int, default=4)
+    args = p.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    folder = cifar10_subset(args.train_per_class, 1000)
+    root = WORK / f"accuracy-{args.train_per_class}"
+    spec = f"imagefolder:{folder}"
+    t0 = time.perf_counter()
+    if not (root / "teacher" / "summary.json").is_file():
+        teacher.run(TrainConfig(out=str(root / "teacher"), student="cifar_resnet20", variant="unguided", epochs=args.teacher_epochs,
+                                batch_size=128, lr=0.1, overwrite=True), spec)
+    teacher_s = time.perf_counter() - t0
+    store_dir = root / "store"
+    t0 = time.perf_counter()
+    if not (store_dir / "MANIFEST.json").is_file():
+        cache.run(CacheConfig(dataset=spec, out=str(store_dir), checkpoint=str(root / "teacher" / "checkpoint.pt"), overwrite=True))
+    cache_s = time.perf_counter() - t0
+    store = Store.open(store_dir)
+    base = TrainConfig(out="", store=str(store_dir), student="cifar_resnet8", epochs=args.student_epochs, batch_size=128, lr=0.05)
+    rows = {}
+    for mode in ("unguided", "offline-kd", "online-kd"):
+        for seed in seeds:
+            out = root / "runs" / f"{mode}-s{seed}"
+            if not (out / "summary.json").is_file():
+                cfg = replace(base, out=str(out), seed=seed, variant="unguided" if mode == "unguided" else "kd", overwrite=True)
+                if mode == "online-kd":
+                    bench.train_online(cfg, store, checkpoint=str(root / "teacher" / "checkpoint.pt"))
+                else:
+                    train.run(cfg)
+            rows.setdefault(mode, []).append(json.loads((out / "summary.json").read_text()))
+    table = {
+        "teacher_val_acc": store.attrs["teacher_val_acc"], "train_images": len(store.train), "val_images": len(store.val),
+        "teacher_seconds": teacher_s, "cache_seconds": cache_s, "seeds": seeds, "student_epochs": args.student_epochs,
+        "modes": {m: {"final_val_acc_mean": float(np.mean([r["final_val_acc"] for r in rs])),
+                      "final_val_acc_std": float(np.std([r["final_val_acc"] for r in rs], ddof=1)) if len(rs) > 1 else 0.0,
+                      "values": [r["final_val_acc"] for r in rs],
+                      "images_per_s_median": float(np.median([r["images_per_s"] for r in rs]))} for m, rs in rows.items()},
+    }
+    out = Path(__file__).parent / "results" / "accuracy.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(table, indent=2) + "\n")
+    print(json.dumps(table, indent=2))
+
+
+if __name__ == "__main__":
+    main()
