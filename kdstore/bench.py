@@ -3,8 +3,8 @@
 Three modes run one after another in one process, each from the same initial student and on the
 same batches: (a) `unguided` student steps, (b) `offline` KD steps with logits from the store,
 (c) `online` KD steps with the teacher in eval and inference mode on every (augmented) batch.
-Timing follows airbench: warm-up steps excluded, device synchronised, median over steps, and
-repeats (rounds, in alternating order).
+Timing follows airbench: warm-up steps excluded, device synchronised, median over steps; the
+modes' steps are interleaved so that all three see the same machine.
 """
 from __future__ import annotations
 
@@ -43,8 +43,7 @@ class BenchConfig:
     stem: str | None = None
     batch_size: int = 128
     steps: int = 20  # timed steps per mode
-    warmup: int = 3  # untimed steps per mode and round (loader compilation, allocator warm-up)
-    rounds: int = 2  # each mode runs this many times, in alternating order
+    warmup: int = 3  # untimed steps per mode (loader compilation, allocator warm-up)
     workers: int = 2
     device: str = "auto"
     tau: float = 4.0
@@ -53,7 +52,7 @@ class BenchConfig:
     json: str | None = None
 
     def validate(self) -> None:
-        for name in ("batch_size", "steps", "sweep_epochs", "workers", "rounds"):
+        for name in ("batch_size", "steps", "sweep_epochs", "workers"):
             if getattr(self, name) < 1:
                 raise KdstoreError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
@@ -97,72 +96,87 @@ def _batches(loader):
         yield from loader
 
 
-def run_mode(mode: str, cfg: BenchConfig, student: nn.Module, store: Store, teacher: nn.Module | None, input_size: int,
-             device: torch.device) -> dict[str, list[float] | int]:
-    """Warm-up + timed student steps of one mode from a fresh copy of the student; returns the
-    per-step times, the data-wait times and the peak memory."""
-    model = copy.deepcopy(student).to(device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    mean = torch.tensor(store.attrs["normalize_mean"], device=device)
-    std = torch.tensor(store.attrs["normalize_std"], device=device)
-    table = torch.from_numpy(store.train.logits).float().to(device) if mode == "offline" else None
-    order_fn = epoch_order_fn("shuffle", len(store.train), seed=0)  # the same batches in every mode
-    loader = make_loader(store.beton("train"), cfg.batch_size, cfg.workers, order_fn, drop_last=True)
-    aug = torch.Generator().manual_seed(0)
-    online = online_teacher(teacher, input_size) if mode == "online" else None
-    proc = psutil.Process()
-    step_s, wait_s, rss_peak = [], [], 0
-    _memory_reset(device)
-    batches = _batches(loader)
-    for step in range(cfg.warmup + cfg.steps):
-        _sync(device)
+class _Runner:
+    """One mode's student, optimiser and loader; `step()` runs one timed training step."""
+
+    def __init__(self, mode: str, cfg: BenchConfig, student: nn.Module, store: Store, teacher: nn.Module | None,
+                 input_size: int, device: torch.device) -> None:
+        self.mode, self.cfg, self.store, self.device = mode, cfg, store, device
+        self.model = copy.deepcopy(student).to(device).train()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.mean = torch.tensor(store.attrs["normalize_mean"], device=device)
+        self.std = torch.tensor(store.attrs["normalize_std"], device=device)
+        self.table = torch.from_numpy(store.train.logits).float().to(device) if mode == "offline" else None
+        order_fn = epoch_order_fn("shuffle", len(store.train), seed=0)  # the same batches in every mode
+        self.batches = _batches(make_loader(store.beton("train"), cfg.batch_size, cfg.workers, order_fn, drop_last=True))
+        self.aug = torch.Generator().manual_seed(0)
+        self.online = online_teacher(teacher, input_size) if mode == "online" else None
+
+    def step(self) -> tuple[float, float]:
+        """(step seconds, seconds waiting for the batch), device synchronised."""
+        _sync(self.device)
         t0 = time.perf_counter()
-        images, labels, ids = next(batches)
+        images, labels, ids = next(self.batches)
         t1 = time.perf_counter()
-        x = crop_flip(normalize(images.to(device, non_blocking=True), mean, std), *crop_flip_params(len(images), PAD, aug), pad=PAD)
-        y = labels.to(device, non_blocking=True)
-        if mode == "offline":
-            pos = torch.from_numpy(store.train.positions(ids.numpy())).to(device)
-            target = table[pos]
-        elif mode == "online":
-            target = online(pos=None, images=x)
+        x = normalize(images.to(self.device, non_blocking=True), self.mean, self.std)
+        x = crop_flip(x, *crop_flip_params(len(images), PAD, self.aug), pad=PAD)
+        y = labels.to(self.device, non_blocking=True)
+        if self.table is not None:
+            target = self.table[torch.from_numpy(self.store.train.positions(ids.numpy())).to(self.device)]
+        elif self.online is not None:
+            target = self.online(None, x)
         else:
             target = None
-        terms = student_loss(model(x), y, target, cfg.lam if target is not None else 0.0, cfg.tau)
-        opt.zero_grad(set_to_none=True)
+        terms = student_loss(self.model(x), y, target, self.cfg.lam if target is not None else 0.0, self.cfg.tau)
+        self.opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
-        opt.step()
-        _sync(device)
-        t2 = time.perf_counter()
-        if step >= cfg.warmup:
-            step_s.append(t2 - t0)
-            wait_s.append(t1 - t0)
-            rss_peak = max(rss_peak, proc.memory_info().rss)
-    peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else rss_peak
-    return {"step_s": step_s, "wait_s": wait_s, "peak": peak}
+        self.opt.step()
+        _sync(self.device)
+        return time.perf_counter() - t0, t1 - t0
+
+
+def peak_memory(mode: str, cfg: BenchConfig, student: nn.Module, store: Store, teacher: nn.Module, input_size: int,
+                device: torch.device) -> int:
+    """Peak memory of a few steps of one mode run alone: CUDA max allocated (the teacher is on the
+    device only for the online mode), or the process RSS on the CPU."""
+    if mode == "online":
+        teacher.to(device)
+    _memory_reset(device)
+    runner = _Runner(mode, cfg, student, store, teacher if mode == "online" else None, input_size, device)
+    rss = 0
+    for _ in range(max(2, min(cfg.warmup, 3))):
+        runner.step()
+        rss = max(rss, psutil.Process().memory_info().rss)
+    peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else rss
+    del runner
+    teacher.to("cpu")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return peak
 
 
 def run_modes(cfg: BenchConfig, student: nn.Module, store: Store, teacher: nn.Module, input_size: int, device: torch.device) -> dict[str, Any]:
-    """All modes, `rounds` times, in alternating order so that drift of the machine's speed does
-    not favour one mode; medians over every timed step of every round."""
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
-    for r in range(cfg.rounds):
-        for mode in (MODES if r % 2 == 0 else MODES[::-1]):
-            if mode == "online":
-                teacher.to(device)  # on the device only while it is used, so other modes' peaks exclude it
-            runs[mode].append(run_mode(mode, cfg, student, store, teacher if mode == "online" else None, input_size, device))
-            if mode == "online":
-                teacher.to("cpu")
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+    """Time the modes step-interleaved (one step of each in turn, the turn order rotating), so
+    that drift in the machine's speed hits every mode alike; memory comes from separate runs."""
+    memory = {m: peak_memory(m, cfg, student, store, teacher, input_size, device) for m in MODES}
+    teacher.to(device)
+    runners = {m: _Runner(m, cfg, student, store, teacher if m == "online" else None, input_size, device) for m in MODES}
+    for _ in range(cfg.warmup):
+        for r in runners.values():
+            r.step()
+    step_s: dict[str, list[float]] = {m: [] for m in MODES}
+    wait_s: dict[str, list[float]] = {m: [] for m in MODES}
+    for i in range(cfg.steps):
+        for mode in MODES[i % 3:] + MODES[: i % 3]:
+            t_step, t_wait = runners[mode].step()
+            step_s[mode].append(t_step)
+            wait_s[mode].append(t_wait)
     out = {}
-    for mode, rs in runs.items():
-        step = np.concatenate([r["step_s"] for r in rs])
-        wait = np.concatenate([r["wait_s"] for r in rs])
+    for mode in MODES:
+        step, wait = np.array(step_s[mode]), np.array(wait_s[mode])
         out[mode] = {
             "images_per_s": float(np.median(cfg.batch_size / step)), "step_ms_median": float(np.median(step) * 1e3),
-            "data_wait_frac": float(wait.sum() / step.sum()), "timed_steps": int(len(step)),
-            "peak_memory_bytes": max(int(r["peak"]) for r in rs),
+            "data_wait_frac": float(wait.sum() / step.sum()), "timed_steps": int(len(step)), "peak_memory_bytes": memory[mode],
             "memory_kind": "cuda max allocated" if device.type == "cuda" else "process RSS (includes the teacher bench holds)",
         }
     return out
@@ -179,21 +193,22 @@ def measure_cache(cfg: BenchConfig, teacher: nn.Module, store: Store, input_size
     size = int(store.attrs["image_size"])
     fixed = torch.randint(0, 256, (cfg.batch_size, size, size, 3), dtype=torch.uint8, device=device)
     pass_s, bare_s = [], []
+    batches = iter(loader)
     with torch.inference_mode():
-        for step, (images, _, _) in enumerate(loader):
+        # Interleaved: a cache-pass batch (read from the .beton, as `cache` does), then a bare
+        # forward of a batch already on the device.
+        for step in range(len(loader)):
             _sync(device)
             t0 = time.perf_counter()
+            images, _, _ = next(batches)
             teacher_forward(teacher, images, mean, std, input_size, device).cpu()
             _sync(device)
-            if step >= min(cfg.warmup, len(loader) - 1):
-                pass_s.append(time.perf_counter() - t0)
-        for step in range(cfg.warmup + cfg.steps):
-            _sync(device)
-            t0 = time.perf_counter()
+            t1 = time.perf_counter()
             teacher_forward(teacher, fixed, mean, std, input_size, device)
             _sync(device)
-            if step >= cfg.warmup:
-                bare_s.append(time.perf_counter() - t0)
+            if step >= min(cfg.warmup, len(loader) - 1):
+                pass_s.append(t1 - t0)
+                bare_s.append(time.perf_counter() - t1)
     cache_ips = float(np.median(cfg.batch_size / np.array(pass_s)))
     bare_ips = float(np.median(cfg.batch_size / np.array(bare_s)))
     return {"cache_images_per_s": cache_ips, "teacher_forward_images_per_s": bare_ips, "cache_vs_forward": cache_ips / bare_ips}
@@ -254,7 +269,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     flops = flop_counts(teacher, student, input_size, int(store.attrs["image_size"]), store.num_classes)
     teacher.eval()
     modes = run_modes(cfg, student, store, teacher, input_size, device)
-    cache = measure_cache(cfg, teacher.to(device), store, input_size, device)
+    cache = measure_cache(cfg, teacher, store, input_size, device)
     ratio = modes["offline"]["images_per_s"] / modes["online"]["images_per_s"]
     result = {
         "config": to_dict(cfg), "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .augment import normalize, resize
 from .config import write_json
 from .datasets import ImageDataset, load_dataset
@@ -97,15 +97,17 @@ def _save_chunk(chunk_dir: Path, index: int, parts: dict[str, list[torch.Tensor]
 def score_beton(
     model: torch.nn.Module, beton: Path, batch_size: int, workers: int, device: torch.device,
     input_size: int, mean: torch.Tensor, std: torch.Tensor, label: str = "", progress: bool = True,
-    chunk_dir: Path | None = None,
+    chunk_dir: Path | None = None, positions: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """One inference pass over a .beton in file order.
+    """One inference pass over a .beton (or its `positions`) in file order.
 
     Returns logits (N, C) float32, labels (N,), sample ids (N,) and the images/s of the pass.
-    With `chunk_dir`, outputs are flushed there in chunks of whole batches, and a pass killed
+    With `chunk_dir`, every output is flushed there in chunks of whole batches, and a pass killed
     earlier continues after its last flushed chunk (the batches are the same as in one pass).
     """
-    n_total = len(read_int_fields(beton)["sample_id"])
+    if positions is None:
+        positions = np.arange(len(read_int_fields(beton)["sample_id"]))
+    n_total = len(positions)
     chunks: list[dict[str, np.ndarray]] = []
     if chunk_dir is not None:
         chunk_dir.mkdir(exist_ok=True)
@@ -118,7 +120,7 @@ def score_beton(
     with images_progress(progress) as bar, torch.inference_mode():
         task = bar.add_task(label, total=n_total, completed=start, info="resumed" if start else "")
         if start < n_total:
-            loader = make_loader(beton, batch_size, workers, indices=np.arange(start, n_total))
+            loader = make_loader(beton, batch_size, workers, indices=positions[start:])
             for b, (images, y, sid) in enumerate(loader, 1):  # images: (B, H, W, 3) uint8
                 parts["logits"].append(teacher_forward(model, images, mean, std, input_size, device).cpu())
                 parts["labels"].append(y.clone())  # FFCV reuses its buffers
@@ -129,12 +131,17 @@ def score_beton(
                     chunks.append(_save_chunk(chunk_dir, len(chunks), parts))
                     parts = {k: [] for k in parts}
     if parts["labels"]:
-        chunks.append({k: torch.cat(v).numpy() for k, v in parts.items()})
+        chunks.append(_save_chunk(chunk_dir, len(chunks), parts) if chunk_dir is not None else {k: torch.cat(v).numpy() for k, v in parts.items()})
     seconds = time.perf_counter() - t0
+    result = _concat(chunks)
+    result.update(images_per_s=n / max(seconds, 1e-9), seconds=seconds)
+    return result
+
+
+def _concat(chunks: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     result = {k: np.concatenate([c[k] for c in chunks]) for k in ("logits", "labels", "sample_id")}
     result["labels"] = result["labels"].astype(np.int64)
     result["sample_id"] = result["sample_id"].astype(np.int64)
-    result.update(images_per_s=n / max(seconds, 1e-9), seconds=seconds)
     return result
 
 
@@ -212,7 +219,8 @@ def run(cfg: CacheConfig) -> Path:
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise KdstoreError(f"{out} already exists; pass --overwrite to replace it")
-    device = resolve_device(cfg.device)
+    # Under torchrun, rank 0 writes the .beton files and the store; every rank scores a shard.
+    ctx, device = distributed.init(resolve_device(cfg.device))
     t_start = time.perf_counter()
     dataset = load_dataset(cfg.dataset, Path(cfg.data_root) if cfg.data_root else None, cfg.image_size)
     image_size = int(dataset.train.get(0).shape[0])
@@ -227,20 +235,31 @@ def run(cfg: CacheConfig) -> Path:
     mean, std = torch.tensor(mean_t, device=device), torch.tensor(std_t, device=device)
 
     stage = staging_dir(out)
-    resumed = _prepare_stage(stage, _stage_state(cfg, meta, digest, dataset), cfg.resume)
-    if resumed:
+    state = {**_stage_state(cfg, meta, digest, dataset), "processes": ctx.world}
+    distributed.agree(ctx, "the cache's inputs", json.dumps(state, sort_keys=True))
+    if ctx.main and _prepare_stage(stage, state, cfg.resume):
         console.print(f"resuming the partial cache in {stage}")
+    distributed.barrier(ctx)
     try:
         scored = {}
         for split_name in ("train", "val"):
             beton = stage / BETONS[split_name]
-            if not beton.is_file():
+            if ctx.main and not beton.is_file():
                 tmp = stage / f".{beton.name}.tmp"
                 with console.status(f"writing {beton.name} ({len(getattr(dataset, split_name))} images)"):
                     write_beton(getattr(dataset, split_name), tmp, cfg.workers)
                 os.replace(tmp, beton)
+            distributed.barrier(ctx)
+            lo, hi = distributed.shard(len(getattr(dataset, split_name)), cfg.batch_size, ctx.rank, ctx.world)
+            chunk_dir = lambda rank: stage / f"chunks-{split_name}-r{rank}of{ctx.world}"  # noqa: E731
             scored[split_name] = score_beton(model, beton, cfg.batch_size, cfg.workers, device, meta["input_size"], mean, std,
-                                             f"teacher on {split_name}", cfg.progress, chunk_dir=stage / f"chunks-{split_name}")
+                                             f"teacher on {split_name}", cfg.progress and ctx.main, chunk_dir(ctx.rank), np.arange(lo, hi))
+            distributed.barrier(ctx)
+            if ctx.active:  # the main rank joins the shards every rank flushed
+                speed = scored[split_name]["images_per_s"] * ctx.world
+                scored[split_name] = {**_concat([c for r in range(ctx.world) for c in _load_chunks(chunk_dir(r))]), "images_per_s": speed}
+        if not ctx.main:
+            return out
         splits = {name: _split_arrays(s, name == "train") for name, s in scored.items()}
         with console.status("fingerprinting the images"):
             parts = [fingerprint_beton(stage / BETONS[name], cfg.workers) for name in ("train", "val")]
@@ -257,8 +276,8 @@ def run(cfg: CacheConfig) -> Path:
             "split_members_sha256": split["members_sha256"] if split else "",
         }
         write_teacher_h5(stage / H5_NAME, splits, attrs, cfg.logits_dtype)
-        for leftover in ("chunks-train", "chunks-val"):
-            shutil.rmtree(stage / leftover, ignore_errors=True)
+        for leftover in stage.glob("chunks-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         (stage / "cache-state.json").unlink()
         write_manifest(stage, {"dataset_fingerprint": fingerprint, "teacher_images_per_s": scored["train"]["images_per_s"]})
         Store.open(stage)  # the checks a reader runs, before the store is published
@@ -266,7 +285,8 @@ def run(cfg: CacheConfig) -> Path:
     except KeyboardInterrupt:
         raise KdstoreError(f"interrupted; the partial cache is kept in {stage}: rerun with --resume to continue") from None
     except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        if ctx.main:
+            shutil.rmtree(stage, ignore_errors=True)
         raise
     size = sum(p.stat().st_size for p in out.iterdir())
     console.print(

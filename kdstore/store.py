@@ -116,6 +116,12 @@ class Store:
     def beton(self, split: str) -> Path:
         return self.path / BETONS[split]
 
+    def identity(self) -> str:
+        """The store's files as its manifest records them (sha256), plus the dataset fingerprint."""
+        manifest = json.loads((self.path / MANIFEST).read_text())
+        digests = ",".join(f"{k}={v[:12]}" for k, v in sorted(manifest["sha256"].items()))
+        return f"{self.attrs['dataset_fingerprint'][:12]}|{digests}"
+
     @classmethod
     def open(cls, path: Path | str) -> "Store":
         path = Path(path)

@@ -10,7 +10,8 @@ from typing import Any
 
 from .datasets import load_dataset
 from .loading import write_beton
-from .models import normalization_for
+from . import distributed
+from .models import normalization_for, resolve_device
 from .progress import console
 from .splits import split_record, subset
 from .store import BETONS
@@ -31,10 +32,13 @@ def run(cfg: TrainConfig, dataset: str, data_root: str | None = None, image_size
         mask, record = split_record(ds.train, split, split_seed)
         ds.train = subset(ds.train, mask)
     data_dir = Path(cfg.out) / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "val"):
-        with console.status(f"writing {BETONS[split]}"):
-            write_beton(getattr(ds, split), data_dir / BETONS[split], cfg.workers)
+    ctx, _ = distributed.init(resolve_device(cfg.device))
+    if ctx.main:  # under torchrun, rank 0 writes the files the others read
+        data_dir.mkdir(parents=True, exist_ok=True)
+        for split in ("train", "val"):
+            with console.status(f"writing {BETONS[split]}"):
+                write_beton(getattr(ds, split), data_dir / BETONS[split], cfg.workers)
+    distributed.barrier(ctx)
     mean, std = normalization_for(cfg.student)
     data = TrainData(
         train_beton=data_dir / BETONS["train"], val_beton=data_dir / BETONS["val"], num_classes=ds.num_classes,

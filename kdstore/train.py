@@ -19,6 +19,8 @@ import torch.nn as nn
 
 from .augment import crop_flip, crop_flip_params, normalize, resize
 from .config import to_dict, write_json
+from . import distributed
+from .distributed import Context, all_reduce_sum
 from .errors import KdstoreError
 from .loading import make_loader, read_int_fields
 from .losses import student_loss
@@ -122,7 +124,7 @@ def data_from_store(store: Store) -> TrainData:
         confidence=t.confidence, teacher_logits=t.logits,
         fixed_orders={"curriculum": t.positions(t.curriculum), "inverse": t.positions(t.inverse)},
         meta={"store": str(store.path), "dataset": store.attrs["dataset"], "dataset_fingerprint": store.attrs["dataset_fingerprint"],
-              "teacher": store.attrs["teacher"], "class_names": store.attrs["class_names"]},
+              "teacher": store.attrs["teacher"], "class_names": store.attrs["class_names"], "identity": store.identity()},
     )
 
 
@@ -131,9 +133,12 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer, scheduler, aug: torch.Generator | None, cfg: TrainConfig,
     mean: torch.Tensor, std: torch.Tensor, device: torch.device, epoch: int, bar, task,
     hook: BatchHook | None = None, label_smoothing: float = 0.0, scaler: torch.amp.GradScaler | None = None,
+    ctx: Context = Context(),
 ) -> dict[str, float]:
-    """One pass over `loader`, which visits `order` (positions) in batches of cfg.batch_size."""
+    """One pass over `loader`, which visits `order` (this rank's positions) in its batches;
+    lambdas[b] is the lambda of (global) batch b."""
     model.train()
+    local_batch = loader.batch_size
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, ce, kd, correct (sample-weighted)
     n_seen, wait = 0, 0.0
@@ -141,7 +146,7 @@ def train_one_epoch(
     t_wait = t0
     for b, (images, labels, ids) in enumerate(loader):
         wait += time.perf_counter() - t_wait
-        pos = order[b * cfg.batch_size: b * cfg.batch_size + len(ids)]
+        pos = order[b * local_batch: b * local_batch + len(ids)]
         ids_np = ids.numpy()
         if hook is not None:
             hook(epoch, b, ids_np.copy(), float(lambdas[b]))
@@ -168,12 +173,14 @@ def train_one_epoch(
     seconds = time.perf_counter() - t0
     if bar is not None:
         bar.update(task, completed=n_seen, info=f"loss {sums[0].item() / max(n_seen, 1):.3f}")
-    loss, ce, kd, correct = (sums / max(n_seen, 1)).tolist()
+    totals = all_reduce_sum(torch.cat([sums, torch.tensor([float(n_seen)], dtype=torch.float64, device=device)]), ctx)
+    n_all = max(totals[4].item(), 1.0)
+    loss, ce, kd, correct = (totals[:4] / n_all).tolist()
     used = lambdas[: len(loader)]
     return {
         "train_loss": loss, "train_ce": ce, "train_kd": kd, "train_acc": correct,
         "lam_mean": float(used.mean()), "lam_min": float(used.min()), "lam_max": float(used.max()),
-        "seconds": seconds, "images_per_s": n_seen / max(seconds, 1e-9), "data_wait_frac": wait / max(seconds, 1e-9),
+        "seconds": seconds, "images_per_s": n_all / max(seconds, 1e-9), "data_wait_frac": wait / max(seconds, 1e-9),
     }
 
 
@@ -186,8 +193,8 @@ def _autocast(device: torch.device, enabled: bool):
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader, mean: torch.Tensor, std: torch.Tensor, device: torch.device,
-             input_size: int | None = None, amp: bool = False) -> dict[str, float]:
-    """Validation accuracy and loss (mean CE) over the whole split."""
+             input_size: int | None = None, amp: bool = False, ctx: Context = Context()) -> dict[str, float]:
+    """Validation accuracy and loss (mean CE) over the whole split (each rank reads its shard)."""
     model.eval()
     loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -200,7 +207,9 @@ def evaluate(model: nn.Module, loader, mean: torch.Tensor, std: torch.Tensor, de
         loss += nn.functional.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
         n += len(y)
-    return {"val_acc": correct.item() / max(n, 1), "val_loss": loss.item() / max(n, 1)}
+    totals = all_reduce_sum(torch.stack([loss, correct.double(), torch.tensor(float(n), dtype=torch.float64, device=device)]), ctx)
+    n_all = max(totals[2].item(), 1.0)
+    return {"val_acc": totals[1].item() / n_all, "val_loss": totals[0].item() / n_all}
 
 
 def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: BatchHook | None = None,
@@ -217,17 +226,25 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
         raise KdstoreError(f"--resume: {out} has no checkpoint.pt to continue from")
     if variant.needs_teacher and data.teacher_logits is None and teacher is None:
         raise KdstoreError(f"variant {variant.name} needs teacher logits from a store")
-    device = resolve_device(cfg.device)
+    ctx, device = distributed.init(resolve_device(cfg.device))
+    if cfg.batch_size % ctx.world:
+        raise KdstoreError(f"--batch-size {cfg.batch_size} is not divisible by the {ctx.world} torchrun processes")
+    distributed.agree(ctx, "the data", data.meta.get("identity", str(data.train_beton)))
     torch.manual_seed(cfg.seed)
     model, meta = build_model(model_name, data.num_classes, cfg.input_size or data.image_size, cfg.stem, cfg.pretrained, cfg.pretrained_file)
     model.to(device)
+    net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ctx.active else model
 
     n = len(read_int_fields(data.train_beton)["sample_id"])
-    order_fn = epoch_order_fn(variant.ordering, n, cfg.seed, data.fixed_orders.get(variant.ordering))
-    # One lone sample in the last batch would break BatchNorm in training mode: drop it then.
-    drop_last = n % cfg.batch_size == 1 and n > 1
-    train_loader = make_loader(data.train_beton, cfg.batch_size, cfg.workers, order_fn, drop_last)
-    val_loader = make_loader(data.val_beton, 512, cfg.workers)
+    global_order_fn = epoch_order_fn(variant.ordering, n, cfg.seed, data.fixed_orders.get(variant.ordering))
+    # One lone sample in a last batch would break BatchNorm in training mode: drop it then.
+    drop_last = ctx.world == 1 and n % cfg.batch_size == 1 and n > 1
+    usable = distributed.usable_length(n, cfg.batch_size, ctx.world)
+    epoch_order = lambda epoch: global_order_fn(epoch)[:usable]  # noqa: E731 - the global order of an epoch
+    rank_order = lambda epoch: distributed.rank_positions(epoch_order(epoch), cfg.batch_size, ctx.rank, ctx.world)  # noqa: E731
+    train_loader = make_loader(data.train_beton, cfg.batch_size // ctx.world, cfg.workers, rank_order, drop_last)
+    n_val = len(read_int_fields(data.val_beton)["sample_id"])
+    val_loader = make_loader(data.val_beton, 512, cfg.workers, indices=np.arange(ctx.rank, n_val, ctx.world))
     steps_per_epoch = len(train_loader)
 
     confidence = data.confidence if data.confidence is not None else np.ones(n, dtype=np.float32)
@@ -244,32 +261,37 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
     optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
-    aug = torch.Generator().manual_seed(cfg.seed) if cfg.augment else None
+    aug = torch.Generator().manual_seed(cfg.seed + 1_000_003 * ctx.rank) if cfg.augment else None
 
-    out.mkdir(parents=True, exist_ok=True)
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
     config = {**to_dict(cfg), "variant": variant.name, "kind": kind, "model": meta, "data": data.meta}
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if cfg.resume:
         start_epoch, history = _restore(out / "checkpoint.pt", config, model, optimizer, scheduler, aug)
         train_loader.next_epoch = start_epoch  # FFCV asks order_fn for this epoch next
-    write_json(out / "config.json", config)
     metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("".join(json.dumps(row) + "\n" for row in history))
+    if ctx.main:
+        write_json(out / "config.json", config)
+        metrics_path.write_text("".join(json.dumps(row) + "\n" for row in history))
     t_run = time.perf_counter()
-    with images_progress(cfg.progress) as bar:
+    with images_progress(cfg.progress and ctx.main) as bar:
         for epoch in range(start_epoch, cfg.epochs):
-            order = order_fn(epoch)
+            order = epoch_order(epoch)  # global: lambda per global batch is the same on every rank
             lambdas = policy(confidence[order], cfg.batch_size, cfg.lam, max_conf)
-            task = bar.add_task(f"{variant.name} epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch * cfg.batch_size if drop_last else n, info="")
+            mine = rank_order(epoch)
+            task = bar.add_task(f"{variant.name} epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch * (cfg.batch_size // ctx.world) if drop_last else len(mine), info="")
             row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
             for p in body:  # --freeze-epochs: only the head learns at first (frozen params get no grad)
                 p.requires_grad_(epoch >= cfg.freeze_epochs)
-            row.update(train_one_epoch(model, train_loader, order, lambdas, teacher, optimizer, scheduler, aug, cfg, mean, std, device,
-                                       epoch, bar, task, hook, cfg.label_smoothing, scaler))
-            row.update(evaluate(model, val_loader, mean, std, device, cfg.input_size, cfg.amp))
+            row.update(train_one_epoch(net, train_loader, mine, lambdas, teacher, optimizer, scheduler, aug, cfg, mean, std, device,
+                                       epoch, bar, task, hook, cfg.label_smoothing, scaler, ctx))
+            row.update(evaluate(model, val_loader, mean, std, device, cfg.input_size, cfg.amp, ctx))
             bar.update(task, info=f"loss {row['train_loss']:.3f} val acc {row['val_acc']:.2%}")
             history.append(row)
+            if not ctx.main:
+                continue
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
             save_checkpoint(out / "checkpoint.pt", {
@@ -284,8 +306,10 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
         "final_val_acc": history[-1]["val_acc"], "best_val_acc": max(r["val_acc"] for r in history),
         "final_val_loss": history[-1]["val_loss"], "seconds": time.perf_counter() - t_run,
         "images_per_s": float(np.median([r["images_per_s"] for r in history])),
-        **{k: v for k, v in data.meta.items() if k != "class_names"},
+        **{k: v for k, v in data.meta.items() if k not in ("class_names", "identity")}, "processes": ctx.world,
     }
+    if not ctx.main:
+        return summary
     write_json(out / "summary.json", summary)
     console.print(f"[bold]{variant.name}[/] {model_name}: val acc {summary['final_val_acc']:.2%} (best {summary['best_val_acc']:.2%}), {summary['seconds']:.1f} s -> {out}")
     return summary

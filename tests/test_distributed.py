@@ -1,0 +1,105 @@
+"""torchrun on the CPU (gloo, 2 processes): cache and train match a single process."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch.distributed
+
+from kdstore import cache, train
+from kdstore.cache import CacheConfig
+from kdstore.store import Store
+from kdstore.train import TrainConfig
+from kdstore.variants import VARIANTS
+
+from .conftest import make_imagefolder
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="torch.distributed with gloo is not available")
+
+BATCH = 8  # 30 train images -> global batches of 8, 8, 8, 6; 4 + 3 per rank in the last one
+
+
+def torchrun(*args, timeout=600):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_imagefolder(tmp_path_factory.mktemp("ddp-data"), classes=3, train_per_class=10, val_per_class=4)
+
+
+@pytest.fixture(scope="module")
+def stores(folder, tmp_path_factory):
+    """The same cache made by one process and by two torchrun processes."""
+    root = tmp_path_factory.mktemp("ddp-stores")
+    opts = ["--dataset", f"imagefolder:{folder}", "--teacher", "cifar_resnet8", "--batch-size", BATCH, "--workers", 1, "--device", "cpu", "--no-progress"]
+    proc = torchrun("-m", "kdstore", "cache", *opts, "--out", root / "two")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cache.run(CacheConfig(dataset=f"imagefolder:{folder}", teacher="cifar_resnet8", batch_size=BATCH, workers=1, device="cpu", out=str(root / "one"), progress=False))
+    return root / "one", root / "two"
+
+
+def test_two_process_cache_equals_one_process_cache(stores):
+    one, two = Store.open(stores[0]), Store.open(stores[1])
+    for split in ("train", "val"):
+        a, b = getattr(one, split), getattr(two, split)
+        for field in ("logits", "labels", "sample_id", "confidence", "correct"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=f"{split}/{field}")
+    np.testing.assert_array_equal(one.train.curriculum, two.train.curriculum)
+    np.testing.assert_array_equal(one.train.inverse, two.train.inverse)
+    assert one.attrs["dataset_fingerprint"] == two.attrs["dataset_fingerprint"]
+    assert not any(p.name.startswith(".") for p in stores[1].parent.iterdir())  # no staging left
+
+
+RECORDER = textwrap.dedent("""
+    import json, os, sys
+    from kdstore import train
+    from kdstore.train import TrainConfig
+    store, out = sys.argv[1], sys.argv[2]
+    rank = int(os.environ["RANK"])
+    records = {}
+    for variant in sys.argv[3].split(","):
+        seen = records.setdefault(variant, [])
+        train.run(TrainConfig(out=f"{out}/{variant}", store=store if rank == 0 or len(sys.argv) < 5 else sys.argv[4],
+                              variant=variant, epochs=2, batch_size=%d, workers=1, device="cpu", progress=False),
+                  hook=lambda e, b, ids, lam: seen.append([e, b, ids.tolist(), lam]))
+    with open(f"{out}/records-r{rank}.json", "w") as f:
+        json.dump(records, f)
+""" % BATCH)
+
+
+def test_two_process_train_visits_the_same_global_batches_with_the_same_lambda(stores, tmp_path):
+    store = stores[0]
+    script = tmp_path / "record.py"
+    script.write_text(RECORDER)
+    proc = torchrun(script, store, tmp_path, ",".join(VARIANTS))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"records-r{r}.json").read_text()) for r in (0, 1)]
+    for variant in VARIANTS:
+        single = []
+        train.run(TrainConfig(out=str(tmp_path / "single" / variant), store=str(store), variant=variant, epochs=2, batch_size=BATCH, workers=1, device="cpu", progress=False),
+                  hook=lambda e, b, ids, lam: single.append([e, b, ids.tolist(), lam]))
+        r0, r1 = ranks[0][variant], ranks[1][variant]
+        assert len(r0) == len(r1) == len(single) == 8  # 4 global batches x 2 epochs
+        for s, a, b in zip(single, r0, r1):
+            assert s[0] == a[0] == b[0] and s[1] == a[1] == b[1]
+            assert s[3] == a[3] == b[3], f"{variant}: lambda of global batch {s[1]}"
+            assert s[2][0::2] == a[2] and s[2][1::2] == b[2], f"{variant}: samples of global batch {s[1]}"
+        summary = json.loads((tmp_path / variant / "summary.json").read_text())
+        assert summary["processes"] == 2
+        assert not (tmp_path / variant / "rank1").exists()
+    metrics = [json.loads(line) for line in (tmp_path / "kd" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2  # one writer: rank 0
+
+
+def test_ranks_with_different_stores_fail_fast(stores, digits_store, tmp_path):
+    script = tmp_path / "record.py"
+    script.write_text(RECORDER)
+    proc = torchrun(script, stores[0], tmp_path, "kd", digits_store, timeout=300)
+    assert proc.returncode != 0
+    assert "ranks disagree on the data" in proc.stderr
