@@ -1,7 +1,7 @@
 """Accuracy on the real CIFAR-10 images with a CPU-sized recipe: unguided vs offline KD (cached
 clean-image logits) vs online KD (the teacher on every augmented batch), over several seeds.
 
-    .venv/bin/python benchmarks/accuracy.py [--train-per-class 2000] [--seeds 0,1,2]
+    .venv/bin/python benchmarks/accuracy.py [--train-per-class 500] [--test-per-class 500] [--seeds 0,1,2]
 
 Teacher: cifar_resnet20 trained with `kdstore teacher`; students: cifar_resnet8, variant `kd`
 (shuffled, lambda 0.9, tau 4) or `unguided`. Everything lands under ~/.cache/kdstore/bench/;
@@ -26,14 +26,15 @@ from kdstore.train import TrainConfig
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--train-per-class", type=int, default=2000)
+    p.add_argument("--train-per-class", type=int, default=500)
+    p.add_argument("--test-per-class", type=int, default=500)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--teacher-epochs", type=int, default=6)
     p.add_argument("--student-epochs", type=int, default=4)
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    folder = cifar10_subset(args.train_per_class, 1000)
-    root = WORK / f"accuracy-{args.train_per_class}"
+    folder = cifar10_subset(args.train_per_class, args.test_per_class)
+    root = WORK / f"accuracy-{args.train_per_class}-{args.test_per_class}-t{args.teacher_epochs}-s{args.student_epochs}"
     spec = f"imagefolder:{folder}"
     t0 = time.perf_counter()
     if not (root / "teacher" / "summary.json").is_file():

@@ -27,7 +27,7 @@ PAIRS = [  # (name, teacher, teacher stem, teacher input, student)
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="auto")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=18)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--only", nargs="*", help="pair names to run")

@@ -206,6 +206,7 @@ def sweep(variants: str, seeds: str, out: str, **kw: Any) -> None:
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--steps", type=int, default=20, show_default=True, help="Timed steps per mode.")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed steps per mode.")
+@click.option("--block", type=int, default=5, show_default=True, help="Steps of each mode run alone, for its data wait and memory.")
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--device", type=DEVICES, default="auto", show_default=True)
 @click.option("--sweep-epochs", type=int, default=30, show_default=True, help="Epochs per run in the sweep estimate.")

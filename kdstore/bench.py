@@ -3,12 +3,13 @@
 Three modes run one after another in one process, each from the same initial student and on the
 same batches: (a) `unguided` student steps, (b) `offline` KD steps with logits from the store,
 (c) `online` KD steps with the teacher in eval and inference mode on every (augmented) batch.
-Timing follows airbench: warm-up steps excluded, device synchronised, median over steps; the
-modes' steps are interleaved so that all three see the same machine.
+Timing follows airbench: warm-up steps excluded, device synchronised, median over steps; every
+batch goes to all three modes in turn, so that all three see the same machine.
 """
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ class BenchConfig:
     batch_size: int = 128
     steps: int = 20  # timed steps per mode
     warmup: int = 3  # untimed steps per mode (loader compilation, allocator warm-up)
+    block: int = 5  # timed steps of each mode run alone, for its data wait and peak memory
     workers: int = 2
     device: str = "auto"
     tau: float = 4.0
@@ -52,7 +54,7 @@ class BenchConfig:
     json: str | None = None
 
     def validate(self) -> None:
-        for name in ("batch_size", "steps", "sweep_epochs", "workers"):
+        for name in ("batch_size", "steps", "sweep_epochs", "workers", "block"):
             if getattr(self, name) < 1:
                 raise KdstoreError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
@@ -97,7 +99,7 @@ def _batches(loader):
 
 
 class _Runner:
-    """One mode's student, optimiser and loader; `step()` runs one timed training step."""
+    """One mode's student and optimiser; `step(batch)` runs one training step on a batch."""
 
     def __init__(self, mode: str, cfg: BenchConfig, student: nn.Module, store: Store, teacher: nn.Module | None,
                  input_size: int, device: torch.device) -> None:
@@ -107,17 +109,10 @@ class _Runner:
         self.mean = torch.tensor(store.attrs["normalize_mean"], device=device)
         self.std = torch.tensor(store.attrs["normalize_std"], device=device)
         self.table = torch.from_numpy(store.train.logits).float().to(device) if mode == "offline" else None
-        order_fn = epoch_order_fn("shuffle", len(store.train), seed=0)  # the same batches in every mode
-        self.batches = _batches(make_loader(store.beton("train"), cfg.batch_size, cfg.workers, order_fn, drop_last=True))
         self.aug = torch.Generator().manual_seed(0)
         self.online = online_teacher(teacher, input_size) if mode == "online" else None
 
-    def step(self) -> tuple[float, float]:
-        """(step seconds, seconds waiting for the batch), device synchronised."""
-        _sync(self.device)
-        t0 = time.perf_counter()
-        images, labels, ids = next(self.batches)
-        t1 = time.perf_counter()
+    def step(self, images: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> None:
         x = normalize(images.to(self.device, non_blocking=True), self.mean, self.std)
         x = crop_flip(x, *crop_flip_params(len(images), PAD, self.aug), pad=PAD)
         y = labels.to(self.device, non_blocking=True)
@@ -131,52 +126,69 @@ class _Runner:
         self.opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         self.opt.step()
-        _sync(self.device)
-        return time.perf_counter() - t0, t1 - t0
 
 
-def peak_memory(mode: str, cfg: BenchConfig, student: nn.Module, store: Store, teacher: nn.Module, input_size: int,
-                device: torch.device) -> int:
-    """Peak memory of a few steps of one mode run alone: CUDA max allocated (the teacher is on the
-    device only for the online mode), or the process RSS on the CPU."""
+def _train_loader(cfg: BenchConfig, store: Store):
+    order_fn = epoch_order_fn("shuffle", len(store.train), seed=0)
+    return _batches(make_loader(store.beton("train"), cfg.batch_size, cfg.workers, order_fn, drop_last=True))
+
+
+def run_alone(mode: str, cfg: BenchConfig, student: nn.Module, store: Store, teacher: nn.Module, input_size: int,
+              device: torch.device) -> dict[str, Any]:
+    """One mode alone with its own loader, as a real run would be: the fraction of step time spent
+    waiting for data, and peak memory (CUDA max allocated, with the teacher on the device only in
+    the online mode; or the process RSS on the CPU)."""
     if mode == "online":
         teacher.to(device)
     _memory_reset(device)
     runner = _Runner(mode, cfg, student, store, teacher if mode == "online" else None, input_size, device)
+    batches = _train_loader(cfg, store)
+    wait = busy = 0.0
     rss = 0
-    for _ in range(max(2, min(cfg.warmup, 3))):
-        runner.step()
-        rss = max(rss, psutil.Process().memory_info().rss)
+    for step in range(cfg.warmup + cfg.block):
+        _sync(device)
+        t0 = time.perf_counter()
+        batch = next(batches)
+        t1 = time.perf_counter()
+        runner.step(*batch)
+        _sync(device)
+        if step >= cfg.warmup:
+            wait, busy = wait + t1 - t0, busy + time.perf_counter() - t0
+            rss = max(rss, psutil.Process().memory_info().rss)
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else rss
-    del runner
+    del runner, batches
     teacher.to("cpu")
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return peak
+    return {"data_wait_frac": wait / busy, "peak_memory_bytes": peak}
 
 
 def run_modes(cfg: BenchConfig, student: nn.Module, store: Store, teacher: nn.Module, input_size: int, device: torch.device) -> dict[str, Any]:
-    """Time the modes step-interleaved (one step of each in turn, the turn order rotating), so
-    that drift in the machine's speed hits every mode alike; memory comes from separate runs."""
-    memory = {m: peak_memory(m, cfg, student, store, teacher, input_size, device) for m in MODES}
+    """Time the modes on the same batches: every batch from one loader is given to all three
+    modes in turn, the order cycling through all six permutations, so that drift in the machine's
+    speed and the disturbance after a switch of mode hit every mode alike. Data wait and memory
+    come from a short run of each mode alone."""
+    alone = {m: run_alone(m, cfg, student, store, teacher, input_size, device) for m in MODES}
     teacher.to(device)
     runners = {m: _Runner(m, cfg, student, store, teacher if m == "online" else None, input_size, device) for m in MODES}
-    for _ in range(cfg.warmup):
-        for r in runners.values():
-            r.step()
+    batches = _train_loader(cfg, store)
+    orders = list(itertools.permutations(MODES))
     step_s: dict[str, list[float]] = {m: [] for m in MODES}
-    wait_s: dict[str, list[float]] = {m: [] for m in MODES}
-    for i in range(cfg.steps):
-        for mode in MODES[i % 3:] + MODES[: i % 3]:
-            t_step, t_wait = runners[mode].step()
-            step_s[mode].append(t_step)
-            wait_s[mode].append(t_wait)
+    for i in range(cfg.warmup + cfg.steps):
+        batch = [t.clone() for t in next(batches)]  # FFCV reuses its buffers
+        for mode in orders[i % len(orders)]:
+            _sync(device)
+            t0 = time.perf_counter()
+            runners[mode].step(*batch)
+            _sync(device)
+            if i >= cfg.warmup:
+                step_s[mode].append(time.perf_counter() - t0)
     out = {}
     for mode in MODES:
-        step, wait = np.array(step_s[mode]), np.array(wait_s[mode])
+        step = np.array(step_s[mode])
         out[mode] = {
             "images_per_s": float(np.median(cfg.batch_size / step)), "step_ms_median": float(np.median(step) * 1e3),
-            "data_wait_frac": float(wait.sum() / step.sum()), "timed_steps": int(len(step)), "peak_memory_bytes": memory[mode],
+            "step_ms": [round(t * 1e3, 3) for t in step_s[mode]], "timed_steps": int(len(step)), **alone[mode],
             "memory_kind": "cuda max allocated" if device.type == "cuda" else "process RSS (includes the teacher bench holds)",
         }
     return out
@@ -249,7 +261,8 @@ def train_online(cfg, store: Store, checkpoint: str | None = None, teacher_name:
     from .train import data_from_store, fit
 
     teacher_cfg = CacheConfig(dataset=store.attrs["dataset"], out="", teacher=teacher_name, checkpoint=checkpoint, input_size=int(store.attrs["input_size"]))
-    model, meta, _ = load_teacher(teacher_cfg, store.num_classes, int(store.attrs["image_size"]))
+    loaded = load_teacher(teacher_cfg, store.num_classes, int(store.attrs["image_size"]))
+    model, meta = loaded.model, loaded.meta
     model.to(resolve_device(cfg.device))
     data = data_from_store(store)
     data.meta["online_teacher"] = meta["model"]
@@ -263,7 +276,8 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     input_size = int(cfg.input_size or store.attrs["input_size"])
     teacher_cfg = CacheConfig(dataset=store.attrs["dataset"], out="", teacher=cfg.teacher or (None if cfg.checkpoint else store.attrs["teacher"]),
                               checkpoint=cfg.checkpoint, stem=cfg.stem or (None if cfg.checkpoint else store.attrs["teacher_stem"]), input_size=input_size)
-    teacher, teacher_meta, _ = load_teacher(teacher_cfg, store.num_classes, int(store.attrs["image_size"]))
+    loaded = load_teacher(teacher_cfg, store.num_classes, int(store.attrs["image_size"]))
+    teacher, teacher_meta = loaded.model, loaded.meta
     torch.manual_seed(0)
     student, student_meta = build_model(cfg.student, store.num_classes, int(store.attrs["image_size"]))
     flops = flop_counts(teacher, student, input_size, int(store.attrs["image_size"]), store.num_classes)

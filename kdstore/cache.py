@@ -155,12 +155,15 @@ def _split_arrays(scored: dict[str, Any], with_orders: bool) -> Split:
     return split
 
 
-def load_teacher(cfg: CacheConfig, num_classes: int, image_size: int) -> tuple[torch.nn.Module, dict[str, Any], str]:
-    model, meta, digest, _ = _load_teacher(cfg, num_classes, image_size)
-    return model, meta, digest
+@dataclass
+class Teacher:
+    model: torch.nn.Module
+    meta: dict[str, Any]  # how to rebuild it: model name, classes, input size, stem
+    checkpoint_sha256: str  # "" without a checkpoint
+    split: dict[str, Any] | None  # the held-out split its checkpoint records, if any
 
 
-def _load_teacher(cfg: CacheConfig, num_classes: int, image_size: int) -> tuple[torch.nn.Module, dict[str, Any], str, dict[str, Any]]:
+def load_teacher(cfg: CacheConfig, num_classes: int, image_size: int) -> Teacher:
     """Build the teacher from timm (and a checkpoint); returns it, its metadata and the checkpoint sha256."""
     ckpt, meta = None, {}
     if cfg.checkpoint:
@@ -181,7 +184,7 @@ def _load_teacher(cfg: CacheConfig, num_classes: int, image_size: int) -> tuple[
     if ckpt is not None:
         load_weights(model, ckpt, Path(cfg.checkpoint))
         digest = sha256_file(Path(cfg.checkpoint))
-    return model, model_meta, digest, meta
+    return Teacher(model, model_meta, digest, meta.get("split") or None)
 
 
 def _stage_state(cfg: CacheConfig, meta: dict[str, Any], digest: str, dataset: ImageDataset) -> dict[str, Any]:
@@ -224,9 +227,8 @@ def run(cfg: CacheConfig) -> Path:
     t_start = time.perf_counter()
     dataset = load_dataset(cfg.dataset, Path(cfg.data_root) if cfg.data_root else None, cfg.image_size)
     image_size = int(dataset.train.get(0).shape[0])
-    model, meta, digest, ckpt_meta = _load_teacher(cfg, dataset.num_classes, image_size)
-    model.to(device)
-    split = ckpt_meta.get("split") or None
+    teacher = load_teacher(cfg, dataset.num_classes, image_size)
+    model, meta, digest, split = teacher.model.to(device), teacher.meta, teacher.checkpoint_sha256, teacher.split
     if cfg.split_part == "holdout":
         if not split:
             raise KdstoreError(f"--split-part holdout: checkpoint {cfg.checkpoint} was not trained with --split, so nothing was held out")

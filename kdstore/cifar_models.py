@@ -30,31 +30,41 @@ class _BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
-    """ResNet-(6n+2) for 32x32 inputs: a 3x3 stem and three stages of n basic blocks."""
+def _stages(block: type[nn.Module], c_in: int, widths: list[int], n: int) -> nn.Sequential:
+    """Stages of n blocks each; every stage but the first halves the resolution in its first block."""
+    stages = []
+    for i, c_out in enumerate(widths):
+        stages.append(nn.Sequential(*[block(c_in if j == 0 else c_out, c_out, 2 if (i > 0 and j == 0) else 1) for j in range(n)]))
+        c_in = c_out
+    return nn.Sequential(*stages)
 
-    def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int = 10, in_chans: int = 3) -> None:
+
+class _CifarNet(nn.Module):
+    """stem -> stages -> head activation -> global average pool -> linear classifier."""
+
+    def __init__(self, stem: nn.Module, stages: nn.Sequential, head_act: nn.Module, width: int, num_classes: int) -> None:
         super().__init__()
-        if (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
-        n = (depth - 2) // 6
         self.num_classes = num_classes
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
-        stages, c_in = [], widths[0]
-        for i, c_out in enumerate(widths[1:]):
-            blocks = [_BasicBlock(c_in if j == 0 else c_out, c_out, 2 if (i > 0 and j == 0) else 1) for j in range(n)]
-            stages.append(nn.Sequential(*blocks))
-            c_in = c_out
-        self.stages = nn.Sequential(*stages)
+        self.stem, self.stages, self.head_act = stem, stages, head_act
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(c_in, num_classes)
+        self.fc = nn.Linear(width, num_classes)
         _init(self)
 
     def get_classifier(self) -> nn.Module:
         return self.fc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
+        return self.fc(torch.flatten(self.pool(self.head_act(self.stages(self.stem(x)))), 1))
+
+
+class CifarResNet(_CifarNet):
+    """ResNet-(6n+2) for 32x32 inputs: a 3x3 stem and three stages of n basic blocks."""
+
+    def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int = 10, in_chans: int = 3) -> None:
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        stem = nn.Sequential(nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        super().__init__(stem, _stages(_BasicBlock, widths[0], list(widths[1:]), (depth - 2) // 6), nn.Identity(), widths[-1], num_classes)
 
 
 class _PreActBlock(nn.Module):
@@ -74,32 +84,16 @@ class _PreActBlock(nn.Module):
         return out + skip
 
 
-class CifarWideResNet(nn.Module):
+class CifarWideResNet(_CifarNet):
     """WRN-depth-k (Zagoruyko & Komodakis 2016): pre-activation blocks, widths 16k, 32k, 64k."""
 
     def __init__(self, depth: int, widen: int, num_classes: int = 10, in_chans: int = 3) -> None:
-        super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"WRN depth must be 6n+4, got {depth}")
-        n = (depth - 4) // 6
-        self.num_classes = num_classes
         widths = [16 * widen, 32 * widen, 64 * widen]
-        self.stem = nn.Conv2d(in_chans, 16, 3, 1, 1, bias=False)
-        stages, c_in = [], 16
-        for i, c_out in enumerate(widths):
-            stages.append(nn.Sequential(*[_PreActBlock(c_in if j == 0 else c_out, c_out, 2 if (i > 0 and j == 0) else 1) for j in range(n)]))
-            c_in = c_out
-        self.stages = nn.Sequential(*stages)
-        self.head_act = nn.Sequential(nn.BatchNorm2d(c_in), nn.ReLU(inplace=True))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(c_in, num_classes)
-        _init(self)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.head_act(self.stages(self.stem(x)))), 1))
+        stages = _stages(_PreActBlock, 16, widths, (depth - 4) // 6)
+        head_act = nn.Sequential(nn.BatchNorm2d(widths[-1]), nn.ReLU(inplace=True))
+        super().__init__(nn.Conv2d(in_chans, 16, 3, 1, 1, bias=False), stages, head_act, widths[-1], num_classes)
 
 
 def _init(model: nn.Module) -> None:

@@ -142,6 +142,27 @@ def load_imagefolder(path: Path, image_size: int | None = None) -> ImageDataset:
     return ImageDataset(f"imagefolder:{path.resolve()}", classes, train, val)
 
 
+def unpack_imagefolder_subset(archive: Path, dest: Path, per_class: dict[str, int]) -> Path:
+    """Unpack the first n images of every class of each split (e.g. {"train": 100, "test": 20})
+    from a tar archive in ImageFolder layout (SPLIT/CLASS/FILE), streaming; returns `dest`."""
+    import tarfile
+
+    taken: dict[tuple[str, str], int] = {}
+    with tarfile.open(archive, "r:*") as tar:
+        for member in tar:
+            parts = Path(member.name).parts
+            if not member.isfile() or len(parts) < 3 or parts[-3] not in per_class:
+                continue
+            key = (parts[-3], parts[-2])
+            if taken.get(key, 0) >= per_class[parts[-3]]:
+                continue
+            taken[key] = taken.get(key, 0) + 1
+            target = Path(dest) / parts[-3] / parts[-2] / parts[-1]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(member).read())
+    return Path(dest)
+
+
 DATASETS: dict[str, Callable[[Path, int | None], ImageDataset]] = {
     "digits": load_digits,
     "cifar10": _torchvision_cifar("CIFAR10", "cifar10"),

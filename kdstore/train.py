@@ -229,6 +229,8 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
     ctx, device = distributed.init(resolve_device(cfg.device))
     if cfg.batch_size % ctx.world:
         raise KdstoreError(f"--batch-size {cfg.batch_size} is not divisible by the {ctx.world} torchrun processes")
+    if ctx.active and cfg.freeze_epochs:
+        raise KdstoreError("--freeze-epochs is not supported under torchrun (DDP fixes the trained parameters when it starts)")
     distributed.agree(ctx, "the data", data.meta.get("identity", str(data.train_beton)))
     torch.manual_seed(cfg.seed)
     model, meta = build_model(model_name, data.num_classes, cfg.input_size or data.image_size, cfg.stem, cfg.pretrained, cfg.pretrained_file)

@@ -39,7 +39,7 @@ def test_bench_runs_and_writes_every_field(digits_store, tmp_path):
     for mode in ("unguided", "offline", "online"):
         m = r["modes"][mode]
         assert m["images_per_s"] > 0 and 0 <= m["data_wait_frac"] <= 1 and m["peak_memory_bytes"] > 0
-        assert m["memory_kind"].startswith("process RSS") and m["timed_steps"] == 2
+        assert m["memory_kind"].startswith("process RSS") and m["timed_steps"] == 2 and len(m["step_ms"]) == 2
     assert set(r) >= {"config", "device", "device_name", "torch", "teacher", "student", "offline_vs_unguided", "online_offline_ratio",
                       "flops_per_image", "ratio_vs_flop_limit", "cache", "break_even"}
     assert r["teacher"]["model"] == "cifar_resnet8" and r["flops_per_image"]["limit"] > 1

@@ -25,15 +25,15 @@ KILLER = textwrap.dedent("""
     kill_at, calls = int(sys.argv[2]), [0]
     real = c.load_teacher
     def load_teacher(*args, **kwargs):
-        model, meta, digest = real(*args, **kwargs)
-        forward = model.forward
+        teacher = real(*args, **kwargs)
+        forward = teacher.model.forward
         def counting(x):
             calls[0] += 1
             if calls[0] == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
             return forward(x)
-        model.forward = counting
-        return model, meta, digest
+        teacher.model.forward = counting
+        return teacher
     c.load_teacher = load_teacher
     c.CHUNK_SAMPLES = 16  # flush every 2 batches of 8
     c.run(CacheConfig(dataset="imagefolder:" + sys.argv[3], teacher="cifar_resnet8", out=sys.argv[1], batch_size=8,

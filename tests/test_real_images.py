@@ -1,13 +1,11 @@
 """Real CIFAR-10 images (../shared/data/cifar10-jpeg.tar.gz) read as an imagefolder: teacher,
 cache and a curriculum student on a small subset."""
-import tarfile
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from kdstore import cache, teacher, train
 from kdstore.cache import CacheConfig
+from kdstore.datasets import unpack_imagefolder_subset
 from kdstore.store import Store
 from kdstore.train import TrainConfig
 
@@ -16,27 +14,8 @@ from .conftest import SHARED_CIFAR
 pytestmark = pytest.mark.skipif(not SHARED_CIFAR.is_file(), reason=f"real CIFAR-10 JPEGs not found at {SHARED_CIFAR}")
 
 
-def extract_subset(dest: Path, train_per_class: int, test_per_class: int) -> Path:
-    """Unpack the first N images of every class of each split (streamed; never the whole archive)."""
-    want = {"train": train_per_class, "test": test_per_class}
-    taken: dict[tuple[str, str], int] = {}
-    with tarfile.open(SHARED_CIFAR, "r:gz") as tar:
-        for member in tar:
-            parts = Path(member.name).parts
-            if not member.isfile() or len(parts) < 3 or parts[-3] not in want:
-                continue
-            key = (parts[-3], parts[-2])
-            if taken.get(key, 0) >= want[parts[-3]]:
-                continue
-            taken[key] = taken.get(key, 0) + 1
-            target = dest / parts[-3] / parts[-2] / parts[-1]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(tar.extractfile(member).read())
-    return dest
-
-
 def test_cifar10_jpeg_cache_and_train(tmp_path):
-    root = extract_subset(tmp_path / "cifar10", train_per_class=40, test_per_class=10)
+    root = unpack_imagefolder_subset(SHARED_CIFAR, tmp_path / "cifar10", {"train": 40, "test": 10})
     spec = f"imagefolder:{root}"
     t = teacher.run(TrainConfig(out=str(tmp_path / "teacher"), student="cifar_resnet8", variant="unguided", epochs=1, batch_size=50, progress=False), spec)
     assert t["kind"] == "teacher"
