@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +61,16 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def positions(self, ids: np.ndarray) -> np.ndarray:
-        """Row (= .beton position) of each sample id."""
+    @cached_property
+    def _row_of_id(self) -> np.ndarray:
+        """Dense id -> row table, built once (positions() runs per batch in `bench`)."""
         lookup = np.full(int(self.sample_id.max()) + 1, -1, dtype=np.int64)
         lookup[self.sample_id] = np.arange(len(self.sample_id))
+        return lookup
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Row (= .beton position) of each sample id."""
+        lookup = self._row_of_id
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= len(lookup) or (lookup[ids] < 0).any()):
             raise KdstoreError("sample ids not in this store were asked for")
