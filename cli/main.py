@@ -53,6 +53,32 @@ def _train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def _schedule_options(many: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Pacing and scorer options of `train` (one value) and `sweep` (comma-separated lists)."""
+    from kdstore.pacing import PACINGS
+    from kdstore.schedule import SCORERS
+
+    listed = " (comma-separated: each is a sweep arm)" if many else ""
+    options = [
+        click.option("--pacing", default="none", show_default=True,
+                     help=f"{' | '.join(PACINGS)}: draw each batch from the easiest g(t) of the order{listed}."),
+        click.option("--pacing-a", type=float, default=0.8, show_default=True, help="Fraction of training after which all data is used."),
+        click.option("--pacing-b", type=float, default=0.2, show_default=True, help="Fraction of the order used at the start."),
+        click.option("--pacing-growth", type=float, default=2.0, show_default=True, help="fixed-exp: growth factor per stair."),
+        click.option("--pacing-step-length", type=int, help="fixed-exp: steps per stair (default: reach all data at a)."),
+        click.option("--scorer", default="teacher", show_default=True,
+                     help=f"{' | '.join(SCORERS)}: who scores the curriculum (student: its own snapshots){listed}."),
+        click.option("--rescore-every", type=int, default=1, show_default=True, help="scorer student: rebuild the curriculum every E epochs."),
+    ]
+
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
 def _train_config(**kw: Any):
     from kdstore.train import TrainConfig
 
@@ -97,10 +123,11 @@ def cache(no_progress: bool, **kw: Any) -> None:
 
 @cli.command()
 @click.option("--store", required=True, type=click.Path(), help="Store written by `kdstore cache`.")
-@click.option("--variant", default="kd", show_default=True, help="unguided, kd, kd-cl, kd-icl (kd-cl'), kd-cl-sr, kd-icl-sr (kd-cl'-sr).")
+@click.option("--variant", default="kd", show_default=True, help="unguided, kd, kd-cl, kd-icl (kd-cl'), kd-cl-sr, kd-icl-sr (kd-cl'-sr), random-cl.")
 @click.option("--student", default="cifar_resnet8", show_default=True, help="timm model name.")
 @click.option("--tau", type=float, default=4.0, show_default=True, help="KD temperature.")
 @click.option("--lam", type=float, default=0.9, show_default=True, help="KD weight of fixed-lambda variants.")
+@_schedule_options(many=False)
 @_train_options
 @_friendly
 def train(**kw: Any) -> None:
@@ -163,15 +190,16 @@ def verify(store: str) -> None:
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
 @click.option("--out", type=click.Path(), help="Write results.md, results.csv and results.json here.")
 @click.option("--allow-mixed", is_flag=True, help="Tabulate runs from different stores together.")
+@click.option("--baseline", default="unguided", show_default=True, help="The arm every other is compared with, paired by seed (e.g. kd).")
 @_friendly
-def report(runs: tuple[str, ...], out: str | None, allow_mixed: bool) -> None:
-    """Table of runs (or sweep directories): per variant, mean ± std over seeds."""
+def report(runs: tuple[str, ...], out: str | None, allow_mixed: bool, baseline: str) -> None:
+    """Table of runs (or sweep directories): per arm, mean ± std over seeds."""
     from cli.render import render_results
 
     from kdstore import report as rep
 
     found = rep.find_runs(list(runs))
-    summary = rep.summarize(found, allow_mixed)
+    summary = rep.summarize(found, allow_mixed, baseline)
     if out:
         rep.write_report(summary, out, found)
     render_results(summary)
@@ -180,20 +208,36 @@ def report(runs: tuple[str, ...], out: str | None, allow_mixed: bool) -> None:
 @cli.command()
 @click.option("--store", required=True, type=click.Path(), help="Store written by `kdstore cache`.")
 @click.option("--student", default="cifar_resnet8", show_default=True, help="timm model name.")
-@click.option("--variants", default="all", show_default=True, help="'all' or a comma-separated list.")
+@click.option("--variants", default="all", show_default=True, help="'all', 'paper' (the six) or a comma-separated list.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
 @click.option("--tau", type=float, default=4.0, show_default=True)
 @click.option("--lam", type=float, default=0.9, show_default=True)
+@_schedule_options(many=True)
 @_train_options
 @_friendly
-def sweep(variants: str, seeds: str, out: str, **kw: Any) -> None:
-    """Every variant x seed from one store (resumable), then the report in OUT/report."""
+def sweep(variants: str, seeds: str, out: str, pacing: str, scorer: str, **kw: Any) -> None:
+    """Every variant x pacing x scorer x seed from one store (resumable), then OUT/report."""
     from cli.render import render_results
 
     from kdstore import sweep as sweep_lib
 
     base = _train_config(out=out, **kw)
-    render_results(sweep_lib.run(base, sweep_lib.parse_variants(variants), sweep_lib.parse_seeds(seeds), out))
+    render_results(sweep_lib.run(base, sweep_lib.parse_variants(variants), sweep_lib.parse_seeds(seeds), out,
+                                 sweep_lib.parse_pacings(pacing), sweep_lib.parse_scorers(scorer)))
+
+
+@cli.command()
+@click.argument("stores", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="The merged store to create.")
+@click.option("--confidence", default="mean", show_default=True, help="Curriculum from the mean confidence, or from store N's (0, 1, ...).")
+@click.option("--logits-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing store at --out (only once the new one is complete).")
+@_friendly
+def merge(stores: tuple[str, ...], out: str, confidence: str, logits_dtype: str, overwrite: bool) -> None:
+    """Combine stores of the same images from several teachers: mean logits as the KD target."""
+    from kdstore.merge import run
+
+    run(list(stores), out, confidence, logits_dtype, overwrite)
 
 
 @cli.command()

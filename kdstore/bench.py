@@ -27,7 +27,6 @@ from .errors import KdstoreError
 from .loading import make_loader
 from .losses import student_loss
 from .models import build_model, resolve_device
-from .orders import epoch_order_fn
 from .store import Store
 from .train import PAD
 
@@ -129,7 +128,8 @@ class _Runner:
 
 
 def _train_loader(cfg: BenchConfig, store: Store):
-    order_fn = epoch_order_fn("shuffle", len(store.train), seed=0)
+    n = len(store.train)
+    order_fn = lambda epoch: np.random.default_rng([0, epoch]).permutation(n)  # noqa: E731 - shuffled, like `kd`
     return _batches(make_loader(store.beton("train"), cfg.batch_size, cfg.workers, order_fn, drop_last=True))
 
 

@@ -25,10 +25,9 @@ from .datasets import ImageDataset, load_dataset
 from .errors import KdstoreError
 from .loading import fingerprint_beton, make_loader, read_int_fields, write_beton
 from .models import build_model, load_checkpoint, load_weights, normalization, resolve_device, sha256_file
-from .orders import confidence_and_correct, curriculum, inverse
 from .progress import console, images_progress
 from .splits import holdout
-from .store import BETONS, H5_NAME, SCHEMA_VERSION, Split, Store, commit_dir, staging_dir, write_manifest, write_teacher_h5
+from .store import BETONS, SCHEMA_VERSION, build_split, publish, staging_dir
 
 
 @dataclass(frozen=True)
@@ -145,16 +144,6 @@ def _concat(chunks: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     return result
 
 
-def _split_arrays(scored: dict[str, Any], with_orders: bool) -> Split:
-    conf, correct = confidence_and_correct(scored["logits"], scored["labels"])
-    split = Split(scored["logits"], scored["labels"], scored["sample_id"], conf, correct)
-    if with_orders:
-        order = curriculum(conf, correct, scored["labels"])
-        split.curriculum = scored["sample_id"][order]
-        split.inverse = scored["sample_id"][inverse(order)]
-    return split
-
-
 @dataclass
 class Teacher:
     model: torch.nn.Module
@@ -262,7 +251,7 @@ def run(cfg: CacheConfig) -> Path:
                 scored[split_name] = {**_concat([c for r in range(ctx.world) for c in _load_chunks(chunk_dir(r))]), "images_per_s": speed}
         if not ctx.main:
             return out
-        splits = {name: _split_arrays(s, name == "train") for name, s in scored.items()}
+        splits = {name: build_split(s["logits"], s["labels"], s["sample_id"], with_orders=name == "train") for name, s in scored.items()}
         with console.status("fingerprinting the images"):
             parts = [fingerprint_beton(stage / BETONS[name], cfg.workers) for name in ("train", "val")]
         fingerprint = hashlib.sha256("".join(parts).encode()).hexdigest()
@@ -277,13 +266,10 @@ def run(cfg: CacheConfig) -> Path:
             "split_fraction": float(split["fraction"]) if split else 0.0, "split_seed": int(split["seed"]) if split else -1,
             "split_members_sha256": split["members_sha256"] if split else "",
         }
-        write_teacher_h5(stage / H5_NAME, splits, attrs, cfg.logits_dtype)
         for leftover in stage.glob("chunks-*"):
             shutil.rmtree(leftover, ignore_errors=True)
         (stage / "cache-state.json").unlink()
-        write_manifest(stage, {"dataset_fingerprint": fingerprint, "teacher_images_per_s": scored["train"]["images_per_s"]})
-        Store.open(stage)  # the checks a reader runs, before the store is published
-        commit_dir(stage, out)
+        publish(stage, out, splits, attrs, cfg.logits_dtype, {"dataset_fingerprint": fingerprint, "teacher_images_per_s": scored["train"]["images_per_s"]})
     except KeyboardInterrupt:
         raise KdstoreError(f"interrupted; the partial cache is kept in {stage}: rerun with --resume to continue") from None
     except BaseException:

@@ -13,7 +13,7 @@ from typing import Any
 from . import cache, sweep, teacher
 from .cache import CacheConfig
 from .train import TrainConfig
-from .variants import VARIANTS
+from .variants import PAPER_VARIANTS
 
 # Sized to finish in a few minutes on 2 cores while leaving a teacher that is clearly better
 # than a student trained as briefly.
@@ -33,4 +33,4 @@ def run(out: Path, seeds: tuple[int, ...] = (0,), progress: bool = True) -> dict
     student = replace(base, store=str(store_dir), student=DEMO["student"], epochs=DEMO["student_epochs"], lr=DEMO["lr"])
     # The store was just rebuilt, so earlier student runs are stale: train them all again.
     shutil.rmtree(runs_dir, ignore_errors=True)
-    return sweep.run(student, list(VARIANTS), list(seeds), runs_dir)
+    return sweep.run(student, list(PAPER_VARIANTS), list(seeds), runs_dir)

@@ -58,12 +58,8 @@ def inverse(order: np.ndarray) -> np.ndarray:
     return order[::-1].copy()
 
 
-def epoch_order_fn(ordering: str, n: int, seed: int, fixed: np.ndarray | None = None):
-    """The positions visited in each epoch: a seeded permutation per epoch for "shuffle", else
-    the same fixed order (`fixed`, positions) every epoch. Returns epoch -> (n,) int64."""
-    if ordering == "shuffle":
-        return lambda epoch: np.random.default_rng([seed, epoch]).permutation(n)
-    if fixed is None or len(fixed) != n:
-        raise ValueError(f"ordering {ordering!r} needs a fixed order of length {n}")
-    fixed = np.asarray(fixed, dtype=np.int64)
-    return lambda epoch: fixed
+def stratified_random(labels: np.ndarray, seed: int) -> np.ndarray:
+    """A fixed random order with the curriculum's class stratification (the `random-cl` control):
+    the curriculum rules applied to seeded random confidences."""
+    rng = np.random.default_rng([seed, 0x5EED])
+    return curriculum(rng.random(len(labels)), np.ones(len(labels), dtype=bool), labels)

@@ -2,7 +2,8 @@
 
 convergence.png  val accuracy and val loss per epoch per variant, mean ± std over seeds (Figure 3)
 curriculum.png   teacher confidence along the curriculum and the inverse curriculum (Figure 1)
-lambda.png       lambda per batch through one epoch for the SR variants
+lambda.png       lambda per batch through the first epoch for the SR variants
+pacing.png       the pacing function g(t) of every paced arm, as the runs logged it
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import KdstoreError
-from .orders import epoch_order_fn
+from .pacing import PacingParams
 from .reliance import POLICIES, batch_means
+from .schedule import Schedule, Scores
 from .store import Store
 from .variants import VARIANTS
 
@@ -74,17 +76,20 @@ def curriculum_profile(store: Store, path: Path) -> str:
 def lambda_profile(store: Store, runs: list["Run"], path: Path) -> str | None:
     sr_runs = {}
     for r in runs:
-        v = VARIANTS.get(r.variant)
+        v = VARIANTS.get(r.summary["variant"])
         if v is not None and v.policy == "sr":
             sr_runs.setdefault(r.variant, r)
     if not sr_runs:
         return None
     plt, fig, (ax, ax_conf) = _figure()
     t = store.train
-    fixed = {"curriculum": t.positions(t.curriculum), "inverse": t.positions(t.inverse)}
+    scores = Scores(t.confidence, t.positions(t.curriculum))
     for name, r in sr_runs.items():
-        v, batch = VARIANTS[name], int(r.config["batch_size"])
-        order = epoch_order_fn(v.ordering, len(t), int(r.config["seed"]), fixed.get(v.ordering))(0)
+        v, c = VARIANTS[r.summary["variant"]], r.config
+        batch = int(c["batch_size"])
+        params = PacingParams(c.get("pacing_a", 0.8), c.get("pacing_b", 0.2), c.get("pacing_growth", 2.0), c.get("pacing_step_length"))
+        schedule = Schedule(v.ordering, c.get("pacing", "none"), params, t.labels, batch, len(t), int(c["epochs"]), int(c["seed"]), scores)
+        order = schedule.order(0)  # the first epoch's visiting order, scored by the store's teacher
         lam = POLICIES[v.policy](t.confidence[order], batch, float(r.config["lam"]), float(t.confidence.max()))
         ax.plot(np.arange(len(lam)), lam, label=name)
         means = batch_means(t.confidence[order], batch)
@@ -95,10 +100,32 @@ def lambda_profile(store: Store, runs: list["Run"], path: Path) -> str | None:
     return _save(plt, fig, path)
 
 
+def pacing_profile(runs: list["Run"], path: Path) -> str | None:
+    """g(t) per paced arm from the per-batch fractions its runs logged (the first seed's)."""
+    paced: dict[str, "Run"] = {}
+    for r in runs:
+        if any("pace" in m for m in r.metrics):
+            paced.setdefault(r.variant, r)
+    if not paced:
+        return None
+    plt, fig, (ax, ax_epoch) = _figure()
+    for name, r in paced.items():
+        g = np.concatenate([m["pace"] for m in r.metrics])
+        ax.plot(np.arange(len(g)) / len(g), g, label=name)
+        ax_epoch.plot([m["epoch"] for m in r.metrics], [float(np.mean(m["pace"])) for m in r.metrics], marker="o", label=name)
+    ax.set(xlabel="fraction of training (step / total steps)", ylabel="g(t): fraction of the order used", title="pacing function", ylim=(0, 1.02))
+    ax_epoch.set(xlabel="epoch", ylabel="mean g over the epoch", title="data available per epoch", ylim=(0, 1.02))
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
 def write_figures(runs: list["Run"], out: Path) -> list[str]:
     """Draw what the runs allow; the store-based figures need the runs' store to be readable."""
     out = Path(out)
     written = [convergence(runs, out / "convergence.png")]
+    pace = pacing_profile(runs, out / "pacing.png")
+    if pace:
+        written.append(pace)
     store_path = runs[0].config.get("data", {}).get("store")
     if store_path:
         try:

@@ -1,4 +1,5 @@
-"""Results across runs: per variant, mean ± std over seeds and the paired difference to `unguided`.
+"""Results across runs: per arm (variant, pacing, scorer), mean ± std over seeds and the paired
+difference to a baseline arm (`unguided` by default).
 
 A run directory is what `kdstore train` writes (config.json, metrics.jsonl, summary.json).
 """
@@ -28,7 +29,8 @@ class Run:
 
     @property
     def variant(self) -> str:
-        return self.summary["variant"]
+        """The arm: the variant plus its pacing and scorer when not the defaults (kd-cl+linear)."""
+        return self.summary.get("arm", self.summary["variant"])
 
     @property
     def seed(self) -> int:
@@ -99,17 +101,19 @@ def _store_key(run: Run) -> str:
     return f"{data.get('dataset_fingerprint', '')}|{data.get('teacher', '')}"
 
 
-def summarize(runs: list[Run], allow_mixed: bool = False) -> dict[str, Any]:
-    """Per-variant statistics over seeds; refuses runs from different stores unless allowed."""
+def summarize(runs: list[Run], allow_mixed: bool = False, baseline: str = "unguided") -> dict[str, Any]:
+    """Per-arm statistics over seeds, each arm paired by seed against `baseline`; refuses runs
+    from different stores unless allowed."""
     stores = sorted({_store_key(r) for r in runs})
     if len(stores) > 1 and not allow_mixed:
         raise KdstoreError(f"runs come from {len(stores)} different stores (dataset or teacher differ); pass --allow-mixed to tabulate them together")
     by_variant: dict[str, list[Run]] = {}
     for r in runs:
         by_variant.setdefault(r.variant, []).append(r)
-    order = [v for v in VARIANTS if v in by_variant] + sorted(set(by_variant) - set(VARIANTS))
+    rank = {v: i for i, v in enumerate(VARIANTS)}
+    order = sorted(by_variant, key=lambda arm: (rank.get(by_variant[arm][0].summary["variant"], len(rank)), arm))
     figures = {r.path: run_figures(r) for r in runs}
-    base = {r.seed: figures[r.path]["final_val_acc"] for r in by_variant.get("unguided", [])}
+    base = {r.seed: figures[r.path]["final_val_acc"] for r in by_variant.get(baseline, [])}
     rows = []
     for v in order:
         rs = by_variant[v]
@@ -122,9 +126,9 @@ def summarize(runs: list[Run], allow_mixed: bool = False) -> dict[str, Any]:
             vals = [figures[r.path][key] for r in rs]
             m, sd = mean_std(vals)
             row[key] = {"mean": m, "std": sd, "values": vals}
-        row["diff_vs_unguided"] = paired_diff(final, base) if v != "unguided" and base else None
+        row["diff_vs_baseline"] = paired_diff(final, base) if v != baseline and base else None
         rows.append(row)
-    return {"rows": rows, "runs": [str(r.path) for r in runs]}
+    return {"rows": rows, "baseline": baseline, "runs": [str(r.path) for r in runs]}
 
 
 def _pct(stat: dict[str, Any]) -> str:
@@ -135,10 +139,10 @@ def _pct(stat: dict[str, Any]) -> str:
 
 def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The results table as strings (shared by the markdown file and the terminal)."""
-    header = ["variant", "final val acc (%)", "best val acc (%)", "val loss", "Δ vs unguided (pts, 95% CI)", "seeds"]
+    header = ["variant", "final val acc (%)", "best val acc (%)", "val loss", f"Δ vs {summary['baseline']} (pts, 95% CI)", "seeds"]
     body = []
     for r in summary["rows"]:
-        d = r["diff_vs_unguided"]
+        d = r["diff_vs_baseline"]
         if d is None:
             diff = "-"
         elif d["n"] < 2:
@@ -158,13 +162,13 @@ def write_report(summary: dict[str, Any], out: Path, runs: list[Run] | None = No
     out.mkdir(parents=True, exist_ok=True)
     header, body = table_rows(summary)
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(row) + " |" for row in body]
-    (out / "results.md").write_text("\n".join(md) + "\n\nMean ± std over seeds; Δ is paired by seed against `unguided`.\n")
+    (out / "results.md").write_text("\n".join(md) + "\n\nMean ± std over seeds; Δ is paired by seed against `{summary['baseline']}`.\n")
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["variant", "n", "final_val_acc_mean", "final_val_acc_std", "best_val_acc_mean", "best_val_acc_std",
-                "final_val_loss_mean", "final_val_loss_std", "diff_vs_unguided", "diff_ci95_low", "diff_ci95_high"])
+                "final_val_loss_mean", "final_val_loss_std", "diff_vs_baseline", "diff_ci95_low", "diff_ci95_high"])
     for r in summary["rows"]:
-        d = r["diff_vs_unguided"] or {"mean": "", "ci95": ["", ""]}
+        d = r["diff_vs_baseline"] or {"mean": "", "ci95": ["", ""]}
         w.writerow([r["variant"], r["n"], r["final_val_acc"]["mean"], r["final_val_acc"]["std"], r["best_val_acc"]["mean"], r["best_val_acc"]["std"],
                     r["final_val_loss"]["mean"], r["final_val_loss"]["std"], d["mean"], d["ci95"][0], d["ci95"][1]])
     (out / "results.csv").write_text(buf.getvalue())

@@ -30,6 +30,7 @@ import numpy as np
 from .errors import KdstoreError
 from .loading import read_int_fields
 from .models import sha256_file
+from .orders import confidence_and_correct, curriculum, inverse
 
 SCHEMA_VERSION = 1
 MANIFEST = "MANIFEST.json"
@@ -75,6 +76,20 @@ class Split:
         if ids.size and (ids.min() < 0 or ids.max() >= len(lookup) or (lookup[ids] < 0).any()):
             raise KdstoreError("sample ids not in this store were asked for")
         return lookup[ids]
+
+
+def build_split(logits: np.ndarray, labels: np.ndarray, sample_id: np.ndarray, confidence: np.ndarray | None = None,
+                correct: np.ndarray | None = None, with_orders: bool = False) -> Split:
+    """A split from teacher logits; confidence and correctness from the logits unless given
+    (a merged store brings its own); with_orders adds the curriculum and its inverse."""
+    if confidence is None or correct is None:
+        confidence, correct = confidence_and_correct(logits, labels)
+    split = Split(logits, labels, sample_id, np.asarray(confidence, dtype=np.float32), np.asarray(correct, dtype=bool))
+    if with_orders:
+        order = curriculum(split.confidence, split.correct, labels)
+        split.curriculum = sample_id[order]
+        split.inverse = sample_id[inverse(order)]
+    return split
 
 
 def write_teacher_h5(path: Path, splits: dict[str, Split], attrs: dict[str, Any], logits_dtype: str = "float16") -> None:
@@ -231,6 +246,15 @@ def verify(path: Path) -> list[str]:
         except KdstoreError as e:
             problems.append(str(e))
     return problems
+
+
+def publish(stage: Path, out: Path, splits: dict[str, Split], attrs: dict[str, Any], logits_dtype: str, info: dict[str, Any]) -> None:
+    """Finish a store built in `stage` (its .beton files already there): teacher.h5, then the
+    manifest, then the reader's checks, then the rename to `out`."""
+    write_teacher_h5(stage / H5_NAME, splits, attrs, logits_dtype)
+    write_manifest(stage, info)
+    Store.open(stage)  # the checks a reader runs, before the store is published
+    commit_dir(stage, out)
 
 
 def staging_dir(out: Path) -> Path:

@@ -1,4 +1,7 @@
-"""`kdstore sweep`: every variant x seed from one store, one after another, then the report.
+"""`kdstore sweep`: every variant x pacing x scorer x seed from one store, then the report.
+
+Combinations that mean nothing are left out: pacing needs a fixed order (not a shuffled
+variant), a scorer other than the teacher needs a curriculum variant.
 
 Resumable: a run whose summary.json exists is finished and is not redone; a run without one
 (killed part-way) is started again from scratch.
@@ -13,13 +16,17 @@ from . import report, train
 from .errors import KdstoreError
 from .progress import console
 from .train import TrainConfig
-from .variants import VARIANTS, get_variant
+from .pacing import PACINGS
+from .schedule import ORDERINGS, SCORERS
+from .variants import PAPER_VARIANTS, VARIANTS, get_variant
 
 
 def parse_variants(spec: str) -> list[str]:
-    """`all` or a comma-separated list (aliases allowed) -> canonical names, in the given order."""
+    """`all`, `paper` (the six of the paper) or a comma-separated list (aliases allowed) -> canonical names, in the given order."""
     if spec.strip() == "all":
         return list(VARIANTS)
+    if spec.strip() == "paper":
+        return list(PAPER_VARIANTS)
     try:
         names = [get_variant(v.strip()).name for v in spec.split(",") if v.strip()]
     except ValueError as e:
@@ -27,6 +34,35 @@ def parse_variants(spec: str) -> list[str]:
     if not names:
         raise KdstoreError("--variants names no variant")
     return list(dict.fromkeys(names))
+
+
+def parse_choices(spec: str, known: dict, option: str) -> list[str]:
+    """A comma-separated list of registry keys, e.g. `--pacing none,linear`."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [s for s in names if s not in known]
+    if unknown or not names:
+        raise KdstoreError(f"{option}: unknown {', '.join(unknown) or 'empty list'}; known: {', '.join(known)}")
+    return list(dict.fromkeys(names))
+
+
+def parse_pacings(spec: str) -> list[str]:
+    return parse_choices(spec, PACINGS, "--pacing")
+
+
+def parse_scorers(spec: str) -> list[str]:
+    return parse_choices(spec, SCORERS, "--scorer")
+
+
+def arms(base: TrainConfig, variants: Sequence[str], pacings: Sequence[str] = ("none",), scorers: Sequence[str] = ("teacher",)) -> list[TrainConfig]:
+    """One config per meaningful (variant, pacing, scorer), in that nesting order."""
+    out = []
+    for v in variants:
+        ordering = ORDERINGS[get_variant(v).ordering]
+        for p in pacings:
+            for s in scorers:
+                if (p == "none" or ordering.fixed) and (s == "teacher" or ordering.scored):
+                    out.append(replace(base, variant=v, pacing=p, scorer=s))
+    return out
 
 
 def parse_seeds(spec: str) -> list[int]:
@@ -39,23 +75,27 @@ def parse_seeds(spec: str) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
-def run_dir(out: Path, variant: str, seed: int) -> Path:
-    return Path(out) / f"{variant}-s{seed}"
+def run_dir(out: Path, arm: str, seed: int) -> Path:
+    return Path(out) / f"{arm}-s{seed}"
 
 
-def run(base: TrainConfig, variants: Sequence[str], seeds: Sequence[int], out: Path) -> dict[str, Any]:
-    """Train every (variant, seed) not finished yet under `out`, then write out/report."""
+def run(base: TrainConfig, variants: Sequence[str], seeds: Sequence[int], out: Path,
+        pacings: Sequence[str] = ("none",), scorers: Sequence[str] = ("teacher",)) -> dict[str, Any]:
+    """Train every (arm, seed) not finished yet under `out`, then write out/report."""
     out = Path(out)
     base.validate()
-    jobs = [(v, s) for v in variants for s in seeds]
-    for i, (variant, seed) in enumerate(jobs, 1):
-        target = run_dir(out, variant, seed)
+    configs = arms(base, variants, pacings, scorers)
+    if not configs:
+        raise KdstoreError("no variant takes the given --pacing/--scorer (pacing needs a fixed order, a student scorer a curriculum)")
+    jobs = [(c, s) for c in configs for s in seeds]
+    for i, (cfg, seed) in enumerate(jobs, 1):
+        target = run_dir(out, cfg.arm, seed)
         if (target / "summary.json").is_file():
             console.print(f"[dim]{i}/{len(jobs)} {target.name}: finished earlier, kept[/]")
             continue
         console.print(f"[bold]{i}/{len(jobs)}[/] {target.name}")
-        train.run(replace(base, out=str(target), variant=variant, seed=seed, overwrite=True))
-    runs = [report.load_run(run_dir(out, v, s)) for v, s in jobs]
+        train.run(replace(cfg, out=str(target), seed=seed, overwrite=True))
+    runs = [report.load_run(run_dir(out, c.arm, s)) for c, s in jobs]
     summary = report.summarize(runs)
     report.write_report(summary, out / "report", runs)
     return summary

@@ -1,8 +1,8 @@
 """`kdstore train` (students from a store) and `kdstore teacher`: one training loop for both.
 
-The loop never asks which variant it runs: a variant gives an epoch order (handed to FFCV's
-Loader) and a lambda per batch (from reliance.POLICIES); teacher logits are looked up by the
-sample id that travels with each image. No teacher model is ever built here.
+The loop never asks which variant, pacing or scorer it runs: a `schedule.Schedule` gives each
+epoch's positions (handed to FFCV's Loader), reliance.POLICIES a lambda per batch; teacher
+logits are looked up by the .beton position of each image. No teacher model is ever built here.
 """
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ from .errors import KdstoreError
 from .loading import make_loader, read_int_fields
 from .losses import student_loss
 from .models import build_model, load_checkpoint, resolve_device, save_checkpoint
-from .orders import epoch_order_fn
+from .pacing import PACINGS, PacingParams
 from .progress import console, images_progress
 from .reliance import POLICIES
+from .schedule import ORDERINGS, SCORERS, Schedule, Scores
 from .store import Store
 from .variants import Variant, get_variant
 
@@ -68,6 +69,13 @@ class TrainConfig:
     label_smoothing: float = 0.0
     tau: float = 4.0  # KD temperature
     lam: float = 0.9  # KD weight for fixed-lambda variants
+    pacing: str = "none"  # see pacing.PACINGS: batches drawn from a growing prefix of the order
+    pacing_a: float = 0.8  # fraction of training after which the whole order is used
+    pacing_b: float = 0.2  # fraction of the order used at the start
+    pacing_growth: float = 2.0  # fixed-exp pacing: growth factor per stair
+    pacing_step_length: int | None = None  # fixed-exp pacing: steps per stair (default: reach 1 at a)
+    scorer: str = "teacher"  # see schedule.SCORERS: who scores the curriculum
+    rescore_every: int = 1  # scorer student: rebuild the curriculum every this many epochs
     seed: int = 0
     workers: int = 2
     device: str = "auto"
@@ -95,9 +103,31 @@ class TrainConfig:
             if not ok:
                 raise KdstoreError(message)
         try:
-            get_variant(self.variant)
+            variant = get_variant(self.variant)
         except ValueError as e:
             raise KdstoreError(str(e)) from None
+        if self.pacing not in PACINGS:
+            raise KdstoreError(f"unknown --pacing {self.pacing!r}; known: {', '.join(PACINGS)}")
+        if self.scorer not in SCORERS:
+            raise KdstoreError(f"unknown --scorer {self.scorer!r}; known: {', '.join(SCORERS)}")
+        problems = self.pacing_params.problems() + ([f"--rescore-every must be >= 1, got {self.rescore_every}"] if self.rescore_every < 1 else [])
+        if problems:
+            raise KdstoreError(problems[0])
+        ordering = ORDERINGS[variant.ordering]
+        if self.pacing != "none" and not ordering.fixed:
+            raise KdstoreError(f"--pacing {self.pacing} needs a variant with a fixed order (curriculum, inverse or random-cl); {variant.name} shuffles")
+        if self.scorer != "teacher" and not ordering.scored:
+            raise KdstoreError(f"--scorer {self.scorer} needs a curriculum variant; {variant.name} does not order by scores")
+
+    @property
+    def pacing_params(self) -> PacingParams:
+        return PacingParams(self.pacing_a, self.pacing_b, self.pacing_growth, self.pacing_step_length)
+
+    @property
+    def arm(self) -> str:
+        """What a report groups runs by: the variant, plus its pacing and scorer when not the defaults."""
+        name = get_variant(self.variant).name
+        return name + (f"+{self.pacing}" if self.pacing != "none" else "") + (f"+{self.scorer}" if self.scorer != "teacher" else "")
 
 
 @dataclass
@@ -110,9 +140,8 @@ class TrainData:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    confidence: np.ndarray | None = None  # (N,) by .beton position; None without a teacher
-    teacher_logits: np.ndarray | None = None  # (N, C) by .beton position
-    fixed_orders: dict[str, np.ndarray] = field(default_factory=dict)  # ordering -> positions
+    teacher_logits: np.ndarray | None = None  # (N, C) by .beton position; None without a teacher
+    scores: Scores | None = None  # the teacher's confidence and curriculum; None without a teacher
     meta: dict[str, Any] = field(default_factory=dict)  # provenance saved with the run
 
 
@@ -121,8 +150,7 @@ def data_from_store(store: Store) -> TrainData:
     return TrainData(
         train_beton=store.beton("train"), val_beton=store.beton("val"), num_classes=store.num_classes,
         image_size=int(store.attrs["image_size"]), mean=tuple(store.attrs["normalize_mean"]), std=tuple(store.attrs["normalize_std"]),
-        confidence=t.confidence, teacher_logits=t.logits,
-        fixed_orders={"curriculum": t.positions(t.curriculum), "inverse": t.positions(t.inverse)},
+        teacher_logits=t.logits, scores=Scores(t.confidence, t.positions(t.curriculum)),
         meta={"store": str(store.path), "dataset": store.attrs["dataset"], "dataset_fingerprint": store.attrs["dataset_fingerprint"],
               "teacher": store.attrs["teacher"], "class_names": store.attrs["class_names"], "identity": store.identity()},
     )
@@ -237,21 +265,21 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
     model.to(device)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ctx.active else model
 
-    n = len(read_int_fields(data.train_beton)["sample_id"])
-    global_order_fn = epoch_order_fn(variant.ordering, n, cfg.seed, data.fixed_orders.get(variant.ordering))
+    fields = read_int_fields(data.train_beton)
+    n = len(fields["sample_id"])
     # One lone sample in a last batch would break BatchNorm in training mode: drop it then.
     drop_last = ctx.world == 1 and n % cfg.batch_size == 1 and n > 1
     usable = distributed.usable_length(n, cfg.batch_size, ctx.world)
-    epoch_order = lambda epoch: global_order_fn(epoch)[:usable]  # noqa: E731 - the global order of an epoch
-    rank_order = lambda epoch: distributed.rank_positions(epoch_order(epoch), cfg.batch_size, ctx.rank, ctx.world)  # noqa: E731
+    scores = data.scores or Scores(np.ones(n, dtype=np.float32), np.arange(n))
+    schedule = Schedule(variant.ordering, cfg.pacing, cfg.pacing_params, fields["label"], cfg.batch_size, usable, cfg.epochs, cfg.seed, scores)
+    rank_order = lambda epoch: distributed.rank_positions(schedule.order(epoch), cfg.batch_size, ctx.rank, ctx.world)  # noqa: E731
     train_loader = make_loader(data.train_beton, cfg.batch_size // ctx.world, cfg.workers, rank_order, drop_last)
     n_val = len(read_int_fields(data.val_beton)["sample_id"])
     val_loader = make_loader(data.val_beton, 512, cfg.workers, indices=np.arange(ctx.rank, n_val, ctx.world))
     steps_per_epoch = len(train_loader)
 
-    confidence = data.confidence if data.confidence is not None else np.ones(n, dtype=np.float32)
-    max_conf = float(confidence.max())
     policy = POLICIES[variant.policy]
+    rescore_due = SCORERS[cfg.scorer]
     if not variant.needs_teacher:
         teacher = None
     elif teacher is None:
@@ -273,6 +301,9 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
     if cfg.resume:
         start_epoch, history = _restore(out / "checkpoint.pt", config, model, optimizer, scheduler, aug)
         train_loader.next_epoch = start_epoch  # FFCV asks order_fn for this epoch next
+        saved = _load_scores(out, start_epoch, fields["sample_id"])  # a student scorer's last curriculum
+        if saved is not None:
+            schedule.set_scores(saved)
     metrics_path = out / "metrics.jsonl"
     if ctx.main:
         write_json(out / "config.json", config)
@@ -280,11 +311,17 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
     t_run = time.perf_counter()
     with images_progress(cfg.progress and ctx.main) as bar:
         for epoch in range(start_epoch, cfg.epochs):
-            order = epoch_order(epoch)  # global: lambda per global batch is the same on every rank
-            lambdas = policy(confidence[order], cfg.batch_size, cfg.lam, max_conf)
+            if rescore_due(epoch, cfg.rescore_every):
+                schedule.set_scores(score_train_set(model, data, fields["label"], cfg, device, ctx, f"student@{epoch + 1}"))
+            order = schedule.order(epoch)  # global: lambda per global batch is the same on every rank
+            confidence = schedule.scores.confidence
+            lambdas = policy(confidence[order], cfg.batch_size, cfg.lam, float(confidence.max()))
             mine = rank_order(epoch)
             task = bar.add_task(f"{variant.name} epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch * (cfg.batch_size // ctx.world) if drop_last else len(mine), info="")
-            row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
+            row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "scores": schedule.scores.source}
+            pace = schedule.fractions(epoch)
+            if pace is not None:  # g(t) for every batch of the epoch, for `kdstore report`
+                row["pace"] = np.round(pace, 5).tolist()
             for p in body:  # --freeze-epochs: only the head learns at first (frozen params get no grad)
                 p.requires_grad_(epoch >= cfg.freeze_epochs)
             row.update(train_one_epoch(net, train_loader, mine, lambdas, teacher, optimizer, scheduler, aug, cfg, mean, std, device,
@@ -296,6 +333,8 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
                 continue
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            if schedule.scores.source != "teacher":  # the store holds the teacher's; save any other
+                _save_scores(out, epoch + 1, schedule.scores, fields["sample_id"])
             save_checkpoint(out / "checkpoint.pt", {
                 "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "epoch": epoch + 1, "meta": {**meta, "kind": kind, "class_names": data.meta.get("class_names", []),
@@ -304,7 +343,7 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
                 "rng": {"torch": torch.get_rng_state(), **({"augment": aug.get_state()} if aug is not None else {})},
             })
     summary = {
-        "variant": variant.name, "kind": kind, "model": model_name, "epochs": cfg.epochs, "seed": cfg.seed,
+        "variant": variant.name, "arm": cfg.arm, "kind": kind, "model": model_name, "epochs": cfg.epochs, "seed": cfg.seed,
         "final_val_acc": history[-1]["val_acc"], "best_val_acc": max(r["val_acc"] for r in history),
         "final_val_loss": history[-1]["val_loss"], "seconds": time.perf_counter() - t_run,
         "images_per_s": float(np.median([r["images_per_s"] for r in history])),
@@ -315,6 +354,47 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
     write_json(out / "summary.json", summary)
     console.print(f"[bold]{variant.name}[/] {model_name}: val acc {summary['final_val_acc']:.2%} (best {summary['best_val_acc']:.2%}), {summary['seconds']:.1f} s -> {out}")
     return summary
+
+
+def score_train_set(model: nn.Module, data: TrainData, labels: np.ndarray, cfg: TrainConfig, device: torch.device,
+                    ctx: Context, source: str) -> Scores:
+    """One inference pass of `model` over the clean training images (each rank scores a shard of
+    whole batches; the shards are summed into the full table), then the curriculum rules."""
+    from .cache import score_beton
+    from .orders import confidence_and_correct
+
+    n = len(labels)
+    lo, hi = distributed.shard(n, 512, ctx.rank, ctx.world)
+    mean, std = torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device)
+    scored = score_beton(model, data.train_beton, 512, cfg.workers, device, cfg.input_size or data.image_size, mean, std,
+                         f"scoring ({source})", cfg.progress and ctx.main, positions=np.arange(lo, hi))
+    table = torch.zeros(n, data.num_classes, dtype=torch.float64, device=device)
+    if hi > lo:
+        table[lo:hi] = torch.from_numpy(scored["logits"]).double().to(device)
+    logits = all_reduce_sum(table, ctx).cpu().numpy()
+    confidence, correct = confidence_and_correct(logits, labels)
+    return Scores.from_predictions(confidence, correct, labels, source)
+
+
+def _scores_path(out: Path, epoch: int) -> Path:
+    return out / "orders" / f"epoch-{epoch:03d}.npz"
+
+
+def _save_scores(out: Path, epoch: int, scores: Scores, sample_id: np.ndarray) -> None:
+    """orders/epoch-NNN.npz: the curriculum (sample ids) and confidences (by .beton position) used in epoch NNN."""
+    path = _scores_path(out, epoch)
+    path.parent.mkdir(exist_ok=True)
+    np.savez(path, curriculum=sample_id[scores.curriculum], confidence=scores.confidence, source=np.array(scores.source))
+
+
+def _load_scores(out: Path, epoch: int, sample_id: np.ndarray) -> Scores | None:
+    path = _scores_path(out, epoch)
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        by_id = np.argsort(sample_id)
+        rows = by_id[np.searchsorted(sample_id, z["curriculum"], sorter=by_id)]
+        return Scores(z["confidence"], rows.astype(np.int64), str(z["source"]))
 
 
 def _split_head(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

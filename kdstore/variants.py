@@ -1,11 +1,11 @@
-"""The six experiments of the paper as data: an ordering and a lambda policy (METHOD.md table)."""
+"""The six experiments of the paper, and the random-order control, as data: an ordering (see
+schedule.ORDERINGS) and a lambda policy (reliance.POLICIES). METHOD.md has the table."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .reliance import POLICIES
-
-ORDERINGS = ("shuffle", "curriculum", "inverse")
+from .schedule import ORDERINGS
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,11 @@ VARIANTS: dict[str, Variant] = {
         Variant("kd-icl", "Student-KD-CL'", "inverse", "fixed"),
         Variant("kd-cl-sr", "Student-KD-CL-SR", "curriculum", "sr"),
         Variant("kd-icl-sr", "Student-KD-CL'-SR", "inverse", "sr"),
+        # control: a fixed, class-stratified random order (pacing applies as to kd-cl), fixed lambda
+        Variant("random-cl", "control: random fixed order", "random", "fixed"),
     )
 }
+PAPER_VARIANTS = ("unguided", "kd", "kd-cl", "kd-icl", "kd-cl-sr", "kd-icl-sr")
 ALIASES = {"kd-cl'": "kd-icl", "kd-cl'-sr": "kd-icl-sr"}
 
 

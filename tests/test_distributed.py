@@ -11,7 +11,8 @@ import torch.distributed
 
 from kdstore import cache
 from kdstore.cache import CacheConfig
-from kdstore.orders import epoch_order_fn
+from kdstore.pacing import PacingParams
+from kdstore.schedule import Schedule, Scores
 from kdstore.reliance import POLICIES
 from kdstore.store import Store
 from kdstore.variants import VARIANTS
@@ -78,11 +79,10 @@ def single_process_batches(store: Store, variant: str, epochs: int) -> list[tupl
     """What one process visits (test_train checks a 1-process run against exactly this): the
     variant's epoch order in consecutive batches, and its lambda policy per batch."""
     v, t = VARIANTS[variant], store.train
-    fixed = {"curriculum": t.positions(t.curriculum), "inverse": t.positions(t.inverse)}.get(v.ordering)
-    order_fn = epoch_order_fn(v.ordering, len(t), seed=0, fixed=fixed)
+    schedule = Schedule(v.ordering, "none", PacingParams(), t.labels, BATCH, len(t), epochs, 0, Scores(t.confidence, t.positions(t.curriculum)))
     out = []
     for epoch in range(epochs):
-        order = order_fn(epoch)
+        order = schedule.order(epoch)
         lams = POLICIES[v.policy](t.confidence[order], BATCH, 0.9, float(t.confidence.max()))
         for b, start in enumerate(range(0, len(order), BATCH)):
             out.append((epoch, b, t.sample_id[order[start:start + BATCH]].tolist(), float(lams[b])))

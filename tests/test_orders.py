@@ -4,7 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from kdstore.orders import confidence_and_correct, curriculum, epoch_order_fn, inverse
+from kdstore.orders import confidence_and_correct, curriculum, inverse
+from kdstore.pacing import PacingParams
+from kdstore.schedule import Schedule, Scores
 from kdstore.reliance import POLICIES, batch_means, sr_lambda
 
 
@@ -62,11 +64,18 @@ def test_sr_lambda_clips_and_handles_short_last_batch():
 
 
 def test_epoch_orders():
-    shuffled = epoch_order_fn("shuffle", 10, seed=3)
-    a, b = shuffled(0), shuffled(1)
+    labels = np.array([0, 0, 1, 1, 0, 1, 0, 1, 0, 1])
+    scores = Scores(np.linspace(1, 0.1, 10), np.array([3, 1, 2, 0, 9, 8, 7, 6, 5, 4]))
+    make = lambda ordering, seed=3: Schedule(ordering, "none", PacingParams(), labels, 4, 10, 2, seed, scores)  # noqa: E731
+    shuffled = make("shuffle")
+    a, b = shuffled.order(0).copy(), shuffled.order(1)
     assert sorted(a.tolist()) == list(range(10)) and a.tolist() != b.tolist()
-    assert shuffled(0).tolist() == a.tolist()  # seeded: the same epoch gives the same order
-    fixed = epoch_order_fn("curriculum", 3, seed=0, fixed=np.array([2, 0, 1]))
-    assert fixed(0).tolist() == fixed(5).tolist() == [2, 0, 1]
-    with pytest.raises(ValueError):
-        epoch_order_fn("curriculum", 3, seed=0)
+    assert shuffled.order(0).tolist() == a.tolist()  # seeded: the same epoch gives the same order
+    cl = make("curriculum")
+    assert cl.order(0).tolist() == cl.order(1).tolist() == scores.curriculum.tolist()
+    assert make("inverse").order(1).tolist() == scores.curriculum[::-1].tolist()
+    rnd = make("random")
+    assert rnd.order(0).tolist() == rnd.order(1).tolist() == make("random").order(0).tolist()  # fixed by seed
+    assert rnd.order(0).tolist() != make("random", seed=4).order(0).tolist()
+    assert labels[rnd.order(0)].tolist() == [0, 1] * 5  # class-stratified, like the curriculum
+    assert make("curriculum").fractions(0) is None

@@ -65,11 +65,11 @@ def test_results_json_recomputed_from_metrics(swept):
             assert row[key]["mean"] == pytest.approx(sum(vals) / 2)
             assert row[key]["std"] == pytest.approx(abs(vals[0] - vals[1]) / math.sqrt(2))
     d = [final[f"kd-cl-sr-s{s}"][0] - final[f"unguided-s{s}"][0] for s in (0, 1)]
-    diff = by_variant["kd-cl-sr"]["diff_vs_unguided"]
+    diff = by_variant["kd-cl-sr"]["diff_vs_baseline"]
     half = 12.7062047 * np.std(d, ddof=1) / math.sqrt(2)  # t(0.975, 1 dof)
     assert diff["mean"] == pytest.approx(np.mean(d)) and diff["n"] == 2
     assert diff["ci95"] == pytest.approx([np.mean(d) - half, np.mean(d) + half])
-    assert by_variant["unguided"]["diff_vs_unguided"] is None
+    assert by_variant["unguided"]["diff_vs_baseline"] is None
     md = (out / "report" / "results.md").read_text()
     assert "| kd-cl-sr |" in md and f"{100 * by_variant['kd-cl-sr']['final_val_acc']['mean']:.2f}" in md
     assert (out / "report" / "results.csv").read_text().startswith("variant,n,final_val_acc_mean")

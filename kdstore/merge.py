@@ -1,0 +1,97 @@
+"""`kdstore merge`: several teachers' stores of the same images -> one store (Gong et al. 2016).
+
+The merged store's KD target is the ensemble's mean logits. Its curriculum comes from the
+teachers' confidences averaged per sample (`confidence="mean"`, with a sample counted correct
+when the ensemble's mean probability picks the true class), or from one teacher's
+(`confidence="0"`, `"1"`, ...: its confidence and correctness). The images are the first
+store's, which every other store must share exactly (same dataset fingerprint, same rows).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import KdstoreError
+from .orders import softmax
+from .progress import console
+from .store import BETONS, SPLITS, Split, Store, build_split, publish, staging_dir
+
+
+def _check_compatible(stores: list[Store]) -> None:
+    first = stores[0]
+    for s in stores[1:]:
+        where = f"cannot merge {s.path} with {first.path}"
+        if s.attrs["dataset_fingerprint"] != first.attrs["dataset_fingerprint"]:
+            raise KdstoreError(f"{where}: they hold different images (dataset fingerprints differ)")
+        if s.attrs["class_names"] != first.attrs["class_names"]:
+            raise KdstoreError(f"{where}: their classes differ")
+        for name in SPLITS:
+            a, b = getattr(first, name), getattr(s, name)
+            if not (np.array_equal(a.sample_id, b.sample_id) and np.array_equal(a.labels, b.labels)):
+                raise KdstoreError(f"{where}: their {name} samples are in a different order")
+
+
+def merge_split(splits: Sequence[Split], confidence: str, with_orders: bool) -> Split:
+    """Mean logits as the target; confidence per `confidence` ("mean" or a teacher index)."""
+    first = splits[0]
+    logits = np.mean([s.logits for s in splits], axis=0)
+    if confidence == "mean":
+        conf = np.mean([s.confidence for s in splits], axis=0)
+        correct = np.mean([softmax(s.logits) for s in splits], axis=0).argmax(1) == first.labels
+    else:
+        chosen = splits[int(confidence)]
+        conf, correct = chosen.confidence, chosen.correct
+    return build_split(logits.astype(np.float32), first.labels, first.sample_id, conf, correct, with_orders)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def run(paths: Sequence[str], out: str, confidence: str = "mean", logits_dtype: str = "float16", overwrite: bool = False) -> Path:
+    """Write the merged store to `out` (atomically, like `cache`); returns its path."""
+    if len(paths) < 2:
+        raise KdstoreError("merge needs at least two stores")
+    if confidence != "mean" and not (confidence.isdigit() and int(confidence) < len(paths)):
+        raise KdstoreError(f"--confidence must be 'mean' or a store index 0..{len(paths) - 1}, got {confidence!r}")
+    out_path = Path(out)
+    if out_path.exists() and not overwrite:
+        raise KdstoreError(f"{out_path} already exists; pass --overwrite to replace it")
+    stores = [Store.open(p) for p in paths]
+    _check_compatible(stores)
+    first = stores[0]
+    splits = {name: merge_split([getattr(s, name) for s in stores], confidence, name == "train") for name in SPLITS}
+    teachers = [s.attrs["teacher"] for s in stores]
+    attrs = {
+        **first.attrs, "teacher": "ensemble(" + ",".join(teachers) + ")",
+        "checkpoint_sha256": ",".join(s.attrs["checkpoint_sha256"] for s in stores),
+        "pretrained": any(bool(s.attrs["pretrained"]) for s in stores),
+        "teacher_train_acc": float((splits["train"].logits.argmax(1) == splits["train"].labels).mean()),
+        "teacher_val_acc": float((splits["val"].logits.argmax(1) == splits["val"].labels).mean()),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "merged_from": json.dumps([{"path": str(s.path), "teacher": s.attrs["teacher"], "identity": s.identity()} for s in stores]),
+        "merge_confidence": confidence,
+    }
+    stage = staging_dir(out_path)
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    try:
+        for name in BETONS.values():
+            _link_or_copy(first.path / name, stage / name)
+        publish(stage, out_path, splits, attrs, logits_dtype, {"dataset_fingerprint": first.attrs["dataset_fingerprint"], "merged_from": len(stores)})
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    console.print(f"[bold]merged store[/] {out_path}: {' + '.join(teachers)}; ensemble val acc {attrs['teacher_val_acc']:.2%}, "
+                  f"curriculum from {'mean' if confidence == 'mean' else 'teacher ' + confidence} confidence")
+    return out_path
