@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from common import WORK, cifar10_subset
+from common import WORK, cifar10_subset, teacher_and_store
 
-from kdstore import bench, cache, teacher, train
-from kdstore.cache import CacheConfig
+from kdstore import bench, train
 from kdstore.store import Store
 from kdstore.train import TrainConfig
 
@@ -36,16 +34,7 @@ def main() -> None:
     folder = cifar10_subset(args.train_per_class, args.test_per_class)
     root = WORK / f"accuracy-{args.train_per_class}-{args.test_per_class}-t{args.teacher_epochs}-s{args.student_epochs}"
     spec = f"imagefolder:{folder}"
-    t0 = time.perf_counter()
-    if not (root / "teacher" / "summary.json").is_file():
-        teacher.run(TrainConfig(out=str(root / "teacher"), student="cifar_resnet20", variant="unguided", epochs=args.teacher_epochs,
-                                batch_size=128, lr=0.1, overwrite=True), spec)
-    teacher_s = time.perf_counter() - t0
-    store_dir = root / "store"
-    t0 = time.perf_counter()
-    if not (store_dir / "MANIFEST.json").is_file():
-        cache.run(CacheConfig(dataset=spec, out=str(store_dir), checkpoint=str(root / "teacher" / "checkpoint.pt"), overwrite=True))
-    cache_s = time.perf_counter() - t0
+    store_dir, teacher_s, cache_s = teacher_and_store(root, spec, "cifar_resnet20", args.teacher_epochs)
     store = Store.open(store_dir)
     base = TrainConfig(out="", store=str(store_dir), student="cifar_resnet8", epochs=args.student_epochs, batch_size=128, lr=0.05)
     rows = {}

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
+from kdstore import cache, teacher
+from kdstore.cache import CacheConfig
 from kdstore.datasets import unpack_imagefolder_subset
+from kdstore.train import TrainConfig
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 WORK = Path.home() / ".cache" / "kdstore" / "bench"
@@ -21,3 +25,18 @@ def cifar10_subset(train_per_class: int, test_per_class: int) -> Path:
     unpack_imagefolder_subset(SHARED_CIFAR, root, {"train": train_per_class, "test": test_per_class})
     done.write_text("ok\n")
     return root
+
+
+def teacher_and_store(root: Path, spec: str, model: str, epochs: int, seed: int = 0, views: int = 0) -> tuple[Path, float, float]:
+    """Train `model` with `kdstore teacher` under root/teacher and cache it to root/store (each
+    once: finished steps are reused). Returns the store path and the seconds each step took now."""
+    t0 = time.perf_counter()
+    if not (root / "teacher" / "summary.json").is_file():
+        teacher.run(TrainConfig(out=str(root / "teacher"), student=model, variant="unguided", epochs=epochs, batch_size=128, lr=0.1,
+                                seed=seed, overwrite=True), spec)
+    teacher_s = time.perf_counter() - t0
+    store = root / "store"
+    t0 = time.perf_counter()
+    if not (store / "MANIFEST.json").is_file():
+        cache.run(CacheConfig(dataset=spec, out=str(store), checkpoint=str(root / "teacher" / "checkpoint.pt"), overwrite=True))
+    return store, teacher_s, time.perf_counter() - t0

@@ -69,6 +69,8 @@ def _schedule_options(many: bool) -> Callable[[Callable[..., Any]], Callable[...
         click.option("--scorer", default="teacher", show_default=True,
                      help=f"{' | '.join(SCORERS)}: who scores the curriculum (student: its own snapshots){listed}."),
         click.option("--rescore-every", type=int, default=1, show_default=True, help="scorer student: rebuild the curriculum every E epochs."),
+        click.option("--views", type=click.Choice(["auto", "replay", "clean"]), default="auto", show_default=True,
+                     help="replay: augment with the store's views and distil from their logits; clean: the clean-image logits; auto: replay when the store has views."),
     ]
 
     def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -112,6 +114,9 @@ def cli() -> None:
 @click.option("--resume", is_flag=True, help="Continue a killed cache (same options) from its last flushed chunk.")
 @click.option("--split-part", type=click.Choice(["all", "holdout"]), default="all", show_default=True,
               help="holdout: score only the training samples the teacher's --split held out.")
+@click.option("--views", type=int, default=0, show_default=True, help="Also store K augmented views per training image with the teacher's logits on each.")
+@click.option("--topk", type=int, default=0, show_default=True, help="Keep only the k largest logits of each view (0: all).")
+@click.option("--views-seed", type=int, default=0, show_default=True, help="Seed of the views' augmentation parameters.")
 @click.option("--no-progress", is_flag=True)
 @_friendly
 def cache(no_progress: bool, **kw: Any) -> None:

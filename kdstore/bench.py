@@ -20,7 +20,7 @@ import psutil
 import torch
 import torch.nn as nn
 
-from .augment import crop_flip, crop_flip_params, normalize, resize
+from .augment import AUGMENTATIONS, augmentation_for, normalize, resize
 from .cache import CacheConfig, load_teacher, teacher_forward
 from .config import to_dict, write_json
 from .errors import KdstoreError
@@ -28,7 +28,6 @@ from .loading import make_loader
 from .losses import student_loss
 from .models import build_model, resolve_device
 from .store import Store
-from .train import PAD
 
 MODES = ("unguided", "offline", "online")
 
@@ -109,16 +108,17 @@ class _Runner:
         self.std = torch.tensor(store.attrs["normalize_std"], device=device)
         self.table = torch.from_numpy(store.train.logits).float().to(device) if mode == "offline" else None
         self.aug = torch.Generator().manual_seed(0)
+        self.augmentation = AUGMENTATIONS[augmentation_for(int(store.attrs["image_size"]))]
         self.online = online_teacher(teacher, input_size) if mode == "online" else None
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> None:
         x = normalize(images.to(self.device, non_blocking=True), self.mean, self.std)
-        x = crop_flip(x, *crop_flip_params(len(images), PAD, self.aug), pad=PAD)
+        x = self.augmentation.apply(x, self.augmentation.draw(len(images), x.shape[-1], self.aug))
         y = labels.to(self.device, non_blocking=True)
         if self.table is not None:
             target = self.table[torch.from_numpy(self.store.train.positions(ids.numpy())).to(self.device)]
         elif self.online is not None:
-            target = self.online(None, x)
+            target = self.online(None, x, None)
         else:
             target = None
         terms = student_loss(self.model(x), y, target, self.cfg.lam if target is not None else 0.0, self.cfg.tau)
@@ -247,7 +247,7 @@ def online_teacher(model: nn.Module, input_size: int):
     """The online-KD baseline's TeacherFn: the teacher (eval, inference mode) on every augmented batch."""
     model.eval()
 
-    def forward(pos: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    def forward(pos: torch.Tensor, images: torch.Tensor, view: torch.Tensor | None = None) -> torch.Tensor:
         with torch.inference_mode():
             logits = model(resize(images, input_size)).float()
         return logits.clone()  # an inference tensor cannot be saved for backward

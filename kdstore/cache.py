@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from . import __version__, distributed
-from .augment import normalize, resize
+from .augment import AUGMENTATIONS, augmentation_for, normalize, resize
 from .config import write_json
 from .datasets import ImageDataset, load_dataset
 from .errors import KdstoreError
@@ -28,6 +28,7 @@ from .models import build_model, load_checkpoint, load_weights, normalization, r
 from .progress import console, images_progress
 from .splits import holdout
 from .store import BETONS, SCHEMA_VERSION, build_split, publish, staging_dir
+from .views import Views, draw_params, topk_compress
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class CacheConfig:
     overwrite: bool = False
     resume: bool = False  # continue a killed cache of the same options from its last flushed chunk
     split_part: str = "all"  # all | holdout: only the training samples the teacher's split held out
+    views: int = 0  # augmented views per training sample scored and stored (0: the clean images only)
+    topk: int = 0  # store only the k largest logits of each view (0: all)
+    views_seed: int = 0  # seed of the views' augmentation parameters
     progress: bool = True
 
     def validate(self) -> None:
@@ -64,6 +68,10 @@ class CacheConfig:
             raise KdstoreError(f"--split-part must be all or holdout, got {self.split_part}")
         if self.split_part == "holdout" and not self.checkpoint:
             raise KdstoreError("--split-part holdout needs the --checkpoint of a teacher trained with --split")
+        if self.views < 0 or self.topk < 0:
+            raise KdstoreError(f"--views and --topk must be >= 0, got {self.views} and {self.topk}")
+        if self.topk and not self.views:
+            raise KdstoreError("--topk applies to stored views: give --views K too")
 
 
 def teacher_forward(model: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
@@ -71,6 +79,34 @@ def teacher_forward(model: torch.nn.Module, images: torch.Tensor, mean: torch.Te
     """Teacher logits (B, C) float32 for a batch of (B, H, W, 3) uint8 images, on `device`."""
     x = resize(normalize(images.to(device, non_blocking=True), mean, std), input_size)
     return model(x).float()
+
+
+# forward(images (B, H, W, 3) uint8, their .beton positions (B,)) -> named outputs, each (B, ...)
+Forward = Callable[[torch.Tensor, np.ndarray], dict[str, torch.Tensor]]
+
+
+def clean_forward(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor, input_size: int, device: torch.device) -> Forward:
+    """Logits of the un-augmented images."""
+    model.eval()
+    return lambda images, pos: {"logits": teacher_forward(model, images, mean, std, input_size, device)}
+
+
+def views_forward(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor, input_size: int, device: torch.device,
+                  params: np.ndarray, augmentation: str, topk: int) -> Forward:
+    """Logits of every stored view of each image (one batched forward per view): (B, K, C), or
+    their top-k form. The views are made exactly as `train` replays them: normalise, then
+    augment with the stored parameters, then resize to the teacher's input."""
+    model.eval()
+    aug = AUGMENTATIONS[augmentation]
+    table = torch.from_numpy(params).long().to(device)  # (N, K, P)
+
+    def forward(images: torch.Tensor, pos: np.ndarray) -> dict[str, torch.Tensor]:
+        x = normalize(images.to(device, non_blocking=True), mean, std)
+        p = table[torch.from_numpy(pos).to(device)]
+        logits = torch.stack([model(resize(aug.apply(x, p[:, k]), input_size)).float() for k in range(p.shape[1])], 1)
+        return topk_compress(logits, topk) if topk else {"logits": logits}
+
+    return forward
 
 
 CHUNK_SAMPLES = 2048  # teacher outputs are flushed to disk about this often (whole batches)
@@ -81,7 +117,7 @@ def _load_chunks(chunk_dir: Path) -> list[dict[str, np.ndarray]]:
     chunks = []
     while (path := chunk_dir / f"{len(chunks):06d}.npz").is_file():
         with np.load(path) as z:
-            chunks.append({k: z[k] for k in ("logits", "labels", "sample_id")})
+            chunks.append({k: z[k] for k in z.files})
     return chunks
 
 
@@ -94,13 +130,13 @@ def _save_chunk(chunk_dir: Path, index: int, parts: dict[str, list[torch.Tensor]
 
 
 def score_beton(
-    model: torch.nn.Module, beton: Path, batch_size: int, workers: int, device: torch.device,
-    input_size: int, mean: torch.Tensor, std: torch.Tensor, label: str = "", progress: bool = True,
+    forward: Forward, beton: Path, batch_size: int, workers: int, label: str = "", progress: bool = True,
     chunk_dir: Path | None = None, positions: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """One inference pass over a .beton (or its `positions`) in file order.
 
-    Returns logits (N, C) float32, labels (N,), sample ids (N,) and the images/s of the pass.
+    Returns forward's outputs (e.g. logits (N, C) float32), labels (N,), sample ids (N,) and the
+    images/s of the pass.
     With `chunk_dir`, every output is flushed there in chunks of whole batches, and a pass killed
     earlier continues after its last flushed chunk (the batches are the same as in one pass).
     """
@@ -113,15 +149,15 @@ def score_beton(
         chunks = _load_chunks(chunk_dir)
     start = sum(len(c["labels"]) for c in chunks)
     batches_per_chunk = max(1, CHUNK_SAMPLES // batch_size)
-    parts: dict[str, list[torch.Tensor]] = {"logits": [], "labels": [], "sample_id": []}
-    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {"labels": [], "sample_id": []}
     t0, n = time.perf_counter(), 0
     with images_progress(progress) as bar, torch.inference_mode():
         task = bar.add_task(label, total=n_total, completed=start, info="resumed" if start else "")
         if start < n_total:
             loader = make_loader(beton, batch_size, workers, indices=positions[start:])
             for b, (images, y, sid) in enumerate(loader, 1):  # images: (B, H, W, 3) uint8
-                parts["logits"].append(teacher_forward(model, images, mean, std, input_size, device).cpu())
+                for key, value in forward(images, positions[start + n:start + n + len(y)]).items():
+                    parts.setdefault(key, []).append(value.cpu())
                 parts["labels"].append(y.clone())  # FFCV reuses its buffers
                 parts["sample_id"].append(sid.clone())
                 n += len(y)
@@ -138,7 +174,7 @@ def score_beton(
 
 
 def _concat(chunks: list[dict[str, np.ndarray]]) -> dict[str, Any]:
-    result = {k: np.concatenate([c[k] for c in chunks]) for k in ("logits", "labels", "sample_id")}
+    result = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     result["labels"] = result["labels"].astype(np.int64)
     result["sample_id"] = result["sample_id"].astype(np.int64)
     return result
@@ -182,6 +218,7 @@ def _stage_state(cfg: CacheConfig, meta: dict[str, Any], digest: str, dataset: I
         "dataset": dataset.name, "train_size": len(dataset.train), "val_size": len(dataset.val), "teacher": meta,
         "checkpoint_sha256": digest, "pretrained": cfg.pretrained, "pretrained_file": cfg.pretrained_file,
         "batch_size": cfg.batch_size, "image_size": cfg.image_size, "kdstore_version": __version__, "split_part": cfg.split_part,
+        "views": cfg.views, "topk": cfg.topk, "views_seed": cfg.views_seed,
     }
 
 
@@ -216,6 +253,8 @@ def run(cfg: CacheConfig) -> Path:
     t_start = time.perf_counter()
     dataset = load_dataset(cfg.dataset, Path(cfg.data_root) if cfg.data_root else None, cfg.image_size)
     image_size = int(dataset.train.get(0).shape[0])
+    if cfg.topk >= dataset.num_classes:
+        raise KdstoreError(f"--topk {cfg.topk} must be below the {dataset.num_classes} classes")
     teacher = load_teacher(cfg, dataset.num_classes, image_size)
     model, meta, digest, split = teacher.model.to(device), teacher.meta, teacher.checkpoint_sha256, teacher.split
     if cfg.split_part == "holdout":
@@ -231,9 +270,17 @@ def run(cfg: CacheConfig) -> Path:
     if ctx.main and _prepare_stage(stage, state, cfg.resume):
         console.print(f"resuming the partial cache in {stage}")
     distributed.barrier(ctx)
+    # Passes over the images: each split's clean images, then (--views K) K augmented views of
+    # every training image, drawn up front so that every rank and a resumed pass see the same.
+    augmentation = augmentation_for(image_size)
+    clean = clean_forward(model, mean, std, int(meta["input_size"]), device)
+    passes = {"train": ("train", clean), "val": ("val", clean)}
+    if cfg.views:
+        params = draw_params(augmentation, len(dataset.train), cfg.views, image_size, cfg.views_seed)
+        passes["views"] = ("train", views_forward(model, mean, std, int(meta["input_size"]), device, params, augmentation, cfg.topk))
     try:
         scored = {}
-        for split_name in ("train", "val"):
+        for pass_name, (split_name, forward) in passes.items():
             beton = stage / BETONS[split_name]
             if ctx.main and not beton.is_file():
                 tmp = stage / f".{beton.name}.tmp"
@@ -242,16 +289,22 @@ def run(cfg: CacheConfig) -> Path:
                 os.replace(tmp, beton)
             distributed.barrier(ctx)
             lo, hi = distributed.shard(len(getattr(dataset, split_name)), cfg.batch_size, ctx.rank, ctx.world)
-            chunk_dir = lambda rank: stage / f"chunks-{split_name}-r{rank}of{ctx.world}"  # noqa: E731
-            scored[split_name] = score_beton(model, beton, cfg.batch_size, cfg.workers, device, meta["input_size"], mean, std,
-                                             f"teacher on {split_name}", cfg.progress and ctx.main, chunk_dir(ctx.rank), np.arange(lo, hi))
+            chunk_dir = lambda rank: stage / f"chunks-{pass_name}-r{rank}of{ctx.world}"  # noqa: E731
+            label = f"teacher on {split_name}" + (f" ({cfg.views} views)" if pass_name == "views" else "")
+            scored[pass_name] = score_beton(forward, beton, cfg.batch_size, cfg.workers, label, cfg.progress and ctx.main, chunk_dir(ctx.rank), np.arange(lo, hi))
             distributed.barrier(ctx)
             if ctx.active:  # the main rank joins the shards every rank flushed
-                speed = scored[split_name]["images_per_s"] * ctx.world
-                scored[split_name] = {**_concat([c for r in range(ctx.world) for c in _load_chunks(chunk_dir(r))]), "images_per_s": speed}
+                speed = scored[pass_name]["images_per_s"] * ctx.world
+                scored[pass_name] = {**_concat([c for r in range(ctx.world) for c in _load_chunks(chunk_dir(r))]), "images_per_s": speed}
         if not ctx.main:
             return out
-        splits = {name: build_split(s["logits"], s["labels"], s["sample_id"], with_orders=name == "train") for name, s in scored.items()}
+        splits = {name: build_split(scored[name]["logits"], scored[name]["labels"], scored[name]["sample_id"], with_orders=name == "train")
+                  for name in ("train", "val")}
+        if cfg.views:
+            v = scored["views"]
+            if not np.array_equal(v["sample_id"], splits["train"].sample_id):
+                raise KdstoreError("internal error: the views pass visited the training images in another order")
+            splits["train"].views = Views(augmentation, cfg.views_seed, params, **{k: v[k] for k in ("logits", "topk_values", "topk_indices", "fill") if k in v})
         with console.status("fingerprinting the images"):
             parts = [fingerprint_beton(stage / BETONS[name], cfg.workers) for name in ("train", "val")]
         fingerprint = hashlib.sha256("".join(parts).encode()).hexdigest()

@@ -23,12 +23,13 @@ class Scores:
 
     confidence: np.ndarray  # (N,) float
     curriculum: np.ndarray  # (N,) positions, easy to hard
-    source: str = "teacher"  # "teacher", or "student@E" for a snapshot taken before epoch E
+    source: str = "teacher"  # "teacher" (the store's), "none", or "student@E" (scored before epoch E)
+    computed: bool = False  # computed during the run (not in the store): the run saves them
 
     @classmethod
     def from_predictions(cls, confidence: np.ndarray, correct: np.ndarray, labels: np.ndarray, source: str) -> "Scores":
         """The curriculum rules of METHOD.md applied to any scorer's confidences."""
-        return cls(np.asarray(confidence, dtype=np.float32), curriculum(confidence, correct, labels), source)
+        return cls(np.asarray(confidence, dtype=np.float32), curriculum(confidence, correct, labels), source, True)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,16 @@ teacher.h5 (schema version 1), readable with plain h5py:
     /train/curriculum  (N,)   int64                  sample ids, easy to hard (class-stratified)
     /train/inverse     (N,)   int64                  sample ids, hard to easy
     /val/...           the same five per-sample datasets for the validation split
-    root attributes    see `ROOT_ATTRS`
+    root attributes    see `ROOT_ATTRS`; a merged store adds `merged_from`, `merge_confidence`
+
+Optional, written by `cache --views K` (see views.py), for the training split only:
+
+    /train/views/params        (N, K, P) int32    augmentation parameters of each view
+    /train/views/logits        (N, K, C) float16  teacher logits on each view, or with --topk k:
+    /train/views/topk_values   (N, K, k) float16  the k largest logits of each view
+    /train/views/topk_indices  (N, K, k) int32    their class ids
+    /train/views/fill          (N, K)    float32  the logit of every other class
+    views attributes           augmentation (crop-flip | resized-crop-flip), seed, count, topk
 
 MANIFEST.json is written last: its presence marks the store complete, and it records the
 sha256 of every file so that `verify` can find corruption.
@@ -31,6 +40,7 @@ from .errors import KdstoreError
 from .loading import read_int_fields
 from .models import sha256_file
 from .orders import confidence_and_correct, curriculum, inverse
+from .views import Views, problems as view_problems
 
 SCHEMA_VERSION = 1
 MANIFEST = "MANIFEST.json"
@@ -58,6 +68,7 @@ class Split:
     correct: np.ndarray  # (N,) bool
     curriculum: np.ndarray | None = None  # (N,) sample ids, train only
     inverse: np.ndarray | None = None
+    views: Views | None = None  # stored augmented views (cache --views K), train only
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -110,6 +121,25 @@ def write_teacher_h5(path: Path, splits: dict[str, Split], attrs: dict[str, Any]
                 if field == "logits":
                     arr = arr.astype(logits_dtype)
                 g.create_dataset(field, data=arr, fletcher32=True, chunks=True)
+            if split.views is not None:
+                _write_views(g.create_group("views"), split.views, logits_dtype)
+
+
+def _write_views(g, views: Views, logits_dtype: str) -> None:
+    g.attrs.update({"augmentation": views.augmentation, "seed": views.seed, "count": views.count, "topk": views.topk})
+    arrays = {"params": views.params.astype(np.int32)}
+    if views.logits is not None:
+        arrays["logits"] = views.logits.astype(logits_dtype)
+    else:
+        arrays.update(topk_values=views.topk_values.astype(logits_dtype), topk_indices=views.topk_indices.astype(np.int32),
+                      fill=views.fill.astype(np.float32))
+    for name, arr in arrays.items():
+        g.create_dataset(name, data=arr, fletcher32=True, chunks=True)
+
+
+def _read_views(g) -> Views:
+    arrays = {k: g[k][()] for k in ("params", "logits", "topk_values", "topk_indices", "fill") if k in g}
+    return Views(augmentation=_attr(g.attrs.get("augmentation", "")), seed=int(g.attrs.get("seed", 0)), **arrays)
 
 
 def _attr(value: Any) -> Any:
@@ -172,7 +202,7 @@ class Store:
                         raise KdstoreError(f"store {path}: {name} lacks {', '.join(absent)}")
                     arrays = {k: g[k][()] for k in fields}
                     arrays["logits"] = arrays["logits"].astype(np.float32)
-                    splits[name] = Split(**arrays)
+                    splits[name] = Split(**arrays, views=_read_views(g["views"]) if "views" in g else None)
         except OSError as e:
             text = str(e).splitlines()[0]
             if "unable to lock file" in text.lower():
@@ -210,6 +240,10 @@ class Store:
                 raise KdstoreError(f"{where} has {n} samples but {BETONS[name]} has {len(fields['sample_id'])}")
             if not np.array_equal(fields["sample_id"], s.sample_id) or not np.array_equal(fields["label"], s.labels):
                 raise KdstoreError(f"{where} sample ids or labels do not match {BETONS[name]} row by row")
+            if s.views is not None:
+                found = view_problems(s.views, n, c, int(self.attrs["image_size"]))
+                if found:
+                    raise KdstoreError(f"{where} {found[0]}")
         t = self.train
         for order in ORDERS:
             ids = getattr(t, order)

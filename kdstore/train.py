@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .augment import crop_flip, crop_flip_params, normalize, resize
+from .augment import augmentation_for, normalize, resize
+from .batches import Prepare, TeacherFn, cached_teacher, no_augment, random_augment, replay_views, view_teacher
 from .config import to_dict, write_json
 from . import distributed
 from .distributed import Context, all_reduce_sum
@@ -29,22 +30,14 @@ from .pacing import PACINGS, PacingParams
 from .progress import console, images_progress
 from .reliance import POLICIES
 from .schedule import ORDERINGS, SCORERS, Schedule, Scores
+from .views import Views
 from .store import Store
 from .variants import Variant, get_variant
 
-PAD = 4  # random-crop padding in pixels (the standard CIFAR augmentation)
-
 # on_batch(epoch, batch index, sample ids (B,), lambda): observes what the loop trained on.
 BatchHook = Callable[[int, int, np.ndarray, float], None]
-# teacher(positions (B,) on the device, augmented normalised images (B, 3, H, W)) -> logits (B, C).
-# The cached teacher ignores the images; the online-KD baseline of `bench` runs a model on them.
-TeacherFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-
-def cached_teacher(logits: np.ndarray, device: torch.device) -> TeacherFn:
-    """Teacher logits looked up by .beton position in one in-memory table. (N, C)."""
-    table = torch.from_numpy(logits).float().to(device)
-    return lambda pos, images: table[pos]
+VIEW_MODES = ("auto", "replay", "clean")
 
 
 @dataclass(frozen=True)
@@ -79,7 +72,8 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2
     device: str = "auto"
-    augment: bool = True  # random crop (4 px padding) + horizontal flip
+    augment: bool = True  # random crop + flip (augment.augmentation_for the image size)
+    views: str = "auto"  # replay | clean | auto (replay when the store has views): see views.py
     amp: bool = True  # mixed precision (autocast) on CUDA; ignored on the CPU
     overwrite: bool = False
     resume: bool = False  # continue from OUT/checkpoint.pt (saved after every epoch)
@@ -106,6 +100,10 @@ class TrainConfig:
             variant = get_variant(self.variant)
         except ValueError as e:
             raise KdstoreError(str(e)) from None
+        if self.views not in VIEW_MODES:
+            raise KdstoreError(f"--views must be one of {', '.join(VIEW_MODES)}, got {self.views!r}")
+        if self.views == "replay" and not self.augment:
+            raise KdstoreError("--views replay augments with the stored views; it contradicts --no-augment")
         if self.pacing not in PACINGS:
             raise KdstoreError(f"unknown --pacing {self.pacing!r}; known: {', '.join(PACINGS)}")
         if self.scorer not in SCORERS:
@@ -142,6 +140,7 @@ class TrainData:
     std: tuple[float, ...]
     teacher_logits: np.ndarray | None = None  # (N, C) by .beton position; None without a teacher
     scores: Scores | None = None  # the teacher's confidence and curriculum; None without a teacher
+    views: Views | None = None  # the store's augmented views with their teacher logits, if any
     meta: dict[str, Any] = field(default_factory=dict)  # provenance saved with the run
 
 
@@ -150,7 +149,7 @@ def data_from_store(store: Store) -> TrainData:
     return TrainData(
         train_beton=store.beton("train"), val_beton=store.beton("val"), num_classes=store.num_classes,
         image_size=int(store.attrs["image_size"]), mean=tuple(store.attrs["normalize_mean"]), std=tuple(store.attrs["normalize_std"]),
-        teacher_logits=t.logits, scores=Scores(t.confidence, t.positions(t.curriculum)),
+        teacher_logits=t.logits, scores=Scores(t.confidence, t.positions(t.curriculum)), views=t.views,
         meta={"store": str(store.path), "dataset": store.attrs["dataset"], "dataset_fingerprint": store.attrs["dataset_fingerprint"],
               "teacher": store.attrs["teacher"], "class_names": store.attrs["class_names"], "identity": store.identity()},
     )
@@ -158,7 +157,7 @@ def data_from_store(store: Store) -> TrainData:
 
 def train_one_epoch(
     model: nn.Module, loader, order: np.ndarray, lambdas: np.ndarray, teacher: TeacherFn | None,
-    optimizer: torch.optim.Optimizer, scheduler, aug: torch.Generator | None, cfg: TrainConfig,
+    optimizer: torch.optim.Optimizer, scheduler, prepare: Prepare, cfg: TrainConfig,
     mean: torch.Tensor, std: torch.Tensor, device: torch.device, epoch: int, bar, task,
     hook: BatchHook | None = None, label_smoothing: float = 0.0, scaler: torch.amp.GradScaler | None = None,
     ctx: Context = Context(),
@@ -179,11 +178,9 @@ def train_one_epoch(
         if hook is not None:
             hook(epoch, b, ids_np.copy(), float(lambdas[b]))
         pos_t = torch.from_numpy(pos).to(device)
-        x = normalize(images.to(device, non_blocking=True), mean, std)
-        if aug is not None:
-            x = crop_flip(x, *crop_flip_params(len(x), PAD, aug), pad=PAD)
+        x, view = prepare(epoch, pos_t, normalize(images.to(device, non_blocking=True), mean, std))
         y = labels.to(device, non_blocking=True)
-        target = None if teacher is None else teacher(pos_t, x)
+        target = None if teacher is None else teacher(pos_t, x, view)
         with _autocast(device, cfg.amp):
             logits = model(resize(x, cfg.input_size) if cfg.input_size else x)
         terms = student_loss(logits.float(), y, target, float(lambdas[b]), cfg.tau, label_smoothing)
@@ -270,7 +267,7 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
     # One lone sample in a last batch would break BatchNorm in training mode: drop it then.
     drop_last = ctx.world == 1 and n % cfg.batch_size == 1 and n > 1
     usable = distributed.usable_length(n, cfg.batch_size, ctx.world)
-    scores = data.scores or Scores(np.ones(n, dtype=np.float32), np.arange(n))
+    scores = data.scores or Scores(np.ones(n, dtype=np.float32), np.arange(n), "none")
     schedule = Schedule(variant.ordering, cfg.pacing, cfg.pacing_params, fields["label"], cfg.batch_size, usable, cfg.epochs, cfg.seed, scores)
     rank_order = lambda epoch: distributed.rank_positions(schedule.order(epoch), cfg.batch_size, ctx.rank, ctx.world)  # noqa: E731
     train_loader = make_loader(data.train_beton, cfg.batch_size // ctx.world, cfg.workers, rank_order, drop_last)
@@ -280,10 +277,13 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
 
     policy = POLICIES[variant.policy]
     rescore_due = SCORERS[cfg.scorer]
+    replay = cfg.views == "replay" or (cfg.views == "auto" and data.views is not None and cfg.augment)
+    if replay and data.views is None:
+        raise KdstoreError("--views replay: the store has no views (make one with `kdstore cache --views K`)")
     if not variant.needs_teacher:
         teacher = None
     elif teacher is None:
-        teacher = cached_teacher(data.teacher_logits, device)
+        teacher = view_teacher(data.views, data.num_classes, device) if replay else cached_teacher(data.teacher_logits, device)
     mean = torch.tensor(data.mean, device=device)
     std = torch.tensor(data.std, device=device)
     head, body = _split_head(model)
@@ -292,10 +292,15 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
     aug = torch.Generator().manual_seed(cfg.seed + 1_000_003 * ctx.rank) if cfg.augment else None
+    if replay:
+        prepare = replay_views(data.views, cfg.seed, device)
+    else:
+        prepare = random_augment(augmentation_for(data.image_size), data.image_size, aug) if aug is not None else no_augment()
 
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
-    config = {**to_dict(cfg), "variant": variant.name, "kind": kind, "model": meta, "data": data.meta}
+    views_used = {"mode": "replay", "count": data.views.count, "topk": data.views.topk} if replay else {"mode": "clean"}
+    config = {**to_dict(cfg), "variant": variant.name, "kind": kind, "model": meta, "data": data.meta, "views_used": views_used}
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if cfg.resume:
@@ -324,7 +329,7 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
                 row["pace"] = np.round(pace, 5).tolist()
             for p in body:  # --freeze-epochs: only the head learns at first (frozen params get no grad)
                 p.requires_grad_(epoch >= cfg.freeze_epochs)
-            row.update(train_one_epoch(net, train_loader, mine, lambdas, teacher, optimizer, scheduler, aug, cfg, mean, std, device,
+            row.update(train_one_epoch(net, train_loader, mine, lambdas, teacher, optimizer, scheduler, prepare, cfg, mean, std, device,
                                        epoch, bar, task, hook, cfg.label_smoothing, scaler, ctx))
             row.update(evaluate(model, val_loader, mean, std, device, cfg.input_size, cfg.amp, ctx))
             bar.update(task, info=f"loss {row['train_loss']:.3f} val acc {row['val_acc']:.2%}")
@@ -333,7 +338,7 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
                 continue
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            if schedule.scores.source != "teacher":  # the store holds the teacher's; save any other
+            if schedule.scores.computed:  # the store holds the teacher's scores; save the run's own
                 _save_scores(out, epoch + 1, schedule.scores, fields["sample_id"])
             save_checkpoint(out / "checkpoint.pt", {
                 "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -348,6 +353,7 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
         "final_val_loss": history[-1]["val_loss"], "seconds": time.perf_counter() - t_run,
         "images_per_s": float(np.median([r["images_per_s"] for r in history])),
         **{k: v for k, v in data.meta.items() if k not in ("class_names", "identity")}, "processes": ctx.world,
+        "views": views_used,
     }
     if not ctx.main:
         return summary
@@ -360,14 +366,14 @@ def score_train_set(model: nn.Module, data: TrainData, labels: np.ndarray, cfg: 
                     ctx: Context, source: str) -> Scores:
     """One inference pass of `model` over the clean training images (each rank scores a shard of
     whole batches; the shards are summed into the full table), then the curriculum rules."""
-    from .cache import score_beton
+    from .cache import clean_forward, score_beton
     from .orders import confidence_and_correct
 
     n = len(labels)
     lo, hi = distributed.shard(n, 512, ctx.rank, ctx.world)
     mean, std = torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device)
-    scored = score_beton(model, data.train_beton, 512, cfg.workers, device, cfg.input_size or data.image_size, mean, std,
-                         f"scoring ({source})", cfg.progress and ctx.main, positions=np.arange(lo, hi))
+    forward = clean_forward(model, mean, std, cfg.input_size or data.image_size, device)
+    scored = score_beton(forward, data.train_beton, 512, cfg.workers, f"scoring ({source})", cfg.progress and ctx.main, positions=np.arange(lo, hi))
     table = torch.zeros(n, data.num_classes, dtype=torch.float64, device=device)
     if hi > lo:
         table[lo:hi] = torch.from_numpy(scored["logits"]).double().to(device)
@@ -394,7 +400,7 @@ def _load_scores(out: Path, epoch: int, sample_id: np.ndarray) -> Scores | None:
     with np.load(path) as z:
         by_id = np.argsort(sample_id)
         rows = by_id[np.searchsorted(sample_id, z["curriculum"], sorter=by_id)]
-        return Scores(z["confidence"], rows.astype(np.int64), str(z["source"]))
+        return Scores(z["confidence"], rows.astype(np.int64), str(z["source"]), True)
 
 
 def _split_head(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

@@ -1,0 +1,118 @@
+"""Augmentation-consistent stores: top-k compression by hand, seeded view choice, and the
+student replaying exactly the pixels the teacher scored."""
+import json
+import math
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from kdstore import cache, train
+from kdstore.augment import AUGMENTATIONS, normalize
+from kdstore.cache import CacheConfig, load_teacher
+from kdstore.loading import make_loader
+from kdstore.store import Store, verify, write_manifest
+from kdstore.train import TrainConfig
+from kdstore.views import choose, draw_params, topk_compress, topk_expand
+
+K = 3
+
+
+def test_topk_by_hand():
+    z = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    out = topk_compress(z, 2)
+    assert out["topk_values"].tolist() == [[2.0, 1.0]] and out["topk_indices"].tolist() == [[0, 1]]
+    e = [math.exp(v) for v in (2.0, 1.0, 0.0, -1.0)]  # 7.389, 2.718, 1, 0.368; sum 11.475
+    rest = (e[2] + e[3]) / sum(e)  # 0.1192: the mass outside the top 2
+    assert out["fill"].item() == pytest.approx(math.log(rest / 2) + math.log(sum(e)), abs=1e-5)  # -0.3799
+    full = topk_expand(out["topk_values"], out["topk_indices"], out["fill"], 4)
+    assert full[0, 2].item() == full[0, 3].item() == pytest.approx(-0.37989, abs=1e-4)
+    p = torch.softmax(full, 1)[0]
+    assert p[0].item() == pytest.approx(e[0] / sum(e), abs=1e-6) and p[1].item() == pytest.approx(e[1] / sum(e), abs=1e-6)
+    assert p[2].item() == pytest.approx(rest / 2, abs=1e-6)  # the rest spread evenly, as FKD does
+
+
+def test_view_choice_and_params_are_seeded():
+    a, b = choose(0, 0, 1000, K), choose(0, 1, 1000, K)
+    assert a.tolist() == choose(0, 0, 1000, K).tolist() and a.tolist() != b.tolist()
+    assert a.min() == 0 and a.max() == K - 1 and a.tolist() != choose(1, 0, 1000, K).tolist()
+    many = draw_params("crop-flip", 50, 8, 32, seed=3)
+    np.testing.assert_array_equal(many[:, :4], draw_params("crop-flip", 50, 4, 32, seed=3))  # fewer views: a prefix
+    assert AUGMENTATIONS["crop-flip"].valid(many, 32) and many.shape == (50, 8, 3)
+    rrc = draw_params("resized-crop-flip", 200, 2, 96, seed=0)
+    assert AUGMENTATIONS["resized-crop-flip"].valid(rrc, 96) and len(np.unique(rrc[:, :, 2])) > 20
+
+
+@pytest.fixture(scope="module")
+def views_store(tmp_path_factory, digits_teacher):
+    out = tmp_path_factory.mktemp("views") / "store"
+    cache.run(CacheConfig(dataset="digits", out=str(out), checkpoint=str(digits_teacher / "checkpoint.pt"), batch_size=200,
+                          views=K, logits_dtype="float32", progress=False))
+    return out
+
+
+def test_replayed_views_are_the_pixels_the_teacher_scored(views_store, digits_teacher, tmp_path, monkeypatch):
+    store = Store.open(views_store)
+    v = store.train.views
+    assert v.count == K and v.augmentation == "crop-flip" and v.logits.shape == (1437, K, 10)
+    seen_inputs, seen_ids = [], []
+    real_build = train.build_model
+
+    def recording_build(*args, **kwargs):
+        model, meta = real_build(*args, **kwargs)
+        model.register_forward_pre_hook(lambda m, a: seen_inputs.append(a[0].detach().clone()) if m.training else None)
+        return model, meta
+
+    monkeypatch.setattr(train, "build_model", recording_build)
+    cfg = TrainConfig(out=str(tmp_path / "run"), store=str(views_store), variant="kd", epochs=1, batch_size=128, seed=5, progress=False)
+    summary = train.run(cfg, hook=lambda e, b, ids, lam: seen_ids.append(ids))
+    assert summary["views"] == {"mode": "replay", "count": K, "topk": 0}
+
+    pos = store.train.positions(seen_ids[0])  # the first batch
+    view = choose(5, 0, len(store.train), K)[pos]
+    assert len(set(view.tolist())) > 1
+    # the student's input, rebuilt independently: decode, normalise, augment with the stored parameters
+    loader = make_loader(views_store / "train.beton", len(pos), 1, indices=np.sort(pos))
+    images, _, ids = next(iter(loader))
+    back = np.argsort(np.argsort(pos))
+    mean, std = torch.tensor(store.attrs["normalize_mean"]), torch.tensor(store.attrs["normalize_std"])
+    rebuilt = AUGMENTATIONS[v.augmentation].apply(normalize(images, mean, std)[back], torch.from_numpy(v.params[pos, view]).long())
+    assert torch.equal(seen_inputs[0], rebuilt)  # pixel-identical
+    # and the teacher on those pixels gives the logits the store holds for that view
+    teacher = load_teacher(CacheConfig(dataset="digits", out="", checkpoint=str(digits_teacher / "checkpoint.pt")), 10, 32).model.eval()
+    with torch.inference_mode():
+        live = teacher(seen_inputs[0]).numpy()
+    np.testing.assert_allclose(live, v.logits[pos, view], rtol=1e-4, atol=1e-4)
+    # a clean-view KD target would differ: the stored view is not the clean image
+    assert np.abs(store.train.logits[pos] - live).max() > 1e-2
+
+
+def test_verify_covers_views(views_store, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(views_store, bad)
+    with h5py.File(bad / "teacher.h5", "r+") as f:
+        params = f["train/views/params"]
+        row = params[0]
+        row[0, 0] = 99  # a crop offset outside the padded image
+        params[0] = row
+    assert any("sha256 differs" in p for p in verify(bad))
+    recorded = json.loads((views_store / "MANIFEST.json").read_text())
+    write_manifest(bad, {"dataset_fingerprint": recorded["dataset_fingerprint"]})  # as if a buggy writer had done it
+    assert any("views/params hold crop-flip parameters outside" in p for p in verify(bad))
+
+
+def test_topk_store_trains_with_expanded_targets(digits_teacher, tmp_path):
+    out = tmp_path / "topk"
+    cache.run(CacheConfig(dataset="digits", out=str(out), checkpoint=str(digits_teacher / "checkpoint.pt"), batch_size=200,
+                          views=2, topk=3, progress=False))
+    store = Store.open(out)
+    v = store.train.views
+    assert v.topk == 3 and v.logits is None and v.topk_indices.shape == (1437, 2, 3)
+    with h5py.File(out / "teacher.h5", "r") as f:
+        assert "logits" not in f["train/views"] and f["train/views"].attrs["topk"] == 3
+    summary = train.run(TrainConfig(out=str(tmp_path / "run"), store=str(out), variant="kd-cl-sr", epochs=1, batch_size=256, progress=False))
+    assert summary["views"]["topk"] == 3 and 0.0 <= summary["final_val_acc"] <= 1.0
+    clean = train.run(TrainConfig(out=str(tmp_path / "clean"), store=str(out), variant="kd", views="clean", epochs=1, batch_size=256, progress=False))
+    assert clean["views"] == {"mode": "clean"}
