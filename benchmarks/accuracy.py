@@ -22,6 +22,31 @@ from kdstore.store import Store
 from kdstore.train import TrainConfig
 
 
+def mode_runs(root: Path, store_dir: Path, seeds: list[int], epochs: int, modes=("unguided", "offline-kd", "online-kd")) -> dict[str, list[dict]]:
+    """Student summaries per mode and seed under root/runs (finished runs are reused)."""
+    store = Store.open(store_dir)
+    base = TrainConfig(out="", store=str(store_dir), student="cifar_resnet8", epochs=epochs, batch_size=128, lr=0.05, progress=False)
+    rows: dict[str, list[dict]] = {}
+    for mode in modes:
+        for seed in seeds:
+            out = root / "runs" / f"{mode}-s{seed}"
+            if not (out / "summary.json").is_file():
+                cfg = replace(base, out=str(out), seed=seed, variant="unguided" if mode == "unguided" else "kd", overwrite=True)
+                if mode == "online-kd":
+                    bench.train_online(cfg, store, checkpoint=str(root / "teacher" / "checkpoint.pt"))
+                else:
+                    train.run(cfg)
+            rows.setdefault(mode, []).append(json.loads((out / "summary.json").read_text()))
+    return rows
+
+
+def seed_stats(summaries: list[dict]) -> dict:
+    """Mean, std (ddof 1) and values of final val accuracy over seeds; median training images/s."""
+    acc = [r["final_val_acc"] for r in summaries]
+    return {"final_val_acc_mean": float(np.mean(acc)), "final_val_acc_std": float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0,
+            "values": acc, "images_per_s_median": float(np.median([r["images_per_s"] for r in summaries]))}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--train-per-class", type=int, default=500)
@@ -36,25 +61,11 @@ def main() -> None:
     spec = f"imagefolder:{folder}"
     store_dir, teacher_s, cache_s = teacher_and_store(root, spec, "cifar_resnet20", args.teacher_epochs)
     store = Store.open(store_dir)
-    base = TrainConfig(out="", store=str(store_dir), student="cifar_resnet8", epochs=args.student_epochs, batch_size=128, lr=0.05)
-    rows = {}
-    for mode in ("unguided", "offline-kd", "online-kd"):
-        for seed in seeds:
-            out = root / "runs" / f"{mode}-s{seed}"
-            if not (out / "summary.json").is_file():
-                cfg = replace(base, out=str(out), seed=seed, variant="unguided" if mode == "unguided" else "kd", overwrite=True)
-                if mode == "online-kd":
-                    bench.train_online(cfg, store, checkpoint=str(root / "teacher" / "checkpoint.pt"))
-                else:
-                    train.run(cfg)
-            rows.setdefault(mode, []).append(json.loads((out / "summary.json").read_text()))
+    rows = mode_runs(root, store_dir, seeds, args.student_epochs)
     table = {
         "teacher_val_acc": store.attrs["teacher_val_acc"], "train_images": len(store.train), "val_images": len(store.val),
         "teacher_seconds": teacher_s, "cache_seconds": cache_s, "seeds": seeds, "student_epochs": args.student_epochs,
-        "modes": {m: {"final_val_acc_mean": float(np.mean([r["final_val_acc"] for r in rs])),
-                      "final_val_acc_std": float(np.std([r["final_val_acc"] for r in rs], ddof=1)) if len(rs) > 1 else 0.0,
-                      "values": [r["final_val_acc"] for r in rs],
-                      "images_per_s_median": float(np.median([r["images_per_s"] for r in rs]))} for m, rs in rows.items()},
+        "modes": {m: seed_stats(rs) for m, rs in rows.items()},
     }
     out = Path(__file__).parent / "results" / "accuracy.json"
     out.parent.mkdir(exist_ok=True)

@@ -21,6 +21,7 @@ from .errors import KdstoreError
 from .orders import softmax
 from .progress import console
 from .store import BETONS, SPLITS, Split, Store, build_split, publish, staging_dir
+from .views import Views
 
 
 def _check_compatible(stores: list[Store]) -> None:
@@ -50,6 +51,21 @@ def merge_split(splits: Sequence[Split], confidence: str, with_orders: bool) -> 
     return build_split(logits.astype(np.float32), first.labels, first.sample_id, conf, correct, with_orders)
 
 
+def merge_views(stores: list[Store]) -> Views | None:
+    """The training views' mean logits, when every store holds the same views with full logits;
+    None when no store has views; refused otherwise (a mix cannot give one target per view)."""
+    views = [s.train.views for s in stores]
+    if all(v is None for v in views):
+        return None
+    first = views[0]
+    same = all(v is not None and v.augmentation == first.augmentation and np.array_equal(v.params, first.params) for v in views)
+    if not same:
+        raise KdstoreError("cannot merge: the stores do not all hold the same views (cache each with the same --views K and --views-seed)")
+    if any(v.logits is None for v in views):
+        raise KdstoreError("cannot merge stores whose views keep only the top-k logits; cache them without --topk")
+    return Views(first.augmentation, first.seed, first.params, logits=np.mean([v.logits for v in views], axis=0).astype(np.float32))
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
@@ -70,6 +86,7 @@ def run(paths: Sequence[str], out: str, confidence: str = "mean", logits_dtype: 
     _check_compatible(stores)
     first = stores[0]
     splits = {name: merge_split([getattr(s, name) for s in stores], confidence, name == "train") for name in SPLITS}
+    splits["train"].views = merge_views(stores)
     teachers = [s.attrs["teacher"] for s in stores]
     attrs = {
         **first.attrs, "teacher": "ensemble(" + ",".join(teachers) + ")",

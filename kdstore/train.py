@@ -112,7 +112,7 @@ class TrainConfig:
         if problems:
             raise KdstoreError(problems[0])
         ordering = ORDERINGS[variant.ordering]
-        if self.pacing != "none" and not ordering.fixed:
+        if PACINGS[self.pacing] is not None and not ordering.fixed:
             raise KdstoreError(f"--pacing {self.pacing} needs a variant with a fixed order (curriculum, inverse or random-cl); {variant.name} shuffles")
         if self.scorer != "teacher" and not ordering.scored:
             raise KdstoreError(f"--scorer {self.scorer} needs a curriculum variant; {variant.name} does not order by scores")
@@ -125,7 +125,7 @@ class TrainConfig:
     def arm(self) -> str:
         """What a report groups runs by: the variant, plus its pacing and scorer when not the defaults."""
         name = get_variant(self.variant).name
-        return name + (f"+{self.pacing}" if self.pacing != "none" else "") + (f"+{self.scorer}" if self.scorer != "teacher" else "")
+        return name + (f"+{self.pacing}" if PACINGS[self.pacing] is not None else "") + (f"+{self.scorer}" if self.scorer != "teacher" else "")
 
 
 @dataclass

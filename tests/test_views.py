@@ -116,3 +116,13 @@ def test_topk_store_trains_with_expanded_targets(digits_teacher, tmp_path):
     assert summary["views"]["topk"] == 3 and 0.0 <= summary["final_val_acc"] <= 1.0
     clean = train.run(TrainConfig(out=str(tmp_path / "clean"), store=str(out), variant="kd", views="clean", epochs=1, batch_size=256, progress=False))
     assert clean["views"] == {"mode": "clean"}
+
+
+def test_merge_averages_identical_views_and_refuses_a_mix(views_store, digits_store, tmp_path):
+    from kdstore import merge
+    from kdstore.errors import KdstoreError
+
+    merged = Store.open(merge.run([str(views_store), str(views_store)], str(tmp_path / "m")))
+    np.testing.assert_allclose(merged.train.views.logits, Store.open(views_store).train.views.logits, rtol=2e-3, atol=2e-3)  # float16
+    with pytest.raises(KdstoreError, match="same views"):
+        merge.run([str(views_store), str(digits_store)], str(tmp_path / "mix"))
