@@ -69,8 +69,8 @@ def _schedule_options(many: bool) -> Callable[[Callable[..., Any]], Callable[...
         click.option("--scorer", default="teacher", show_default=True,
                      help=f"{' | '.join(SCORERS)}: who scores the curriculum (student: its own snapshots){listed}."),
         click.option("--rescore-every", type=int, default=1, show_default=True, help="scorer student: rebuild the curriculum every E epochs."),
-        click.option("--views", type=click.Choice(["auto", "replay", "clean"]), default="auto", show_default=True,
-                     help="replay: augment with the store's views and distil from their logits; clean: the clean-image logits; auto: replay when the store has views."),
+        click.option("--views", type=str if many else click.Choice(["auto", "replay", "clean"]), default="auto", show_default=True,
+                     help=f"replay: augment with the store's views and distil from their logits; clean: the clean-image logits; auto: replay when the store has views{listed}."),
     ]
 
     def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -220,7 +220,7 @@ def report(runs: tuple[str, ...], out: str | None, allow_mixed: bool, baseline: 
 @_schedule_options(many=True)
 @_train_options
 @_friendly
-def sweep(variants: str, seeds: str, out: str, pacing: str, scorer: str, **kw: Any) -> None:
+def sweep(variants: str, seeds: str, out: str, pacing: str, scorer: str, views: str, **kw: Any) -> None:
     """Every variant x pacing x scorer x seed from one store (resumable), then OUT/report."""
     from cli.render import render_results
 
@@ -228,7 +228,7 @@ def sweep(variants: str, seeds: str, out: str, pacing: str, scorer: str, **kw: A
 
     base = _train_config(out=out, **kw)
     render_results(sweep_lib.run(base, sweep_lib.parse_variants(variants), sweep_lib.parse_seeds(seeds), out,
-                                 sweep_lib.parse_pacings(pacing), sweep_lib.parse_scorers(scorer)))
+                                 sweep_lib.parse_pacings(pacing), sweep_lib.parse_scorers(scorer), sweep_lib.parse_views(views)))
 
 
 @cli.command()

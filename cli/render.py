@@ -1,6 +1,8 @@
 """Terminal rendering of library results with rich."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from rich.table import Table
 
@@ -20,6 +22,11 @@ def render_store(store: Store) -> None:
         ("checkpoint sha256", a["checkpoint_sha256"] or "-"), ("dataset fingerprint", a["dataset_fingerprint"][:16] + "…"),
         ("store size", f"{size / 2**20:.1f} MiB"), ("created", a["created"]), ("kdstore", a["kdstore_version"]),
     ]
+    v = store.train.views
+    if v is not None:
+        rows.append(("views", f"{v.count} per training image ({v.augmentation}, seed {v.seed})" + (f", top-{v.topk} logits" if v.topk else "")))
+    if "merged_from" in a:
+        rows.append(("merged from", ", ".join(f"{m['path']} ({m['teacher']})" for m in json.loads(a["merged_from"]))))
     for k, v in rows:
         info.add_row(k, v)
     console.print(info)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from . import report, train
 from .errors import KdstoreError
 from .progress import console
-from .train import TrainConfig
+from .train import VIEW_MODES, TrainConfig
 from .pacing import PACINGS
 from .schedule import ORDERINGS, SCORERS
 from .variants import PAPER_VARIANTS, VARIANTS, get_variant
@@ -53,15 +53,20 @@ def parse_scorers(spec: str) -> list[str]:
     return parse_choices(spec, SCORERS, "--scorer")
 
 
-def arms(base: TrainConfig, variants: Sequence[str], pacings: Sequence[str] = ("none",), scorers: Sequence[str] = ("teacher",)) -> list[TrainConfig]:
-    """One config per meaningful (variant, pacing, scorer), in that nesting order."""
+def parse_views(spec: str) -> list[str]:
+    return parse_choices(spec, dict.fromkeys(VIEW_MODES), "--views")
+
+
+def arms(base: TrainConfig, variants: Sequence[str], pacings: Sequence[str] = ("none",), scorers: Sequence[str] = ("teacher",),
+         views: Sequence[str] | None = None) -> list[TrainConfig]:
+    """One config per meaningful (variant, pacing, scorer, views mode), in that nesting order."""
     out = []
     for v in variants:
         ordering = ORDERINGS[get_variant(v).ordering]
         for p in pacings:
             for s in scorers:
-                if (p == "none" or ordering.fixed) and (s == "teacher" or ordering.scored):
-                    out.append(replace(base, variant=v, pacing=p, scorer=s))
+                if (PACINGS[p] is None or ordering.fixed) and (s == "teacher" or ordering.scored):
+                    out.extend(replace(base, variant=v, pacing=p, scorer=s, views=m) for m in (views or [base.views]))
     return out
 
 
@@ -80,11 +85,11 @@ def run_dir(out: Path, arm: str, seed: int) -> Path:
 
 
 def run(base: TrainConfig, variants: Sequence[str], seeds: Sequence[int], out: Path,
-        pacings: Sequence[str] = ("none",), scorers: Sequence[str] = ("teacher",)) -> dict[str, Any]:
+        pacings: Sequence[str] = ("none",), scorers: Sequence[str] = ("teacher",), views: Sequence[str] | None = None) -> dict[str, Any]:
     """Train every (arm, seed) not finished yet under `out`, then write out/report."""
     out = Path(out)
     base.validate()
-    configs = arms(base, variants, pacings, scorers)
+    configs = arms(base, variants, pacings, scorers, views)
     if not configs:
         raise KdstoreError("no variant takes the given --pacing/--scorer (pacing needs a fixed order, a student scorer a curriculum)")
     jobs = [(c, s) for c in configs for s in seeds]

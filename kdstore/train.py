@@ -123,9 +123,10 @@ class TrainConfig:
 
     @property
     def arm(self) -> str:
-        """What a report groups runs by: the variant, plus its pacing and scorer when not the defaults."""
+        """What a report groups runs by: the variant, plus its pacing, scorer and views mode when not the defaults."""
         name = get_variant(self.variant).name
-        return name + (f"+{self.pacing}" if PACINGS[self.pacing] is not None else "") + (f"+{self.scorer}" if self.scorer != "teacher" else "")
+        return (name + (f"+{self.pacing}" if PACINGS[self.pacing] is not None else "") + (f"+{self.scorer}" if self.scorer != "teacher" else "")
+                + (f"+{self.views}" if self.views != "auto" else ""))
 
 
 @dataclass
@@ -251,6 +252,9 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
         raise KdstoreError(f"--resume: {out} has no checkpoint.pt to continue from")
     if variant.needs_teacher and data.teacher_logits is None and teacher is None:
         raise KdstoreError(f"variant {variant.name} needs teacher logits from a store")
+    replay = cfg.views == "replay" or (cfg.views == "auto" and data.views is not None and cfg.augment)
+    if replay and data.views is None:
+        raise KdstoreError("--views replay: the store has no views (make one with `kdstore cache --views K`)")
     ctx, device = distributed.init(resolve_device(cfg.device))
     if cfg.batch_size % ctx.world:
         raise KdstoreError(f"--batch-size {cfg.batch_size} is not divisible by the {ctx.world} torchrun processes")
@@ -277,9 +281,6 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
 
     policy = POLICIES[variant.policy]
     rescore_due = SCORERS[cfg.scorer]
-    replay = cfg.views == "replay" or (cfg.views == "auto" and data.views is not None and cfg.augment)
-    if replay and data.views is None:
-        raise KdstoreError("--views replay: the store has no views (make one with `kdstore cache --views K`)")
     if not variant.needs_teacher:
         teacher = None
     elif teacher is None:
@@ -358,7 +359,7 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
     if not ctx.main:
         return summary
     write_json(out / "summary.json", summary)
-    console.print(f"[bold]{variant.name}[/] {model_name}: val acc {summary['final_val_acc']:.2%} (best {summary['best_val_acc']:.2%}), {summary['seconds']:.1f} s -> {out}")
+    console.print(f"[bold]{cfg.arm}[/] {model_name}: val acc {summary['final_val_acc']:.2%} (best {summary['best_val_acc']:.2%}), {summary['seconds']:.1f} s -> {out}")
     return summary
 
 

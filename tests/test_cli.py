@@ -53,6 +53,11 @@ def test_unknown_dataset(tmp_path):
     (["--epochs", "-3"], "--epochs must be >= 1"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--lr", "0"], "--lr must be > 0"),
+    (["--pacing", "cubic"], "unknown --pacing 'cubic'"),
+    (["--pacing", "linear"], "needs a variant with a fixed order"),
+    (["--variant", "kd-cl", "--pacing", "linear", "--pacing-a", "0"], "--pacing-a must be in (0, 1]"),
+    (["--variant", "kd-cl", "--scorer", "student", "--rescore-every", "0"], "--rescore-every must be >= 1"),
+    (["--variant", "kd-cl", "--views", "replay"], "the store has no views"),
 ])
 def test_absurd_values(args, needle, digits_store, tmp_path):
     _fails(["train", "--store", str(digits_store), "--out", str(tmp_path / "r"), *args], needle)
@@ -117,3 +122,12 @@ def test_installed_entry_point_prints_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [f"error: store {tmp_path / 'none'} does not exist (make one with `kdstore cache`)"]
     for alias in ("distill-cache", "distill-train"):
         assert shutil.which(alias, path=str(__import__("pathlib").Path(sys.executable).parent))
+
+
+def test_merge_and_views_bad_input(digits_store, tmp_path):
+    _fails(["merge", str(digits_store), "--out", str(tmp_path / "m")], "at least two stores")
+    _fails(["merge", str(digits_store), str(digits_store), "--out", str(tmp_path / "m"), "--confidence", "7"], "--confidence must be")
+    _fails(["cache", "--dataset", "digits", "--teacher", "cifar_resnet8", "--topk", "3", "--out", str(tmp_path / "s")], "--topk applies to stored views")
+    _fails(["cache", "--dataset", "digits", "--teacher", "cifar_resnet8", "--views", "2", "--topk", "10", "--out", str(tmp_path / "s")],
+           "--topk 10 must be below the 10 classes")
+    assert not (tmp_path / "m").exists() and not (tmp_path / "s").exists() and not (tmp_path / ".s.partial").exists()

@@ -13,7 +13,7 @@ from kdstore.errors import KdstoreError
 from kdstore.pacing import PACINGS, PacingParams, fractions, prefix_lengths
 from kdstore.reliance import POLICIES
 from kdstore.schedule import ORDERINGS
-from kdstore.store import Split, Store, build_split
+from kdstore.store import Store, build_split
 from kdstore.sweep import arms
 from kdstore.train import TrainConfig
 from kdstore.variants import ALIASES, VARIANTS

@@ -65,21 +65,27 @@ RECORDER = textwrap.dedent("""
     store, out = sys.argv[1], sys.argv[2]
     rank = int(os.environ["RANK"])
     records = {}
-    for variant in sys.argv[3].split(","):
-        seen = records.setdefault(variant, [])
-        train.run(TrainConfig(out=f"{out}/{variant}", store=store if rank == 0 or len(sys.argv) < 5 else sys.argv[4],
-                              variant=variant, epochs=2, batch_size=%d, workers=1, device="cpu", progress=False),
+    for arm in sys.argv[3].split(","):
+        seen = records.setdefault(arm, [])
+        variant, _, pacing = arm.partition("+")
+        train.run(TrainConfig(out=f"{out}/{arm}", store=store if rank == 0 or len(sys.argv) < 5 else sys.argv[4],
+                              variant=variant, pacing=pacing or "none", pacing_a=0.5, epochs=2, batch_size=%d, workers=1, device="cpu", progress=False),
                   hook=lambda e, b, ids, lam: seen.append([e, b, ids.tolist(), lam]))
     with open(f"{out}/records-r{rank}.json", "w") as f:
         json.dump(records, f)
 """ % BATCH)
 
 
-def single_process_batches(store: Store, variant: str, epochs: int) -> list[tuple[int, int, list[int], float]]:
+# every ordering (shuffle, inverse, curriculum, random) and lambda policy (zero, fixed, sr), and pacing
+ARMS = ("unguided", "kd-icl", "kd-cl-sr+linear", "random-cl")
+
+
+def single_process_batches(store: Store, arm: str, epochs: int) -> list[tuple[int, int, list[int], float]]:
     """What one process visits (test_train checks a 1-process run against exactly this): the
-    variant's epoch order in consecutive batches, and its lambda policy per batch."""
+    arm's epoch order in consecutive batches, and its lambda policy per batch."""
+    variant, _, pacing = arm.partition("+")
     v, t = VARIANTS[variant], store.train
-    schedule = Schedule(v.ordering, "none", PacingParams(), t.labels, BATCH, len(t), epochs, 0, Scores(t.confidence, t.positions(t.curriculum)))
+    schedule = Schedule(v.ordering, pacing or "none", PacingParams(a=0.5), t.labels, BATCH, len(t), epochs, 0, Scores(t.confidence, t.positions(t.curriculum)))
     out = []
     for epoch in range(epochs):
         order = schedule.order(epoch)
@@ -93,11 +99,11 @@ def test_two_process_train_visits_the_same_global_batches_with_the_same_lambda(s
     store = stores[0]
     script = tmp_path / "record.py"
     script.write_text(RECORDER)
-    proc = torchrun(script, store, tmp_path, ",".join(VARIANTS))
+    proc = torchrun(script, store, tmp_path, ",".join(ARMS))
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"records-r{r}.json").read_text()) for r in (0, 1)]
     opened = Store.open(store)
-    for variant in VARIANTS:
+    for variant in ARMS:
         single = single_process_batches(opened, variant, epochs=2)
         r0, r1 = ranks[0][variant], ranks[1][variant]
         assert len(r0) == len(r1) == len(single) == 8  # 4 global batches x 2 epochs
@@ -107,7 +113,7 @@ def test_two_process_train_visits_the_same_global_batches_with_the_same_lambda(s
             assert s[2][0::2] == a[2] and s[2][1::2] == b[2], f"{variant}: samples of global batch {s[1]}"
         summary = json.loads((tmp_path / variant / "summary.json").read_text())
         assert summary["processes"] == 2
-    metrics = [json.loads(line) for line in (tmp_path / "kd" / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (tmp_path / "kd-icl" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2  # one writer: rank 0
 
 
