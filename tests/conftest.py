@@ -50,3 +50,16 @@ def digits_store(tmp_path_factory, digits_teacher) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_folder(tmp_path_factory) -> Path:
     return make_imagefolder(tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory, synthetic_folder) -> Path:
+    """30 + 12 synthetic 16-px images scored by a cifar_resnet8 trained on them for a few epochs:
+    for tests of what the loop visits, where speed matters and the teacher need only be better
+    than chance (so that confidences, the curriculum and SR's lambda vary)."""
+    root = tmp_path_factory.mktemp("small")
+    spec = f"imagefolder:{synthetic_folder}"
+    teacher.run(TrainConfig(out=str(root / "teacher"), student="cifar_resnet8", variant="unguided", epochs=6, batch_size=10, lr=0.05,
+                            workers=1, progress=False), spec)
+    cache.run(CacheConfig(dataset=spec, checkpoint=str(root / "teacher" / "checkpoint.pt"), out=str(root / "store"), batch_size=8, progress=False))
+    return root / "store"

@@ -18,15 +18,15 @@ from kdstore.sweep import arms
 from kdstore.train import TrainConfig
 from kdstore.variants import ALIASES, VARIANTS
 
-BATCH = 128
+BATCH = 4  # small_store: 30 training images -> 8 batches an epoch
 
 
-def test_paced_sr_run_draws_each_batch_from_the_prefix_with_sr_lambda(digits_store, tmp_path):
+def test_paced_sr_run_draws_each_batch_from_the_prefix_with_sr_lambda(small_store, tmp_path):
     seen = []
-    cfg = TrainConfig(out=str(tmp_path / "run"), store=str(digits_store), variant="kd-cl-sr", pacing="linear", pacing_a=0.5, pacing_b=0.25,
-                      epochs=2, batch_size=BATCH, progress=False)
+    cfg = TrainConfig(out=str(tmp_path / "run"), store=str(small_store), variant="kd-cl-sr", pacing="linear", pacing_a=0.5, pacing_b=0.25,
+                      epochs=2, batch_size=BATCH, workers=1, progress=False)
     train.run(cfg, hook=lambda e, b, ids, lam: seen.append((e, b, ids, lam)))
-    t = Store.open(digits_store).train
+    t = Store.open(small_store).train
     rank = np.empty(len(t), dtype=np.int64)
     rank[t.positions(t.curriculum)] = np.arange(len(t))  # position -> place in the curriculum
     steps = int(np.ceil(len(t) / BATCH))
@@ -46,14 +46,14 @@ def test_paced_sr_run_draws_each_batch_from_the_prefix_with_sr_lambda(digits_sto
     assert len(np.unique(early)) == BATCH and rank[early].max() < len(t) // 4 + 1
 
 
-def test_student_scorer_rebuilds_the_curriculum_reproducibly(digits_store, tmp_path):
-    cfg = TrainConfig(out="", store=str(digits_store), variant="kd-cl", scorer="student", rescore_every=1, epochs=2, batch_size=256, progress=False)
+def test_student_scorer_rebuilds_the_curriculum_reproducibly(small_store, tmp_path):
+    cfg = TrainConfig(out="", store=str(small_store), variant="kd-cl", scorer="student", rescore_every=1, epochs=2, batch_size=8, workers=1, progress=False)
     firsts = []
     for name in ("a", "b"):
         seen = []
         train.run(replace(cfg, out=str(tmp_path / name)), hook=lambda e, b, ids, lam: seen.append((e, ids)))
         firsts.append(np.concatenate([ids for e, ids in seen if e == 1]))
-    t = Store.open(digits_store).train
+    t = Store.open(small_store).train
     a, b = (np.load(tmp_path / n / "orders" / "epoch-002.npz") for n in ("a", "b"))
     np.testing.assert_array_equal(a["curriculum"], b["curriculum"])  # same seed, same student, same order
     np.testing.assert_array_equal(firsts[0], a["curriculum"])  # epoch 2 visited the student's curriculum
@@ -63,8 +63,8 @@ def test_student_scorer_rebuilds_the_curriculum_reproducibly(digits_store, tmp_p
     assert [r["scores"] for r in rows] == ["teacher", "student@2"]
 
 
-def test_orderings_that_cannot_take_an_option_are_refused(digits_store, tmp_path):
-    base = TrainConfig(out=str(tmp_path), store=str(digits_store))
+def test_orderings_that_cannot_take_an_option_are_refused(tmp_path):
+    base = TrainConfig(out=str(tmp_path), store=str(tmp_path / "store"))
     with pytest.raises(KdstoreError, match="needs a variant with a fixed order"):
         replace(base, variant="kd", pacing="linear").validate()
     with pytest.raises(KdstoreError, match="needs a curriculum variant"):
@@ -105,14 +105,9 @@ def test_merge_by_hand():
     assert one.correct.tolist() == b.correct.tolist() == [False, True, True]
 
 
-def test_merge_refuses_other_images_and_writes_a_store(digits_store, synthetic_folder, tmp_path):
-    from kdstore import cache
-    from kdstore.cache import CacheConfig
-
-    other = tmp_path / "other"
-    cache.run(CacheConfig(dataset=f"imagefolder:{synthetic_folder}", out=str(other), teacher="cifar_resnet8", progress=False))
+def test_merge_refuses_other_images_and_writes_a_store(digits_store, small_store, tmp_path):
     with pytest.raises(KdstoreError, match="different images"):
-        merge.run([str(digits_store), str(other)], str(tmp_path / "m"))
+        merge.run([str(digits_store), str(small_store)], str(tmp_path / "m"))
     assert not (tmp_path / "m").exists()
     out = merge.run([str(digits_store), str(digits_store)], str(tmp_path / "same"))
     s, m = Store.open(digits_store), Store.open(out)
@@ -121,3 +116,18 @@ def test_merge_refuses_other_images_and_writes_a_store(digits_store, synthetic_f
     assert m.attrs["teacher"] == "ensemble(cifar_resnet8,cifar_resnet8)" and json.loads(m.attrs["merged_from"])[1]["path"] == str(digits_store)
 
 
+
+
+def test_pacing_figure_draws_the_logged_g(tmp_path):
+    from PIL import Image
+
+    from kdstore.plots import pacing_profile
+    from kdstore.report import Run
+
+    g = fractions("linear", np.arange(12), 12, PacingParams(a=0.5, b=0.25))
+    metrics = [{"epoch": e + 1, "pace": g[4 * e:4 * e + 4].tolist()} for e in range(3)]
+    run = Run(tmp_path, {}, {"variant": "kd-cl", "arm": "kd-cl+linear", "seed": 0}, metrics)
+    assert pacing_profile([run], tmp_path / "pacing.png") == "pacing.png"
+    assert Image.open(tmp_path / "pacing.png").size == (1200, 450)
+    unpaced = Run(tmp_path, {}, {"variant": "kd", "seed": 0}, [{"epoch": 1}])
+    assert pacing_profile([unpaced], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()

@@ -96,7 +96,8 @@ def test_report_refuses_mixed_stores(swept, tmp_path):
 
 
 def test_variant_and_seed_parsing():
-    assert sweep.parse_variants("all") == ["unguided", "kd", "kd-cl", "kd-icl", "kd-cl-sr", "kd-icl-sr"]
+    assert sweep.parse_variants("paper") == ["unguided", "kd", "kd-cl", "kd-icl", "kd-cl-sr", "kd-icl-sr"]
+    assert sweep.parse_variants("all") == [*sweep.parse_variants("paper"), "random-cl"]
     assert sweep.parse_variants("kd-cl',kd") == ["kd-icl", "kd"]
     assert sweep.parse_seeds("0, 1,2") == [0, 1, 2]
     with pytest.raises(KdstoreError, match="unknown variant"):

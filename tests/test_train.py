@@ -10,12 +10,12 @@ from kdstore.store import Store
 from kdstore.train import TrainConfig
 from kdstore.variants import VARIANTS
 
-BATCH = 128
+BATCH = 4  # small_store: 30 training images, 8 batches an epoch
 METRIC_KEYS = {"epoch", "train_loss", "train_ce", "train_kd", "lam_mean", "lam_min", "lam_max", "val_acc", "val_loss", "seconds", "images_per_s"}
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_every_variant_trains_and_follows_its_order(variant, digits_store, tmp_path, monkeypatch):
+def test_every_variant_trains_and_follows_its_order(variant, small_store, tmp_path, monkeypatch):
     built = []
     real_build = train.build_model
 
@@ -26,7 +26,7 @@ def test_every_variant_trains_and_follows_its_order(variant, digits_store, tmp_p
     monkeypatch.setattr(train, "build_model", recording_build)
     seen: list[tuple[int, int, np.ndarray, float]] = []
     out = tmp_path / variant
-    cfg = TrainConfig(out=str(out), store=str(digits_store), variant=variant, student="cifar_resnet8", epochs=2, batch_size=BATCH, progress=False)
+    cfg = TrainConfig(out=str(out), store=str(small_store), variant=variant, student="cifar_resnet8", epochs=2, batch_size=BATCH, workers=1, progress=False)
     summary = train.run(cfg, hook=lambda e, b, ids, lam: seen.append((e, b, ids, lam)))
 
     assert built == ["cifar_resnet8"]  # the student only: no teacher is ever constructed
@@ -35,10 +35,10 @@ def test_every_variant_trains_and_follows_its_order(variant, digits_store, tmp_p
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and METRIC_KEYS <= set(rows[0])
     config = json.loads((out / "config.json").read_text())
-    assert config["variant"] == variant and config["tau"] == 4.0 and config["data"]["store"] == str(digits_store)
+    assert config["variant"] == variant and config["tau"] == 4.0 and config["data"]["store"] == str(small_store)
     assert summary["final_val_acc"] == rows[-1]["val_acc"]
 
-    store = Store.open(digits_store)
+    store = Store.open(small_store)
     t = store.train
     v = VARIANTS[variant]
     for epoch in (0, 1):

@@ -45,18 +45,22 @@ def test_view_choice_and_params_are_seeded():
     assert AUGMENTATIONS["resized-crop-flip"].valid(rrc, 96) and len(np.unique(rrc[:, :, 2])) > 20
 
 
+def _teacher_cfg(folder, out="", **kw):
+    """small_store's seeded, untrained teacher (load_teacher seeds the weights) on the same images."""
+    return CacheConfig(dataset=f"imagefolder:{folder}", teacher="cifar_resnet8", out=str(out), batch_size=8, progress=False, **kw)
+
+
 @pytest.fixture(scope="module")
-def views_store(tmp_path_factory, digits_teacher):
+def views_store(tmp_path_factory, synthetic_folder):
     out = tmp_path_factory.mktemp("views") / "store"
-    cache.run(CacheConfig(dataset="digits", out=str(out), checkpoint=str(digits_teacher / "checkpoint.pt"), batch_size=200,
-                          views=K, logits_dtype="float32", progress=False))
+    cache.run(_teacher_cfg(synthetic_folder, out, views=K, logits_dtype="float32"))
     return out
 
 
-def test_replayed_views_are_the_pixels_the_teacher_scored(views_store, digits_teacher, tmp_path, monkeypatch):
+def test_replayed_views_are_the_pixels_the_teacher_scored(views_store, synthetic_folder, tmp_path, monkeypatch):
     store = Store.open(views_store)
     v = store.train.views
-    assert v.count == K and v.augmentation == "crop-flip" and v.logits.shape == (1437, K, 10)
+    assert v.count == K and v.augmentation == "crop-flip" and v.logits.shape == (30, K, 3)
     seen_inputs, seen_ids = [], []
     real_build = train.build_model
 
@@ -66,7 +70,7 @@ def test_replayed_views_are_the_pixels_the_teacher_scored(views_store, digits_te
         return model, meta
 
     monkeypatch.setattr(train, "build_model", recording_build)
-    cfg = TrainConfig(out=str(tmp_path / "run"), store=str(views_store), variant="kd", epochs=1, batch_size=128, seed=5, progress=False)
+    cfg = TrainConfig(out=str(tmp_path / "run"), store=str(views_store), variant="kd", epochs=1, batch_size=16, seed=5, workers=1, progress=False)
     summary = train.run(cfg, hook=lambda e, b, ids, lam: seen_ids.append(ids))
     assert summary["views"] == {"mode": "replay", "count": K, "topk": 0}
 
@@ -81,7 +85,7 @@ def test_replayed_views_are_the_pixels_the_teacher_scored(views_store, digits_te
     rebuilt = AUGMENTATIONS[v.augmentation].apply(normalize(images, mean, std)[back], torch.from_numpy(v.params[pos, view]).long())
     assert torch.equal(seen_inputs[0], rebuilt)  # pixel-identical
     # and the teacher on those pixels gives the logits the store holds for that view
-    teacher = load_teacher(CacheConfig(dataset="digits", out="", checkpoint=str(digits_teacher / "checkpoint.pt")), 10, 32).model.eval()
+    teacher = load_teacher(_teacher_cfg(synthetic_folder), 3, 16).model.eval()
     with torch.inference_mode():
         live = teacher(seen_inputs[0]).numpy()
     np.testing.assert_allclose(live, v.logits[pos, view], rtol=1e-4, atol=1e-4)
@@ -103,26 +107,25 @@ def test_verify_covers_views(views_store, tmp_path):
     assert any("views/params hold crop-flip parameters outside" in p for p in verify(bad))
 
 
-def test_topk_store_trains_with_expanded_targets(digits_teacher, tmp_path):
+def test_topk_store_trains_with_expanded_targets(synthetic_folder, views_store, tmp_path):
     out = tmp_path / "topk"
-    cache.run(CacheConfig(dataset="digits", out=str(out), checkpoint=str(digits_teacher / "checkpoint.pt"), batch_size=200,
-                          views=2, topk=3, progress=False))
-    store = Store.open(out)
-    v = store.train.views
-    assert v.topk == 3 and v.logits is None and v.topk_indices.shape == (1437, 2, 3)
+    cache.run(_teacher_cfg(synthetic_folder, out, views=K, topk=2))
+    v, full = Store.open(out).train.views, Store.open(views_store).train.views
+    assert v.topk == 2 and v.logits is None and v.topk_indices.shape == (30, K, 2)
+    np.testing.assert_array_equal(v.params, full.params)  # same seed, same views
+    expanded = topk_expand(torch.from_numpy(v.topk_values[:, 0]), torch.from_numpy(v.topk_indices[:, 0]), torch.from_numpy(v.fill[:, 0]), 3)
+    np.testing.assert_allclose(torch.softmax(expanded, 1).numpy(), torch.softmax(torch.from_numpy(full.logits[:, 0]), 1).numpy(), atol=2e-3)
     with h5py.File(out / "teacher.h5", "r") as f:
-        assert "logits" not in f["train/views"] and f["train/views"].attrs["topk"] == 3
-    summary = train.run(TrainConfig(out=str(tmp_path / "run"), store=str(out), variant="kd-cl-sr", epochs=1, batch_size=256, progress=False))
-    assert summary["views"]["topk"] == 3 and 0.0 <= summary["final_val_acc"] <= 1.0
-    clean = train.run(TrainConfig(out=str(tmp_path / "clean"), store=str(out), variant="kd", views="clean", epochs=1, batch_size=256, progress=False))
-    assert clean["views"] == {"mode": "clean"}
+        assert "logits" not in f["train/views"] and f["train/views"].attrs["topk"] == 2
+    summary = train.run(TrainConfig(out=str(tmp_path / "run"), store=str(out), variant="kd-cl-sr", epochs=1, batch_size=8, workers=1, progress=False))
+    assert summary["views"]["topk"] == 2 and 0.0 <= summary["final_val_acc"] <= 1.0
 
 
-def test_merge_averages_identical_views_and_refuses_a_mix(views_store, digits_store, tmp_path):
+def test_merge_averages_identical_views_and_refuses_a_mix(views_store, small_store, tmp_path):
     from kdstore import merge
     from kdstore.errors import KdstoreError
 
     merged = Store.open(merge.run([str(views_store), str(views_store)], str(tmp_path / "m")))
     np.testing.assert_allclose(merged.train.views.logits, Store.open(views_store).train.views.logits, rtol=2e-3, atol=2e-3)  # float16
     with pytest.raises(KdstoreError, match="same views"):
-        merge.run([str(views_store), str(digits_store)], str(tmp_path / "mix"))
+        merge.run([str(views_store), str(small_store)], str(tmp_path / "mix"))
