@@ -15,6 +15,7 @@ from kdstore.cache import CacheConfig, load_teacher
 from kdstore.loading import make_loader
 from kdstore.store import Store, verify, write_manifest
 from kdstore.train import TrainConfig
+from kdstore.variants import VARIANTS
 from kdstore.views import choose, draw_params, topk_compress, topk_expand
 
 K = 3
@@ -129,3 +130,11 @@ def test_merge_averages_identical_views_and_refuses_a_mix(views_store, small_sto
     np.testing.assert_allclose(merged.train.views.logits, Store.open(views_store).train.views.logits, rtol=2e-3, atol=2e-3)  # float16
     with pytest.raises(KdstoreError, match="same views"):
         merge.run([str(views_store), str(small_store)], str(tmp_path / "mix"))
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_trains_from_a_views_store(variant, views_store, tmp_path):
+    summary = train.run(TrainConfig(out=str(tmp_path / variant), store=str(views_store), variant=variant, epochs=1, batch_size=8, workers=1, progress=False))
+    assert summary["views"] == {"mode": "replay", "count": K, "topk": 0}
+    row = json.loads((tmp_path / variant / "metrics.jsonl").read_text().splitlines()[0])
+    assert (row["train_kd"] > 0) == VARIANTS[variant].needs_teacher  # the replayed views' logits are the KD target
