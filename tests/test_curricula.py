@@ -131,3 +131,26 @@ def test_pacing_figure_draws_the_logged_g(tmp_path):
     assert Image.open(tmp_path / "pacing.png").size == (1200, 450)
     unpaced = Run(tmp_path, {}, {"variant": "kd", "seed": 0}, [{"epoch": 1}])
     assert pacing_profile([unpaced], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
+def test_resumed_student_scored_run_reloads_its_curriculum(small_store, tmp_path):
+    """Rescored before epoch 3 only; killed in epoch 4, the resumed run must visit the saved
+    student curriculum (not the teacher's) and end like the uninterrupted run."""
+    base = TrainConfig(out="", store=str(small_store), variant="kd-cl-sr", scorer="student", rescore_every=2, epochs=4, batch_size=8,
+                       workers=1, progress=False)
+    straight_seen, resumed_seen = [], []
+    straight = train.run(replace(base, out=str(tmp_path / "straight")), hook=lambda e, b, ids, lam: straight_seen.append((e, ids, lam)))
+
+    def die_in_epoch_4(epoch, b, ids, lam):
+        if epoch == 3 and b == 1:
+            raise KeyboardInterrupt
+
+    killed = replace(base, out=str(tmp_path / "killed"))
+    with pytest.raises(KeyboardInterrupt):
+        train.run(killed, hook=die_in_epoch_4)
+    resumed = train.run(replace(killed, resume=True), hook=lambda e, b, ids, lam: resumed_seen.append((e, ids, lam)))
+    last = [(ids.tolist(), lam) for e, ids, lam in straight_seen if e == 3]
+    assert [(ids.tolist(), lam) for e, ids, lam in resumed_seen] == last
+    assert resumed["final_val_acc"] == straight["final_val_acc"]
+    t = Store.open(small_store).train
+    assert sum((ids for ids, _ in last), []) != t.curriculum.tolist()  # epoch 4 followed the student's order
