@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from .orders import curriculum, inverse, stratified_random
-from .pacing import PacingParams, fractions, paced_sequence
+from .pacing import PACINGS, PacingParams, fractions, paced_sequence
 
 
 @dataclass
@@ -52,6 +52,16 @@ SCORERS: dict[str, Callable[[int, int], bool]] = {
     "teacher": lambda epoch, every: False,  # the store's teacher scores, fixed
     "student": lambda epoch, every: epoch > 0 and epoch % every == 0,  # the current student's
 }
+
+
+def conflict(ordering: str, pacing: str, scorer: str, variant: str) -> str | None:
+    """Why a variant (named `variant`, with `ordering`) cannot take this pacing or scorer; None when it can."""
+    o = ORDERINGS[ordering]
+    if PACINGS[pacing] is not None and not o.fixed:
+        return f"--pacing {pacing} needs a variant with a fixed order (curriculum, inverse or random-cl); {variant} shuffles"
+    if scorer != "teacher" and not o.scored:
+        return f"--scorer {scorer} needs a curriculum variant; {variant} does not order by scores"
+    return None
 
 
 class Schedule:

@@ -17,7 +17,7 @@ from .errors import KdstoreError
 from .progress import console
 from .train import VIEW_MODES, TrainConfig
 from .pacing import PACINGS
-from .schedule import ORDERINGS, SCORERS
+from .schedule import SCORERS, conflict
 from .variants import PAPER_VARIANTS, VARIANTS, get_variant
 
 
@@ -62,10 +62,10 @@ def arms(base: TrainConfig, variants: Sequence[str], pacings: Sequence[str] = ("
     """One config per meaningful (variant, pacing, scorer, views mode), in that nesting order."""
     out = []
     for v in variants:
-        ordering = ORDERINGS[get_variant(v).ordering]
+        ordering = get_variant(v).ordering
         for p in pacings:
             for s in scorers:
-                if (PACINGS[p] is None or ordering.fixed) and (s == "teacher" or ordering.scored):
+                if conflict(ordering, p, s, v) is None:
                     out.extend(replace(base, variant=v, pacing=p, scorer=s, views=m) for m in (views or [base.views]))
     return out
 

@@ -29,7 +29,7 @@ from .models import build_model, load_checkpoint, resolve_device, save_checkpoin
 from .pacing import PACINGS, PacingParams
 from .progress import console, images_progress
 from .reliance import POLICIES
-from .schedule import ORDERINGS, SCORERS, Schedule, Scores
+from .schedule import SCORERS, Schedule, Scores, conflict
 from .views import Views
 from .store import Store
 from .variants import Variant, get_variant
@@ -111,11 +111,9 @@ class TrainConfig:
         problems = self.pacing_params.problems() + ([f"--rescore-every must be >= 1, got {self.rescore_every}"] if self.rescore_every < 1 else [])
         if problems:
             raise KdstoreError(problems[0])
-        ordering = ORDERINGS[variant.ordering]
-        if PACINGS[self.pacing] is not None and not ordering.fixed:
-            raise KdstoreError(f"--pacing {self.pacing} needs a variant with a fixed order (curriculum, inverse or random-cl); {variant.name} shuffles")
-        if self.scorer != "teacher" and not ordering.scored:
-            raise KdstoreError(f"--scorer {self.scorer} needs a curriculum variant; {variant.name} does not order by scores")
+        problem = conflict(variant.ordering, self.pacing, self.scorer, variant.name)
+        if problem:
+            raise KdstoreError(problem)
 
     @property
     def pacing_params(self) -> PacingParams:
