@@ -132,6 +132,9 @@ def cache(no_progress: bool, **kw: Any) -> None:
 @click.option("--student", default="cifar_resnet8", show_default=True, help="timm model name.")
 @click.option("--tau", type=float, default=4.0, show_default=True, help="KD temperature.")
 @click.option("--lam", type=float, default=0.9, show_default=True, help="KD weight of fixed-lambda variants.")
+@click.option("--teacher-rows", type=click.Choice(["auto", "device", "mapped"]), default="auto", show_default=True,
+              help="Where teacher rows are gathered: device (the table uploaded once), mapped (from the store's memory map); "
+                   "auto: device on CUDA when the table fits a quarter of free memory, else mapped. Results are identical.")
 @_schedule_options(many=False)
 @_train_options
 @_friendly

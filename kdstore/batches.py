@@ -4,9 +4,15 @@ the teacher's logits for them (from the store's table, a stored view, or a live 
 Two small function types keep the loop free of branches on these choices:
 
     Prepare(epoch, positions (B,), images (B, 3, H, W)) -> (augmented images, view index (B,) or None)
-    TeacherFn(positions (B,), augmented images, view index or None) -> logits (B, C)
+    TeacherFn(positions (B,), augmented images, view index or None) -> logits (B, C) float32
 
-positions are .beton positions on the device; images are normalised float tensors.
+positions and view indices are numpy int64 arrays on the host (.beton positions); images are
+normalised float tensors on the device.
+
+Teacher rows come from `Rows`: the store's large arrays are memory maps (store.py), so a
+process holds only the rows it gathers and every process on a machine shares one copy of the
+file through the page cache. On CUDA a table that fits `DEVICE_TABLE_FRACTION` of the free
+device memory is uploaded once instead (in the stored dtype) and gathered on the device.
 """
 from __future__ import annotations
 
@@ -16,10 +22,57 @@ import numpy as np
 import torch
 
 from .augment import AUGMENTATIONS
+from .store import release_pages
 from .views import Views, choose, topk_expand
 
-Prepare = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
-TeacherFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+Prepare = Callable[[int, np.ndarray, torch.Tensor], tuple[torch.Tensor, np.ndarray | None]]
+TeacherFn = Callable[[np.ndarray, torch.Tensor, np.ndarray | None], torch.Tensor]
+
+DEVICE_TABLE_FRACTION = 0.25  # of free CUDA memory: a teacher table up to this size lives on the device
+PLACEMENTS = ("auto", "device", "mapped")
+RELEASE_BYTES = 256 << 20  # a mapped reader unmaps its touched pages after gathering about this much
+FAULT_AROUND = 64 << 10  # the kernel maps up to this much around each touched page
+
+
+class Rows:
+    """Rows of a large (N, ...) store array, gathered by index arrays and returned on `device`.
+
+    placement `auto`: on the device when the table fits (CUDA only), else `mapped`: gathered on
+    the host from the memory map (pinned and copied asynchronously on CUDA). Both give the same
+    values in the stored dtype."""
+
+    def __init__(self, array: np.ndarray, device: torch.device, placement: str = "auto") -> None:
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+        self.array, self.device = array, device
+        if placement == "auto":
+            placement = "device" if device.type == "cuda" and array.nbytes <= DEVICE_TABLE_FRACTION * torch.cuda.mem_get_info(device)[0] else "mapped"
+        self.placement = placement
+        self.table = _upload(array, device) if placement == "device" else None
+        row_bytes = int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize
+        self.release_every = max(1, RELEASE_BYTES // max(row_bytes, FAULT_AROUND)) if array.nbytes > RELEASE_BYTES else 0
+        self.gathered = 0
+
+    def __call__(self, *index: np.ndarray) -> torch.Tensor:
+        if self.table is not None:
+            return self.table[tuple(torch.from_numpy(np.asarray(i)).to(self.device, non_blocking=True) for i in index)]
+        rows = torch.from_numpy(self.array[tuple(index)])  # a gather copies: the map stays read-only
+        self.gathered += len(index[0])
+        if self.release_every and self.gathered >= self.release_every:
+            release_pages(self.array)
+            self.gathered = 0
+        if self.device.type == "cuda":
+            return rows.pin_memory().to(self.device, non_blocking=True)
+        return rows
+
+
+def _upload(array: np.ndarray, device: torch.device, block_rows: int = 1 << 16) -> torch.Tensor:
+    """The whole array on the device in its stored dtype, copied block by block (bounded host memory)."""
+    table = torch.empty(array.shape, dtype=torch.from_numpy(array[:0]).dtype, device=device)
+    for lo in range(0, len(array), block_rows):
+        table[lo:lo + block_rows] = torch.from_numpy(np.ascontiguousarray(array[lo:lo + block_rows])).to(device)
+    release_pages(array)
+    return table
 
 
 def no_augment() -> Prepare:
@@ -33,36 +86,34 @@ def random_augment(augmentation: str, image_size: int, generator: torch.Generato
     return lambda epoch, pos, x: (aug.apply(x, aug.draw(len(x), image_size, generator)), None)
 
 
-def replay_views(views: Views, seed: int, device: torch.device) -> Prepare:
+def replay_views(views: Views, seed: int, device: torch.device, placement: str = "auto") -> Prepare:
     """Each sample uses one of its stored views (views.choose: seeded, new every epoch) and is
     augmented with exactly that view's parameters."""
     aug = AUGMENTATIONS[views.augmentation]
-    params = torch.from_numpy(views.params).long().to(device)  # (N, K, P)
+    params = Rows(views.params, device, placement)  # (N, K, P)
     n, k = views.params.shape[:2]
-    chosen: dict[int, torch.Tensor] = {}
+    chosen: dict[int, np.ndarray] = {}
 
-    def prepare(epoch: int, pos: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(epoch: int, pos: np.ndarray, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
         if epoch not in chosen:
             chosen.clear()
-            chosen[epoch] = torch.from_numpy(choose(seed, epoch, n, k)).to(device)
+            chosen[epoch] = choose(seed, epoch, n, k)
         view = chosen[epoch][pos]
-        return aug.apply(x, params[pos, view]), view
+        return aug.apply(x, params(pos, view).long()), view
 
     return prepare
 
 
-def cached_teacher(logits: np.ndarray, device: torch.device) -> TeacherFn:
+def cached_teacher(logits: np.ndarray, device: torch.device, placement: str = "auto") -> TeacherFn:
     """The store's logits of the clean images, looked up by position. logits: (N, C)."""
-    table = torch.from_numpy(logits).float().to(device)
-    return lambda pos, images, view: table[pos]
+    rows = Rows(logits, device, placement)
+    return lambda pos, images, view: rows(pos).float()
 
 
-def view_teacher(views: Views, num_classes: int, device: torch.device) -> TeacherFn:
+def view_teacher(views: Views, num_classes: int, device: torch.device, placement: str = "auto") -> TeacherFn:
     """The store's logits of the view each sample was augmented with (top-k views expanded)."""
     if views.logits is not None:
-        table = torch.from_numpy(views.logits).to(device)  # (N, K, C), kept in the stored dtype
-        return lambda pos, images, view: table[pos, view].float()
-    values = torch.from_numpy(views.topk_values).to(device)
-    indices = torch.from_numpy(views.topk_indices).to(device)
-    fill = torch.from_numpy(views.fill).to(device)
-    return lambda pos, images, view: topk_expand(values[pos, view], indices[pos, view], fill[pos, view], num_classes)
+        table = Rows(views.logits, device, placement)  # (N, K, C), kept in the stored dtype
+        return lambda pos, images, view: table(pos, view).float()
+    values, indices, fill = (Rows(a, device, placement) for a in (views.topk_values, views.topk_indices, views.fill))
+    return lambda pos, images, view: topk_expand(values(pos, view), indices(pos, view), fill(pos, view), num_classes)

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from .augment import AUGMENTATIONS, augmentation_for, normalize, resize
+from .batches import cached_teacher
 from .cache import CacheConfig, load_teacher, teacher_forward
 from .config import to_dict, write_json
 from .errors import KdstoreError
@@ -106,7 +107,7 @@ class _Runner:
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.mean = torch.tensor(store.attrs["normalize_mean"], device=device)
         self.std = torch.tensor(store.attrs["normalize_std"], device=device)
-        self.table = torch.from_numpy(store.train.logits).float().to(device) if mode == "offline" else None
+        self.table = cached_teacher(store.train.logits, device) if mode == "offline" else None
         self.aug = torch.Generator().manual_seed(0)
         self.augmentation = AUGMENTATIONS[augmentation_for(int(store.attrs["image_size"]))]
         self.online = online_teacher(teacher, input_size) if mode == "online" else None
@@ -116,7 +117,7 @@ class _Runner:
         x = self.augmentation.apply(x, self.augmentation.draw(len(images), x.shape[-1], self.aug))
         y = labels.to(self.device, non_blocking=True)
         if self.table is not None:
-            target = self.table[torch.from_numpy(self.store.train.positions(ids.numpy())).to(self.device)]
+            target = self.table(self.store.train.positions(ids.numpy()), x, None)
         elif self.online is not None:
             target = self.online(None, x, None)
         else:
@@ -247,7 +248,7 @@ def online_teacher(model: nn.Module, input_size: int):
     """The online-KD baseline's TeacherFn: the teacher (eval, inference mode) on every augmented batch."""
     model.eval()
 
-    def forward(pos: torch.Tensor, images: torch.Tensor, view: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(pos: np.ndarray, images: torch.Tensor, view: np.ndarray | None = None) -> torch.Tensor:
         with torch.inference_mode():
             logits = model(resize(images, input_size)).float()
         return logits.clone()  # an inference tensor cannot be saved for backward

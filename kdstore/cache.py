@@ -27,7 +27,8 @@ from .loading import fingerprint_beton, make_loader, read_int_fields, write_beto
 from .models import build_model, load_checkpoint, load_weights, normalization, resolve_device, sha256_file
 from .progress import console, images_progress
 from .splits import holdout
-from .store import BETONS, SCHEMA_VERSION, build_split, publish, staging_dir
+from .orders import confidence_and_correct
+from .store import BETONS, H5_NAME, SCHEMA_VERSION, Blocks, build_split, publish, staging_dir, write_teacher_h5
 from .views import Views, draw_params, topk_compress
 
 
@@ -111,72 +112,120 @@ def views_forward(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor,
 
 CHUNK_SAMPLES = 2048  # teacher outputs are flushed to disk about this often (whole batches)
 
-
-def _load_chunks(chunk_dir: Path) -> list[dict[str, np.ndarray]]:
-    """The contiguous chunks 000000.npz, 000001.npz, ... flushed by an earlier, killed pass."""
-    chunks = []
-    while (path := chunk_dir / f"{len(chunks):06d}.npz").is_file():
-        with np.load(path) as z:
-            chunks.append({k: z[k] for k in z.files})
-    return chunks
+# post(outputs of a batch as numpy arrays, its labels) -> what is kept of them
+Post = Callable[[dict[str, np.ndarray], np.ndarray], dict[str, np.ndarray]]
 
 
-def _save_chunk(chunk_dir: Path, index: int, parts: dict[str, list[torch.Tensor]]) -> dict[str, np.ndarray]:
-    chunk = {k: torch.cat(v).numpy() for k, v in parts.items()}
+def stored_outputs(logits_dtype: str) -> Post:
+    """What a store keeps of a batch: logits in the stored dtype and, for clean images, each
+    sample's confidence and correctness computed from the float32 logits first."""
+    def post(out: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, np.ndarray]:
+        kept = dict(out)
+        if "logits" in out and out["logits"].ndim == 2:
+            kept["confidence"], kept["correct"] = confidence_and_correct(out["logits"], labels)
+        for key in ("logits", "topk_values"):
+            if key in kept:
+                kept[key] = kept[key].astype(logits_dtype)
+        return kept
+
+    return post
+
+
+def scores_only(out: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, np.ndarray]:
+    """A scorer keeps confidence and correctness, not the (N, C) logits."""
+    confidence, correct = confidence_and_correct(out["logits"], labels)
+    return {"confidence": confidence, "correct": correct}
+
+
+def chunk_paths(chunk_dir: Path) -> list[Path]:
+    """The contiguous chunks 000000.npz, 000001.npz, ... flushed so far (each is whole or absent)."""
+    paths = []
+    while (path := chunk_dir / f"{len(paths):06d}.npz").is_file():
+        paths.append(path)
+    return paths
+
+
+def _save_chunk(chunk_dir: Path, index: int, chunk: dict[str, np.ndarray]) -> None:
     tmp = chunk_dir / f".{index:06d}.tmp.npz"
     np.savez(tmp, **chunk)
     os.replace(tmp, chunk_dir / f"{index:06d}.npz")  # atomic: a chunk file is whole or absent
-    return chunk
+
+
+def column(paths: list[Path], key: str) -> np.ndarray:
+    """One output over all chunks, concatenated (for the small per-sample arrays)."""
+    parts = []
+    for path in paths:
+        with np.load(path) as z:
+            parts.append(z[key])
+    return np.concatenate(parts)
+
+
+def column_blocks(paths: list[Path], key: str) -> Blocks:
+    """One large output over all chunks, as blocks read one chunk at a time (never all at once)."""
+    n, shape, dtype = 0, None, None
+    for path in paths:
+        with np.load(path, mmap_mode=None) as z:
+            n += len(z["labels"])
+            if shape is None:
+                first = z[key]
+                shape, dtype = first.shape[1:], first.dtype
+
+    def read():
+        for path in paths:
+            with np.load(path) as z:
+                yield z[key]
+
+    return Blocks((n, *shape), dtype, read)
+
+
+def _cat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def score_beton(
     forward: Forward, beton: Path, batch_size: int, workers: int, label: str = "", progress: bool = True,
-    chunk_dir: Path | None = None, positions: np.ndarray | None = None,
+    chunk_dir: Path | None = None, positions: np.ndarray | None = None, post: Post = scores_only,
 ) -> dict[str, Any]:
     """One inference pass over a .beton (or its `positions`) in file order.
 
-    Returns forward's outputs (e.g. logits (N, C) float32), labels (N,), sample ids (N,) and the
-    images/s of the pass.
-    With `chunk_dir`, every output is flushed there in chunks of whole batches, and a pass killed
-    earlier continues after its last flushed chunk (the batches are the same as in one pass).
+    Each batch's outputs (forward's, then `post` on them) go, with labels and sample ids, to
+    numbered chunk files in `chunk_dir`, flushed every CHUNK_SAMPLES images (whole batches); a
+    pass killed earlier continues after its last flushed chunk, with the same batches as one pass.
+    Without `chunk_dir` they are returned, concatenated (for small outputs only). Also returns
+    the images/s and seconds of the pass.
     """
     if positions is None:
         positions = np.arange(len(read_int_fields(beton)["sample_id"]))
     n_total = len(positions)
-    chunks: list[dict[str, np.ndarray]] = []
+    done: list[Path] = []
     if chunk_dir is not None:
         chunk_dir.mkdir(exist_ok=True)
-        chunks = _load_chunks(chunk_dir)
-    start = sum(len(c["labels"]) for c in chunks)
+        done = chunk_paths(chunk_dir)
+    start = len(column(done, "labels")) if done else 0
     batches_per_chunk = max(1, CHUNK_SAMPLES // batch_size)
-    parts: dict[str, list[torch.Tensor]] = {"labels": [], "sample_id": []}
+    kept: list[dict[str, np.ndarray]] = []  # without chunk_dir: every batch
+    parts: list[dict[str, np.ndarray]] = []  # with chunk_dir: the batches of the coming chunk
+    index = len(done)
     t0, n = time.perf_counter(), 0
     with images_progress(progress) as bar, torch.inference_mode():
         task = bar.add_task(label, total=n_total, completed=start, info="resumed" if start else "")
         if start < n_total:
             loader = make_loader(beton, batch_size, workers, indices=positions[start:])
             for b, (images, y, sid) in enumerate(loader, 1):  # images: (B, H, W, 3) uint8
-                for key, value in forward(images, positions[start + n:start + n + len(y)]).items():
-                    parts.setdefault(key, []).append(value.cpu())
-                parts["labels"].append(y.clone())  # FFCV reuses its buffers
-                parts["sample_id"].append(sid.clone())
+                labels = y.numpy().astype(np.int64)  # copies: FFCV reuses its buffers
+                outputs = {k: v.cpu().numpy() for k, v in forward(images, positions[start + n:start + n + len(y)]).items()}
+                batch = {**post(outputs, labels), "labels": labels, "sample_id": sid.numpy().astype(np.int64)}
+                (parts if chunk_dir is not None else kept).append(batch)
                 n += len(y)
                 bar.update(task, advance=len(y))
                 if chunk_dir is not None and b % batches_per_chunk == 0:
-                    chunks.append(_save_chunk(chunk_dir, len(chunks), parts))
-                    parts = {k: [] for k in parts}
-    if parts["labels"]:
-        chunks.append(_save_chunk(chunk_dir, len(chunks), parts) if chunk_dir is not None else {k: torch.cat(v).numpy() for k, v in parts.items()})
+                    _save_chunk(chunk_dir, index, _cat(parts))
+                    index, parts = index + 1, []
+    if parts:
+        _save_chunk(chunk_dir, index, _cat(parts))
     seconds = time.perf_counter() - t0
-    result = _concat(chunks)
+    result: dict[str, Any] = _cat(kept) if kept else {}
     result.update(images_per_s=n / max(seconds, 1e-9), seconds=seconds)
-    return result
-
-
-def _concat(chunks: list[dict[str, np.ndarray]]) -> dict[str, Any]:
-    result = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-    result["labels"] = result["labels"].astype(np.int64)
-    result["sample_id"] = result["sample_id"].astype(np.int64)
     return result
 
 
@@ -218,7 +267,7 @@ def _stage_state(cfg: CacheConfig, meta: dict[str, Any], digest: str, dataset: I
         "dataset": dataset.name, "train_size": len(dataset.train), "val_size": len(dataset.val), "teacher": meta,
         "checkpoint_sha256": digest, "pretrained": cfg.pretrained, "pretrained_file": cfg.pretrained_file,
         "batch_size": cfg.batch_size, "image_size": cfg.image_size, "kdstore_version": __version__, "split_part": cfg.split_part,
-        "views": cfg.views, "topk": cfg.topk, "views_seed": cfg.views_seed,
+        "views": cfg.views, "topk": cfg.topk, "views_seed": cfg.views_seed, "logits_dtype": cfg.logits_dtype,
     }
 
 
@@ -279,7 +328,9 @@ def run(cfg: CacheConfig) -> Path:
         params = draw_params(augmentation, len(dataset.train), cfg.views, image_size, cfg.views_seed)
         passes["views"] = ("train", views_forward(model, mean, std, int(meta["input_size"]), device, params, augmentation, cfg.topk))
     try:
-        scored = {}
+        speed = {}
+        chunk_dir = lambda pass_name, rank: stage / f"chunks-{pass_name}-r{rank}of{ctx.world}"  # noqa: E731
+        post = stored_outputs(cfg.logits_dtype)
         for pass_name, (split_name, forward) in passes.items():
             beton = stage / BETONS[split_name]
             if ctx.main and not beton.is_file():
@@ -289,22 +340,23 @@ def run(cfg: CacheConfig) -> Path:
                 os.replace(tmp, beton)
             distributed.barrier(ctx)
             lo, hi = distributed.shard(len(getattr(dataset, split_name)), cfg.batch_size, ctx.rank, ctx.world)
-            chunk_dir = lambda rank: stage / f"chunks-{pass_name}-r{rank}of{ctx.world}"  # noqa: E731
             label = f"teacher on {split_name}" + (f" ({cfg.views} views)" if pass_name == "views" else "")
-            scored[pass_name] = score_beton(forward, beton, cfg.batch_size, cfg.workers, label, cfg.progress and ctx.main, chunk_dir(ctx.rank), np.arange(lo, hi))
+            scored = score_beton(forward, beton, cfg.batch_size, cfg.workers, label, cfg.progress and ctx.main, chunk_dir(pass_name, ctx.rank),
+                                 np.arange(lo, hi), post)
+            speed[pass_name] = scored["images_per_s"] * ctx.world
             distributed.barrier(ctx)
-            if ctx.active:  # the main rank joins the shards every rank flushed
-                speed = scored[pass_name]["images_per_s"] * ctx.world
-                scored[pass_name] = {**_concat([c for r in range(ctx.world) for c in _load_chunks(chunk_dir(r))]), "images_per_s": speed}
         if not ctx.main:
             return out
-        splits = {name: build_split(scored[name]["logits"], scored[name]["labels"], scored[name]["sample_id"], with_orders=name == "train")
+        # The main rank joins the chunks every rank flushed, in rank order, one chunk at a time.
+        chunks = {p: [path for r in range(ctx.world) for path in chunk_paths(chunk_dir(p, r))] for p in passes}
+        splits = {name: build_split(column_blocks(chunks[name], "logits"), column(chunks[name], "labels"), column(chunks[name], "sample_id"),
+                                    column(chunks[name], "confidence"), column(chunks[name], "correct"), with_orders=name == "train")
                   for name in ("train", "val")}
         if cfg.views:
-            v = scored["views"]
-            if not np.array_equal(v["sample_id"], splits["train"].sample_id):
+            if not np.array_equal(column(chunks["views"], "sample_id"), splits["train"].sample_id):
                 raise KdstoreError("internal error: the views pass visited the training images in another order")
-            splits["train"].views = Views(augmentation, cfg.views_seed, params, **{k: v[k] for k in ("logits", "topk_values", "topk_indices", "fill") if k in v})
+            stored = ("logits",) if not cfg.topk else ("topk_values", "topk_indices", "fill")
+            splits["train"].views = Views(augmentation, cfg.views_seed, params, **{k: column_blocks(chunks["views"], k) for k in stored})
         with console.status("fingerprinting the images"):
             parts = [fingerprint_beton(stage / BETONS[name], cfg.workers) for name in ("train", "val")]
         fingerprint = hashlib.sha256("".join(parts).encode()).hexdigest()
@@ -319,10 +371,12 @@ def run(cfg: CacheConfig) -> Path:
             "split_fraction": float(split["fraction"]) if split else 0.0, "split_seed": int(split["seed"]) if split else -1,
             "split_members_sha256": split["members_sha256"] if split else "",
         }
+        with console.status(f"writing {H5_NAME}"):
+            write_teacher_h5(stage / H5_NAME, splits, attrs, cfg.logits_dtype)
+        (stage / "cache-state.json").unlink()  # first: a kill from here on restarts cleanly instead of resuming
         for leftover in stage.glob("chunks-*"):
             shutil.rmtree(leftover, ignore_errors=True)
-        (stage / "cache-state.json").unlink()
-        publish(stage, out, splits, attrs, cfg.logits_dtype, {"dataset_fingerprint": fingerprint, "teacher_images_per_s": scored["train"]["images_per_s"]})
+        publish(stage, out, {"dataset_fingerprint": fingerprint, "teacher_images_per_s": speed["train"]})
     except KeyboardInterrupt:
         raise KdstoreError(f"interrupted; the partial cache is kept in {stage}: rerun with --resume to continue") from None
     except BaseException:

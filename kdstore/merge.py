@@ -20,7 +20,7 @@ import numpy as np
 from .errors import KdstoreError
 from .orders import softmax
 from .progress import console
-from .store import BETONS, SPLITS, Split, Store, build_split, publish, staging_dir
+from .store import BETONS, H5_NAME, SPLITS, Blocks, Split, Store, build_split, mean_blocks, publish, release_pages, row_blocks, staging_dir, write_teacher_h5
 from .views import Views
 
 
@@ -39,16 +39,29 @@ def _check_compatible(stores: list[Store]) -> None:
 
 
 def merge_split(splits: Sequence[Split], confidence: str, with_orders: bool) -> Split:
-    """Mean logits as the target; confidence per `confidence` ("mean" or a teacher index)."""
+    """Mean logits as the target (computed block by block when the store is written);
+    confidence per `confidence` ("mean" or a teacher index)."""
     first = splits[0]
-    logits = np.mean([s.logits for s in splits], axis=0)
+    logits = mean_blocks([s.logits for s in splits])
     if confidence == "mean":
         conf = np.mean([s.confidence for s in splits], axis=0)
-        correct = np.mean([softmax(s.logits) for s in splits], axis=0).argmax(1) == first.labels
+        correct = np.concatenate([np.mean([softmax(s.logits[lo:hi]) for s in splits], axis=0).argmax(1) == first.labels[lo:hi]
+                                  for lo, hi in row_blocks(first.logits)])
+        for s in splits:
+            release_pages(s.logits)
     else:
         chosen = splits[int(confidence)]
         conf, correct = chosen.confidence, chosen.correct
-    return build_split(logits.astype(np.float32), first.labels, first.sample_id, conf, correct, with_orders)
+    return build_split(logits, first.labels, first.sample_id, conf, correct, with_orders)
+
+
+def _accuracy(logits: Blocks, labels: np.ndarray) -> float:
+    """Top-1 accuracy of block-wise logits."""
+    hits, row = 0, 0
+    for block in logits.read():
+        hits += int((block.argmax(1) == labels[row:row + len(block)]).sum())
+        row += len(block)
+    return hits / max(row, 1)
 
 
 def merge_views(stores: list[Store]) -> Views | None:
@@ -63,7 +76,7 @@ def merge_views(stores: list[Store]) -> Views | None:
         raise KdstoreError("cannot merge: the stores do not all hold the same views (cache each with the same --views K and --views-seed)")
     if any(v.logits is None for v in views):
         raise KdstoreError("cannot merge stores whose views keep only the top-k logits; cache them without --topk")
-    return Views(first.augmentation, first.seed, first.params, logits=np.mean([v.logits for v in views], axis=0).astype(np.float32))
+    return Views(first.augmentation, first.seed, first.params, logits=mean_blocks([v.logits for v in views]))
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -92,8 +105,8 @@ def run(paths: Sequence[str], out: str, confidence: str = "mean", logits_dtype: 
         **first.attrs, "teacher": "ensemble(" + ",".join(teachers) + ")",
         "checkpoint_sha256": ",".join(s.attrs["checkpoint_sha256"] for s in stores),
         "pretrained": any(bool(s.attrs["pretrained"]) for s in stores),
-        "teacher_train_acc": float((splits["train"].logits.argmax(1) == splits["train"].labels).mean()),
-        "teacher_val_acc": float((splits["val"].logits.argmax(1) == splits["val"].labels).mean()),
+        "teacher_train_acc": _accuracy(splits["train"].logits, splits["train"].labels),
+        "teacher_val_acc": _accuracy(splits["val"].logits, splits["val"].labels),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "merged_from": json.dumps([{"path": str(s.path), "teacher": s.attrs["teacher"], "identity": s.identity()} for s in stores]),
         "merge_confidence": confidence,
@@ -105,7 +118,8 @@ def run(paths: Sequence[str], out: str, confidence: str = "mean", logits_dtype: 
     try:
         for name in BETONS.values():
             _link_or_copy(first.path / name, stage / name)
-        publish(stage, out_path, splits, attrs, logits_dtype, {"dataset_fingerprint": first.attrs["dataset_fingerprint"], "merged_from": len(stores)})
+        write_teacher_h5(stage / H5_NAME, splits, attrs, logits_dtype)
+        publish(stage, out_path, {"dataset_fingerprint": first.attrs["dataset_fingerprint"], "merged_from": len(stores)})
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

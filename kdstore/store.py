@@ -1,8 +1,8 @@
 """The store: a directory with train.beton, val.beton, teacher.h5 and MANIFEST.json.
 
-teacher.h5 (schema version 1), readable with plain h5py:
+teacher.h5 (schema version 2), readable with plain h5py:
 
-    /train/logits      (N, C) float16 (or float32)   teacher logits, tau = 1
+    /train/logits      (N, C) float16 (or float32)   teacher logits, tau = 1        [contiguous]
     /train/labels      (N,)   int64                  true labels
     /train/sample_id   (N,)   int64                  id of row i; row i is position i of train.beton
     /train/confidence  (N,)   float32                max softmax probability
@@ -14,25 +14,33 @@ teacher.h5 (schema version 1), readable with plain h5py:
 
 Optional, written by `cache --views K` (see views.py), for the training split only:
 
-    /train/views/params        (N, K, P) int32    augmentation parameters of each view
+    /train/views/params        (N, K, P) int32    augmentation parameters of each view  [contiguous]
     /train/views/logits        (N, K, C) float16  teacher logits on each view, or with --topk k:
     /train/views/topk_values   (N, K, k) float16  the k largest logits of each view
     /train/views/topk_indices  (N, K, k) int32    their class ids
     /train/views/fill          (N, K)    float32  the logit of every other class
     views attributes           augmentation (crop-flip | resized-crop-flip), seed, count, topk
 
+The per-sample (N,) arrays are chunked with a fletcher32 checksum and read whole on open (a few
+bytes per sample). The large arrays (marked contiguous) are stored uncompressed in one block each,
+so that a reader maps them instead of reading them: a process holds only the rows it touches,
+and every process on a machine shares one copy through the page cache. Their integrity is the
+file's sha256 in MANIFEST.json, which every open checks.
+
 MANIFEST.json is written last: its presence marks the store complete, and it records the
 sha256 of every file so that `verify` can find corruption.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import mmap
 import os
 import shutil
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -40,15 +48,18 @@ from .errors import KdstoreError
 from .loading import read_int_fields
 from .models import sha256_file
 from .orders import confidence_and_correct, curriculum, inverse
-from .views import Views, problems as view_problems
+from .views import Views, problems as view_problems, value_problems as view_value_problems
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST = "MANIFEST.json"
 H5_NAME = "teacher.h5"
 BETONS = {"train": "train.beton", "val": "val.beton"}
 SPLITS = ("train", "val")
 PER_SAMPLE = ("logits", "labels", "sample_id", "confidence", "correct")
+SMALL = ("labels", "sample_id", "confidence", "correct")  # read whole on open; the rest is mapped
 ORDERS = ("curriculum", "inverse")
+VIEW_ARRAYS = ("params", "logits", "topk_values", "topk_indices", "fill")
+BLOCK_BYTES = 64 << 20  # large arrays are written, merged and checked in row blocks of about this size
 ROOT_ATTRS = (
     "schema_version", "kdstore_version", "teacher", "teacher_stem", "checkpoint_sha256", "pretrained",
     "input_size", "image_size", "dataset", "num_classes", "class_names", "dataset_fingerprint",
@@ -58,10 +69,62 @@ ROOT_ATTRS = (
 
 
 @dataclass
+class Blocks:
+    """An (N, ...) array too large to hold, given as consecutive row blocks (written to teacher.h5
+    one block at a time). `read()` starts a fresh pass."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    read: Callable[[], Iterable[np.ndarray]]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """All blocks in memory: for small arrays (tests, printing) only."""
+        return np.concatenate(list(self.read())).astype(dtype or self.dtype, copy=False)
+
+
+def mean_blocks(arrays: list[np.ndarray]) -> Blocks:
+    """The element-wise mean (float32) of same-shaped arrays, block by block; the pages of mapped
+    inputs are released after every block."""
+    first = arrays[0]
+
+    def read():
+        for lo, hi in row_blocks(first):
+            yield np.mean([np.asarray(a[lo:hi], dtype=np.float32) for a in arrays], axis=0)
+            for a in arrays:
+                release_pages(a)
+
+    return Blocks(tuple(first.shape), np.dtype(np.float32), read)
+
+
+def row_blocks(array: np.ndarray, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, int]]:
+    """(start, stop) row ranges of about `block_bytes` each, covering `array`."""
+    n = len(array)
+    row = max(1, int(np.prod(array.shape[1:], dtype=np.int64)) * np.dtype(array.dtype).itemsize)
+    step = max(1, block_bytes // row)
+    for lo in range(0, n, step):
+        yield lo, min(n, lo + step)
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop this process's mapping of a memory-mapped array's pages (they stay in the page cache,
+    shared with every other reader). Bounds the resident memory of a reader that walks a large
+    table; a no-op for arrays in memory."""
+    base: Any = array
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
+    if base is not None and hasattr(mmap, "MADV_DONTNEED"):
+        base.madvise(mmap.MADV_DONTNEED)
+
+
+@dataclass
 class Split:
     """Per-sample arrays of one split, rows in .beton order."""
 
-    logits: np.ndarray  # (N, C) float32 in memory, whatever the stored dtype
+    logits: np.ndarray | Blocks  # (N, C) in the stored dtype; a read-only memory map when opened
     labels: np.ndarray  # (N,) int64
     sample_id: np.ndarray  # (N,) int64
     confidence: np.ndarray  # (N,) float32
@@ -89,18 +152,31 @@ class Split:
         return lookup[ids]
 
 
-def build_split(logits: np.ndarray, labels: np.ndarray, sample_id: np.ndarray, confidence: np.ndarray | None = None,
+def build_split(logits: np.ndarray | Blocks, labels: np.ndarray, sample_id: np.ndarray, confidence: np.ndarray | None = None,
                 correct: np.ndarray | None = None, with_orders: bool = False) -> Split:
     """A split from teacher logits; confidence and correctness from the logits unless given
-    (a merged store brings its own); with_orders adds the curriculum and its inverse."""
+    (the cache computes them chunk by chunk; a merged store brings its own); with_orders adds the
+    curriculum and its inverse."""
     if confidence is None or correct is None:
-        confidence, correct = confidence_and_correct(logits, labels)
+        confidence, correct = confidence_and_correct(np.asarray(logits), labels)
     split = Split(logits, labels, sample_id, np.asarray(confidence, dtype=np.float32), np.asarray(correct, dtype=bool))
     if with_orders:
         order = curriculum(split.confidence, split.correct, labels)
         split.curriculum = sample_id[order]
         split.inverse = sample_id[inverse(order)]
     return split
+
+
+def _write_large(g, name: str, data: np.ndarray | Blocks, dtype: str | np.dtype) -> None:
+    """A contiguous, unfiltered dataset (mappable by readers), written one row block at a time."""
+    dset = g.create_dataset(name, shape=tuple(data.shape), dtype=np.dtype(dtype))
+    blocks = data.read() if isinstance(data, Blocks) else (data[lo:hi] for lo, hi in row_blocks(data))
+    row = 0
+    for block in blocks:
+        dset[row:row + len(block)] = np.asarray(block).astype(dtype, copy=False)
+        row += len(block)
+    if row != data.shape[0]:
+        raise KdstoreError(f"internal error: {name} received {row} rows for {data.shape[0]}")
 
 
 def write_teacher_h5(path: Path, splits: dict[str, Split], attrs: dict[str, Any], logits_dtype: str = "float16") -> None:
@@ -114,32 +190,22 @@ def write_teacher_h5(path: Path, splits: dict[str, Split], attrs: dict[str, Any]
             f.attrs[key] = value
         for name, split in splits.items():
             g = f.create_group(name)
-            for field in PER_SAMPLE + ORDERS:
+            _write_large(g, "logits", split.logits, logits_dtype)
+            for field in SMALL + ORDERS:
                 arr = getattr(split, field)
-                if arr is None:
-                    continue
-                if field == "logits":
-                    arr = arr.astype(logits_dtype)
-                g.create_dataset(field, data=arr, fletcher32=True, chunks=True)
+                if arr is not None:
+                    g.create_dataset(field, data=arr, fletcher32=True, chunks=True)
             if split.views is not None:
                 _write_views(g.create_group("views"), split.views, logits_dtype)
 
 
 def _write_views(g, views: Views, logits_dtype: str) -> None:
     g.attrs.update({"augmentation": views.augmentation, "seed": views.seed, "count": views.count, "topk": views.topk})
-    arrays = {"params": views.params.astype(np.int32)}
-    if views.logits is not None:
-        arrays["logits"] = views.logits.astype(logits_dtype)
-    else:
-        arrays.update(topk_values=views.topk_values.astype(logits_dtype), topk_indices=views.topk_indices.astype(np.int32),
-                      fill=views.fill.astype(np.float32))
-    for name, arr in arrays.items():
-        g.create_dataset(name, data=arr, fletcher32=True, chunks=True)
-
-
-def _read_views(g) -> Views:
-    arrays = {k: g[k][()] for k in ("params", "logits", "topk_values", "topk_indices", "fill") if k in g}
-    return Views(augmentation=_attr(g.attrs.get("augmentation", "")), seed=int(g.attrs.get("seed", 0)), **arrays)
+    dtypes = {"params": np.int32, "logits": logits_dtype, "topk_values": logits_dtype, "topk_indices": np.int32, "fill": np.float32}
+    for name in VIEW_ARRAYS:
+        data = getattr(views, name)
+        if data is not None:
+            _write_large(g, name, data, dtypes[name])
 
 
 def _attr(value: Any) -> Any:
@@ -152,14 +218,60 @@ def _attr(value: Any) -> Any:
     return value
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """MANIFEST.json of a store, or a one-line error saying what is wrong with it."""
+    where = Path(path) / MANIFEST
+    try:
+        manifest = json.loads(where.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise KdstoreError(f"store {path}: {MANIFEST} is corrupt ({type(e).__name__}); `kdstore verify` lists what else is damaged") from None
+    except OSError as e:
+        raise KdstoreError(f"store {path}: {MANIFEST} cannot be read ({e.strerror})") from None
+    digests = manifest.get("sha256") if isinstance(manifest, dict) else None
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()) or H5_NAME not in digests:
+        raise KdstoreError(f"store {path}: {MANIFEST} is corrupt (no sha256 of {H5_NAME})")
+    return manifest
+
+
+def sha256_stream(f: BinaryIO, chunk: int = 4 << 20) -> str:
+    h = hashlib.sha256()
+    f.seek(0)
+    while block := f.read(chunk):
+        h.update(block)
+    return h.hexdigest()
+
+
+class _MappedH5:
+    """teacher.h5 opened once: a file object (h5py reads through it) and a read-only memory map of
+    the same file, so that every array comes from the file that was hashed, even if the path is
+    replaced later."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "rb")
+        size = os.fstat(self.file.fileno()).st_size
+        self.map = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+
+    def array(self, dset) -> np.ndarray:
+        """The dataset as a read-only array on the memory map (contiguous, unfiltered datasets only)."""
+        offset = dset.id.get_offset()
+        count = int(np.prod(dset.shape, dtype=np.int64))
+        if dset.chunks is not None or dset.compression or dset.fletcher32 or offset is None or self.map is None:
+            raise KdstoreError(f"{dset.name} is not stored contiguously (schema {SCHEMA_VERSION} maps it)")
+        if offset + count * dset.dtype.itemsize > len(self.map):
+            raise KdstoreError(f"{dset.name} reaches past the end of the file")
+        return np.frombuffer(self.map, dtype=dset.dtype.newbyteorder("<") if dset.dtype.byteorder == "=" else dset.dtype,
+                             count=count, offset=offset).reshape(dset.shape)
+
+
 class Store:
     """A complete store opened for reading; the cheap consistency checks run on open."""
 
-    def __init__(self, path: Path, attrs: dict[str, Any], splits: dict[str, Split]) -> None:
+    def __init__(self, path: Path, attrs: dict[str, Any], splits: dict[str, Split], manifest: dict[str, Any] | None = None) -> None:
         self.path = path
         self.attrs = attrs
         self.train = splits["train"]
         self.val = splits["val"]
+        self.manifest = manifest or {}
 
     @property
     def num_classes(self) -> int:
@@ -170,12 +282,18 @@ class Store:
 
     def identity(self) -> str:
         """The store's files as its manifest records them (sha256), plus the dataset fingerprint."""
-        manifest = json.loads((self.path / MANIFEST).read_text())
-        digests = ",".join(f"{k}={v[:12]}" for k, v in sorted(manifest["sha256"].items()))
+        digests = ",".join(f"{k}={v[:12]}" for k, v in sorted(self.manifest["sha256"].items()))
         return f"{self.attrs['dataset_fingerprint'][:12]}|{digests}"
 
+    def release(self) -> None:
+        """Unmap the pages of the large arrays this process has touched (see `release_pages`)."""
+        release_pages(self.train.logits)
+
     @classmethod
-    def open(cls, path: Path | str) -> "Store":
+    def open(cls, path: Path | str, full: bool = False) -> "Store":
+        """Open a store: teacher.h5's sha256 against the manifest, then the structural checks.
+        `full` also reads every large array through (finite values, class ids in range): `verify`
+        and the writers run it, a reader relies on the sha256."""
         path = Path(path)
         if not path.is_dir():
             raise KdstoreError(f"store {path} does not exist (make one with `kdstore cache`)")
@@ -184,39 +302,37 @@ class Store:
         for name in (H5_NAME, *BETONS.values()):
             if not (path / name).is_file():
                 raise KdstoreError(f"store {path} is missing {name}")
+        manifest = read_manifest(path)
         import h5py
 
         try:
-            with h5py.File(path / H5_NAME, "r") as f:
+            mapped = _MappedH5(path / H5_NAME)
+            if sha256_stream(mapped.file) != manifest["sha256"][H5_NAME]:
+                raise KdstoreError(f"store {path}: {H5_NAME} differs from the one its {MANIFEST} records (changed, corrupt or "
+                                   f"another store's); `kdstore verify` checks every file")
+            with h5py.File(mapped.file, "r") as f:
                 attrs = {k: _attr(v) for k, v in f.attrs.items()}
                 if attrs.get("schema_version") != SCHEMA_VERSION:
-                    raise KdstoreError(f"store {path} has schema version {attrs.get('schema_version')}, this kdstore reads {SCHEMA_VERSION}")
-                splits = {}
-                for name in SPLITS:
-                    if name not in f:
-                        raise KdstoreError(f"store {path}: {H5_NAME} has no '{name}' group")
-                    g = f[name]
-                    fields = PER_SAMPLE + (ORDERS if name == "train" else ())
-                    absent = [k for k in fields if k not in g]
-                    if absent:
-                        raise KdstoreError(f"store {path}: {name} lacks {', '.join(absent)}")
-                    arrays = {k: g[k][()] for k in fields}
-                    arrays["logits"] = arrays["logits"].astype(np.float32)
-                    splits[name] = Split(**arrays, views=_read_views(g["views"]) if "views" in g else None)
+                    raise KdstoreError(f"store {path} has schema version {attrs.get('schema_version')}, this kdstore reads "
+                                       f"{SCHEMA_VERSION}: cache it again with `kdstore cache`")
+                splits = {name: _read_split(f, name, mapped, path) for name in SPLITS}
         except OSError as e:
-            text = str(e).splitlines()[0]
+            text = str(e).splitlines()[0] if str(e) else type(e).__name__
             if "unable to lock file" in text.lower():
                 raise KdstoreError(f"store {path}: the filesystem refused an HDF5 file lock ({text}); set HDF5_USE_FILE_LOCKING=FALSE") from None
             raise KdstoreError(f"store {path}: {H5_NAME} cannot be read ({text}); `kdstore verify` checks every file") from None
-        store = cls(path, attrs, splits)
-        store.check()
-        recorded = json.loads((path / MANIFEST).read_text()).get("dataset_fingerprint")
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise KdstoreError(f"store {path}: {H5_NAME} is malformed ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
+        store = cls(path, attrs, splits, manifest)
+        store.check(full)
+        recorded = manifest.get("dataset_fingerprint")
         if recorded is not None and recorded != attrs.get("dataset_fingerprint"):
             raise KdstoreError(f"store {path}: {H5_NAME} belongs to another dataset (its fingerprint differs from {MANIFEST}'s)")
         return store
 
-    def check(self) -> None:
-        """Shapes, class count, finite logits, unique ids, orders, and agreement with the .betons."""
+    def check(self, full: bool = False) -> None:
+        """Shapes, class count, unique ids, orders, and agreement with the .betons; with `full`,
+        also finite logits and valid view arrays, read block by block."""
         c = self.num_classes
         if len(self.attrs.get("class_names", [])) != c:
             raise KdstoreError(f"store {self.path}: {len(self.attrs.get('class_names', []))} class names for {c} classes")
@@ -229,8 +345,11 @@ class Store:
             for field in ("sample_id", "confidence", "correct"):
                 if getattr(s, field).shape != (n,):
                     raise KdstoreError(f"{where} {field} has shape {getattr(s, field).shape}, expected ({n},)")
-            if not np.isfinite(s.logits).all():
-                raise KdstoreError(f"{where} logits contain {int((~np.isfinite(s.logits)).sum())} NaN or inf values")
+            if full:
+                bad = sum(int((~np.isfinite(s.logits[lo:hi])).sum()) for lo, hi in row_blocks(s.logits))
+                release_pages(s.logits)
+                if bad:
+                    raise KdstoreError(f"{where} logits contain {bad} NaN or inf values")
             if n and (s.labels.min() < 0 or s.labels.max() >= c):
                 raise KdstoreError(f"{where} labels fall outside 0..{c - 1}")
             if len(np.unique(s.sample_id)) != n:
@@ -241,7 +360,7 @@ class Store:
             if not np.array_equal(fields["sample_id"], s.sample_id) or not np.array_equal(fields["label"], s.labels):
                 raise KdstoreError(f"{where} sample ids or labels do not match {BETONS[name]} row by row")
             if s.views is not None:
-                found = view_problems(s.views, n, c, int(self.attrs["image_size"]))
+                found = view_problems(s.views, n, c, int(self.attrs["image_size"])) or (view_value_problems(s.views, c) if full else [])
                 if found:
                     raise KdstoreError(f"{where} {found[0]}")
         t = self.train
@@ -253,6 +372,23 @@ class Store:
             raise KdstoreError(f"store {self.path}: train/inverse is not train/curriculum reversed")
 
 
+def _read_split(f, name: str, mapped: _MappedH5, path: Path) -> Split:
+    if name not in f:
+        raise KdstoreError(f"store {path}: {H5_NAME} has no '{name}' group")
+    g = f[name]
+    fields = PER_SAMPLE + (ORDERS if name == "train" else ())
+    absent = [k for k in fields if k not in g]
+    if absent:
+        raise KdstoreError(f"store {path}: {name} lacks {', '.join(absent)}")
+    arrays = {k: g[k][()] for k in fields if k != "logits"}
+    views = None
+    if "views" in g:
+        v = g["views"]
+        views = Views(augmentation=_attr(v.attrs.get("augmentation", "")), seed=int(v.attrs.get("seed", 0)),
+                      **{k: mapped.array(v[k]) for k in VIEW_ARRAYS if k in v})
+    return Split(logits=mapped.array(g["logits"]), **arrays, views=views)
+
+
 def write_manifest(directory: Path, info: dict[str, Any]) -> None:
     """Record sha256 of every store file; written last, it marks the store complete."""
     files = {name: sha256_file(directory / name) for name in (H5_NAME, *BETONS.values())}
@@ -262,12 +398,15 @@ def write_manifest(directory: Path, info: dict[str, Any]) -> None:
 
 
 def verify(path: Path) -> list[str]:
-    """Recompute every file's sha256 against the manifest; returns one line per problem."""
+    """Recompute every file's sha256 against the manifest, then open the store with every check
+    (large arrays read through block by block); returns one line per problem."""
     path = Path(path)
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
+    if not (path / MANIFEST).is_file():
         return [f"{path}: no {MANIFEST} (incomplete store)"]
-    recorded = json.loads(manifest_path.read_text())["sha256"]
+    try:
+        recorded = read_manifest(path)["sha256"]
+    except KdstoreError as e:
+        return [str(e)]
     problems = []
     for name, digest in recorded.items():
         if not (path / name).is_file():
@@ -276,18 +415,17 @@ def verify(path: Path) -> list[str]:
             problems.append(f"{name}: sha256 differs from the manifest (file changed or corrupt)")
     if not problems:
         try:
-            Store.open(path)  # fletcher32 checksums of every HDF5 dataset, and the consistency checks
+            Store.open(path, full=True)
         except KdstoreError as e:
             problems.append(str(e))
     return problems
 
 
-def publish(stage: Path, out: Path, splits: dict[str, Split], attrs: dict[str, Any], logits_dtype: str, info: dict[str, Any]) -> None:
-    """Finish a store built in `stage` (its .beton files already there): teacher.h5, then the
-    manifest, then the reader's checks, then the rename to `out`."""
-    write_teacher_h5(stage / H5_NAME, splits, attrs, logits_dtype)
+def publish(stage: Path, out: Path, info: dict[str, Any]) -> None:
+    """Finish a store built in `stage` (its .beton files and teacher.h5 already there): the
+    manifest, then every check a reader and `verify` run, then the rename to `out`."""
     write_manifest(stage, info)
-    Store.open(stage)  # the checks a reader runs, before the store is published
+    Store.open(stage, full=True)
     commit_dir(stage, out)
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from .augment import augmentation_for, normalize, resize
-from .batches import Prepare, TeacherFn, cached_teacher, no_augment, random_augment, replay_views, view_teacher
+from .batches import PLACEMENTS, Prepare, TeacherFn, cached_teacher, no_augment, random_augment, replay_views, view_teacher
 from .config import to_dict, write_json
 from . import distributed
 from .distributed import Context, all_reduce_sum
@@ -75,6 +75,7 @@ class TrainConfig:
     augment: bool = True  # random crop + flip (augment.augmentation_for the image size)
     views: str = "auto"  # replay | clean | auto (replay when the store has views): see views.py
     amp: bool = True  # mixed precision (autocast) on CUDA; ignored on the CPU
+    teacher_rows: str = "auto"  # auto | device | mapped: where the teacher's rows are gathered (batches.Rows)
     overwrite: bool = False
     resume: bool = False  # continue from OUT/checkpoint.pt (saved after every epoch)
     progress: bool = True
@@ -100,6 +101,8 @@ class TrainConfig:
             variant = get_variant(self.variant)
         except ValueError as e:
             raise KdstoreError(str(e)) from None
+        if self.teacher_rows not in PLACEMENTS:
+            raise KdstoreError(f"--teacher-rows must be one of {', '.join(PLACEMENTS)}, got {self.teacher_rows!r}")
         if self.views not in VIEW_MODES:
             raise KdstoreError(f"--views must be one of {', '.join(VIEW_MODES)}, got {self.views!r}")
         if self.views == "replay" and not self.augment:
@@ -176,10 +179,9 @@ def train_one_epoch(
         ids_np = ids.numpy()
         if hook is not None:
             hook(epoch, b, ids_np.copy(), float(lambdas[b]))
-        pos_t = torch.from_numpy(pos).to(device)
-        x, view = prepare(epoch, pos_t, normalize(images.to(device, non_blocking=True), mean, std))
+        x, view = prepare(epoch, pos, normalize(images.to(device, non_blocking=True), mean, std))
         y = labels.to(device, non_blocking=True)
-        target = None if teacher is None else teacher(pos_t, x, view)
+        target = None if teacher is None else teacher(pos, x, view)
         with _autocast(device, cfg.amp):
             logits = model(resize(x, cfg.input_size) if cfg.input_size else x)
         terms = student_loss(logits.float(), y, target, float(lambdas[b]), cfg.tau, label_smoothing)
@@ -282,7 +284,8 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
     if not variant.needs_teacher:
         teacher = None
     elif teacher is None:
-        teacher = view_teacher(data.views, data.num_classes, device) if replay else cached_teacher(data.teacher_logits, device)
+        teacher = (view_teacher(data.views, data.num_classes, device, cfg.teacher_rows) if replay
+                   else cached_teacher(data.teacher_logits, device, cfg.teacher_rows))
     mean = torch.tensor(data.mean, device=device)
     std = torch.tensor(data.std, device=device)
     head, body = _split_head(model)
@@ -292,7 +295,7 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
     aug = torch.Generator().manual_seed(cfg.seed + 1_000_003 * ctx.rank) if cfg.augment else None
     if replay:
-        prepare = replay_views(data.views, cfg.seed, device)
+        prepare = replay_views(data.views, cfg.seed, device, cfg.teacher_rows)
     else:
         prepare = random_augment(augmentation_for(data.image_size), data.image_size, aug) if aug is not None else no_augment()
 
@@ -366,19 +369,18 @@ def score_train_set(model: nn.Module, data: TrainData, labels: np.ndarray, cfg: 
     """One inference pass of `model` over the clean training images (each rank scores a shard of
     whole batches; the shards are summed into the full table), then the curriculum rules."""
     from .cache import clean_forward, score_beton
-    from .orders import confidence_and_correct
 
     n = len(labels)
     lo, hi = distributed.shard(n, 512, ctx.rank, ctx.world)
     mean, std = torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device)
     forward = clean_forward(model, mean, std, cfg.input_size or data.image_size, device)
     scored = score_beton(forward, data.train_beton, 512, cfg.workers, f"scoring ({source})", cfg.progress and ctx.main, positions=np.arange(lo, hi))
-    table = torch.zeros(n, data.num_classes, dtype=torch.float64, device=device)
+    table = torch.zeros(2, n, dtype=torch.float64, device=device)  # confidence, correct: (N,) each, not the (N, C) logits
     if hi > lo:
-        table[lo:hi] = torch.from_numpy(scored["logits"]).double().to(device)
-    logits = all_reduce_sum(table, ctx).cpu().numpy()
-    confidence, correct = confidence_and_correct(logits, labels)
-    return Scores.from_predictions(confidence, correct, labels, source)
+        table[0, lo:hi] = torch.from_numpy(scored["confidence"].astype(np.float64)).to(device)
+        table[1, lo:hi] = torch.from_numpy(scored["correct"].astype(np.float64)).to(device)
+    confidence, correct = all_reduce_sum(table, ctx).cpu().numpy()
+    return Scores.from_predictions(confidence.astype(np.float32), correct > 0.5, labels, source)
 
 
 def _scores_path(out: Path, epoch: int) -> Path:
@@ -412,7 +414,7 @@ def _split_head(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter
 
 
 # Options that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "workers", "device"}
+_RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "workers", "device", "teacher_rows"}
 
 
 def _restore(path: Path, config: dict[str, Any], model: nn.Module, optimizer, scheduler, aug: torch.Generator | None) -> tuple[int, list[dict[str, Any]]]:

@@ -27,6 +27,8 @@ class Views:
     augmentation: str  # key of augment.AUGMENTATIONS
     seed: int
     params: np.ndarray  # (N, K, P) int32
+    # The arrays below are read-only memory maps in an opened store, and may be store.Blocks
+    # (written block by block) in one being built.
     logits: np.ndarray | None = None  # (N, K, C) full logits (float16 or float32); None with top-k
     topk_values: np.ndarray | None = None  # (N, K, k) the k largest logits
     topk_indices: np.ndarray | None = None  # (N, K, k) int32 their class ids
@@ -74,7 +76,8 @@ def choose(seed: int, epoch: int, n: int, k: int) -> np.ndarray:
 
 
 def problems(views: Views, n: int, num_classes: int, image_size: int) -> list[str]:
-    """What is wrong with a split's views (empty when they are consistent)."""
+    """What is wrong with a split's views: augmentation, shapes and parameters (empty when they
+    are consistent). The values of the large arrays are `value_problems`'s."""
     if views.augmentation not in AUGMENTATIONS:
         return [f"views use an unknown augmentation {views.augmentation!r}"]
     aug = AUGMENTATIONS[views.augmentation]
@@ -82,21 +85,35 @@ def problems(views: Views, n: int, num_classes: int, image_size: int) -> list[st
     out = []
     if views.params.ndim != 3 or views.params.shape[0] != n or views.params.shape[2] != aug.n_params or k < 1:
         return [f"views/params has shape {views.params.shape}, expected ({n}, K, {aug.n_params})"]
-    if not aug.valid(views.params, image_size):
+    if not all(aug.valid(views.params[lo:lo + BLOCK_ROWS], image_size) for lo in range(0, n, BLOCK_ROWS)):
         out.append(f"views/params hold {views.augmentation} parameters outside a {image_size}-px image")
     if views.logits is not None:
         if views.logits.shape != (n, k, num_classes):
             out.append(f"views/logits has shape {views.logits.shape}, expected ({n}, {k}, {num_classes})")
-        elif not np.isfinite(views.logits).all():
-            out.append("views/logits contain NaN or inf values")
     elif views.topk_values is None or views.topk_indices is None or views.fill is None:
         out.append("views hold neither logits nor topk_values, topk_indices and fill")
     else:
         t = views.topk
         if views.topk_values.shape != (n, k, t) or views.topk_indices.shape != (n, k, t) or views.fill.shape != (n, k) or not 0 < t < num_classes:
             out.append(f"views top-k arrays have shapes {views.topk_values.shape}, {views.topk_indices.shape}, {views.fill.shape}")
-        elif views.topk_indices.min() < 0 or views.topk_indices.max() >= num_classes:
-            out.append(f"views/topk_indices fall outside 0..{num_classes - 1}")
-        elif not (np.isfinite(views.topk_values).all() and np.isfinite(views.fill).all()):
-            out.append("views top-k values contain NaN or inf values")
     return out
+
+
+BLOCK_ROWS = 1 << 16  # samples per block when the large view arrays are read through
+
+
+def value_problems(views: Views, num_classes: int) -> list[str]:
+    """Non-finite logits and class ids out of range, read block by block (bounded memory)."""
+    n = views.params.shape[0]
+    for lo in range(0, n, BLOCK_ROWS):
+        hi = lo + BLOCK_ROWS
+        if views.logits is not None:
+            if not np.isfinite(views.logits[lo:hi]).all():
+                return ["views/logits contain NaN or inf values"]
+            continue
+        idx = views.topk_indices[lo:hi]
+        if idx.size and (idx.min() < 0 or idx.max() >= num_classes):
+            return [f"views/topk_indices fall outside 0..{num_classes - 1}"]
+        if not (np.isfinite(views.topk_values[lo:hi]).all() and np.isfinite(views.fill[lo:hi]).all()):
+            return ["views top-k values contain NaN or inf values"]
+    return []

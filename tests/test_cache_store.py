@@ -19,7 +19,7 @@ from kdstore.store import ROOT_ATTRS, Store, verify
 def test_schema_read_with_plain_h5py(digits_store, digits_teacher):
     with h5py.File(digits_store / "teacher.h5", "r") as f:
         assert set(ROOT_ATTRS) <= set(f.attrs)
-        assert f.attrs["schema_version"] == 1 and f.attrs["num_classes"] == 10
+        assert f.attrs["schema_version"] == 2 and f.attrs["num_classes"] == 10
         assert f.attrs["teacher"] == "cifar_resnet8" and f.attrs["dataset"] == "digits"
         assert f.attrs["checkpoint_sha256"] == sha256_file(digits_teacher / "checkpoint.pt")
         assert list(f.attrs["class_names"]) == [str(i) for i in range(10)]
@@ -28,7 +28,8 @@ def test_schema_read_with_plain_h5py(digits_store, digits_teacher):
             assert g["logits"].shape == (n, 10) and g["logits"].dtype == np.float16
             assert g["labels"].shape == g["sample_id"].shape == g["confidence"].shape == g["correct"].shape == (n,)
             assert g["confidence"].dtype == np.float32 and g["correct"].dtype == bool
-            assert g["logits"].fletcher32
+            assert g["labels"].fletcher32 and g["confidence"].fletcher32
+            assert g["logits"].chunks is None and not g["logits"].fletcher32 and g["logits"].compression is None  # mappable
         assert sorted(f["train/curriculum"][()]) == sorted(f["train/sample_id"][()])
         np.testing.assert_array_equal(f["train/inverse"][()], f["train/curriculum"][()][::-1])
         assert 0.0 <= f.attrs["teacher_val_acc"] <= 1.0

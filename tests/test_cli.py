@@ -12,6 +12,8 @@ from cli.main import cli
 from kdstore import datasets
 from kdstore.errors import KdstoreError
 
+from .conftest import reseal
+
 
 def _fails(args, *needles):
     result = CliRunner().invoke(cli, args)
@@ -75,6 +77,8 @@ def test_store_with_wrong_class_count(store_copy, tmp_path):
     with h5py.File(store_copy / "teacher.h5", "a") as f:
         f.attrs["num_classes"] = 9
         f.attrs["class_names"] = [str(i) for i in range(9)]
+    _fails(["train", "--store", str(store_copy), "--out", str(tmp_path / "r")], "teacher.h5 differs from the one its MANIFEST.json records")
+    reseal(store_copy)
     _fails(["train", "--store", str(store_copy), "--out", str(tmp_path / "r")], "logits have shape (1437, 10), expected (1437, 9)")
 
 
@@ -86,7 +90,10 @@ def test_store_with_wrong_sample_count(store_copy, tmp_path):
 def test_nan_logits_refused(store_copy, tmp_path):
     with h5py.File(store_copy / "teacher.h5", "a") as f:
         f["train/logits"][3, 2] = float("nan")
-    _fails(["inspect", str(store_copy)], "NaN or inf")
+    _fails(["inspect", str(store_copy)], "teacher.h5 differs from the one its MANIFEST.json records")
+    reseal(store_copy)  # a faulty writer's store: verify reads every value
+    result = CliRunner().invoke(cli, ["verify", str(store_copy)])
+    assert result.exit_code == 1 and "NaN or inf" in result.output
 
 
 def test_checkpoint_class_count_must_match(digits_teacher, synthetic_folder, tmp_path):

@@ -17,6 +17,8 @@ from kdstore.errors import KdstoreError
 from kdstore.store import Store, verify
 from kdstore.train import TrainConfig
 
+from .conftest import reseal
+
 # A cache in a child process whose teacher SIGKILLs the process at its Nth forward call.
 KILLER = textwrap.dedent("""
     import os, signal, sys
@@ -102,23 +104,35 @@ def test_truncated_files_are_refused(reference_store, tmp_path):
         bad = _corrupt_copy(reference_store, tmp_path / name)
         data = (bad / name).read_bytes()
         (bad / name).write_bytes(data[: len(data) // 2])
-        with pytest.raises(KdstoreError, match="cannot be read|not a readable FFCV file"):
+        with pytest.raises(KdstoreError, match="differs from the one its MANIFEST.json records|not a readable FFCV file"):
             Store.open(bad)
         assert any(line.startswith(f"{name}: sha256 differs") for line in verify(bad))
 
 
-def test_bit_flip_in_logits_is_caught_by_fletcher32_and_verify(reference_store, tmp_path):
+def test_bit_flip_in_logits_is_refused_on_open_and_by_verify(reference_store, tmp_path):
     bad = _corrupt_copy(reference_store, tmp_path / "flip")
     with h5py.File(bad / "teacher.h5") as f:
-        _, raw = f["train/logits"].id.read_direct_chunk((0, 0))  # the stored bytes of the first chunk
+        at = f["train/logits"].id.get_offset()  # contiguous: the logits' bytes start here
+    data = bytearray((bad / "teacher.h5").read_bytes())
+    data[at + 5] ^= 0x04
+    (bad / "teacher.h5").write_bytes(bytes(data))
+    with pytest.raises(KdstoreError, match="teacher.h5 differs from the one its MANIFEST.json records"):
+        Store.open(bad)
+    assert verify(bad)[0].startswith("teacher.h5: sha256 differs")
+
+
+def test_a_flipped_small_array_is_caught_by_fletcher32(reference_store, tmp_path):
+    bad = _corrupt_copy(reference_store, tmp_path / "flip")
+    with h5py.File(bad / "teacher.h5") as f:
+        _, raw = f["train/confidence"].id.read_direct_chunk((0,))
     data = bytearray((bad / "teacher.h5").read_bytes())
     at = bytes(data).find(raw[:32])
     assert at > 0
     data[at + 5] ^= 0x04
     (bad / "teacher.h5").write_bytes(bytes(data))
+    reseal(bad)
     with pytest.raises(KdstoreError, match="teacher.h5 cannot be read"):
         Store.open(bad)
-    assert verify(bad)[0].startswith("teacher.h5: sha256 differs")
 
 
 def test_bit_flip_in_image_bytes_is_found_by_verify(reference_store, tmp_path):
@@ -134,19 +148,25 @@ def test_non_finite_logits(reference_store, tmp_path, bad_value):
     bad = _corrupt_copy(reference_store, tmp_path / "nf")
     with h5py.File(bad / "teacher.h5", "a") as f:
         f["val/logits"][0, 0] = bad_value
+    reseal(bad)
     with pytest.raises(KdstoreError, match="val logits contain 1 NaN or inf"):
-        Store.open(bad)
+        Store.open(bad, full=True)  # what verify and the writers run; a reader relies on the sha256
+    assert "val logits contain 1 NaN or inf" in verify(bad)[0]
 
 
 def test_foreign_reordered_and_duplicated(reference_store, digits_store, tmp_path):
     foreign = _corrupt_copy(reference_store, tmp_path / "foreign")
     shutil.copy(digits_store / "teacher.h5", foreign / "teacher.h5")
+    with pytest.raises(KdstoreError, match="differs from the one its MANIFEST.json records"):
+        Store.open(foreign)  # another store's teacher.h5: never distilled from silently
+    reseal(foreign)
     with pytest.raises(KdstoreError, match="samples but train.beton has|do not match"):
         Store.open(foreign)
     reordered = _corrupt_copy(reference_store, tmp_path / "reordered")
     with h5py.File(reordered / "teacher.h5", "a") as f:
         for key in ("logits", "labels", "sample_id", "confidence", "correct"):
             f[f"train/{key}"][...] = f[f"train/{key}"][()][::-1]
+    reseal(reordered)
     with pytest.raises(KdstoreError, match="do not match train.beton row by row"):
         Store.open(reordered)
     dup = _corrupt_copy(reference_store, tmp_path / "dup")
@@ -154,6 +174,7 @@ def test_foreign_reordered_and_duplicated(reference_store, digits_store, tmp_pat
         ids = f["train/sample_id"][()]
         ids[1] = ids[0]
         f["train/sample_id"][...] = ids
+    reseal(dup)
     with pytest.raises(KdstoreError, match="sample ids are not unique"):
         Store.open(dup)
     other_fp = _corrupt_copy(reference_store, tmp_path / "fp")
