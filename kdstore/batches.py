@@ -68,9 +68,9 @@ class Rows:
 
 def _upload(array: np.ndarray, device: torch.device, block_rows: int = 1 << 16) -> torch.Tensor:
     """The whole array on the device in its stored dtype, copied block by block (bounded host memory)."""
-    table = torch.empty(array.shape, dtype=torch.from_numpy(array[:0]).dtype, device=device)
+    table = torch.empty(array.shape, dtype=torch.from_numpy(np.empty(0, array.dtype)).dtype, device=device)
     for lo in range(0, len(array), block_rows):
-        table[lo:lo + block_rows] = torch.from_numpy(np.ascontiguousarray(array[lo:lo + block_rows])).to(device)
+        table[lo:lo + block_rows] = torch.from_numpy(np.array(array[lo:lo + block_rows])).to(device)
     release_pages(array)
     return table
 

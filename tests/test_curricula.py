@@ -112,7 +112,12 @@ def test_merge_refuses_other_images_and_writes_a_store(digits_store, small_store
     out = merge.run([str(digits_store), str(digits_store)], str(tmp_path / "same"))
     s, m = Store.open(digits_store), Store.open(out)
     np.testing.assert_allclose(m.train.logits, s.train.logits, atol=1e-3)
-    np.testing.assert_array_equal(m.train.curriculum, s.train.curriculum)
+    np.testing.assert_array_equal(m.train.confidence, s.train.confidence)
+    # "mean" recomputes correctness from the stored (float16) logits, where a tie can flip an argmax
+    # that the cache decided on float32 logits; one teacher's confidence keeps its curriculum exactly.
+    assert (m.train.correct == s.train.correct).mean() > 0.99
+    one = Store.open(merge.run([str(digits_store), str(digits_store)], str(tmp_path / "one"), confidence="0"))
+    np.testing.assert_array_equal(one.train.curriculum, s.train.curriculum)
     assert m.attrs["teacher"] == "ensemble(cifar_resnet8,cifar_resnet8)" and json.loads(m.attrs["merged_from"])[1]["path"] == str(digits_store)
 
 
