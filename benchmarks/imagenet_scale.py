@@ -7,8 +7,9 @@ every peak RSS is that command's own):
 
 - cache: wall time, peak RSS of the main process and of FFCV's writer workers;
 - open: `Store.open` time (teacher.h5's sha256 included) and the RSS it leaves;
-- teacher-row lookup: rows/s of the mapped gather `train` uses (batches of 512 random rows, warm
-  and with the file evicted from the page cache), against h5py reading the same rows;
+- teacher-row lookup: rows/s of the pread gather `train` uses (batches.Rows, batches of 512
+  random rows, warm and with the file evicted from the page cache), against numpy gathers from the
+  memory map and h5py reading the same rows;
 - train: one epoch, peak RSS per process, with 1 and with 2 torchrun processes; `unguided` (no
   teacher rows) is the reference the teacher's share is measured against.
 
@@ -62,6 +63,15 @@ def register(n_train: int) -> None:
         return datasets.ImageDataset("imagenet-sized", [f"c{k}" for k in range(CLASSES)], split(n_train, 0), split(N_VAL, 1))
 
     datasets.DATASETS["imagenet-sized"] = load
+
+
+def child_imports() -> dict:
+    """The RSS of the imports alone (torch, FFCV, kdstore): the floor under every figure."""
+    import psutil
+
+    import kdstore.train  # noqa: F401
+
+    return {"rss_after_imports_mib": psutil.Process().memory_info().rss / 2**20}
 
 
 def peak_rss() -> dict[str, float]:
@@ -131,7 +141,18 @@ def child_lookup(store: str, batch: int = 512, batches: int = 400) -> dict:
             seconds = time.perf_counter() - t0
             out[f"{label}_{state}_rows_per_s"] = batch * batches / seconds
     out["rss_after_lookups_mib"] = psutil.Process().memory_info().rss / 2**20
-    # The alternative: h5py reading the same rows (what a background reader thread would do).
+    # The alternatives measured against it: numpy gathers from the memory map, its pages dropped
+    # every 4096 rows to bound the resident set, and h5py reading the same rows (what a background
+    # reader thread would do).
+    from kdstore.store import release_pages
+
+    logits = s.train.logits
+    t0 = time.perf_counter()
+    for b, i in enumerate(idx):
+        np.array(logits[i])
+        if b % 8 == 7:
+            release_pages(logits)
+    out["map_gather_released_rows_per_s"] = batch * batches / (time.perf_counter() - t0)
     with h5py.File(Path(store) / H5_NAME, "r") as f:
         d = f["train/logits"]
         t0 = time.perf_counter()
@@ -152,6 +173,11 @@ def child_train(store: str, out: str, variant: str, n_train: int) -> dict:
     rank = int(os.environ.get("RANK", 0))
     row = {"rank": rank, "seconds": time.perf_counter() - t0, "images_per_s": summary["images_per_s"], **peak_rss()}
     Path(out, f"rss-rank{rank}.json").write_text(json.dumps(row))
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
     return row
 
 
@@ -177,6 +203,8 @@ def main() -> None:
     p.add_argument("--json", type=Path)
     p.add_argument("--train-samples", type=int, default=1_281_167)
     p.add_argument("--skip-cache", action="store_true", help="reuse the stores already under --work")
+    p.add_argument("--stores", default="no-views,views4-top10", help="which stores to build and measure")
+    p.add_argument("--skip-lookup", action="store_true", help="no row-lookup figures (for a kdstore without batches.Rows)")
     a = p.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     n = str(a.train_samples)
@@ -186,15 +214,19 @@ def main() -> None:
     import torch
 
     result["torch"], result["threads"] = torch.__version__, torch.get_num_threads()
+    result["imports"] = _child(["child-imports"])
     for name, (path, views, topk) in stores.items():
+        if name not in a.stores.split(","):
+            continue
         r: dict = {}
         if not a.skip_cache:
             r["cache"] = _child(["child-cache", str(path), str(views), str(topk), n])
             print(name, "cache", r["cache"], flush=True)
         r["open"] = _child(["child-open", str(path)])
         print(name, "open", r["open"], flush=True)
-        r["lookup"] = _child(["child-lookup", str(path)])
-        print(name, "lookup", r["lookup"], flush=True)
+        if not a.skip_lookup:
+            r["lookup"] = _child(["child-lookup", str(path)])
+            print(name, "lookup", r["lookup"], flush=True)
         variants = ("unguided", "kd") if views == 0 else ("kd",)
         for variant in variants:
             for procs in (1, 2):
@@ -222,6 +254,8 @@ if __name__ == "__main__":
             row = child_cache(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
         elif kind == "child-open":
             row = child_open(rest[0])
+        elif kind == "child-imports":
+            row = child_imports()
         elif kind == "child-lookup":
             row = child_lookup(rest[0])
         else:

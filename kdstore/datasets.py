@@ -26,6 +26,10 @@ class ImageSplit:
     get: Callable[[int], np.ndarray]
     labels: np.ndarray
     sample_ids: np.ndarray
+    name_of: Callable[[int], str] | None = None  # what to call sample i in a message (its file, for an imagefolder)
+
+    def describe(self, i: int) -> str:
+        return self.name_of(i) if self.name_of is not None else f"sample {int(self.sample_ids[i])}"
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -111,7 +115,7 @@ def _folder_split(root: Path, class_names: list[str], size: int) -> ImageSplit:
         with Image.open(paths[i]) as im:
             return _fit_square(im, size)
 
-    return ImageSplit(get=get, labels=labels, sample_ids=np.arange(len(labels), dtype=np.int64))
+    return ImageSplit(get=get, labels=labels, sample_ids=np.arange(len(labels), dtype=np.int64), name_of=lambda i: paths[i])
 
 
 def load_imagefolder(path: Path, image_size: int | None = None) -> ImageDataset:
@@ -132,8 +136,11 @@ def load_imagefolder(path: Path, image_size: int | None = None) -> ImageDataset:
         raise KdstoreError(f"imagefolder {train_dir}: {e}") from None
     if image_size is None:
         first = next(p for p in sorted((train_dir / classes[0]).iterdir()) if p.is_file())
-        with Image.open(first) as im:
-            image_size = min(im.size)
+        try:
+            with Image.open(first) as im:
+                image_size = min(im.size)
+        except (OSError, ValueError) as e:
+            raise KdstoreError(f"{first}: not a readable image ({type(e).__name__}); remove or fix it, or pass --image-size") from None
     try:
         train = _folder_split(train_dir, classes, image_size)
         val = _folder_split(val_dir, classes, image_size)

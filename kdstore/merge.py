@@ -45,10 +45,12 @@ def merge_split(splits: Sequence[Split], confidence: str, with_orders: bool) -> 
     logits = mean_blocks([s.logits for s in splits])
     if confidence == "mean":
         conf = np.mean([s.confidence for s in splits], axis=0)
-        correct = np.concatenate([np.mean([softmax(s.logits[lo:hi]) for s in splits], axis=0).argmax(1) == first.labels[lo:hi]
-                                  for lo, hi in row_blocks(first.logits)])
-        for s in splits:
-            release_pages(s.logits)
+        parts = []
+        for lo, hi in row_blocks(first.logits):
+            parts.append(np.mean([softmax(s.logits[lo:hi]) for s in splits], axis=0).argmax(1) == first.labels[lo:hi])
+            for s in splits:
+                release_pages(s.logits)
+        correct = np.concatenate(parts)
     else:
         chosen = splits[int(confidence)]
         conf, correct = chosen.confidence, chosen.correct

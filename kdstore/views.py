@@ -104,9 +104,14 @@ BLOCK_ROWS = 1 << 16  # samples per block when the large view arrays are read th
 
 def value_problems(views: Views, num_classes: int) -> list[str]:
     """Non-finite logits and class ids out of range, read block by block (bounded memory)."""
+    from .store import release_pages  # store imports this module
+
     n = views.params.shape[0]
     for lo in range(0, n, BLOCK_ROWS):
         hi = lo + BLOCK_ROWS
+        for array in (views.logits, views.topk_values, views.topk_indices, views.fill):
+            if array is not None:
+                release_pages(array)  # what the previous block mapped
         if views.logits is not None:
             if not np.isfinite(views.logits[lo:hi]).all():
                 return ["views/logits contain NaN or inf values"]

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from kdstore import batches, cache, train
+from kdstore import cache, train
 from kdstore.batches import Rows
 from kdstore.cache import CacheConfig
 from kdstore.errors import KdstoreError
-from kdstore.store import Blocks, Store, mean_blocks, release_pages, row_blocks, write_teacher_h5
+from kdstore.store import Blocks, Store, file_rows, mean_blocks, release_pages, row_blocks, write_teacher_h5
 from kdstore.train import TrainConfig
 
 from .conftest import reseal
@@ -31,35 +31,38 @@ def test_mean_blocks_by_hand():
     np.testing.assert_array_equal(np.asarray(m), [[2.0, 1.0], [2.0, 2.0], [5.0, 4.0]])
 
 
-def test_mapped_rows_equal_the_table_and_release_their_pages(digits_store, monkeypatch):
+def test_file_rows_equal_the_table(digits_store, views_topk_store):
     store = Store.open(digits_store)
     logits = store.train.logits
     assert not logits.flags.writeable and logits.dtype == np.float16  # a read-only map in the stored dtype
-    monkeypatch.setattr(batches, "RELEASE_BYTES", 1024)  # force a release every few rows
     mapped = Rows(logits, torch.device("cpu"), "mapped")
     table = Rows(logits, torch.device("cpu"), "device")
-    assert mapped.release_every >= 1 and table.table is not None and table.table.dtype == torch.float16
-    released = []
-    monkeypatch.setattr(batches, "release_pages", lambda a: released.append(a.shape))
+    assert mapped.file is not None and table.table is not None and table.table.dtype == torch.float16
     rng = np.random.default_rng(0)
     for _ in range(5):
         pos = rng.choice(len(logits), 64, replace=False)
         got = mapped(pos)
         assert torch.equal(got, table(pos)) and torch.equal(got, torch.from_numpy(np.array(logits[pos])))
-    assert released  # the reader dropped its mapping of the pages it touched
-    release_pages(logits)  # the real call: the values are still there afterwards
+    assert file_rows(np.array(logits)) is None and file_rows(logits[:3]) is None  # only the opened array itself
+    release_pages(logits)  # verify and merge drop their pages this way: the values are still there afterwards
     assert torch.equal(mapped(np.arange(3)), torch.from_numpy(np.array(logits[:3])))
+    v = Store.open(views_topk_store).train.views  # (N, K, ...) arrays, read by (position, view)
+    pos, view = rng.integers(0, 30, 20), rng.integers(0, 2, 20)
+    for array in (v.params, v.topk_values, v.topk_indices, v.fill):
+        assert torch.equal(Rows(array, torch.device("cpu"), "mapped")(pos, view), torch.from_numpy(np.array(array[pos, view])))
+
+
+@pytest.fixture(scope="module")
+def views_topk_store(synthetic_folder, tmp_path_factory):
+    store = tmp_path_factory.mktemp("vt") / "store"
+    cache.run(CacheConfig(dataset=f"imagefolder:{synthetic_folder}", teacher="cifar_resnet8", out=str(store), batch_size=8, views=2, topk=2,
+                          progress=False))
+    return store
 
 
 @pytest.mark.parametrize("store_name", ["digits", "views-topk"])
-def test_mapped_and_device_rows_train_bit_identically(store_name, digits_store, synthetic_folder, tmp_path_factory, tmp_path):
-    if store_name == "digits":
-        store, variant = digits_store, "kd-cl-sr"
-    else:
-        store = tmp_path_factory.mktemp("vt") / "store"
-        cache.run(CacheConfig(dataset=f"imagefolder:{synthetic_folder}", teacher="cifar_resnet8", out=str(store), batch_size=8, views=2, topk=2,
-                              progress=False))
-        variant = "kd"
+def test_mapped_and_device_rows_train_bit_identically(store_name, digits_store, views_topk_store, tmp_path):
+    store, variant = (digits_store, "kd-cl-sr") if store_name == "digits" else (views_topk_store, "kd")
     rows = {}
     for placement in ("mapped", "device"):
         cfg = TrainConfig(out=str(tmp_path / placement), store=str(store), variant=variant, epochs=2, batch_size=128 if store_name == "digits" else 8,
