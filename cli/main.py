@@ -13,7 +13,7 @@ DEVICES = click.Choice(["auto", "cpu", "cuda"])
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a KdstoreError (bad input) into one line on stderr and exit status 2."""
+    """Turn a KdstoreError (bad input) or an OSError (the environment) into one line on stderr and exit status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -25,6 +25,10 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except OSError as e:  # the environment: a full disk, a read-only or missing directory, a file where a directory goes
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"error: {where}{e.strerror or e}", err=True)
+            sys.exit(2)
 
     return wrapper
 
@@ -135,6 +139,8 @@ def cache(no_progress: bool, **kw: Any) -> None:
 @click.option("--teacher-rows", type=click.Choice(["auto", "device", "mapped"]), default="auto", show_default=True,
               help="Where teacher rows are gathered: device (the table uploaded once), mapped (from the store's memory map); "
                    "auto: device on CUDA when the table fits a quarter of free memory, else mapped. Results are identical.")
+@click.option("--verify", is_flag=True, help="First hash every store file against its manifest, as `kdstore verify` does "
+              "(an open always checks teacher.h5's sha256; this also finds damaged .beton pixels).")
 @_schedule_options(many=False)
 @_train_options
 @_friendly

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,14 @@ class BenchConfig:
                 raise KdstoreError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise KdstoreError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.batch_size < 2:
+            raise KdstoreError(f"--batch-size must be >= 2 (BatchNorm cannot train on one sample), got {self.batch_size}")
+        if self.input_size is not None and self.input_size < 8:
+            raise KdstoreError(f"--input-size must be >= 8 pixels, got {self.input_size}")
+        for name in ("tau", "lam"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0) or (name == "tau" and value == 0) or (name == "lam" and value > 1):
+                raise KdstoreError(f"--{name} is out of range: {value}")
 
 
 def flop_counts(teacher: nn.Module, student: nn.Module, teacher_input: int, student_input: int, num_classes: int) -> dict[str, float]:
@@ -273,6 +282,10 @@ def train_online(cfg, store: Store, checkpoint: str | None = None, teacher_name:
 def run(cfg: BenchConfig) -> dict[str, Any]:
     cfg.validate()
     store = Store.open(cfg.store)
+    if cfg.batch_size > len(store.train):
+        raise KdstoreError(f"--batch-size {cfg.batch_size} is larger than the store's {len(store.train)} training samples")
+    if cfg.json and Path(cfg.json).is_dir():
+        raise KdstoreError(f"--json {cfg.json} is a directory; name a file")
     device = resolve_device(cfg.device)
     input_size = int(cfg.input_size or store.attrs["input_size"])
     teacher_cfg = CacheConfig(dataset=store.attrs["dataset"], out="", teacher=cfg.teacher or (None if cfg.checkpoint else store.attrs["teacher"]),

@@ -28,7 +28,7 @@ from .models import build_model, load_checkpoint, load_weights, normalization, r
 from .progress import console, images_progress
 from .splits import holdout
 from .orders import confidence_and_correct
-from .store import BETONS, H5_NAME, SCHEMA_VERSION, Blocks, build_split, publish, staging_dir, write_teacher_h5
+from .store import BETONS, H5_NAME, SCHEMA_VERSION, Blocks, build_split, enclosing_store, publish, recover, staging_dir, write_teacher_h5
 from .views import Views, draw_params, topk_compress
 
 
@@ -59,6 +59,13 @@ class CacheConfig:
     def validate(self) -> None:
         if self.batch_size < 1:
             raise KdstoreError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.workers < 1:
+            raise KdstoreError(f"--workers must be >= 1, got {self.workers}")
+        if self.image_size is not None and self.image_size < 8:
+            raise KdstoreError(f"--image-size must be >= 8 pixels, got {self.image_size}")
+        inside = enclosing_store(Path(self.out).parent) if self.out else None
+        if inside is not None:
+            raise KdstoreError(f"--out {self.out} lies inside the store {inside}; put stores side by side")
         if self.input_size is not None and self.input_size < 8:
             raise KdstoreError(f"--input-size must be >= 8 pixels, got {self.input_size}")
         if self.logits_dtype not in ("float16", "float32"):
@@ -295,6 +302,7 @@ def run(cfg: CacheConfig) -> Path:
     """
     cfg.validate()
     out = Path(cfg.out)
+    recover(out)
     if out.exists() and not cfg.overwrite:
         raise KdstoreError(f"{out} already exists; pass --overwrite to replace it")
     # Under torchrun, rank 0 writes the .beton files and the store; every rank scores a shard.

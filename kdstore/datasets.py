@@ -179,8 +179,16 @@ DATASETS: dict[str, Callable[[Path, int | None], ImageDataset]] = {
 
 def load_dataset(spec: str, data_root: Path | None = None, image_size: int | None = None) -> ImageDataset:
     """`spec` is a registry name or `imagefolder:PATH`; unknown names fail with the known ones."""
+    if image_size is not None and image_size < 8:
+        raise KdstoreError(f"--image-size must be >= 8 pixels, got {image_size}")
     if spec.startswith("imagefolder:"):
-        return load_imagefolder(Path(spec.split(":", 1)[1]).expanduser(), image_size)
-    if spec not in DATASETS:
+        ds = load_imagefolder(Path(spec.split(":", 1)[1]).expanduser(), image_size)
+    elif spec not in DATASETS:
         raise KdstoreError(f"unknown dataset {spec!r}; known: {', '.join(DATASETS)}, imagefolder:PATH")
-    return DATASETS[spec](Path(data_root or DEFAULT_DATA_ROOT), image_size)
+    else:
+        ds = DATASETS[spec](Path(data_root or DEFAULT_DATA_ROOT), image_size)
+    if ds.num_classes < 2:
+        raise KdstoreError(f"dataset {spec} has {ds.num_classes} class; classification needs at least 2 classes")
+    if not len(ds.train) or not len(ds.val):
+        raise KdstoreError(f"dataset {spec} has {len(ds.train)} training and {len(ds.val)} validation images; both splits need images")
+    return ds

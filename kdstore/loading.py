@@ -141,16 +141,25 @@ def write_beton(split: ImageSplit, path: Path, workers: int = 2) -> None:
 FIELDS = {"image": "RGBImageField", "label": "IntField", "sample_id": "IntField"}  # what kdstore writes and reads
 
 
+def _shown(path: str) -> str:
+    """A held file (/proc/self/fd/N) by its real path, for messages."""
+    try:
+        return os.readlink(path) if path.startswith("/proc/self/fd/") else path
+    except OSError:
+        return path
+
+
 @functools.lru_cache(maxsize=16)
-def _checked(path: str, stamp: tuple[int, int, int], image_size: int | None) -> None:
-    """check_beton's work, done once per file version (path, inode, size, mtime)."""
+def _checked(path: str, stamp: tuple[int, int, int]) -> tuple[int, ...]:
+    """check_beton's work, done once per file version (path, inode, size, mtime); returns the
+    image sizes found."""
     from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderType, get_handlers, get_metadata_type
     from ffcv.utils import decode_null_terminated_string
 
     size = stamp[1]
 
     def bad(what: str) -> KdstoreError:
-        return KdstoreError(f"{path} is not a readable FFCV file ({what}); `kdstore verify` checks every file")
+        return KdstoreError(f"{_shown(path)} is not a readable FFCV file ({what}); `kdstore verify` checks every file")
 
     if size < HeaderType.itemsize:
         raise bad(f"{size} bytes, shorter than its header")
@@ -179,8 +188,6 @@ def _checked(path: str, stamp: tuple[int, int, int], image_size: int | None) -> 
     table = np.fromfile(path, dtype=ALLOC_TABLE_TYPE, offset=table_at)
     image = meta[f"f{names.index('image')}"]
     w, h = image["width"].astype(np.int64), image["height"].astype(np.int64)
-    if image_size is not None and ((w != image_size).any() or (h != image_size).any()):
-        raise bad(f"image sizes {sorted(set(w.tolist()) | set(h.tolist()))[:4]} where the store holds {image_size} px")
     ptr, length = table["ptr"].astype(np.int64), table["size"].astype(np.int64)
     if len(table) and (ptr.min() < meta_at or (ptr + length).max() > table_at):
         raise bad("an allocation outside its data region")
@@ -192,6 +199,7 @@ def _checked(path: str, stamp: tuple[int, int, int], image_size: int | None) -> 
     raw = image["mode"] == 0
     if (length[order][at][raw] < 3 * w[raw] * h[raw]).any():
         raise bad("a raw image larger than its allocation")
+    return tuple(sorted(set(np.unique(w).tolist()) | set(np.unique(h).tolist())))
 
 
 def check_beton(path: Path, image_size: int | None = None) -> None:
@@ -202,8 +210,11 @@ def check_beton(path: Path, image_size: int | None = None) -> None:
     try:
         st = os.stat(path)
     except OSError as e:
-        raise KdstoreError(f"{path} cannot be read ({e.strerror})") from None
-    _checked(str(path), (st.st_ino, st.st_size, st.st_mtime_ns), image_size)
+        raise KdstoreError(f"{_shown(str(path))} cannot be read ({e.strerror})") from None
+    sizes = _checked(str(path), (st.st_ino, st.st_size, st.st_mtime_ns))
+    if image_size is not None and sizes != (image_size,):
+        raise KdstoreError(f"{_shown(str(path))} is not a readable FFCV file (images of {', '.join(map(str, sizes[:4]))} px where the store "
+                           f"holds {image_size} px); `kdstore verify` checks every file")
 
 
 def read_int_fields(path: Path) -> dict[str, np.ndarray]:
@@ -214,7 +225,7 @@ def read_int_fields(path: Path) -> dict[str, np.ndarray]:
     try:
         reader = Reader(str(path))
     except (OSError, ValueError, AssertionError, IndexError) as e:
-        raise KdstoreError(f"{path} is not a readable FFCV file ({type(e).__name__}: {str(e)[:120]})") from None
+        raise KdstoreError(f"{_shown(str(path))} is not a readable FFCV file ({type(e).__name__}: {str(e)[:120]})") from None
     names = list(reader.handlers)
     meta = reader.metadata
     return {name: np.asarray(meta[f"f{names.index(name)}"]).astype(np.int64) for name in ("label", "sample_id")}
@@ -271,7 +282,7 @@ def make_loader(
         return Loader(str(path), batch_size=batch_size, num_workers=max(1, workers), order=order, pipelines=pipelines,
                       drop_last=drop_last, os_cache=True, indices=indices)
     except (OSError, ValueError, AssertionError, IndexError) as e:
-        raise KdstoreError(f"{path} is not a readable FFCV file ({type(e).__name__}: {str(e)[:120]})") from None
+        raise KdstoreError(f"{_shown(str(path))} is not a readable FFCV file ({type(e).__name__}: {str(e)[:120]})") from None
 
 
 def fingerprint_beton(path: Path, workers: int = 2, batch_size: int = 512) -> str:

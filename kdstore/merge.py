@@ -20,7 +20,7 @@ import numpy as np
 from .errors import KdstoreError
 from .orders import softmax
 from .progress import console
-from .store import BETONS, H5_NAME, SPLITS, Blocks, Split, Store, build_split, mean_blocks, publish, release_pages, row_blocks, staging_dir, write_teacher_h5
+from .store import BETONS, H5_NAME, SPLITS, Blocks, Split, Store, build_split, mean_blocks, publish, recover, release_pages, row_blocks, staging_dir, write_teacher_h5
 from .views import Views
 
 
@@ -95,6 +95,7 @@ def run(paths: Sequence[str], out: str, confidence: str = "mean", logits_dtype: 
     if confidence != "mean" and not (confidence.isdigit() and int(confidence) < len(paths)):
         raise KdstoreError(f"--confidence must be 'mean' or a store index 0..{len(paths) - 1}, got {confidence!r}")
     out_path = Path(out)
+    recover(out_path)
     if out_path.exists() and not overwrite:
         raise KdstoreError(f"{out_path} already exists; pass --overwrite to replace it")
     stores = [Store.open(p) for p in paths]

@@ -101,9 +101,14 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Atomic torch.save: write a sibling temp file, then rename over `path`."""
     path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed save
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

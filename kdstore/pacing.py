@@ -42,7 +42,7 @@ class PacingParams:
             out.append(f"--pacing-a must be in (0, 1], got {self.a}")
         if not 0.0 < self.b <= 1.0:
             out.append(f"--pacing-b must be in (0, 1], got {self.b}")
-        if not self.growth > 1.0:
+        if not 1.0 < self.growth < float("inf"):
             out.append(f"--pacing-growth must be > 1, got {self.growth}")
         if self.step_length is not None and self.step_length < 1:
             out.append(f"--pacing-step-length must be >= 1, got {self.step_length}")

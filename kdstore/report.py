@@ -43,8 +43,14 @@ def load_run(path: Path) -> Run:
     missing = [n for n, p in files.items() if not p.is_file()]
     if missing:
         raise KdstoreError(f"{path} is not a finished run (missing {', '.join(missing)})")
-    metrics = [json.loads(line) for line in files["metrics.jsonl"].read_text().splitlines() if line.strip()]
-    return Run(path, json.loads(files["config.json"].read_text()), json.loads(files["summary.json"].read_text()), metrics)
+    parsed = {}
+    for name, p in files.items():
+        lines = p.read_text(errors="replace").splitlines() if name == "metrics.jsonl" else [p.read_text(errors="replace")]
+        try:
+            parsed[name] = [json.loads(line) for line in lines if line.strip()]
+        except json.JSONDecodeError as e:
+            raise KdstoreError(f"{p} is cut off or corrupt ({e.msg} in a line of {len(lines)}); rerun the run or remove it") from None
+    return Run(path, parsed["config.json"][0], parsed["summary.json"][0], parsed["metrics.jsonl"])
 
 
 def find_runs(paths: list[Path]) -> list[Run]:

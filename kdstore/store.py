@@ -46,7 +46,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator
 import numpy as np
 
 from .errors import KdstoreError
-from .loading import read_int_fields
+from .loading import check_beton, read_int_fields
 from .models import sha256_file
 from .orders import confidence_and_correct, curriculum, inverse
 from .views import Views, problems as view_problems, value_problems as view_value_problems
@@ -311,13 +311,20 @@ class Store:
         self.train = splits["train"]
         self.val = splits["val"]
         self.manifest = manifest or {}
+        self._held: dict[str, BinaryIO] = {}  # the .beton files opened once (see beton())
 
     @property
     def num_classes(self) -> int:
         return int(self.attrs["num_classes"])
 
     def beton(self, split: str) -> Path:
-        return self.path / BETONS[split]
+        """The split's .beton, as the file this store opened: on Linux /proc/self/fd/N, so that
+        every later read (FFCV maps files by path, lazily) sees these bytes even if the store is
+        replaced meanwhile (`cache --overwrite`); elsewhere its path."""
+        if split not in self._held:
+            self._held[split] = open(self.path / BETONS[split], "rb")
+        held = Path(f"/proc/self/fd/{self._held[split].fileno()}")
+        return held if held.exists() else self.path / BETONS[split]
 
     def identity(self) -> str:
         """The store's files as its manifest records them (sha256), plus the dataset fingerprint."""
@@ -395,6 +402,7 @@ class Store:
                 raise KdstoreError(f"{where} labels fall outside 0..{c - 1}")
             if len(np.unique(s.sample_id)) != n:
                 raise KdstoreError(f"{where} sample ids are not unique")
+            check_beton(self.beton(name), int(self.attrs["image_size"]))
             fields = read_int_fields(self.beton(name))
             if len(fields["sample_id"]) != n:
                 raise KdstoreError(f"{where} has {n} samples but {BETONS[name]} has {len(fields['sample_id'])}")
@@ -470,15 +478,54 @@ def publish(stage: Path, out: Path, info: dict[str, Any]) -> None:
     commit_dir(stage, out)
 
 
+def enclosing_store(path: Path) -> Path | None:
+    """The store directory `path` lies in or is (a directory with MANIFEST.json and teacher.h5), if any."""
+    p = Path(path).expanduser().resolve()
+    for d in (p, *p.parents):
+        if (d / MANIFEST).is_file() and (d / H5_NAME).is_file():
+            return d
+    return None
+
+
 def staging_dir(out: Path) -> Path:
     """The hidden sibling directory a store is built in before it is renamed into place."""
     out = Path(out)
     return out.parent / f".{out.name}.partial"
 
 
-def commit_dir(tmp: Path, out: Path) -> None:
-    """Move a finished staging directory to `out`, replacing a previous store only at the end."""
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries atomically (Linux renameat2 RENAME_EXCHANGE); False where the
+    system cannot."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def recover(out: Path) -> None:
+    """Finish a replacement that a kill interrupted between its two renames: an absent `out`
+    gets its previous store back; a leftover previous store beside a present `out` is removed."""
     out = Path(out)
+    for old in sorted(out.parent.glob(f".{out.name}.old-*")):
+        if not out.exists() and (old / MANIFEST).is_file():
+            os.replace(old, out)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def commit_dir(tmp: Path, out: Path) -> None:
+    """Move a finished staging directory to `out`, replacing a previous store only at the end:
+    one atomic exchange where the system has it, so `out` always holds a complete store; else two
+    renames, whose interruption `recover` repairs on the next run."""
+    out = Path(out)
+    if out.exists() and _exchange(tmp, out):
+        shutil.rmtree(tmp, ignore_errors=True)  # the previous store, now at the staging path
+        return
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"

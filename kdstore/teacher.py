@@ -5,10 +5,12 @@ There is no store yet, so the dataset is written to FFCV files under OUT/data an
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 from .datasets import load_dataset
+from .errors import KdstoreError
 from .loading import write_beton
 from . import distributed
 from .models import normalization_for, resolve_device
@@ -31,14 +33,27 @@ def run(cfg: TrainConfig, dataset: str, data_root: str | None = None, image_size
     if split is not None:
         mask, record = split_record(ds.train, split, split_seed)
         ds.train = subset(ds.train, mask)
-    data_dir = Path(cfg.out) / "data"
+    out = Path(cfg.out)
+    if (out / "summary.json").exists() and not cfg.overwrite:
+        raise KdstoreError(f"{out} already holds a finished run; pass --overwrite to replace it")
+    data_dir = out / "data"
     ctx, _ = distributed.init(resolve_device(cfg.device))
-    if ctx.main:  # under torchrun, rank 0 writes the files the others read
-        data_dir.mkdir(parents=True, exist_ok=True)
-        for split in ("train", "val"):
-            with console.status(f"writing {BETONS[split]}"):
-                write_beton(getattr(ds, split), data_dir / BETONS[split], cfg.workers)
-    distributed.barrier(ctx)
+    fresh = not out.exists()
+    try:
+        if ctx.main:  # under torchrun, rank 0 writes the files the others read
+            data_dir.mkdir(parents=True, exist_ok=True)
+            for split in ("train", "val"):
+                with console.status(f"writing {BETONS[split]}"):
+                    write_beton(getattr(ds, split), data_dir / BETONS[split], cfg.workers)
+        distributed.barrier(ctx)
+        return _fit(cfg, ds, data_dir, record)
+    except Exception:
+        if ctx.main and not (out / "checkpoint.pt").exists():  # nothing to resume: leave no half-made run
+            shutil.rmtree(out if fresh else data_dir, ignore_errors=True)
+        raise
+
+
+def _fit(cfg: TrainConfig, ds, data_dir: Path, record) -> dict[str, Any]:
     mean, std = normalization_for(cfg.student)
     data = TrainData(
         train_beton=data_dir / BETONS["train"], val_beton=data_dir / BETONS["val"], num_classes=ds.num_classes,

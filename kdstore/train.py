@@ -31,7 +31,7 @@ from .progress import console, images_progress
 from .reliance import POLICIES
 from .schedule import SCORERS, Schedule, Scores, conflict
 from .views import Views
-from .store import Store
+from .store import Store, enclosing_store, verify
 from .variants import Variant, get_variant
 
 # on_batch(epoch, batch index, sample ids (B,), lambda): observes what the loop trained on.
@@ -76,6 +76,7 @@ class TrainConfig:
     views: str = "auto"  # replay | clean | auto (replay when the store has views): see views.py
     amp: bool = True  # mixed precision (autocast) on CUDA; ignored on the CPU
     teacher_rows: str = "auto"  # auto | device | mapped: where the teacher's rows are gathered (batches.Rows)
+    verify: bool = False  # hash every store file against its manifest before training (as `kdstore verify`)
     overwrite: bool = False
     resume: bool = False  # continue from OUT/checkpoint.pt (saved after every epoch)
     progress: bool = True
@@ -83,20 +84,26 @@ class TrainConfig:
     def validate(self) -> None:
         checks = [
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.batch_size >= 2, f"--batch-size must be >= 2 (BatchNorm cannot train on one sample), got {self.batch_size}"),
             (self.lr > 0 and math.isfinite(self.lr), f"--lr must be > 0, got {self.lr}"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (self.weight_decay >= 0 and math.isfinite(self.weight_decay), f"--weight-decay must be a finite number >= 0, got {self.weight_decay}"),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
+            (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
+            (self.pretrained_file is None or Path(self.pretrained_file).is_file(), f"pretrained weights file {self.pretrained_file} does not exist"),
             (self.tau > 0 and math.isfinite(self.tau), f"--tau must be > 0, got {self.tau}"),
             (0.0 <= self.lam <= 1.0, f"--lam must be in [0, 1], got {self.lam}"),
             (0.0 <= self.label_smoothing < 1.0, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
-            (self.head_lr is None or self.head_lr > 0, f"--head-lr must be > 0, got {self.head_lr}"),
+            (self.head_lr is None or (self.head_lr > 0 and math.isfinite(self.head_lr)), f"--head-lr must be > 0, got {self.head_lr}"),
             (0 <= self.freeze_epochs < self.epochs, f"--freeze-epochs must be in [0, epochs), got {self.freeze_epochs}"),
             (self.input_size is None or self.input_size >= 8, f"--input-size must be >= 8 pixels, got {self.input_size}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise KdstoreError(message)
+        inside = enclosing_store(Path(self.out))
+        if inside is not None:
+            raise KdstoreError(f"--out {self.out} lies inside the store {inside}; write runs beside stores, not into them")
         try:
             variant = get_variant(self.variant)
         except ValueError as e:
@@ -268,6 +275,10 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
 
     fields = read_int_fields(data.train_beton)
     n = len(fields["sample_id"])
+    if cfg.batch_size > n:
+        raise KdstoreError(f"--batch-size {cfg.batch_size} is larger than the {n} training samples")
+    if cfg.batch_size // ctx.world < 2:
+        raise KdstoreError(f"--batch-size {cfg.batch_size} leaves fewer than 2 samples per process (BatchNorm needs 2)")
     # One lone sample in a last batch would break BatchNorm in training mode: drop it then.
     drop_last = ctx.world == 1 and n % cfg.batch_size == 1 and n > 1
     usable = distributed.usable_length(n, cfg.batch_size, ctx.world)
@@ -414,19 +425,24 @@ def _split_head(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter
 
 
 # Options that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "workers", "device", "teacher_rows"}
+_RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "workers", "device", "teacher_rows", "verify"}
 
 
 def _restore(path: Path, config: dict[str, Any], model: nn.Module, optimizer, scheduler, aug: torch.Generator | None) -> tuple[int, list[dict[str, Any]]]:
     """Load a per-epoch checkpoint into the run's state; refuses one from a different run."""
     ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or not {"config", "state_dict", "optimizer", "scheduler", "epoch", "rng"} <= set(ckpt):
+        raise KdstoreError(f"--resume: {path} is not a per-epoch checkpoint of `kdstore train` (a bare state dict?)")
     saved = ckpt.get("config", {})
     differing = sorted(k for k in set(saved) | set(config) if k not in _RESUMABLE_CHANGES and saved.get(k) != config.get(k))
     if differing:
         raise KdstoreError(f"--resume: {path} was saved by a run with different {', '.join(differing)}")
-    model.load_state_dict(ckpt["state_dict"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise KdstoreError(f"--resume: {path} holds other weights than this run's model ({str(e).splitlines()[0][:120]})") from None
     torch.set_rng_state(ckpt["rng"]["torch"])
     if aug is not None:
         aug.set_state(ckpt["rng"]["augment"])
@@ -438,5 +454,9 @@ def run(cfg: TrainConfig, hook: BatchHook | None = None) -> dict[str, Any]:
     cfg.validate()
     if not cfg.store:
         raise KdstoreError("--store is required")
+    if cfg.verify:
+        problems = verify(Path(cfg.store))
+        if problems:
+            raise KdstoreError(f"--verify: {problems[0]}" + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
     store = Store.open(cfg.store)
     return fit(cfg, data_from_store(store), cfg.student, "student", hook)
