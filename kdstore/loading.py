@@ -213,8 +213,8 @@ def check_beton(path: Path, image_size: int | None = None) -> None:
         raise KdstoreError(f"{_shown(str(path))} cannot be read ({e.strerror})") from None
     sizes = _checked(str(path), (st.st_ino, st.st_size, st.st_mtime_ns))
     if image_size is not None and sizes != (image_size,):
-        raise KdstoreError(f"{_shown(str(path))} is not a readable FFCV file (images of {', '.join(map(str, sizes[:4]))} px where the store "
-                           f"holds {image_size} px); `kdstore verify` checks every file")
+        raise KdstoreError(f"{_shown(str(path))} holds images of {', '.join(map(str, sizes[:4]))} px, not the {image_size} px its store "
+                           f"records (a damaged or foreign file); `kdstore verify` checks every file")
 
 
 def read_int_fields(path: Path) -> dict[str, np.ndarray]:

@@ -331,10 +331,6 @@ class Store:
         digests = ",".join(f"{k}={v[:12]}" for k, v in sorted(self.manifest["sha256"].items()))
         return f"{self.attrs['dataset_fingerprint'][:12]}|{digests}"
 
-    def release(self) -> None:
-        """Unmap the pages of the large arrays this process has touched (see `release_pages`)."""
-        release_pages(self.train.logits)
-
     @classmethod
     def open(cls, path: Path | str, full: bool = False) -> "Store":
         """Open a store: teacher.h5's sha256 against the manifest, then the structural checks.

@@ -53,7 +53,7 @@ def test_unknown_dataset(tmp_path):
     (["--lam", "1.5"], "--lam must be in [0, 1]"),
     (["--lam", "-0.1"], "--lam must be in [0, 1]"),
     (["--epochs", "-3"], "--epochs must be >= 1"),
-    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 2"),
     (["--lr", "0"], "--lr must be > 0"),
     (["--pacing", "cubic"], "unknown --pacing 'cubic'"),
     (["--pacing", "linear"], "needs a variant with a fixed order"),
