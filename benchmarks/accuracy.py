@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from common import WORK, cifar10_subset, teacher_and_store
 
-from kdstore import bench, train
+from kdstore import train
 from kdstore.store import Store
 from kdstore.train import TrainConfig
 
@@ -33,7 +33,7 @@ def mode_runs(root: Path, store_dir: Path, seeds: list[int], epochs: int, modes=
             if not (out / "summary.json").is_file():
                 cfg = replace(base, out=str(out), seed=seed, variant="unguided" if mode == "unguided" else "kd", overwrite=True)
                 if mode == "online-kd":
-                    bench.train_online(cfg, store, checkpoint=str(root / "teacher" / "checkpoint.pt"))
+                    train.run_online(cfg, store, checkpoint=str(root / "teacher" / "checkpoint.pt"))
                 else:
                     train.run(cfg)
             rows.setdefault(mode, []).append(json.loads((out / "summary.json").read_text()))

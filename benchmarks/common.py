@@ -8,6 +8,7 @@ from pathlib import Path
 from kdstore import cache, teacher
 from kdstore.cache import CacheConfig
 from kdstore.datasets import unpack_imagefolder_subset
+from kdstore.teacher import TeacherConfig
 from kdstore.train import TrainConfig
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -32,8 +33,8 @@ def teacher_and_store(root: Path, spec: str, model: str, epochs: int, seed: int 
     once: finished steps are reused). Returns the store path and the seconds each step took now."""
     t0 = time.perf_counter()
     if not (root / "teacher" / "summary.json").is_file():
-        teacher.run(TrainConfig(out=str(root / "teacher"), student=model, variant="unguided", epochs=epochs, batch_size=128, lr=0.1,
-                                seed=seed, overwrite=True), spec)
+        teacher.run(TeacherConfig(model, spec, training=TrainConfig(out=str(root / "teacher"), epochs=epochs, batch_size=128, lr=0.1, seed=seed,
+                                                                    overwrite=True)))
     teacher_s = time.perf_counter() - t0
     store = root / "store"
     t0 = time.perf_counter()

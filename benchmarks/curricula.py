@@ -35,7 +35,7 @@ def main() -> None:
     store_b, *_ = teacher_and_store(WORK / f"teacher-b-500-500-t{args.teacher_epochs}", spec, "cifar_resnet20", args.teacher_epochs, seed=1)
     merged = WORK / f"merged-500-500-t{args.teacher_epochs}"
     if not (merged / "MANIFEST.json").is_file():
-        merge.run([str(store_a), str(store_b)], str(merged), overwrite=True)
+        merge.run(merge.MergeConfig((str(store_a), str(store_b)), str(merged), overwrite=True))
     runs = WORK / f"curricula-e{args.student_epochs}"
     base = TrainConfig(out="", store=str(store_a), student="cifar_resnet8", epochs=args.student_epochs, batch_size=128, lr=0.05,
                        rescore_every=args.rescore_every, progress=False)

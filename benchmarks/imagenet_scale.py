@@ -7,7 +7,7 @@ every peak RSS is that command's own):
 
 - cache: wall time, peak RSS of the main process and of FFCV's writer workers;
 - open: `Store.open` time (teacher.h5's sha256 included) and the RSS it leaves;
-- teacher-row lookup: rows/s of the pread gather `train` uses (batches.Rows, batches of 512
+- teacher-row lookup: rows/s of the pread gather `train` uses (targets.Rows, batches of 512
   random rows, warm and with the file evicted from the page cache), against numpy gathers from the
   memory map and h5py reading the same rows;
 - train: one epoch, peak RSS per process, with 1 and with 2 torchrun processes; `unguided` (no
@@ -119,7 +119,7 @@ def child_lookup(store: str, batch: int = 512, batches: int = 400) -> dict:
     import psutil
     import torch
 
-    from kdstore.batches import Rows
+    from kdstore.targets import Rows
     from kdstore.store import H5_NAME, Store
 
     s = Store.open(store)
@@ -144,7 +144,7 @@ def child_lookup(store: str, batch: int = 512, batches: int = 400) -> dict:
     # The alternatives measured against it: numpy gathers from the memory map, its pages dropped
     # every 4096 rows to bound the resident set, and h5py reading the same rows (what a background
     # reader thread would do).
-    from kdstore.store import release_pages
+    from kdstore.arrays import release_pages
 
     logits = s.train.logits
     t0 = time.perf_counter()
@@ -202,15 +202,17 @@ def main() -> None:
     p.add_argument("--work", required=True, type=Path)
     p.add_argument("--json", type=Path)
     p.add_argument("--train-samples", type=int, default=1_281_167)
-    p.add_argument("--skip-cache", action="store_true", help="reuse the stores already under --work")
     p.add_argument("--stores", default="no-views,views4-top10", help="which stores to build and measure")
-    p.add_argument("--skip-lookup", action="store_true", help="no row-lookup figures (for a kdstore without batches.Rows)")
+    p.add_argument("--stages", default="cache,open,lookup,train", help="which measurements to take (others are kept from --json)")
     a = p.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     n = str(a.train_samples)
     stores = {"no-views": (a.work / "store", 0, 0), "views4-top10": (a.work / "store-v4", 4, 10)}
-    result: dict = {"train_samples": a.train_samples, "val_samples": N_VAL, "classes": CLASSES, "image_size": SIZE, "cpus": os.cpu_count(),
-                    "load_before": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d"), "stores": {}}
+    stages = set(a.stages.split(","))
+    result: dict = json.loads(a.json.read_text()) if a.json and a.json.is_file() and stages != {"cache", "open", "lookup", "train"} else {"stores": {}}
+    result.update({"train_samples": a.train_samples, "val_samples": N_VAL, "classes": CLASSES, "image_size": SIZE, "cpus": os.cpu_count(),
+                   "date": time.strftime("%Y-%m-%d")})
+    result.setdefault("load_before", {})[",".join(sorted(stages))] = os.getloadavg()[0]
     import torch
 
     result["torch"], result["threads"] = torch.__version__, torch.get_num_threads()
@@ -218,22 +220,22 @@ def main() -> None:
     for name, (path, views, topk) in stores.items():
         if name not in a.stores.split(","):
             continue
-        r: dict = {}
-        if not a.skip_cache:
+        r: dict = result["stores"].get(name, {})
+        if "cache" in stages:
             r["cache"] = _child(["child-cache", str(path), str(views), str(topk), n])
             print(name, "cache", r["cache"], flush=True)
-        r["open"] = _child(["child-open", str(path)])
-        print(name, "open", r["open"], flush=True)
-        if not a.skip_lookup:
+        if "open" in stages:
+            r["open"] = _child(["child-open", str(path)])
+            print(name, "open", r["open"], flush=True)
+        if "lookup" in stages:
             r["lookup"] = _child(["child-lookup", str(path)])
             print(name, "lookup", r["lookup"], flush=True)
         variants = ("unguided", "kd") if views == 0 else ("kd",)
-        for variant in variants:
+        for variant in variants if "train" in stages else ():
             for procs in (1, 2):
                 run_dir = a.work / f"run-{name}-{variant}-p{procs}"
                 if procs == 1:
-                    row = _child(["child-train", str(path), str(run_dir), variant, n])
-                    ranks = [row]
+                    ranks = [_child(["child-train", str(path), str(run_dir), variant, n])]
                 else:
                     wall = _child(["child-train", str(path), str(run_dir), variant, n], torchrun=procs)
                     ranks = [json.loads((run_dir / f"rss-rank{k}.json").read_text()) for k in range(procs)]

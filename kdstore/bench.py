@@ -21,37 +21,39 @@ import psutil
 import torch
 import torch.nn as nn
 
-from .augment import AUGMENTATIONS, augmentation_for, normalize, resize
-from .batches import cached_teacher
-from .cache import CacheConfig, load_teacher, teacher_forward
-from .config import to_dict, write_json
+from .augment import augmentation_for
+from .step import Step, cosine, sgd
+from .targets import cached_teacher, online_teacher, random_augment
+from .inference import teacher_forward
+from .config import opt, to_dict, write_json
 from .errors import KdstoreError
-from .loading import make_loader
-from .losses import student_loss
-from .models import build_model, resolve_device
+from .ffcv_files import make_loader
+from .models import DEVICES, STEMS, TeacherSpec, build_model, load_teacher, resolve_device
 from .store import Store
+from .train import TrainConfig
 
 MODES = ("unguided", "offline", "online")
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    store: str
-    student: str = "cifar_resnet8"
-    teacher: str | None = None  # default: the store's teacher
-    checkpoint: str | None = None
-    input_size: int | None = None  # default: the store's teacher input size
-    stem: str | None = None
-    batch_size: int = 128
-    steps: int = 20  # timed steps per mode
-    warmup: int = 3  # untimed steps per mode (loader compilation, allocator warm-up)
-    block: int = 5  # timed steps of each mode run alone, for its data wait and peak memory
-    workers: int = 2
-    device: str = "auto"
-    tau: float = 4.0
-    lam: float = 0.9
-    sweep_epochs: int = 30  # epochs per run of the six-variant sweep in the break-even estimate
-    json: str | None = None
+    store: str = opt(help="Store written by `kdstore cache`.", required=True, path=True)
+    student: str = opt(TrainConfig.student, "Any timm model name.")
+    teacher: str | None = opt(help="timm name of the teacher for the online mode (default: the store's).")
+    checkpoint: str | None = opt(help="Teacher weights for the online mode.", path=True)
+    input_size: int | None = opt(help="Teacher input size (default: the store's).")
+    stem: str | None = opt(help="Stem of a timm ResNet teacher (default: the store's).", choices=STEMS)
+    batch_size: int = opt(TrainConfig.batch_size, "Batch size.")
+    steps: int = opt(20, "Timed steps per mode.")
+    warmup: int = opt(3, "Untimed steps per mode (loader compilation, allocator warm-up).")
+    block: int = opt(5, "Steps of each mode run alone, for its data wait and peak memory.")
+    workers: int = opt(TrainConfig.workers, "FFCV decoding threads.")
+    device: str = opt("auto", "auto: cuda when available, else cpu.", choices=DEVICES)
+    tau: float = opt(TrainConfig.tau, "KD temperature.")
+    lam: float = opt(TrainConfig.lam, "KD weight.")
+    sweep_epochs: int = opt(30, "Epochs per run of the six-variant sweep in the break-even estimate.")
+    amp: bool = opt(True, "Mixed precision on CUDA, as `train` (off: --no-amp; ignored on the CPU).")
+    json: str | None = opt(help="Write every figure as JSON here.", path=True)
 
     def validate(self) -> None:
         for name in ("batch_size", "steps", "sweep_epochs", "workers", "block"):
@@ -107,34 +109,24 @@ def _batches(loader):
 
 
 class _Runner:
-    """One mode's student and optimiser; `step(batch)` runs one training step on a batch."""
+    """One mode's student, optimiser and schedule around the training step `train` runs
+    (step.Step): `step(batch)` is exactly one step of a `kdstore train` run of that mode."""
 
     def __init__(self, mode: str, cfg: BenchConfig, student: nn.Module, store: Store, teacher: nn.Module | None,
                  input_size: int, device: torch.device) -> None:
-        self.mode, self.cfg, self.store, self.device = mode, cfg, store, device
-        self.model = copy.deepcopy(student).to(device).train()
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
-        self.mean = torch.tensor(store.attrs["normalize_mean"], device=device)
-        self.std = torch.tensor(store.attrs["normalize_std"], device=device)
-        self.table = cached_teacher(store.train.logits, device) if mode == "offline" else None
-        self.aug = torch.Generator().manual_seed(0)
-        self.augmentation = AUGMENTATIONS[augmentation_for(int(store.attrs["image_size"]))]
-        self.online = online_teacher(teacher, input_size) if mode == "online" else None
+        self.store = store
+        model = copy.deepcopy(student).to(device).train()
+        optimizer = sgd([{"params": list(model.parameters()), "lr": TrainConfig.lr}], TrainConfig.momentum, TrainConfig.weight_decay)
+        size = int(store.attrs["image_size"])
+        targets = {"offline": lambda: cached_teacher(store.train.logits, device), "online": lambda: online_teacher(teacher, input_size),
+                   "unguided": lambda: None}
+        self.lam = cfg.lam if mode != "unguided" else 0.0
+        self.step_fn = Step(model, optimizer, cosine(optimizer, cfg.warmup + cfg.steps + cfg.block), random_augment(augmentation_for(size), size,
+                            torch.Generator().manual_seed(0)), targets[mode](), torch.tensor(store.attrs["normalize_mean"], device=device),
+                            torch.tensor(store.attrs["normalize_std"], device=device), device, cfg.tau, amp=cfg.amp)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> None:
-        x = normalize(images.to(self.device, non_blocking=True), self.mean, self.std)
-        x = self.augmentation.apply(x, self.augmentation.draw(len(images), x.shape[-1], self.aug))
-        y = labels.to(self.device, non_blocking=True)
-        if self.table is not None:
-            target = self.table(self.store.train.positions(ids.numpy()), x, None)
-        elif self.online is not None:
-            target = self.online(None, x, None)
-        else:
-            target = None
-        terms = student_loss(self.model(x), y, target, self.cfg.lam if target is not None else 0.0, self.cfg.tau)
-        self.opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        self.opt.step()
+        self.step_fn(0, self.store.train.positions(ids.numpy()), images, labels, self.lam)
 
 
 def _train_loader(cfg: BenchConfig, store: Store):
@@ -253,32 +245,6 @@ def break_even(n_train: int, n_val: int, ips: dict[str, float], cache_ips: float
     }
 
 
-def online_teacher(model: nn.Module, input_size: int):
-    """The online-KD baseline's TeacherFn: the teacher (eval, inference mode) on every augmented batch."""
-    model.eval()
-
-    def forward(pos: np.ndarray, images: torch.Tensor, view: np.ndarray | None = None) -> torch.Tensor:
-        with torch.inference_mode():
-            logits = model(resize(images, input_size)).float()
-        return logits.clone()  # an inference tensor cannot be saved for backward
-
-    return forward
-
-
-def train_online(cfg, store: Store, checkpoint: str | None = None, teacher_name: str | None = None) -> dict[str, Any]:
-    """Train a student with online KD (the teacher runs every step) through the same loop as
-    `kdstore train`; a baseline for benchmarks, not part of the offline workflow."""
-    from .train import data_from_store, fit
-
-    teacher_cfg = CacheConfig(dataset=store.attrs["dataset"], out="", teacher=teacher_name, checkpoint=checkpoint, input_size=int(store.attrs["input_size"]))
-    loaded = load_teacher(teacher_cfg, store.num_classes, int(store.attrs["image_size"]))
-    model, meta = loaded.model, loaded.meta
-    model.to(resolve_device(cfg.device))
-    data = data_from_store(store)
-    data.meta["online_teacher"] = meta["model"]
-    return fit(cfg, data, cfg.student, "student", teacher=online_teacher(model, int(meta["input_size"])))
-
-
 def run(cfg: BenchConfig) -> dict[str, Any]:
     cfg.validate()
     store = Store.open(cfg.store)
@@ -288,8 +254,8 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         raise KdstoreError(f"--json {cfg.json} is a directory; name a file")
     device = resolve_device(cfg.device)
     input_size = int(cfg.input_size or store.attrs["input_size"])
-    teacher_cfg = CacheConfig(dataset=store.attrs["dataset"], out="", teacher=cfg.teacher or (None if cfg.checkpoint else store.attrs["teacher"]),
-                              checkpoint=cfg.checkpoint, stem=cfg.stem or (None if cfg.checkpoint else store.attrs["teacher_stem"]), input_size=input_size)
+    teacher_cfg = TeacherSpec(teacher=cfg.teacher or (None if cfg.checkpoint else store.attrs["teacher"]), checkpoint=cfg.checkpoint,
+                              stem=cfg.stem or (None if cfg.checkpoint else store.attrs["teacher_stem"]), input_size=input_size)
     loaded = load_teacher(teacher_cfg, store.num_classes, int(store.attrs["image_size"]))
     teacher, teacher_meta = loaded.model, loaded.meta
     torch.manual_seed(0)

@@ -13,48 +13,52 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from . import __version__, distributed
-from .augment import AUGMENTATIONS, augmentation_for, normalize, resize
-from .config import write_json
+from .augment import augmentation_for
+from .config import differing, opt, write_json
 from .datasets import ImageDataset, load_dataset
 from .errors import KdstoreError
-from .loading import fingerprint_beton, make_loader, read_int_fields, write_beton
-from .models import build_model, load_checkpoint, load_weights, normalization, resolve_device, sha256_file
-from .progress import console, images_progress
+from .ffcv_files import fingerprint_beton, write_beton
+from .inference import chunk_paths, clean_forward, column, column_blocks, score_beton, stored_outputs, views_forward
+from .models import DEVICES, STEMS, TeacherSpec, load_teacher, normalization, resolve_device
+from .progress import console
 from .splits import holdout
-from .orders import confidence_and_correct
-from .store import BETONS, H5_NAME, SCHEMA_VERSION, Blocks, build_split, enclosing_store, publish, recover, staging_dir, write_teacher_h5
-from .views import Views, draw_params, topk_compress
+from .store import BETONS, H5_NAME, SCHEMA_VERSION, build_split, claim, enclosing_store, publish, staging_dir, write_teacher_h5
+from .views import Views, draw_params
 
 
 @dataclass(frozen=True)
 class CacheConfig:
-    dataset: str
-    out: str
-    teacher: str | None = None  # timm name; taken from the checkpoint's metadata when omitted
-    checkpoint: str | None = None  # a kdstore checkpoint or a plain state dict
-    pretrained: bool = False
-    pretrained_file: str | None = None
-    stem: str | None = None  # auto | cifar | imagenet; from the checkpoint when omitted, else auto
-    input_size: int | None = None  # teacher input in pixels; the dataset's image size when omitted
-    image_size: int | None = None  # size images are stored at (imagefolder); native when omitted
-    batch_size: int = 256
-    workers: int = 2
-    device: str = "auto"
-    data_root: str | None = None
-    logits_dtype: str = "float16"
-    overwrite: bool = False
-    resume: bool = False  # continue a killed cache of the same options from its last flushed chunk
-    split_part: str = "all"  # all | holdout: only the training samples the teacher's split held out
-    views: int = 0  # augmented views per training sample scored and stored (0: the clean images only)
-    topk: int = 0  # store only the k largest logits of each view (0: all)
-    views_seed: int = 0  # seed of the views' augmentation parameters
-    progress: bool = True
+    dataset: str = opt(help="digits, cifar10, cifar100 or imagefolder:PATH.", required=True)
+    out: str = opt(help="Store directory to create.", required=True, path=True)
+    teacher: str | None = opt(help="timm model name (default: the checkpoint's model).")
+    checkpoint: str | None = opt(help="Teacher weights saved by kdstore (or a plain state dict).", path=True)
+    pretrained: bool = opt(False, "Use timm's pretrained weights for the teacher.")
+    pretrained_file: str | None = opt(help="A local timm/torchvision weights file for --pretrained.", path=True)
+    stem: str | None = opt(help="Stem of a timm ResNet teacher (default: the checkpoint's, else auto).", choices=STEMS)
+    input_size: int | None = opt(help="Teacher input size in pixels (images are resized); default: the checkpoint's, else native.")
+    image_size: int | None = opt(help="Size images are stored at (imagefolder); default: the first image's.")
+    batch_size: int = opt(256, "Teacher batch size.")
+    workers: int = opt(2, "FFCV threads (writing and decoding).")
+    device: str = opt("auto", "auto: cuda when available, else cpu.", choices=DEVICES)
+    data_root: str | None = opt(help="Where torchvision datasets live (default ~/.cache/kdstore/data).", path=True)
+    logits_dtype: str = opt("float16", "dtype of the stored logits.", choices=("float16", "float32"))
+    overwrite: bool = opt(False, "Replace an existing store at --out (only once the new one is complete).")
+    resume: bool = opt(False, "Continue a killed cache (same options) from its last flushed chunk.")
+    split_part: str = opt("all", "holdout: only the training samples the teacher's --split held out.", choices=("all", "holdout"))
+    views: int = opt(0, "Also store K augmented views per training image with the teacher's logits on each.")
+    topk: int = opt(0, "Keep only the k largest logits of each view (0: all).")
+    views_seed: int = opt(0, "Seed of the views' augmentation parameters.")
+    progress: bool = opt(True, "Progress bars (off: --no-progress).")
+
+    @property
+    def teacher_spec(self) -> TeacherSpec:
+        return TeacherSpec(self.teacher, self.checkpoint, self.pretrained, self.pretrained_file, self.stem, self.input_size)
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -82,190 +86,7 @@ class CacheConfig:
             raise KdstoreError("--topk applies to stored views: give --views K too")
 
 
-def teacher_forward(model: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                    input_size: int, device: torch.device) -> torch.Tensor:
-    """Teacher logits (B, C) float32 for a batch of (B, H, W, 3) uint8 images, on `device`."""
-    x = resize(normalize(images.to(device, non_blocking=True), mean, std), input_size)
-    return model(x).float()
-
-
-# forward(images (B, H, W, 3) uint8, their .beton positions (B,)) -> named outputs, each (B, ...)
-Forward = Callable[[torch.Tensor, np.ndarray], dict[str, torch.Tensor]]
-
-
-def clean_forward(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor, input_size: int, device: torch.device) -> Forward:
-    """Logits of the un-augmented images."""
-    model.eval()
-    return lambda images, pos: {"logits": teacher_forward(model, images, mean, std, input_size, device)}
-
-
-def views_forward(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor, input_size: int, device: torch.device,
-                  params: np.ndarray, augmentation: str, topk: int) -> Forward:
-    """Logits of every stored view of each image (one batched forward per view): (B, K, C), or
-    their top-k form. The views are made exactly as `train` replays them: normalise, then
-    augment with the stored parameters, then resize to the teacher's input."""
-    model.eval()
-    aug = AUGMENTATIONS[augmentation]
-    table = torch.from_numpy(params).long().to(device)  # (N, K, P)
-
-    def forward(images: torch.Tensor, pos: np.ndarray) -> dict[str, torch.Tensor]:
-        x = normalize(images.to(device, non_blocking=True), mean, std)
-        p = table[torch.from_numpy(pos).to(device)]
-        logits = torch.stack([model(resize(aug.apply(x, p[:, k]), input_size)).float() for k in range(p.shape[1])], 1)
-        return topk_compress(logits, topk) if topk else {"logits": logits}
-
-    return forward
-
-
 CHUNK_SAMPLES = 2048  # teacher outputs are flushed to disk about this often (whole batches)
-
-# post(outputs of a batch as numpy arrays, its labels) -> what is kept of them
-Post = Callable[[dict[str, np.ndarray], np.ndarray], dict[str, np.ndarray]]
-
-
-def stored_outputs(logits_dtype: str) -> Post:
-    """What a store keeps of a batch: logits in the stored dtype and, for clean images, each
-    sample's confidence and correctness computed from the float32 logits first."""
-    def post(out: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, np.ndarray]:
-        kept = dict(out)
-        if "logits" in out and out["logits"].ndim == 2:
-            kept["confidence"], kept["correct"] = confidence_and_correct(out["logits"], labels)
-        for key in ("logits", "topk_values"):
-            if key in kept:
-                kept[key] = kept[key].astype(logits_dtype)
-        return kept
-
-    return post
-
-
-def scores_only(out: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, np.ndarray]:
-    """A scorer keeps confidence and correctness, not the (N, C) logits."""
-    confidence, correct = confidence_and_correct(out["logits"], labels)
-    return {"confidence": confidence, "correct": correct}
-
-
-def chunk_paths(chunk_dir: Path) -> list[Path]:
-    """The contiguous chunks 000000.npz, 000001.npz, ... flushed so far (each is whole or absent)."""
-    paths = []
-    while (path := chunk_dir / f"{len(paths):06d}.npz").is_file():
-        paths.append(path)
-    return paths
-
-
-def _save_chunk(chunk_dir: Path, index: int, chunk: dict[str, np.ndarray]) -> None:
-    tmp = chunk_dir / f".{index:06d}.tmp.npz"
-    np.savez(tmp, **chunk)
-    os.replace(tmp, chunk_dir / f"{index:06d}.npz")  # atomic: a chunk file is whole or absent
-
-
-def column(paths: list[Path], key: str) -> np.ndarray:
-    """One output over all chunks, concatenated (for the small per-sample arrays)."""
-    parts = []
-    for path in paths:
-        with np.load(path) as z:
-            parts.append(z[key])
-    return np.concatenate(parts)
-
-
-def column_blocks(paths: list[Path], key: str) -> Blocks:
-    """One large output over all chunks, as blocks read one chunk at a time (never all at once)."""
-    n, shape, dtype = 0, None, None
-    for path in paths:
-        with np.load(path, mmap_mode=None) as z:
-            n += len(z["labels"])
-            if shape is None:
-                first = z[key]
-                shape, dtype = first.shape[1:], first.dtype
-
-    def read():
-        for path in paths:
-            with np.load(path) as z:
-                yield z[key]
-
-    return Blocks((n, *shape), dtype, read)
-
-
-def _cat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-def score_beton(
-    forward: Forward, beton: Path, batch_size: int, workers: int, label: str = "", progress: bool = True,
-    chunk_dir: Path | None = None, positions: np.ndarray | None = None, post: Post = scores_only,
-) -> dict[str, Any]:
-    """One inference pass over a .beton (or its `positions`) in file order.
-
-    Each batch's outputs (forward's, then `post` on them) go, with labels and sample ids, to
-    numbered chunk files in `chunk_dir`, flushed every CHUNK_SAMPLES images (whole batches); a
-    pass killed earlier continues after its last flushed chunk, with the same batches as one pass.
-    Without `chunk_dir` they are returned, concatenated (for small outputs only). Also returns
-    the images/s and seconds of the pass.
-    """
-    if positions is None:
-        positions = np.arange(len(read_int_fields(beton)["sample_id"]))
-    n_total = len(positions)
-    done: list[Path] = []
-    if chunk_dir is not None:
-        chunk_dir.mkdir(exist_ok=True)
-        done = chunk_paths(chunk_dir)
-    start = len(column(done, "labels")) if done else 0
-    batches_per_chunk = max(1, CHUNK_SAMPLES // batch_size)
-    kept: list[dict[str, np.ndarray]] = []  # without chunk_dir: every batch
-    parts: list[dict[str, np.ndarray]] = []  # with chunk_dir: the batches of the coming chunk
-    index = len(done)
-    t0, n = time.perf_counter(), 0
-    with images_progress(progress) as bar, torch.inference_mode():
-        task = bar.add_task(label, total=n_total, completed=start, info="resumed" if start else "")
-        if start < n_total:
-            loader = make_loader(beton, batch_size, workers, indices=positions[start:])
-            for b, (images, y, sid) in enumerate(loader, 1):  # images: (B, H, W, 3) uint8
-                labels = y.numpy().astype(np.int64)  # copies: FFCV reuses its buffers
-                outputs = {k: v.cpu().numpy() for k, v in forward(images, positions[start + n:start + n + len(y)]).items()}
-                batch = {**post(outputs, labels), "labels": labels, "sample_id": sid.numpy().astype(np.int64)}
-                (parts if chunk_dir is not None else kept).append(batch)
-                n += len(y)
-                bar.update(task, advance=len(y))
-                if chunk_dir is not None and b % batches_per_chunk == 0:
-                    _save_chunk(chunk_dir, index, _cat(parts))
-                    index, parts = index + 1, []
-    if parts:
-        _save_chunk(chunk_dir, index, _cat(parts))
-    seconds = time.perf_counter() - t0
-    result: dict[str, Any] = _cat(kept) if kept else {}
-    result.update(images_per_s=n / max(seconds, 1e-9), seconds=seconds)
-    return result
-
-
-@dataclass
-class Teacher:
-    model: torch.nn.Module
-    meta: dict[str, Any]  # how to rebuild it: model name, classes, input size, stem
-    checkpoint_sha256: str  # "" without a checkpoint
-    split: dict[str, Any] | None  # the held-out split its checkpoint records, if any
-
-
-def load_teacher(cfg: CacheConfig, num_classes: int, image_size: int) -> Teacher:
-    """Build the teacher from timm (and a checkpoint); returns it, its metadata and the checkpoint sha256."""
-    ckpt, meta = None, {}
-    if cfg.checkpoint:
-        ckpt = load_checkpoint(Path(cfg.checkpoint))
-        meta = ckpt.get("meta", {})
-    name = cfg.teacher or meta.get("model")
-    if name is None:
-        raise KdstoreError(f"checkpoint {cfg.checkpoint} does not name its model; pass --teacher")
-    if meta.get("model") and cfg.teacher and meta["model"] != cfg.teacher:
-        raise KdstoreError(f"checkpoint {cfg.checkpoint} holds a {meta['model']}, not a {cfg.teacher}")
-    if meta.get("num_classes") and int(meta["num_classes"]) != num_classes:
-        raise KdstoreError(f"checkpoint {cfg.checkpoint} has {meta['num_classes']} classes but the dataset has {num_classes}")
-    input_size = cfg.input_size or meta.get("input_size") or image_size
-    stem = cfg.stem or meta.get("stem") or "auto"
-    torch.manual_seed(0)  # a teacher without weights (a random baseline) is the same in every run
-    model, model_meta = build_model(name, num_classes, int(input_size), stem, cfg.pretrained and ckpt is None, cfg.pretrained_file if ckpt is None else None)
-    digest = ""
-    if ckpt is not None:
-        load_weights(model, ckpt, Path(cfg.checkpoint))
-        digest = sha256_file(Path(cfg.checkpoint))
-    return Teacher(model, model_meta, digest, meta.get("split") or None)
 
 
 def _stage_state(cfg: CacheConfig, meta: dict[str, Any], digest: str, dataset: ImageDataset) -> dict[str, Any]:
@@ -284,8 +105,7 @@ def _prepare_stage(stage: Path, state: dict[str, Any], resume: bool) -> bool:
     if resume and state_file.is_file():
         recorded = json.loads(state_file.read_text())
         if recorded != state:
-            differing = sorted(k for k in set(state) | set(recorded) if recorded.get(k) != state.get(k))
-            raise KdstoreError(f"--resume: the partial cache at {stage} was started with different {', '.join(differing)}; rerun without --resume")
+            raise KdstoreError(f"--resume: the partial cache at {stage} was started with different {', '.join(differing(recorded, state))}; rerun without --resume")
         return True
     if stage.exists():
         shutil.rmtree(stage)
@@ -301,10 +121,7 @@ def run(cfg: CacheConfig) -> Path:
     there, and `resume=True` continues from the last flushed chunk of teacher outputs.
     """
     cfg.validate()
-    out = Path(cfg.out)
-    recover(out)
-    if out.exists() and not cfg.overwrite:
-        raise KdstoreError(f"{out} already exists; pass --overwrite to replace it")
+    out = claim(cfg.out, cfg.overwrite)
     # Under torchrun, rank 0 writes the .beton files and the store; every rank scores a shard.
     ctx, device = distributed.init(resolve_device(cfg.device))
     t_start = time.perf_counter()
@@ -312,7 +129,7 @@ def run(cfg: CacheConfig) -> Path:
     image_size = int(dataset.train.get(0).shape[0])
     if cfg.topk >= dataset.num_classes:
         raise KdstoreError(f"--topk {cfg.topk} must be below the {dataset.num_classes} classes")
-    teacher = load_teacher(cfg, dataset.num_classes, image_size)
+    teacher = load_teacher(cfg.teacher_spec, dataset.num_classes, image_size)
     model, meta, digest, split = teacher.model.to(device), teacher.meta, teacher.checkpoint_sha256, teacher.split
     if cfg.split_part == "holdout":
         if not split:
@@ -350,7 +167,7 @@ def run(cfg: CacheConfig) -> Path:
             lo, hi = distributed.shard(len(getattr(dataset, split_name)), cfg.batch_size, ctx.rank, ctx.world)
             label = f"teacher on {split_name}" + (f" ({cfg.views} views)" if pass_name == "views" else "")
             scored = score_beton(forward, beton, cfg.batch_size, cfg.workers, label, cfg.progress and ctx.main, chunk_dir(pass_name, ctx.rank),
-                                 np.arange(lo, hi), post)
+                                 np.arange(lo, hi), post, CHUNK_SAMPLES)
             speed[pass_name] = scored["images_per_s"] * ctx.world
             distributed.barrier(ctx)
         if not ctx.main:

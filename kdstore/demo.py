@@ -12,6 +12,7 @@ from typing import Any
 
 from . import cache, sweep, teacher
 from .cache import CacheConfig
+from .teacher import TeacherConfig
 from .train import TrainConfig
 from .variants import PAPER_VARIANTS
 
@@ -28,7 +29,7 @@ def run(out: Path, seeds: tuple[int, ...] = (0,), progress: bool = True) -> dict
     teacher_dir, store_dir, runs_dir = out / "teacher", out / "store", out / "runs"
     base = TrainConfig(out="", batch_size=DEMO["batch_size"], workers=2, progress=progress, overwrite=True)
     if not (teacher_dir / "summary.json").is_file():
-        teacher.run(replace(base, out=str(teacher_dir), student=DEMO["teacher"], variant="unguided", epochs=DEMO["teacher_epochs"], lr=DEMO["teacher_lr"]), "digits")
+        teacher.run(TeacherConfig(DEMO["teacher"], "digits", training=replace(base, out=str(teacher_dir), epochs=DEMO["teacher_epochs"], lr=DEMO["teacher_lr"])))
     cache.run(CacheConfig(dataset="digits", out=str(store_dir), checkpoint=str(teacher_dir / "checkpoint.pt"), overwrite=True, progress=progress))
     student = replace(base, store=str(store_dir), student=DEMO["student"], epochs=DEMO["student_epochs"], lr=DEMO["lr"])
     # The store was just rebuilt, so earlier student runs are stale: train them all again.

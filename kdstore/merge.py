@@ -11,16 +11,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from .config import opt
 from .errors import KdstoreError
-from .orders import softmax
+from .curriculum import softmax
 from .progress import console
-from .store import BETONS, H5_NAME, SPLITS, Blocks, Split, Store, build_split, mean_blocks, publish, recover, release_pages, row_blocks, staging_dir, write_teacher_h5
+from .store import BETONS, H5_NAME, SPLITS, Blocks, Split, Store, build_split, claim, mean_blocks, publish, staging_dir, write_teacher_h5
+from .arrays import release_pages, row_blocks
 from .views import Views
 
 
@@ -88,16 +91,23 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def run(paths: Sequence[str], out: str, confidence: str = "mean", logits_dtype: str = "float16", overwrite: bool = False) -> Path:
-    """Write the merged store to `out` (atomically, like `cache`); returns its path."""
+@dataclass(frozen=True)
+class MergeConfig:
+    stores: tuple[str, ...] = ()  # the stores to merge (the command's arguments)
+    out: str = opt(help="The merged store to create.", required=True, path=True)
+    confidence: str = opt("mean", "Curriculum from the mean confidence, or from store N's (0, 1, ...).")
+    logits_dtype: str = opt("float16", "dtype of the stored logits.", choices=("float16", "float32"))
+    overwrite: bool = opt(False, "Replace an existing store at --out (only once the new one is complete).")
+
+
+def run(cfg: MergeConfig) -> Path:
+    """Write the merged store to cfg.out (atomically, like `cache`); returns its path."""
+    paths, out, confidence, logits_dtype, overwrite = list(cfg.stores), cfg.out, cfg.confidence, cfg.logits_dtype, cfg.overwrite
     if len(paths) < 2:
         raise KdstoreError("merge needs at least two stores")
     if confidence != "mean" and not (confidence.isdigit() and int(confidence) < len(paths)):
         raise KdstoreError(f"--confidence must be 'mean' or a store index 0..{len(paths) - 1}, got {confidence!r}")
-    out_path = Path(out)
-    recover(out_path)
-    if out_path.exists() and not overwrite:
-        raise KdstoreError(f"{out_path} already exists; pass --overwrite to replace it")
+    out_path = claim(out, overwrite)
     stores = [Store.open(p) for p in paths]
     _check_compatible(stores)
     first = stores[0]

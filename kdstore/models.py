@@ -6,6 +6,7 @@ so it loads with torch.load(weights_only=True); `meta` says how to rebuild the m
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from . import cifar_models  # noqa: F401 - registers the CIFAR networks in timm'
 from .errors import KdstoreError
 
 STEMS = ("auto", "cifar", "imagenet")
+DEVICES = ("auto", "cpu", "cuda")
 CIFAR_STEM_MAX_SIZE = 64  # `--stem auto` uses the CIFAR stem at this input size and below
 
 
@@ -160,3 +162,48 @@ def normalization_for(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     mean = getattr(cfg, "mean", None) or IMAGENET_DEFAULT_MEAN
     std = getattr(cfg, "std", None) or IMAGENET_DEFAULT_STD
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """Which teacher to load: a timm name and/or a checkpoint, and how to build it."""
+
+    teacher: str | None = None  # timm name; taken from the checkpoint's metadata when omitted
+    checkpoint: str | None = None  # a kdstore checkpoint or a plain state dict
+    pretrained: bool = False
+    pretrained_file: str | None = None
+    stem: str | None = None  # auto | cifar | imagenet; from the checkpoint when omitted, else auto
+    input_size: int | None = None  # teacher input in pixels; the checkpoint's, else the image size
+
+
+@dataclass
+class Teacher:
+    model: torch.nn.Module
+    meta: dict[str, Any]  # how to rebuild it: model name, classes, input size, stem
+    checkpoint_sha256: str  # "" without a checkpoint
+    split: dict[str, Any] | None  # the held-out split its checkpoint records, if any
+
+
+def load_teacher(cfg: "TeacherSpec", num_classes: int, image_size: int) -> Teacher:
+    """Build the teacher from timm (and a checkpoint); returns it, its metadata and the checkpoint
+    sha256. `cfg` is a TeacherSpec or any config with its fields (CacheConfig has them)."""
+    ckpt, meta = None, {}
+    if cfg.checkpoint:
+        ckpt = load_checkpoint(Path(cfg.checkpoint))
+        meta = ckpt.get("meta", {})
+    name = cfg.teacher or meta.get("model")
+    if name is None:
+        raise KdstoreError(f"checkpoint {cfg.checkpoint} does not name its model; pass --teacher")
+    if meta.get("model") and cfg.teacher and meta["model"] != cfg.teacher:
+        raise KdstoreError(f"checkpoint {cfg.checkpoint} holds a {meta['model']}, not a {cfg.teacher}")
+    if meta.get("num_classes") and int(meta["num_classes"]) != num_classes:
+        raise KdstoreError(f"checkpoint {cfg.checkpoint} has {meta['num_classes']} classes but the dataset has {num_classes}")
+    input_size = cfg.input_size or meta.get("input_size") or image_size
+    stem = cfg.stem or meta.get("stem") or "auto"
+    torch.manual_seed(0)  # a teacher without weights (a random baseline) is the same in every run
+    model, model_meta = build_model(name, num_classes, int(input_size), stem, cfg.pretrained and ckpt is None, cfg.pretrained_file if ckpt is None else None)
+    digest = ""
+    if ckpt is not None:
+        load_weights(model, ckpt, Path(cfg.checkpoint))
+        digest = sha256_file(Path(cfg.checkpoint))
+    return Teacher(model, model_meta, digest, meta.get("split") or None)

@@ -2,25 +2,18 @@
 
 convergence.png  val accuracy and val loss per epoch per variant, mean ± std over seeds (Figure 3)
 curriculum.png   teacher confidence along the curriculum and the inverse curriculum (Figure 1)
-lambda.png       lambda per batch through the first epoch for the SR variants
+lambda.png       lambda per batch through the first epoch for the SR variants, as the runs logged it
 pacing.png       the pacing function g(t) of every paced arm, as the runs logged it
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from .errors import KdstoreError
-from .pacing import PacingParams
-from .reliance import POLICIES, batch_means
-from .schedule import Schedule, Scores
+from .runs import Run
 from .store import Store
 from .variants import VARIANTS
-
-if TYPE_CHECKING:
-    from .report import Run
 
 FIGSIZE = (12.0, 4.5)  # inches
 DPI = 100  # -> 1200 x 450 pixels
@@ -43,11 +36,11 @@ def _save(plt, fig, path: Path) -> str:
     return path.name
 
 
-def convergence(runs: list["Run"], path: Path) -> str:
+def convergence(runs: list[Run], path: Path) -> str:
     plt, fig, (ax_acc, ax_loss) = _figure()
-    by_variant: dict[str, list["Run"]] = {}
+    by_variant: dict[str, list[Run]] = {}
     for r in runs:
-        by_variant.setdefault(r.variant, []).append(r)
+        by_variant.setdefault(r.arm, []).append(r)
     for variant, rs in by_variant.items():
         epochs = min(len(r.metrics) for r in rs)
         x = np.arange(1, epochs + 1)
@@ -73,39 +66,34 @@ def curriculum_profile(store: Store, path: Path) -> str:
     return _save(plt, fig, path)
 
 
-def lambda_profile(store: Store, runs: list["Run"], path: Path) -> str | None:
-    sr_runs = {}
+def lambda_profile(runs: list[Run], path: Path) -> str | None:
+    """λ per batch through the first epoch, and its range per epoch, as the SR runs logged them."""
+    sr_runs: dict[str, Run] = {}
     for r in runs:
         v = VARIANTS.get(r.summary["variant"])
-        if v is not None and v.policy == "sr":
-            sr_runs.setdefault(r.variant, r)
+        if v is not None and v.policy == "sr" and r.metrics and "lam" in r.metrics[0]:
+            sr_runs.setdefault(r.arm, r)
     if not sr_runs:
         return None
-    plt, fig, (ax, ax_conf) = _figure()
-    t = store.train
-    scores = Scores(t.confidence, t.positions(t.curriculum))
+    plt, fig, (ax, ax_epoch) = _figure()
     for name, r in sr_runs.items():
-        v, c = VARIANTS[r.summary["variant"]], r.config
-        batch = int(c["batch_size"])
-        params = PacingParams(c.get("pacing_a", 0.8), c.get("pacing_b", 0.2), c.get("pacing_growth", 2.0), c.get("pacing_step_length"))
-        schedule = Schedule(v.ordering, c.get("pacing", "none"), params, t.labels, batch, len(t), int(c["epochs"]), int(c["seed"]), scores)
-        order = schedule.order(0)  # the first epoch's visiting order, scored by the store's teacher
-        lam = POLICIES[v.policy](t.confidence[order], batch, float(r.config["lam"]), float(t.confidence.max()))
+        lam = np.asarray(r.metrics[0]["lam"])
         ax.plot(np.arange(len(lam)), lam, label=name)
-        means = batch_means(t.confidence[order], batch)
-        ax_conf.plot(np.arange(len(means)), means, label=name)
-    ax.set(xlabel="batch in epoch", ylabel="λ", title="selective reliance: λ per batch", ylim=(-0.02, 1.02))
-    ax_conf.set(xlabel="batch in epoch", ylabel="mean teacher confidence", title="batch mean confidence")
+        epochs = [m["epoch"] for m in r.metrics]
+        ax_epoch.plot(epochs, [m["lam_mean"] for m in r.metrics], marker="o", label=name)
+        ax_epoch.fill_between(epochs, [m["lam_min"] for m in r.metrics], [m["lam_max"] for m in r.metrics], alpha=0.15)
+    ax.set(xlabel="batch in epoch 1", ylabel="λ", title="selective reliance: λ per batch (as logged)", ylim=(-0.02, 1.02))
+    ax_epoch.set(xlabel="epoch", ylabel="λ mean (band: min-max)", title="λ per epoch", ylim=(-0.02, 1.02))
     ax.legend(fontsize=8)
     return _save(plt, fig, path)
 
 
-def pacing_profile(runs: list["Run"], path: Path) -> str | None:
+def pacing_profile(runs: list[Run], path: Path) -> str | None:
     """g(t) per paced arm from the per-batch fractions its runs logged (the first seed's)."""
-    paced: dict[str, "Run"] = {}
+    paced: dict[str, Run] = {}
     for r in runs:
         if any("pace" in m for m in r.metrics):
-            paced.setdefault(r.variant, r)
+            paced.setdefault(r.arm, r)
     if not paced:
         return None
     plt, fig, (ax, ax_epoch) = _figure()
@@ -119,13 +107,13 @@ def pacing_profile(runs: list["Run"], path: Path) -> str | None:
     return _save(plt, fig, path)
 
 
-def write_figures(runs: list["Run"], out: Path) -> list[str]:
+def write_figures(runs: list[Run], out: Path) -> list[str]:
     """Draw what the runs allow; the store-based figures need the runs' store to be readable."""
     out = Path(out)
     written = [convergence(runs, out / "convergence.png")]
-    pace = pacing_profile(runs, out / "pacing.png")
-    if pace:
-        written.append(pace)
+    for figure in (pacing_profile(runs, out / "pacing.png"), lambda_profile(runs, out / "lambda.png")):
+        if figure:
+            written.append(figure)
     store_path = runs[0].config.get("data", {}).get("store")
     if store_path:
         try:
@@ -133,7 +121,4 @@ def write_figures(runs: list["Run"], out: Path) -> list[str]:
         except KdstoreError:
             return written
         written.append(curriculum_profile(store, out / "curriculum.png"))
-        lam = lambda_profile(store, runs, out / "lambda.png")
-        if lam:
-            written.append(lam)
     return written

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,55 +15,9 @@ import numpy as np
 
 from .config import write_json
 from .errors import KdstoreError
+from .plots import write_figures
+from .runs import Run, find_runs, load_run  # noqa: F401 - load_run, find_runs: report's API
 from .variants import VARIANTS
-
-
-@dataclass
-class Run:
-    path: Path
-    config: dict[str, Any]
-    summary: dict[str, Any]
-    metrics: list[dict[str, Any]]
-
-    @property
-    def variant(self) -> str:
-        """The arm: the variant plus its pacing and scorer when not the defaults (kd-cl+linear)."""
-        return self.summary.get("arm", self.summary["variant"])
-
-    @property
-    def seed(self) -> int:
-        return int(self.summary["seed"])
-
-
-def load_run(path: Path) -> Run:
-    path = Path(path)
-    files = {name: path / name for name in ("config.json", "summary.json", "metrics.jsonl")}
-    missing = [n for n, p in files.items() if not p.is_file()]
-    if missing:
-        raise KdstoreError(f"{path} is not a finished run (missing {', '.join(missing)})")
-    parsed = {}
-    for name, p in files.items():
-        lines = p.read_text(errors="replace").splitlines() if name == "metrics.jsonl" else [p.read_text(errors="replace")]
-        try:
-            parsed[name] = [json.loads(line) for line in lines if line.strip()]
-        except json.JSONDecodeError as e:
-            raise KdstoreError(f"{p} is cut off or corrupt ({e.msg} in a line of {len(lines)}); rerun the run or remove it") from None
-    return Run(path, parsed["config.json"][0], parsed["summary.json"][0], parsed["metrics.jsonl"])
-
-
-def find_runs(paths: list[Path]) -> list[Run]:
-    """Each path is a run directory or a directory holding run directories (a sweep)."""
-    runs = []
-    for p in map(Path, paths):
-        if (p / "summary.json").is_file():
-            runs.append(load_run(p))
-        elif p.is_dir():
-            runs.extend(load_run(d) for d in sorted(p.iterdir()) if (d / "summary.json").is_file())
-        else:
-            raise KdstoreError(f"{p} is not a run directory")
-    if not runs:
-        raise KdstoreError(f"no finished runs under {', '.join(map(str, paths))}")
-    return runs
 
 
 def t_critical_95(dof: int) -> float:
@@ -107,7 +59,10 @@ def _store_key(run: Run) -> str:
     return f"{data.get('dataset_fingerprint', '')}|{data.get('teacher', '')}"
 
 
-def summarize(runs: list[Run], allow_mixed: bool = False, baseline: str = "unguided") -> dict[str, Any]:
+BASELINE = "unguided"  # the arm every other is compared with unless told otherwise
+
+
+def summarize(runs: list[Run], allow_mixed: bool = False, baseline: str = BASELINE) -> dict[str, Any]:
     """Per-arm statistics over seeds, each arm paired by seed against `baseline`; refuses runs
     from different stores unless allowed."""
     stores = sorted({_store_key(r) for r in runs})
@@ -115,7 +70,7 @@ def summarize(runs: list[Run], allow_mixed: bool = False, baseline: str = "ungui
         raise KdstoreError(f"runs come from {len(stores)} different stores (dataset or teacher differ); pass --allow-mixed to tabulate them together")
     by_variant: dict[str, list[Run]] = {}
     for r in runs:
-        by_variant.setdefault(r.variant, []).append(r)
+        by_variant.setdefault(r.arm, []).append(r)
     rank = {v: i for i, v in enumerate(VARIANTS)}
     order = sorted(by_variant, key=lambda arm: (rank.get(by_variant[arm][0].summary["variant"], len(rank)), arm))
     figures = {r.path: run_figures(r) for r in runs}
@@ -179,7 +134,5 @@ def write_report(summary: dict[str, Any], out: Path, runs: list[Run] | None = No
                     r["final_val_loss"]["mean"], r["final_val_loss"]["std"], d["mean"], d["ci95"][0], d["ci95"][1]])
     (out / "results.csv").write_text(buf.getvalue())
     if runs:
-        from .plots import write_figures
-
         summary["figures"] = write_figures(runs, out)
     write_json(out / "results.json", summary)

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from .orders import curriculum, inverse, stratified_random
+from .curriculum import curriculum, inverse, stratified_random
 from .pacing import PACINGS, PacingParams, fractions, paced_sequence
 
 

@@ -41,14 +41,16 @@ import weakref
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable
 
 import numpy as np
 
 from .errors import KdstoreError
-from .loading import check_beton, read_int_fields
+from .ffcv_files import check_beton, read_int_fields
 from .models import sha256_file
-from .orders import confidence_and_correct, curriculum, inverse
+from .curriculum import confidence_and_correct, curriculum, inverse
+from .arrays import release_pages, row_blocks
+from .preads import pread_rows
 from .views import Views, problems as view_problems, value_problems as view_value_problems
 
 SCHEMA_VERSION = 2
@@ -60,7 +62,6 @@ PER_SAMPLE = ("logits", "labels", "sample_id", "confidence", "correct")
 SMALL = ("labels", "sample_id", "confidence", "correct")  # read whole on open; the rest is mapped
 ORDERS = ("curriculum", "inverse")
 VIEW_ARRAYS = ("params", "logits", "topk_values", "topk_indices", "fill")
-BLOCK_BYTES = 64 << 20  # large arrays are written, merged and checked in row blocks of about this size
 ROOT_ATTRS = (
     "schema_version", "kdstore_version", "teacher", "teacher_stem", "checkpoint_sha256", "pretrained",
     "input_size", "image_size", "dataset", "num_classes", "class_names", "dataset_fingerprint",
@@ -99,26 +100,6 @@ def mean_blocks(arrays: list[np.ndarray]) -> Blocks:
                 release_pages(a)
 
     return Blocks(tuple(first.shape), np.dtype(np.float32), read)
-
-
-def row_blocks(array: np.ndarray, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, int]]:
-    """(start, stop) row ranges of about `block_bytes` each, covering `array`."""
-    n = len(array)
-    row = max(1, int(np.prod(array.shape[1:], dtype=np.int64)) * np.dtype(array.dtype).itemsize)
-    step = max(1, block_bytes // row)
-    for lo in range(0, n, step):
-        yield lo, min(n, lo + step)
-
-
-def release_pages(array: np.ndarray) -> None:
-    """Drop this process's mapping of a memory-mapped array's pages (they stay in the page cache,
-    shared with every other reader). Bounds the resident memory of a reader that walks a large
-    table; a no-op for arrays in memory."""
-    base: Any = array
-    while base is not None and not isinstance(base, mmap.mmap):
-        base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
-    if base is not None and hasattr(mmap, "MADV_DONTNEED"):
-        base.madvise(mmap.MADV_DONTNEED)
 
 
 @dataclass
@@ -252,15 +233,20 @@ class FileRows:
     offset: int
     dtype: np.dtype
 
+    def prefetch(self, nbytes: int) -> None:
+        """Ask the kernel to read the array into the page cache in the background (a hint)."""
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self.file.fileno(), self.offset, nbytes, os.POSIX_FADV_WILLNEED)
+
     def read(self, rows: np.ndarray, row_shape: tuple[int, ...]) -> np.ndarray:
         """Rows of `row_shape` by number (int64 (B,)) -> (B, *row_shape), in the stored dtype; the
-        array is read as consecutive rows of that shape (an (N, K, C) array by (N*K) rows of C)."""
+        array is read as consecutive rows of that shape (an (N, K, C) array by (N*K) rows of C).
+        One compiled loop of pread calls, without the GIL (preads.py)."""
         out = np.empty((len(rows), *row_shape), dtype=self.dtype)
         size = out[0].nbytes if len(out) else 0
-        view, fd = memoryview(out.reshape(-1).view(np.uint8)), self.file.fileno()
-        for k, at in enumerate((self.offset + np.asarray(rows, dtype=np.int64) * size).tolist()):
-            if os.preadv(fd, [view[k * size:(k + 1) * size]], at) != size:
-                raise KdstoreError(f"{self.file.name}: a row lies past the end of the file")
+        offsets = self.offset + np.asarray(rows, dtype=np.int64) * size
+        if len(out) and pread_rows(self.file.fileno(), out.reshape(-1).view(np.uint8), offsets, size):
+            raise KdstoreError(f"{self.file.name}: a row lies past the end of the file")
         return out
 
 
@@ -501,6 +487,16 @@ def _exchange(a: Path, b: Path) -> bool:
         return False
     at_fdcwd, rename_exchange = -100, 2
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def claim(out: Path, overwrite: bool) -> Path:
+    """Where a new store goes: an interrupted replacement is repaired first (`recover`); an
+    existing store is refused unless `overwrite`."""
+    out = Path(out)
+    recover(out)
+    if out.exists() and not overwrite:
+        raise KdstoreError(f"{out} already exists; pass --overwrite to replace it")
+    return out
 
 
 def recover(out: Path) -> None:

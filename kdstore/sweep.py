@@ -8,17 +8,34 @@ Resumable: a run whose summary.json exists is finished and is not redone; a run 
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from . import report, train
+from .config import opt
 from .errors import KdstoreError
 from .progress import console
-from .train import VIEW_MODES, TrainConfig
+from .train import TrainConfig
+from .views import VIEW_MODES
 from .pacing import PACINGS
 from .schedule import SCORERS, conflict
 from .variants import PAPER_VARIANTS, VARIANTS, get_variant
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """`kdstore sweep`: the arms and seeds; every other option is the base TrainConfig's."""
+
+    variants: str = opt("all", "'all', 'paper' (the six) or a comma-separated list of variants.")
+    seeds: str = opt("0,1,2", "Comma-separated seeds.")
+    pacing: str = opt("none", "Comma-separated pacing functions, each an arm.", choices=lambda: list(PACINGS))
+    scorer: str = opt("teacher", "Comma-separated scorers, each an arm.", choices=lambda: list(SCORERS))
+    views: str = opt("auto", "Comma-separated views modes (replay, clean), each an arm.", choices=lambda: list(VIEW_MODES))
+
+    def run(self, base: TrainConfig) -> dict[str, Any]:
+        return run(base, parse_variants(self.variants), parse_seeds(self.seeds), Path(base.out), parse_pacings(self.pacing),
+                   parse_scorers(self.scorer), parse_views(self.views))
 
 
 def parse_variants(spec: str) -> list[str]:

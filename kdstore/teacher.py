@@ -6,12 +6,14 @@ There is no store yet, so the dataset is written to FFCV files under OUT/data an
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .config import opt
 from .datasets import load_dataset
 from .errors import KdstoreError
-from .loading import write_beton
+from .ffcv_files import write_beton
 from . import distributed
 from .models import normalization_for, resolve_device
 from .progress import console
@@ -20,18 +22,43 @@ from .store import BETONS
 from .train import TrainConfig, TrainData, fit
 
 
-def run(cfg: TrainConfig, dataset: str, data_root: str | None = None, image_size: int | None = None,
-        split: float | None = None, split_seed: int = 0) -> dict[str, Any]:
-    """Train model `cfg.student` as a teacher on `dataset`; the checkpoint feeds `kdstore cache`.
+@dataclass(frozen=True)
+class TeacherConfig:
+    """`kdstore teacher`: which model on which data; `training` holds the loop's options (its
+    student and variant are set from here: the model, unguided)."""
+
+    model: str = opt(help="timm model name of the teacher.", required=True)
+    dataset: str = opt(help="digits, cifar10, cifar100 or imagefolder:PATH.", required=True)
+    data_root: str | None = opt(help="Where torchvision datasets live (default ~/.cache/kdstore/data).", path=True)
+    image_size: int | None = opt(help="Size images are stored at (imagefolder).")
+    split: float | None = opt(help="Train on this seeded, class-stratified fraction of the training set (e.g. 0.6).")
+    split_seed: int = opt(0, "Seed of --split.")
+    training: TrainConfig = field(default_factory=lambda: TrainConfig(out=""))
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return replace(self.training, student=self.model, variant="unguided")
+
+
+# The training options that mean something for a teacher (the rest concern distillation from a store).
+TRAINING_OPTIONS = ("out", "stem", "pretrained", "pretrained_file", "input_size", "epochs", "batch_size", "lr", "head_lr", "freeze_epochs",
+                    "momentum", "weight_decay", "label_smoothing", "seed", "workers", "device", "augment", "amp", "overwrite", "resume", "progress")
+
+
+def run(teacher: TeacherConfig) -> dict[str, Any]:
+    """Train model `teacher.model` as a teacher on its dataset; the checkpoint feeds `kdstore cache`.
 
     With `split` (e.g. 0.6) it trains on a seeded, class-stratified fraction of the training set
     and records the split in its checkpoint; `cache --split-part holdout` then scores the rest.
     """
+    cfg = teacher.train_config
     cfg.validate()
-    ds = load_dataset(dataset, Path(data_root) if data_root else None, image_size)
+    if teacher.split is not None and not 0.0 < teacher.split < 1.0:
+        raise KdstoreError(f"--split must be in (0, 1), got {teacher.split}")
+    ds = load_dataset(teacher.dataset, Path(teacher.data_root) if teacher.data_root else None, teacher.image_size)
     record = None
-    if split is not None:
-        mask, record = split_record(ds.train, split, split_seed)
+    if teacher.split is not None:
+        mask, record = split_record(ds.train, teacher.split, teacher.split_seed)
         ds.train = subset(ds.train, mask)
     out = Path(cfg.out)
     if (out / "summary.json").exists() and not cfg.overwrite:

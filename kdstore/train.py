@@ -18,68 +18,72 @@ import torch
 import torch.nn as nn
 
 from .augment import augmentation_for, normalize, resize
-from .batches import PLACEMENTS, Prepare, TeacherFn, cached_teacher, no_augment, random_augment, replay_views, view_teacher
-from .config import to_dict, write_json
+from .step import Step, autocast, cosine, sgd
+from .targets import PLACEMENTS, Prepare, TeacherFn, cached_teacher, no_augment, online_teacher, random_augment, replay_views, view_teacher
+from .config import differing, opt, to_dict, write_json
 from . import distributed
 from .distributed import Context, all_reduce_sum
 from .errors import KdstoreError
-from .loading import make_loader, read_int_fields
-from .losses import student_loss
-from .models import build_model, load_checkpoint, resolve_device, save_checkpoint
+from .ffcv_files import make_loader, read_int_fields
+from .inference import clean_forward, score_beton
+from .models import DEVICES, STEMS, TeacherSpec, build_model, load_checkpoint, load_teacher, resolve_device, save_checkpoint
 from .pacing import PACINGS, PacingParams
 from .progress import console, images_progress
 from .reliance import POLICIES
 from .schedule import SCORERS, Schedule, Scores, conflict
-from .views import Views
+from .views import VIEW_MODES, Views
 from .store import Store, enclosing_store, verify
-from .variants import Variant, get_variant
+from .variants import ALIASES, VARIANTS, Variant, get_variant
 
 # on_batch(epoch, batch index, sample ids (B,), lambda): observes what the loop trained on.
 BatchHook = Callable[[int, int, np.ndarray, float], None]
 
-VIEW_MODES = ("auto", "replay", "clean")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a run depends on; saved as config.json and inside checkpoint.pt."""
 
-    out: str
-    store: str | None = None  # student runs: the store to train from
-    variant: str = "kd"  # see variants.VARIANTS
-    student: str = "cifar_resnet8"  # any timm name (kdstore registers the CIFAR nets)
-    stem: str = "auto"  # auto | cifar | imagenet, for timm ResNets on small images
-    pretrained: bool = False
-    pretrained_file: str | None = None  # local timm/torchvision weights for --pretrained
-    input_size: int | None = None  # train at this size (images resized after augmentation); default native
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.05  # peak SGD learning rate, cosine-annealed per step to 0
-    head_lr: float | None = None  # learning rate of the classifier head (fine-tuning); default lr
-    freeze_epochs: int = 0  # train only the classifier head for this many first epochs
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    tau: float = 4.0  # KD temperature
-    lam: float = 0.9  # KD weight for fixed-lambda variants
-    pacing: str = "none"  # see pacing.PACINGS: batches drawn from a growing prefix of the order
-    pacing_a: float = 0.8  # fraction of training after which the whole order is used
-    pacing_b: float = 0.2  # fraction of the order used at the start
-    pacing_growth: float = 2.0  # fixed-exp pacing: growth factor per stair
-    pacing_step_length: int | None = None  # fixed-exp pacing: steps per stair (default: reach 1 at a)
-    scorer: str = "teacher"  # see schedule.SCORERS: who scores the curriculum
-    rescore_every: int = 1  # scorer student: rebuild the curriculum every this many epochs
-    seed: int = 0
-    workers: int = 2
-    device: str = "auto"
-    augment: bool = True  # random crop + flip (augment.augmentation_for the image size)
-    views: str = "auto"  # replay | clean | auto (replay when the store has views): see views.py
-    amp: bool = True  # mixed precision (autocast) on CUDA; ignored on the CPU
-    teacher_rows: str = "auto"  # auto | device | mapped: where the teacher's rows are gathered (batches.Rows)
-    verify: bool = False  # hash every store file against its manifest before training (as `kdstore verify`)
-    overwrite: bool = False
-    resume: bool = False  # continue from OUT/checkpoint.pt (saved after every epoch)
-    progress: bool = True
+    out: str = opt(help="Run directory (config.json, metrics.jsonl, summary.json, checkpoint.pt).", required=True, path=True)
+    store: str | None = opt(help="Store written by `kdstore cache` (student runs).", path=True)
+    variant: str = opt("kd", "The variant (METHOD.md); random-cl is the control.", choices=lambda: list(VARIANTS) + list(ALIASES))
+    student: str = opt("cifar_resnet8", "Any timm model name (kdstore registers the CIFAR networks).")
+    stem: str = opt("auto", "Stem of timm ResNets on small images; auto = cifar at 64 px and below.", choices=STEMS)
+    pretrained: bool = opt(False, "Start from timm's pretrained weights.")
+    pretrained_file: str | None = opt(help="A local timm/torchvision weights file (implies --pretrained).", path=True)
+    input_size: int | None = opt(help="Train at this size (images resized after augmentation); default: the stored size.")
+    epochs: int = opt(30, "Epochs.")
+    batch_size: int = opt(128, "Global batch size (split across torchrun processes).")
+    lr: float = opt(0.05, "Peak SGD learning rate, cosine-annealed per step to 0.")
+    head_lr: float | None = opt(help="Learning rate of the classifier head (fine-tuning); default: --lr.")
+    freeze_epochs: int = opt(0, "Train only the classifier head for this many first epochs.")
+    momentum: float = opt(0.9, "SGD Nesterov momentum.")
+    weight_decay: float = opt(5e-4, "SGD weight decay.")
+    label_smoothing: float = opt(0.0, "Label smoothing of the CE term.")
+    tau: float = opt(4.0, "KD temperature.")
+    lam: float = opt(0.9, "KD weight of the fixed-lambda variants.")
+    pacing: str = opt("none", "Draw each batch from the easiest g(t) of the order.", choices=lambda: list(PACINGS))
+    pacing_a: float = opt(PacingParams.a, "Fraction of training after which all data is used.")
+    pacing_b: float = opt(PacingParams.b, "Fraction of the order used at the start.")
+    pacing_growth: float = opt(PacingParams.growth, "fixed-exp: growth factor per stair.")
+    pacing_step_length: int | None = opt(help="fixed-exp: steps per stair (default: reach all data at a).")
+    scorer: str = opt("teacher", "Who scores the curriculum (student: its own snapshots).", choices=lambda: list(SCORERS))
+    rescore_every: int = opt(1, "With --scorer student: rebuild the curriculum every E epochs.")
+    seed: int = opt(0, "Model init, shuffling, augmentation.")
+    workers: int = opt(2, "FFCV decoding threads.")
+    device: str = opt("auto", "auto: cuda when available, else cpu.", choices=DEVICES)
+    augment: bool = opt(True, "Random crop + flip (off: --no-augment).")
+    views: str = opt("auto", "replay: augment with the store's views and distil from their logits; clean: the clean-image logits; "
+                             "auto: replay when the store has views.", choices=lambda: list(VIEW_MODES))
+    amp: bool = opt(True, "Mixed precision on CUDA (bf16 where supported); ignored on the CPU (off: --no-amp).")
+    teacher_rows: str = opt("auto", "Where teacher rows are gathered: device (the table uploaded once), mapped (read from the store file); "
+                                    "auto: device on CUDA when the table fits a quarter of free memory, else mapped. Results are identical.",
+                            choices=PLACEMENTS)
+    verify: bool = opt(False, "First hash every store file against its manifest, as `kdstore verify` does (an open always checks "
+                              "teacher.h5's sha256; this also finds damaged .beton pixels).")
+    overwrite: bool = opt(False, "Replace a finished run in --out.")
+    resume: bool = opt(False, "Continue from --out/checkpoint.pt (saved after every epoch).")
+    progress: bool = opt(True, "Progress bars (off: --no-progress).")
 
     def validate(self) -> None:
         checks = [
@@ -112,7 +116,7 @@ class TrainConfig:
             raise KdstoreError(f"--teacher-rows must be one of {', '.join(PLACEMENTS)}, got {self.teacher_rows!r}")
         if self.views not in VIEW_MODES:
             raise KdstoreError(f"--views must be one of {', '.join(VIEW_MODES)}, got {self.views!r}")
-        if self.views == "replay" and not self.augment:
+        if VIEW_MODES[self.views].needs_augment and not self.augment:
             raise KdstoreError("--views replay augments with the stored views; it contradicts --no-augment")
         if self.pacing not in PACINGS:
             raise KdstoreError(f"unknown --pacing {self.pacing!r}; known: {', '.join(PACINGS)}")
@@ -133,8 +137,9 @@ class TrainConfig:
     def arm(self) -> str:
         """What a report groups runs by: the variant, plus its pacing, scorer and views mode when not the defaults."""
         name = get_variant(self.variant).name
-        return (name + (f"+{self.pacing}" if PACINGS[self.pacing] is not None else "") + (f"+{self.scorer}" if self.scorer != "teacher" else "")
-                + (f"+{self.views}" if self.views != "auto" else ""))
+        defaults = TrainConfig(out="")
+        return (name + (f"+{self.pacing}" if PACINGS[self.pacing] is not None else "") + (f"+{self.scorer}" if self.scorer != defaults.scorer else "")
+                + (f"+{self.views}" if self.views != defaults.views else ""))
 
 
 @dataclass
@@ -164,64 +169,151 @@ def data_from_store(store: Store) -> TrainData:
     )
 
 
-def train_one_epoch(
-    model: nn.Module, loader, order: np.ndarray, lambdas: np.ndarray, teacher: TeacherFn | None,
-    optimizer: torch.optim.Optimizer, scheduler, prepare: Prepare, cfg: TrainConfig,
-    mean: torch.Tensor, std: torch.Tensor, device: torch.device, epoch: int, bar, task,
-    hook: BatchHook | None = None, label_smoothing: float = 0.0, scaler: torch.amp.GradScaler | None = None,
-    ctx: Context = Context(),
-) -> dict[str, float]:
-    """One pass over `loader`, which visits `order` (this rank's positions) in its batches;
-    lambdas[b] is the lambda of (global) batch b."""
-    model.train()
-    local_batch = loader.batch_size
-    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, ce, kd, correct (sample-weighted)
+@dataclass
+class Run:
+    """One training run as build_run makes it; run_epoch advances it an epoch at a time."""
+
+    cfg: TrainConfig
+    data: TrainData
+    kind: str  # "student" or "teacher"
+    variant: Variant
+    ctx: Context
+    device: torch.device
+    model: nn.Module  # the bare model (checkpoints, evaluation)
+    meta: dict[str, Any]  # how to rebuild the model
+    body: list[nn.Parameter]  # every parameter but the classifier head's (--freeze-epochs)
+    step: Step  # runs `net` (DDP-wrapped under torchrun)
+    schedule: Schedule
+    sample_id: np.ndarray  # (N,) id of each .beton position
+    labels: np.ndarray  # (N,)
+    train_loader: Any
+    val_loader: Any
+    aug: torch.Generator | None  # the random augmentation's generator (checkpointed)
+    config: dict[str, Any]  # config.json
+    views_used: dict[str, Any]
+    hook: BatchHook | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+    def rank_order(self, epoch: int) -> np.ndarray:
+        """This rank's positions of the epoch's global order."""
+        return distributed.rank_positions(self.schedule.order(epoch), self.cfg.batch_size, self.ctx.rank, self.ctx.world)
+
+
+def _check_run(cfg: TrainConfig, data: TrainData, variant: Variant, teacher: TeacherFn | None) -> bool:
+    """The checks that need no model or process group; returns whether views are replayed."""
+    out = Path(cfg.out)
+    if (out / "summary.json").exists() and not cfg.overwrite:
+        raise KdstoreError(f"{out} already holds a finished run; pass --overwrite to replace it")
+    if cfg.resume and not (out / "checkpoint.pt").is_file():
+        raise KdstoreError(f"--resume: {out} has no checkpoint.pt to continue from")
+    if variant.needs_teacher and data.teacher_logits is None and teacher is None:
+        raise KdstoreError(f"variant {variant.name} needs teacher logits from a store")
+    mode = VIEW_MODES[cfg.views]
+    replay = mode.replay(data.views is not None, cfg.augment)
+    if mode.needs_views and data.views is None:
+        raise KdstoreError("--views replay: the store has no views (make one with `kdstore cache --views K`)")
+    return replay
+
+
+def _check_batches(cfg: TrainConfig, n: int, ctx: Context) -> None:
+    if cfg.batch_size % ctx.world:
+        raise KdstoreError(f"--batch-size {cfg.batch_size} is not divisible by the {ctx.world} torchrun processes")
+    if cfg.batch_size > n:
+        raise KdstoreError(f"--batch-size {cfg.batch_size} is larger than the {n} training samples")
+    if cfg.batch_size // ctx.world < 2:
+        raise KdstoreError(f"--batch-size {cfg.batch_size} leaves fewer than 2 samples per process (BatchNorm needs 2)")
+    if ctx.active and cfg.freeze_epochs:
+        raise KdstoreError("--freeze-epochs is not supported under torchrun (DDP fixes the trained parameters when it starts)")
+
+
+def _targets(cfg: TrainConfig, data: TrainData, replay: bool, device: torch.device, aug: torch.Generator | None,
+             teacher: TeacherFn | None, needs_teacher: bool) -> tuple[Prepare, TeacherFn | None]:
+    """How a batch is prepared and where its teacher targets come from (targets.py)."""
+    if replay:
+        prepare = replay_views(data.views, cfg.seed, device, cfg.teacher_rows)
+    else:
+        prepare = random_augment(augmentation_for(data.image_size), data.image_size, aug) if aug is not None else no_augment()
+    if not needs_teacher:
+        return prepare, None
+    if teacher is None:
+        teacher = (view_teacher(data.views, data.num_classes, device, cfg.teacher_rows) if replay
+                   else cached_teacher(data.teacher_logits, device, cfg.teacher_rows))
+    return prepare, teacher
+
+
+def build_run(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: BatchHook | None = None,
+              teacher: TeacherFn | None = None) -> Run:
+    """Model, loaders, schedule, optimiser and step of a run; nothing is written yet."""
+    cfg.validate()
+    variant = get_variant(cfg.variant)
+    replay = _check_run(cfg, data, variant, teacher)
+    ctx, device = distributed.init(resolve_device(cfg.device))
+    fields = read_int_fields(data.train_beton)
+    n = len(fields["sample_id"])
+    _check_batches(cfg, n, ctx)
+    distributed.agree(ctx, "the data", data.meta.get("identity", str(data.train_beton)))
+    torch.manual_seed(cfg.seed)
+    model, meta = build_model(model_name, data.num_classes, cfg.input_size or data.image_size, cfg.stem, cfg.pretrained, cfg.pretrained_file)
+    model.to(device)
+    net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ctx.active else model
+    drop_last = ctx.world == 1 and n % cfg.batch_size == 1 and n > 1  # a lone last sample would break BatchNorm
+    scores = data.scores or Scores(np.ones(n, dtype=np.float32), np.arange(n), "none")
+    schedule = Schedule(variant.ordering, cfg.pacing, cfg.pacing_params, fields["label"], cfg.batch_size,
+                        distributed.usable_length(n, cfg.batch_size, ctx.world), cfg.epochs, cfg.seed, scores)
+    order = lambda epoch: distributed.rank_positions(schedule.order(epoch), cfg.batch_size, ctx.rank, ctx.world)  # noqa: E731
+    train_loader = make_loader(data.train_beton, cfg.batch_size // ctx.world, cfg.workers, order, drop_last)
+    n_val = len(read_int_fields(data.val_beton)["sample_id"])
+    val_loader = make_loader(data.val_beton, 512, cfg.workers, indices=np.arange(ctx.rank, n_val, ctx.world))
+    head, body = _split_head(model)
+    optimizer = sgd([{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr or cfg.lr}], cfg.momentum, cfg.weight_decay)
+    aug = torch.Generator().manual_seed(cfg.seed + 1_000_003 * ctx.rank) if cfg.augment else None
+    prepare, teacher = _targets(cfg, data, replay, device, aug, teacher, variant.needs_teacher)
+    step = Step(net, optimizer, cosine(optimizer, cfg.epochs * len(train_loader)), prepare, teacher, torch.tensor(data.mean, device=device),
+                torch.tensor(data.std, device=device), device, cfg.tau, cfg.label_smoothing, cfg.input_size, cfg.amp)
+    views_used = {"mode": "replay", "count": data.views.count, "topk": data.views.topk} if replay else {"mode": "clean"}
+    config = {**to_dict(cfg), "variant": variant.name, "kind": kind, "model": meta, "data": data.meta, "views_used": views_used}
+    return Run(cfg, data, kind, variant, ctx, device, model, meta, body, step, schedule, fields["sample_id"], fields["label"],
+               train_loader, val_loader, aug, config, views_used, hook)
+
+
+def train_epoch(run: Run, epoch: int, lambdas: np.ndarray, bar, task) -> dict[str, float]:
+    """One pass over the train loader, which visits this rank's positions of the epoch's order;
+    lambdas[b] is the lambda of (global) batch b. Each batch's positions are checked against the
+    sample ids FFCV returned, so a teacher row can never belong to another image."""
+    order, local = run.rank_order(epoch), run.train_loader.batch_size
+    sums = torch.zeros(4, dtype=torch.float64, device=run.device)  # loss, ce, kd, correct (sample-weighted)
     n_seen, wait = 0, 0.0
-    t0 = time.perf_counter()
-    t_wait = t0
-    for b, (images, labels, ids) in enumerate(loader):
+    run.step.model.train()
+    t0 = t_wait = time.perf_counter()
+    for b, (images, labels, ids) in enumerate(run.train_loader):
         wait += time.perf_counter() - t_wait
-        pos = order[b * local_batch: b * local_batch + len(ids)]
+        pos = order[b * local: b * local + len(ids)]
         ids_np = ids.numpy()
-        if hook is not None:
-            hook(epoch, b, ids_np.copy(), float(lambdas[b]))
-        x, view = prepare(epoch, pos, normalize(images.to(device, non_blocking=True), mean, std))
-        y = labels.to(device, non_blocking=True)
-        target = None if teacher is None else teacher(pos, x, view)
-        with _autocast(device, cfg.amp):
-            logits = model(resize(x, cfg.input_size) if cfg.input_size else x)
-        terms = student_loss(logits.float(), y, target, float(lambdas[b]), cfg.tau, label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(terms["loss"]).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        n = len(y)
+        if not np.array_equal(run.sample_id[pos], ids_np):
+            raise KdstoreError(f"internal error: batch {b} of epoch {epoch + 1} holds other samples than its teacher rows")
+        if run.hook is not None:
+            run.hook(epoch, b, ids_np.copy(), float(lambdas[b]))
+        terms = run.step(epoch, pos, images, labels, float(lambdas[b]))
+        n = len(ids_np)
         n_seen += n
-        sums += torch.stack([terms["loss"].detach() * n, terms["ce"] * n, terms["kd"] * n, (logits.argmax(1) == y).sum()]).double()
-        if bar is not None and (b % 10 == 0):
+        sums += torch.stack([terms["loss"] * n, terms["ce"] * n, terms["kd"] * n, terms["correct"]]).double()
+        if bar is not None and b % 10 == 0:
             bar.update(task, completed=n_seen, info=f"loss {sums[0].item() / n_seen:.3f}")
         t_wait = time.perf_counter()
     seconds = time.perf_counter() - t0
-    if bar is not None:
-        bar.update(task, completed=n_seen, info=f"loss {sums[0].item() / max(n_seen, 1):.3f}")
-    totals = all_reduce_sum(torch.cat([sums, torch.tensor([float(n_seen)], dtype=torch.float64, device=device)]), ctx)
+    totals = all_reduce_sum(torch.cat([sums, torch.tensor([float(n_seen)], dtype=torch.float64, device=run.device)]), run.ctx)
     n_all = max(totals[4].item(), 1.0)
     loss, ce, kd, correct = (totals[:4] / n_all).tolist()
-    used = lambdas[: len(loader)]
+    used = lambdas[: len(run.train_loader)]
     return {
         "train_loss": loss, "train_ce": ce, "train_kd": kd, "train_acc": correct,
         "lam_mean": float(used.mean()), "lam_min": float(used.min()), "lam_max": float(used.max()),
         "seconds": seconds, "images_per_s": n_all / max(seconds, 1e-9), "data_wait_frac": wait / max(seconds, 1e-9),
     }
-
-
-def _autocast(device: torch.device, enabled: bool):
-    """Mixed precision on CUDA (bf16 where supported, else fp16); a no-op elsewhere."""
-    on = enabled and device.type == "cuda"
-    dtype = torch.bfloat16 if on and torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device.type, dtype=dtype, enabled=on)
 
 
 @torch.inference_mode()
@@ -234,7 +326,7 @@ def evaluate(model: nn.Module, loader, mean: torch.Tensor, std: torch.Tensor, de
     n = 0
     for images, labels, _ in loader:
         x = normalize(images.to(device), mean, std)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(resize(x, input_size) if input_size else x).float()
         y = labels.to(device)
         loss += nn.functional.cross_entropy(logits, y, reduction="sum").double()
@@ -245,142 +337,94 @@ def evaluate(model: nn.Module, loader, mean: torch.Tensor, std: torch.Tensor, de
     return {"val_acc": totals[1].item() / n_all, "val_loss": totals[0].item() / n_all}
 
 
+def run_epoch(run: Run, epoch: int, bar) -> dict[str, Any]:
+    """Rescore if due, the epoch's order and lambdas, one pass of training, then evaluation."""
+    cfg, schedule = run.cfg, run.schedule
+    if SCORERS[cfg.scorer](epoch, cfg.rescore_every):
+        schedule.set_scores(score_train_set(run.model, run.data, run.labels, cfg, run.device, run.ctx, f"student@{epoch + 1}"))
+    order = schedule.order(epoch)  # global: lambda per global batch is the same on every rank
+    confidence = schedule.scores.confidence
+    lambdas = POLICIES[run.variant.policy](confidence[order], cfg.batch_size, cfg.lam, float(confidence.max()))
+    local = cfg.batch_size // run.ctx.world
+    total = len(run.train_loader) * local if run.train_loader.drop_last else len(run.rank_order(epoch))
+    task = bar.add_task(f"{run.variant.name} epoch {epoch + 1}/{cfg.epochs}", total=total, info="")
+    row: dict[str, Any] = {"epoch": epoch + 1, "lr": run.step.scheduler.get_last_lr()[0], "scores": schedule.scores.source}
+    pace = schedule.fractions(epoch)
+    if pace is not None:  # g(t) for every batch of the epoch, for `kdstore report`
+        row["pace"] = np.round(pace, 5).tolist()
+    if lambdas.min() != lambdas.max():  # a lambda per batch (SR): logged for `kdstore report`'s figure
+        row["lam"] = np.round(lambdas, 5).tolist()
+    for p in run.body:  # --freeze-epochs: only the head learns at first (frozen params get no grad)
+        p.requires_grad_(epoch >= cfg.freeze_epochs)
+    row.update(train_epoch(run, epoch, lambdas, bar, task))
+    row.update(evaluate(run.model, run.val_loader, run.step.mean, run.step.std, run.device, cfg.input_size, cfg.amp, run.ctx))
+    bar.update(task, completed=total, info=f"loss {row['train_loss']:.3f} val acc {row['val_acc']:.2%}")
+    run.history.append(row)
+    return row
+
+
+def save_epoch(run: Run, row: dict[str, Any]) -> None:
+    """After an epoch (main rank): its metrics line, a student scorer's curriculum, the checkpoint."""
+    out = run.out
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    if run.schedule.scores.computed:  # the store holds the teacher's scores; save the run's own
+        _save_scores(out, row["epoch"], run.schedule.scores, run.sample_id)
+    meta = {**run.meta, "kind": run.kind, "class_names": run.data.meta.get("class_names", []), "dataset": run.data.meta.get("dataset", ""),
+            "split": run.data.meta.get("split")}
+    save_checkpoint(out / "checkpoint.pt", {
+        "state_dict": run.model.state_dict(), "optimizer": run.step.optimizer.state_dict(), "scheduler": run.step.scheduler.state_dict(),
+        "epoch": row["epoch"], "meta": meta, "config": json.loads(json.dumps(run.config)), "history": json.loads(json.dumps(run.history)),
+        "rng": {"torch": torch.get_rng_state(), **({"augment": run.aug.get_state()} if run.aug is not None else {})},
+    })
+
+
+def summarize(run: Run, model_name: str, seconds: float) -> dict[str, Any]:
+    """summary.json (main rank) and the closing line."""
+    history = run.history
+    summary = {
+        "variant": run.variant.name, "arm": run.cfg.arm, "kind": run.kind, "model": model_name, "epochs": run.cfg.epochs, "seed": run.cfg.seed,
+        "final_val_acc": history[-1]["val_acc"], "best_val_acc": max(r["val_acc"] for r in history),
+        "final_val_loss": history[-1]["val_loss"], "seconds": seconds, "images_per_s": float(np.median([r["images_per_s"] for r in history])),
+        **{k: v for k, v in run.data.meta.items() if k not in ("class_names", "identity")}, "processes": run.ctx.world, "views": run.views_used,
+    }
+    if run.ctx.main:
+        write_json(run.out / "summary.json", summary)
+        console.print(f"[bold]{run.cfg.arm}[/] {model_name}: val acc {summary['final_val_acc']:.2%} (best {summary['best_val_acc']:.2%}), "
+                      f"{seconds:.1f} s -> {run.out}")
+    return summary
+
+
 def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: BatchHook | None = None,
         teacher: TeacherFn | None = None) -> dict[str, Any]:
     """Train `model_name` on `data` with cfg; writes config.json, metrics.jsonl, summary.json and
     checkpoint.pt under cfg.out. `kind` ("student" or "teacher") goes into the checkpoint.
     `teacher` replaces the cached logits as the KD target (the online-KD baseline)."""
-    cfg.validate()
-    variant: Variant = get_variant(cfg.variant)
-    out = Path(cfg.out)
-    if (out / "summary.json").exists() and not cfg.overwrite:
-        raise KdstoreError(f"{out} already holds a finished run; pass --overwrite to replace it")
-    if cfg.resume and not (out / "checkpoint.pt").is_file():
-        raise KdstoreError(f"--resume: {out} has no checkpoint.pt to continue from")
-    if variant.needs_teacher and data.teacher_logits is None and teacher is None:
-        raise KdstoreError(f"variant {variant.name} needs teacher logits from a store")
-    replay = cfg.views == "replay" or (cfg.views == "auto" and data.views is not None and cfg.augment)
-    if replay and data.views is None:
-        raise KdstoreError("--views replay: the store has no views (make one with `kdstore cache --views K`)")
-    ctx, device = distributed.init(resolve_device(cfg.device))
-    if cfg.batch_size % ctx.world:
-        raise KdstoreError(f"--batch-size {cfg.batch_size} is not divisible by the {ctx.world} torchrun processes")
-    if ctx.active and cfg.freeze_epochs:
-        raise KdstoreError("--freeze-epochs is not supported under torchrun (DDP fixes the trained parameters when it starts)")
-    distributed.agree(ctx, "the data", data.meta.get("identity", str(data.train_beton)))
-    torch.manual_seed(cfg.seed)
-    model, meta = build_model(model_name, data.num_classes, cfg.input_size or data.image_size, cfg.stem, cfg.pretrained, cfg.pretrained_file)
-    model.to(device)
-    net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ctx.active else model
-
-    fields = read_int_fields(data.train_beton)
-    n = len(fields["sample_id"])
-    if cfg.batch_size > n:
-        raise KdstoreError(f"--batch-size {cfg.batch_size} is larger than the {n} training samples")
-    if cfg.batch_size // ctx.world < 2:
-        raise KdstoreError(f"--batch-size {cfg.batch_size} leaves fewer than 2 samples per process (BatchNorm needs 2)")
-    # One lone sample in a last batch would break BatchNorm in training mode: drop it then.
-    drop_last = ctx.world == 1 and n % cfg.batch_size == 1 and n > 1
-    usable = distributed.usable_length(n, cfg.batch_size, ctx.world)
-    scores = data.scores or Scores(np.ones(n, dtype=np.float32), np.arange(n), "none")
-    schedule = Schedule(variant.ordering, cfg.pacing, cfg.pacing_params, fields["label"], cfg.batch_size, usable, cfg.epochs, cfg.seed, scores)
-    rank_order = lambda epoch: distributed.rank_positions(schedule.order(epoch), cfg.batch_size, ctx.rank, ctx.world)  # noqa: E731
-    train_loader = make_loader(data.train_beton, cfg.batch_size // ctx.world, cfg.workers, rank_order, drop_last)
-    n_val = len(read_int_fields(data.val_beton)["sample_id"])
-    val_loader = make_loader(data.val_beton, 512, cfg.workers, indices=np.arange(ctx.rank, n_val, ctx.world))
-    steps_per_epoch = len(train_loader)
-
-    policy = POLICIES[variant.policy]
-    rescore_due = SCORERS[cfg.scorer]
-    if not variant.needs_teacher:
-        teacher = None
-    elif teacher is None:
-        teacher = (view_teacher(data.views, data.num_classes, device, cfg.teacher_rows) if replay
-                   else cached_teacher(data.teacher_logits, device, cfg.teacher_rows))
-    mean = torch.tensor(data.mean, device=device)
-    std = torch.tensor(data.std, device=device)
-    head, body = _split_head(model)
-    groups = [{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr or cfg.lr}]
-    optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
-    aug = torch.Generator().manual_seed(cfg.seed + 1_000_003 * ctx.rank) if cfg.augment else None
-    if replay:
-        prepare = replay_views(data.views, cfg.seed, device, cfg.teacher_rows)
-    else:
-        prepare = random_augment(augmentation_for(data.image_size), data.image_size, aug) if aug is not None else no_augment()
-
-    if ctx.main:
-        out.mkdir(parents=True, exist_ok=True)
-    views_used = {"mode": "replay", "count": data.views.count, "topk": data.views.topk} if replay else {"mode": "clean"}
-    config = {**to_dict(cfg), "variant": variant.name, "kind": kind, "model": meta, "data": data.meta, "views_used": views_used}
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
+    run = build_run(cfg, data, model_name, kind, hook, teacher)
+    start = 0
     if cfg.resume:
-        start_epoch, history = _restore(out / "checkpoint.pt", config, model, optimizer, scheduler, aug)
-        train_loader.next_epoch = start_epoch  # FFCV asks order_fn for this epoch next
-        saved = _load_scores(out, start_epoch, fields["sample_id"])  # a student scorer's last curriculum
+        start, run.history = _restore(run.out / "checkpoint.pt", run.config, run.model, run.step.optimizer, run.step.scheduler, run.aug)
+        run.train_loader.next_epoch = start  # FFCV asks the order for this epoch next
+        saved = _load_scores(run.out, start, run.sample_id)  # a student scorer's last curriculum
         if saved is not None:
-            schedule.set_scores(saved)
-    metrics_path = out / "metrics.jsonl"
-    if ctx.main:
-        write_json(out / "config.json", config)
-        metrics_path.write_text("".join(json.dumps(row) + "\n" for row in history))
-    t_run = time.perf_counter()
-    with images_progress(cfg.progress and ctx.main) as bar:
-        for epoch in range(start_epoch, cfg.epochs):
-            if rescore_due(epoch, cfg.rescore_every):
-                schedule.set_scores(score_train_set(model, data, fields["label"], cfg, device, ctx, f"student@{epoch + 1}"))
-            order = schedule.order(epoch)  # global: lambda per global batch is the same on every rank
-            confidence = schedule.scores.confidence
-            lambdas = policy(confidence[order], cfg.batch_size, cfg.lam, float(confidence.max()))
-            mine = rank_order(epoch)
-            task = bar.add_task(f"{variant.name} epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch * (cfg.batch_size // ctx.world) if drop_last else len(mine), info="")
-            row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "scores": schedule.scores.source}
-            pace = schedule.fractions(epoch)
-            if pace is not None:  # g(t) for every batch of the epoch, for `kdstore report`
-                row["pace"] = np.round(pace, 5).tolist()
-            for p in body:  # --freeze-epochs: only the head learns at first (frozen params get no grad)
-                p.requires_grad_(epoch >= cfg.freeze_epochs)
-            row.update(train_one_epoch(net, train_loader, mine, lambdas, teacher, optimizer, scheduler, prepare, cfg, mean, std, device,
-                                       epoch, bar, task, hook, cfg.label_smoothing, scaler, ctx))
-            row.update(evaluate(model, val_loader, mean, std, device, cfg.input_size, cfg.amp, ctx))
-            bar.update(task, info=f"loss {row['train_loss']:.3f} val acc {row['val_acc']:.2%}")
-            history.append(row)
-            if not ctx.main:
-                continue
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            if schedule.scores.computed:  # the store holds the teacher's scores; save the run's own
-                _save_scores(out, epoch + 1, schedule.scores, fields["sample_id"])
-            save_checkpoint(out / "checkpoint.pt", {
-                "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1, "meta": {**meta, "kind": kind, "class_names": data.meta.get("class_names", []),
-                                             "dataset": data.meta.get("dataset", ""), "split": data.meta.get("split")},
-                "config": json.loads(json.dumps(config)), "history": json.loads(json.dumps(history)),
-                "rng": {"torch": torch.get_rng_state(), **({"augment": aug.get_state()} if aug is not None else {})},
-            })
-    summary = {
-        "variant": variant.name, "arm": cfg.arm, "kind": kind, "model": model_name, "epochs": cfg.epochs, "seed": cfg.seed,
-        "final_val_acc": history[-1]["val_acc"], "best_val_acc": max(r["val_acc"] for r in history),
-        "final_val_loss": history[-1]["val_loss"], "seconds": time.perf_counter() - t_run,
-        "images_per_s": float(np.median([r["images_per_s"] for r in history])),
-        **{k: v for k, v in data.meta.items() if k not in ("class_names", "identity")}, "processes": ctx.world,
-        "views": views_used,
-    }
-    if not ctx.main:
-        return summary
-    write_json(out / "summary.json", summary)
-    console.print(f"[bold]{cfg.arm}[/] {model_name}: val acc {summary['final_val_acc']:.2%} (best {summary['best_val_acc']:.2%}), {summary['seconds']:.1f} s -> {out}")
-    return summary
+            run.schedule.set_scores(saved)
+    if run.ctx.main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        write_json(run.out / "config.json", run.config)
+        (run.out / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in run.history))
+    t0 = time.perf_counter()
+    with images_progress(cfg.progress and run.ctx.main) as bar:
+        for epoch in range(start, cfg.epochs):
+            row = run_epoch(run, epoch, bar)
+            if run.ctx.main:
+                save_epoch(run, row)
+    return summarize(run, model_name, time.perf_counter() - t0)
 
 
 def score_train_set(model: nn.Module, data: TrainData, labels: np.ndarray, cfg: TrainConfig, device: torch.device,
                     ctx: Context, source: str) -> Scores:
     """One inference pass of `model` over the clean training images (each rank scores a shard of
     whole batches; the shards are summed into the full table), then the curriculum rules."""
-    from .cache import clean_forward, score_beton
-
     n = len(labels)
     lo, hi = distributed.shard(n, 512, ctx.rank, ctx.world)
     mean, std = torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device)
@@ -434,9 +478,9 @@ def _restore(path: Path, config: dict[str, Any], model: nn.Module, optimizer, sc
     if not isinstance(ckpt, dict) or not {"config", "state_dict", "optimizer", "scheduler", "epoch", "rng"} <= set(ckpt):
         raise KdstoreError(f"--resume: {path} is not a per-epoch checkpoint of `kdstore train` (a bare state dict?)")
     saved = ckpt.get("config", {})
-    differing = sorted(k for k in set(saved) | set(config) if k not in _RESUMABLE_CHANGES and saved.get(k) != config.get(k))
-    if differing:
-        raise KdstoreError(f"--resume: {path} was saved by a run with different {', '.join(differing)}")
+    changed = differing(saved, config, ignore=_RESUMABLE_CHANGES)
+    if changed:
+        raise KdstoreError(f"--resume: {path} was saved by a run with different {', '.join(changed)}")
     try:
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -460,3 +504,14 @@ def run(cfg: TrainConfig, hook: BatchHook | None = None) -> dict[str, Any]:
             raise KdstoreError(f"--verify: {problems[0]}" + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
     store = Store.open(cfg.store)
     return fit(cfg, data_from_store(store), cfg.student, "student", hook)
+
+
+def run_online(cfg: TrainConfig, store: Store, checkpoint: str | None = None, teacher_name: str | None = None) -> dict[str, Any]:
+    """Train a student with online KD (the teacher runs on every batch) through the same loop and
+    step as `run`; a baseline for benchmarks, not part of the offline workflow."""
+    spec = TeacherSpec(teacher=teacher_name, checkpoint=checkpoint, input_size=int(store.attrs["input_size"]))
+    loaded = load_teacher(spec, store.num_classes, int(store.attrs["image_size"]))
+    loaded.model.to(resolve_device(cfg.device))
+    data = data_from_store(store)
+    data.meta["online_teacher"] = loaded.meta["model"]
+    return fit(cfg, data, cfg.student, "student", teacher=online_teacher(loaded.model, int(loaded.meta["input_size"])))

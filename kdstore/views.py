@@ -13,10 +13,12 @@ FKD does with its soft labels).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
+from .arrays import release_pages
 from .augment import AUGMENTATIONS
 
 
@@ -42,6 +44,22 @@ class Views:
     def topk(self) -> int:
         """k, or 0 when the full logits are stored."""
         return 0 if self.topk_values is None else int(self.topk_values.shape[2])
+
+
+@dataclass(frozen=True)
+class ViewMode:
+    """What `train --views MODE` does with a store's views."""
+
+    replay: Callable[[bool, bool], bool]  # (the store has views, augmentation on) -> replay them?
+    needs_views: bool  # refuse a store without views
+    needs_augment: bool  # refuse --no-augment
+
+
+VIEW_MODES: dict[str, ViewMode] = {
+    "auto": ViewMode(lambda has_views, augment: has_views and augment, needs_views=False, needs_augment=False),
+    "replay": ViewMode(lambda has_views, augment: True, needs_views=True, needs_augment=True),
+    "clean": ViewMode(lambda has_views, augment: False, needs_views=False, needs_augment=False),
+}
 
 
 def draw_params(augmentation: str, n: int, k: int, image_size: int, seed: int) -> np.ndarray:
@@ -104,8 +122,6 @@ BLOCK_ROWS = 1 << 16  # samples per block when the large view arrays are read th
 
 def value_problems(views: Views, num_classes: int) -> list[str]:
     """Non-finite logits and class ids out of range, read block by block (bounded memory)."""
-    from .store import release_pages  # store imports this module
-
     n = views.params.shape[0]
     for lo in range(0, n, BLOCK_ROWS):
         hi = lo + BLOCK_ROWS

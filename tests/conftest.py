@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network here: fail fast inste
 
 from kdstore import cache, teacher  # noqa: E402
 from kdstore.cache import CacheConfig  # noqa: E402
+from kdstore.teacher import TeacherConfig  # noqa: E402
 from kdstore.train import TrainConfig  # noqa: E402
 
 def reseal(store: Path) -> None:
@@ -48,7 +49,7 @@ def make_imagefolder(root: Path, classes: int = 3, train_per_class: int = 10, va
 def digits_teacher(tmp_path_factory) -> Path:
     """A cifar_resnet8 teacher trained for 4 epochs on digits; returns its run directory."""
     out = tmp_path_factory.mktemp("teacher")
-    teacher.run(TrainConfig(out=str(out), student="cifar_resnet8", variant="unguided", epochs=4, batch_size=64, lr=0.1, progress=False), "digits")
+    teacher.run(TeacherConfig("cifar_resnet8", "digits", training=TrainConfig(out=str(out), epochs=4, batch_size=64, lr=0.1, progress=False)))
     return out
 
 
@@ -71,7 +72,7 @@ def small_store(tmp_path_factory, synthetic_folder) -> Path:
     than chance (so that confidences, the curriculum and SR's lambda vary)."""
     root = tmp_path_factory.mktemp("small")
     spec = f"imagefolder:{synthetic_folder}"
-    teacher.run(TrainConfig(out=str(root / "teacher"), student="cifar_resnet8", variant="unguided", epochs=6, batch_size=10, lr=0.05,
-                            workers=1, progress=False), spec)
+    teacher.run(TeacherConfig("cifar_resnet8", spec, training=TrainConfig(out=str(root / "teacher"), epochs=6, batch_size=10, lr=0.05, workers=1,
+                                                                          progress=False)))
     cache.run(CacheConfig(dataset=spec, checkpoint=str(root / "teacher" / "checkpoint.pt"), out=str(root / "store"), batch_size=8, progress=False))
     return root / "store"

@@ -7,7 +7,7 @@ import stat
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from kdstore.cli.main import cli
 from kdstore.store import Store, commit_dir, recover, staging_dir
 
 from .conftest import make_imagefolder
@@ -161,7 +161,7 @@ def test_an_interrupted_replacement_is_recovered(digits_store, tmp_path):
 
 def test_an_open_store_keeps_reading_the_files_it_opened(digits_store, small_store, tmp_path):
     """`cache --overwrite` may replace a store while a run reads it: the run keeps its files."""
-    from kdstore.loading import fingerprint_beton, read_int_fields
+    from kdstore.ffcv_files import fingerprint_beton, read_int_fields
 
     out = tmp_path / "s"
     shutil.copytree(digits_store, out)

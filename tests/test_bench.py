@@ -5,7 +5,7 @@ import pytest
 import torch.nn as nn
 from click.testing import CliRunner
 
-from cli.main import cli
+from kdstore.cli.main import cli
 from kdstore.bench import break_even, flop_counts
 
 

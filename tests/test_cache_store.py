@@ -12,7 +12,7 @@ from kdstore.cache import CacheConfig
 from kdstore.datasets import load_dataset
 from kdstore.errors import KdstoreError
 from kdstore.models import build_from_meta, load_checkpoint, sha256_file
-from kdstore.orders import confidence_and_correct, curriculum
+from kdstore.curriculum import confidence_and_correct, curriculum
 from kdstore.store import ROOT_ATTRS, Store, verify
 
 

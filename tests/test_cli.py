@@ -8,7 +8,7 @@ import h5py
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from kdstore.cli.main import cli
 from kdstore import datasets
 from kdstore.errors import KdstoreError
 

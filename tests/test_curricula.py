@@ -12,11 +12,12 @@ from kdstore import merge, train
 from kdstore.errors import KdstoreError
 from kdstore.pacing import PACINGS, PacingParams, fractions, prefix_lengths
 from kdstore.reliance import POLICIES
-from kdstore.schedule import ORDERINGS
+from kdstore.schedule import ORDERINGS, SCORERS
 from kdstore.store import Store, build_split
 from kdstore.sweep import arms
 from kdstore.train import TrainConfig
 from kdstore.variants import ALIASES, VARIANTS
+from kdstore.views import VIEW_MODES
 
 BATCH = 4  # small_store: 30 training images -> 8 batches an epoch
 
@@ -76,9 +77,10 @@ def test_orderings_that_cannot_take_an_option_are_refused(tmp_path):
 
 
 def test_the_loop_names_no_variant_ordering_or_pacing():
-    """Variants, orderings and pacings are registry data: train.py holds none of their names."""
+    """Variants, orderings, pacings, scorers, views modes and lambda policies are registry data:
+    train.py compares none of their names."""
     tree = ast.parse(Path(train.__file__).read_text())
-    names = set(VARIANTS) | set(ALIASES) | set(ORDERINGS) | set(PACINGS)
+    names = set(VARIANTS) | set(ALIASES) | set(ORDERINGS) | set(PACINGS) | set(SCORERS) | set(VIEW_MODES) | set(POLICIES)
     compared = {n.value for c in ast.walk(tree) if isinstance(c, (ast.Compare, ast.Match)) for n in ast.walk(c)
                 if isinstance(n, ast.Constant) and isinstance(n.value, str)}
     assert not compared & names  # no `if variant == "kd-cl"`, `pacing in ("linear", ...)`, ...
@@ -107,16 +109,16 @@ def test_merge_by_hand():
 
 def test_merge_refuses_other_images_and_writes_a_store(digits_store, small_store, tmp_path):
     with pytest.raises(KdstoreError, match="different images"):
-        merge.run([str(digits_store), str(small_store)], str(tmp_path / "m"))
+        merge.run(merge.MergeConfig((str(digits_store), str(small_store)), str(tmp_path / "m")))
     assert not (tmp_path / "m").exists()
-    out = merge.run([str(digits_store), str(digits_store)], str(tmp_path / "same"))
+    out = merge.run(merge.MergeConfig((str(digits_store), str(digits_store)), str(tmp_path / "same")))
     s, m = Store.open(digits_store), Store.open(out)
     np.testing.assert_allclose(m.train.logits, s.train.logits, atol=1e-3)
     np.testing.assert_array_equal(m.train.confidence, s.train.confidence)
     # "mean" recomputes correctness from the stored (float16) logits, where a tie can flip an argmax
     # that the cache decided on float32 logits; one teacher's confidence keeps its curriculum exactly.
     assert (m.train.correct == s.train.correct).mean() > 0.99
-    one = Store.open(merge.run([str(digits_store), str(digits_store)], str(tmp_path / "one"), confidence="0"))
+    one = Store.open(merge.run(merge.MergeConfig((str(digits_store), str(digits_store)), str(tmp_path / "one"), confidence="0")))
     np.testing.assert_array_equal(one.train.curriculum, s.train.curriculum)
     assert m.attrs["teacher"] == "ensemble(cifar_resnet8,cifar_resnet8)" and json.loads(m.attrs["merged_from"])[1]["path"] == str(digits_store)
 
@@ -127,7 +129,7 @@ def test_pacing_figure_draws_the_logged_g(tmp_path):
     from PIL import Image
 
     from kdstore.plots import pacing_profile
-    from kdstore.report import Run
+    from kdstore.runs import Run
 
     g = fractions("linear", np.arange(12), 12, PacingParams(a=0.5, b=0.25))
     metrics = [{"epoch": e + 1, "pace": g[4 * e:4 * e + 4].tolist()} for e in range(3)]

@@ -1,5 +1,7 @@
 """Real CIFAR-10 images (../shared/data/cifar10-jpeg.tar.gz) read as an imagefolder: teacher,
 cache and a curriculum student on a small subset."""
+import json
+
 import numpy as np
 import pytest
 
@@ -7,6 +9,7 @@ from kdstore import cache, teacher, train
 from kdstore.cache import CacheConfig
 from kdstore.datasets import unpack_imagefolder_subset
 from kdstore.store import Store
+from kdstore.teacher import TeacherConfig
 from kdstore.train import TrainConfig
 
 from .conftest import SHARED_CIFAR
@@ -17,7 +20,7 @@ pytestmark = pytest.mark.skipif(not SHARED_CIFAR.is_file(), reason=f"real CIFAR-
 def test_cifar10_jpeg_cache_and_train(tmp_path):
     root = unpack_imagefolder_subset(SHARED_CIFAR, tmp_path / "cifar10", {"train": 40, "test": 10})
     spec = f"imagefolder:{root}"
-    t = teacher.run(TrainConfig(out=str(tmp_path / "teacher"), student="cifar_resnet8", variant="unguided", epochs=1, batch_size=50, progress=False), spec)
+    t = teacher.run(TeacherConfig("cifar_resnet8", spec, training=TrainConfig(out=str(tmp_path / "teacher"), epochs=1, batch_size=50, progress=False)))
     assert t["kind"] == "teacher"
     cache.run(CacheConfig(dataset=spec, out=str(tmp_path / "store"), checkpoint=str(tmp_path / "teacher" / "checkpoint.pt"), progress=False))
     store = Store.open(tmp_path / "store")
@@ -27,4 +30,6 @@ def test_cifar10_jpeg_cache_and_train(tmp_path):
     summary = train.run(TrainConfig(out=str(tmp_path / "run"), store=str(tmp_path / "store"), variant="kd-cl-sr", epochs=1, batch_size=64, progress=False),
                         hook=lambda e, b, ids, lam: seen.append(ids))
     np.testing.assert_array_equal(np.concatenate(seen), store.train.curriculum)
-    assert 0.0 <= summary["final_val_acc"] <= 1.0
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["final_val_acc"] == metrics[-1]["val_acc"] and metrics[-1]["train_kd"] > 0  # the KD term was live
+    assert np.isfinite([metrics[-1][k] for k in ("train_loss", "train_ce", "val_loss")]).all() and metrics[-1]["lam_max"] > 0

@@ -13,16 +13,14 @@ import threading
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import psutil
 import pytest
-from PIL import Image
 
 from click.testing import CliRunner
 
-from cli.main import cli
-from kdstore import cache, loading
+from kdstore.cli.main import cli
+from kdstore import cache, ffcv_files
 from kdstore.cache import CacheConfig
 from kdstore.datasets import ImageSplit
 from kdstore.errors import KdstoreError
@@ -164,7 +162,7 @@ def test_unreadable_first_image_is_named(tmp_path):
 
 def test_a_killed_writer_worker_fails_in_bounded_time(tmp_path, monkeypatch):
     """FFCV's writer would wait forever for a dead worker; write_beton stops it and says so."""
-    monkeypatch.setattr(loading, "WRITER_STALL_S", 3.0)
+    monkeypatch.setattr(ffcv_files, "WRITER_STALL_S", 3.0)
     images = np.zeros((400, 8, 8, 3), dtype=np.uint8)
 
     def slow(i):
@@ -189,7 +187,7 @@ def test_a_killed_writer_worker_fails_in_bounded_time(tmp_path, monkeypatch):
     threading.Thread(target=kill_a_worker, daemon=True).start()
     t0 = time.monotonic()
     with pytest.raises(KdstoreError, match="lost a worker process"):
-        loading.write_beton(split, tmp_path / "x.beton", workers=2)
+        ffcv_files.write_beton(split, tmp_path / "x.beton", workers=2)
     assert killed and time.monotonic() - t0 < 60
     assert not (tmp_path / "x.beton").exists()
     assert not [c for c in psutil.Process().children(recursive=True) if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]

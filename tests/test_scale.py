@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from kdstore import cache, train
-from kdstore.batches import Rows
+from kdstore.targets import Rows
 from kdstore.cache import CacheConfig
 from kdstore.errors import KdstoreError
-from kdstore.store import Blocks, Store, file_rows, mean_blocks, release_pages, row_blocks, write_teacher_h5
+from kdstore.arrays import release_pages, row_blocks
+from kdstore.store import Blocks, Store, file_rows, mean_blocks, write_teacher_h5
 from kdstore.train import TrainConfig
 
 from .conftest import reseal

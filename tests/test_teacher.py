@@ -13,6 +13,7 @@ from kdstore.errors import KdstoreError
 from kdstore.models import build_model, load_checkpoint
 from kdstore.splits import holdout, split_record, stratified_members
 from kdstore.store import Store
+from kdstore.teacher import TeacherConfig
 from kdstore.train import TrainConfig
 
 
@@ -43,8 +44,8 @@ def test_split_is_disjoint_complete_and_stratified():
 
 
 def test_holdout_teacher_cache_and_student(tmp_path):
-    t = teacher.run(TrainConfig(out=str(tmp_path / "t"), student="cifar_resnet8", variant="unguided", epochs=1, batch_size=128, progress=False),
-                    "digits", split=0.6, split_seed=3)
+    t = teacher.run(TeacherConfig("cifar_resnet8", "digits", split=0.6, split_seed=3,
+                                  training=TrainConfig(out=str(tmp_path / "t"), epochs=1, batch_size=128, progress=False)))
     assert t["kind"] == "teacher" and t["split"]["size"] == t_size(0.6)  # the teacher's own run records the split
     meta = load_checkpoint(tmp_path / "t" / "checkpoint.pt")["meta"]
     assert meta["split"]["fraction"] == 0.6 and meta["split"]["seed"] == 3 and meta["split"]["size"] == t_size(0.6)

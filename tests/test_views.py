@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from kdstore import cache, train
+from kdstore import step as step_module
 from kdstore.augment import AUGMENTATIONS, normalize
 from kdstore.cache import CacheConfig, load_teacher
-from kdstore.loading import make_loader
+from kdstore.ffcv_files import make_loader
 from kdstore.store import Store, verify, write_manifest
 from kdstore.train import TrainConfig
 from kdstore.variants import VARIANTS
@@ -108,7 +109,7 @@ def test_verify_covers_views(views_store, tmp_path):
     assert any("views/params hold crop-flip parameters outside" in p for p in verify(bad))
 
 
-def test_topk_store_trains_with_expanded_targets(synthetic_folder, views_store, tmp_path):
+def test_topk_store_trains_with_expanded_targets(synthetic_folder, views_store, tmp_path, monkeypatch):
     out = tmp_path / "topk"
     cache.run(_teacher_cfg(synthetic_folder, out, views=K, topk=2))
     v, full = Store.open(out).train.views, Store.open(views_store).train.views
@@ -118,18 +119,31 @@ def test_topk_store_trains_with_expanded_targets(synthetic_folder, views_store, 
     np.testing.assert_allclose(torch.softmax(expanded, 1).numpy(), torch.softmax(torch.from_numpy(full.logits[:, 0]), 1).numpy(), atol=2e-3)
     with h5py.File(out / "teacher.h5", "r") as f:
         assert "logits" not in f["train/views"] and f["train/views"].attrs["topk"] == 2
-    summary = train.run(TrainConfig(out=str(tmp_path / "run"), store=str(out), variant="kd-cl-sr", epochs=1, batch_size=8, workers=1, progress=False))
-    assert summary["views"]["topk"] == 2 and 0.0 <= summary["final_val_acc"] <= 1.0
+    # The KD target of every batch is the expanded top-k logits of the view each sample replayed.
+    targets, seen = [], []
+    real_loss = step_module.student_loss
+    monkeypatch.setattr(step_module, "student_loss", lambda s, y, t, *a: targets.append(t.clone()) or real_loss(s, y, t, *a))
+    summary = train.run(TrainConfig(out=str(tmp_path / "run"), store=str(out), variant="kd", epochs=1, batch_size=8, workers=1, progress=False),
+                        hook=lambda e, b, ids, lam: seen.append(ids))
+    assert summary["views"]["topk"] == 2 and len(targets) == len(seen) == 4
+    t = Store.open(out).train
+    chosen = choose(0, 0, 30, K)
+    for ids, target in zip(seen, targets):
+        pos = t.positions(ids)
+        view = chosen[pos]
+        expected = topk_expand(torch.from_numpy(v.topk_values[pos, view]), torch.from_numpy(v.topk_indices[pos, view]),
+                               torch.from_numpy(v.fill[pos, view]), 3)
+        assert torch.equal(target, expected)
 
 
 def test_merge_averages_identical_views_and_refuses_a_mix(views_store, small_store, tmp_path):
     from kdstore import merge
     from kdstore.errors import KdstoreError
 
-    merged = Store.open(merge.run([str(views_store), str(views_store)], str(tmp_path / "m")))
+    merged = Store.open(merge.run(merge.MergeConfig((str(views_store), str(views_store)), str(tmp_path / "m"))))
     np.testing.assert_allclose(merged.train.views.logits, Store.open(views_store).train.views.logits, rtol=2e-3, atol=2e-3)  # float16
     with pytest.raises(KdstoreError, match="same views"):
-        merge.run([str(views_store), str(small_store)], str(tmp_path / "mix"))
+        merge.run(merge.MergeConfig((str(views_store), str(small_store)), str(tmp_path / "mix")))
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -19,10 +19,12 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+import psutil
 import torch
 
-from .augment import AUGMENTATIONS
-from .store import file_rows, release_pages
+from .augment import AUGMENTATIONS, resize
+from .arrays import release_pages
+from .store import file_rows
 from .views import Views, choose, topk_expand
 
 Prepare = Callable[[int, np.ndarray, torch.Tensor], tuple[torch.Tensor, np.ndarray | None]]
@@ -30,6 +32,7 @@ TeacherFn = Callable[[np.ndarray, torch.Tensor, np.ndarray | None], torch.Tensor
 
 DEVICE_TABLE_FRACTION = 0.25  # of free CUDA memory: a teacher table up to this size lives on the device
 PLACEMENTS = ("auto", "device", "mapped")
+PREFETCH_FRACTION = 0.5  # of available memory: a table up to this size is read into the page cache ahead
 
 
 class Rows:
@@ -50,6 +53,8 @@ class Rows:
         self.placement = placement
         self.table = _upload(array, device) if placement == "device" else None
         self.file = file_rows(array) if self.table is None else None
+        if self.file is not None and array.nbytes < PREFETCH_FRACTION * psutil.virtual_memory().available:
+            self.file.prefetch(array.nbytes)  # the epoch reads every row: have the kernel load them ahead
 
     def __call__(self, *index: np.ndarray) -> torch.Tensor:
         if self.table is not None:
@@ -117,3 +122,15 @@ def view_teacher(views: Views, num_classes: int, device: torch.device, placement
         return lambda pos, images, view: table(pos, view).float()
     values, indices, fill = (Rows(a, device, placement) for a in (views.topk_values, views.topk_indices, views.fill))
     return lambda pos, images, view: topk_expand(values(pos, view), indices(pos, view), fill(pos, view), num_classes)
+
+
+def online_teacher(model: torch.nn.Module, input_size: int) -> TeacherFn:
+    """The online-KD baseline's TeacherFn: the teacher (eval, inference mode) on every augmented batch."""
+    model.eval()
+
+    def forward(pos: np.ndarray, images: torch.Tensor, view: np.ndarray | None = None) -> torch.Tensor:
+        with torch.inference_mode():
+            logits = model(resize(images, input_size)).float()
+        return logits.clone()  # an inference tensor cannot be saved for backward
+
+    return forward

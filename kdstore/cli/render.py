@@ -7,6 +7,7 @@ import numpy as np
 from rich.table import Table
 
 from kdstore.progress import console
+from kdstore.report import table_rows
 from kdstore.store import Store
 
 
@@ -42,8 +43,6 @@ def render_store(store: Store) -> None:
 
 
 def render_results(summary: dict) -> None:
-    from kdstore.report import table_rows
-
     header, body = table_rows(summary)
     table = Table(title="students per variant (mean ± std over seeds)")
     for i, h in enumerate(header):

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from kdstore.orders import confidence_and_correct, curriculum, inverse
+from kdstore.curriculum import confidence_and_correct, curriculum, inverse
 from kdstore.pacing import PacingParams
 from kdstore.schedule import Schedule, Scores
 from kdstore.reliance import POLICIES, batch_means, sr_lambda

@@ -1,0 +1,30 @@
+"""Large arrays read in bounded memory: row blocks of about a given size, and dropping the
+pages a memory-mapped array has touched (they stay in the shared page cache)."""
+from __future__ import annotations
+
+import mmap
+from typing import Any, Iterator
+
+import numpy as np
+
+BLOCK_BYTES = 64 << 20  # large arrays are written, merged and checked in row blocks of about this size
+
+
+def row_blocks(array: np.ndarray, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, int]]:
+    """(start, stop) row ranges of about `block_bytes` each, covering `array`."""
+    n = len(array)
+    row = max(1, int(np.prod(array.shape[1:], dtype=np.int64)) * np.dtype(array.dtype).itemsize)
+    step = max(1, block_bytes // row)
+    for lo in range(0, n, step):
+        yield lo, min(n, lo + step)
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop this process's mapping of a memory-mapped array's pages (they stay in the page cache,
+    shared with every other reader). Bounds the resident memory of a reader that walks a large
+    table; a no-op for arrays in memory."""
+    base: Any = array
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
+    if base is not None and hasattr(mmap, "MADV_DONTNEED"):
+        base.madvise(mmap.MADV_DONTNEED)

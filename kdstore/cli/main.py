@@ -1,0 +1,189 @@
+"""`kdstore` commands. Each one parses its options into a config and calls the library."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from kdstore import bench as bench_lib, cache as cache_lib, demo as demo_lib, merge as merge_lib, report as report_lib
+from kdstore import teacher as teacher_lib, train as train_lib
+from kdstore.bench import BenchConfig
+from kdstore.cache import CacheConfig
+from kdstore.cli.render import render_bench, render_results, render_store
+from kdstore.config import click_options, fields_of, given
+from kdstore.errors import KdstoreError
+from kdstore.merge import MergeConfig
+from kdstore.store import Store, verify as verify_store
+from kdstore.sweep import SweepConfig
+from kdstore.teacher import TRAINING_OPTIONS, TeacherConfig
+from kdstore.train import TrainConfig
+
+
+
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a KdstoreError (bad input) or an OSError (the environment) into one line on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KdstoreError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except OSError as e:  # the environment: a full disk, a read-only or missing directory, a file where a directory goes
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"error: {where}{e.strerror or e}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _train_config(values: dict[str, Any], config_file: str | None = None) -> TrainConfig:
+    """A TrainConfig from the command line; with --config, a run's config.json gives every option
+    the command line does not set."""
+    if config_file is None:
+        return TrainConfig(**values)
+    try:
+        saved = json.loads(Path(config_file).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise KdstoreError(f"--config {config_file} cannot be read ({type(e).__name__})") from None
+    explicit = given(values)
+    return TrainConfig(**{**fields_of(TrainConfig, saved), **{k: v for k, v in values.items() if k in explicit}})
+
+
+@click.group()
+@click.version_option(package_name="kdstore")
+def cli() -> None:
+    """Offline knowledge distillation: cache a teacher once, train students from the store."""
+
+
+@cli.command()
+@click_options(CacheConfig)
+@_friendly
+def cache(**kw: Any) -> None:
+    """Run the teacher once and write a store (FFCV images + teacher.h5)."""
+
+    cache_lib.run(CacheConfig(**kw))
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(), help="A run's config.json: rerun it (options given here override it).")
+@click_options(TrainConfig)
+@_friendly
+def train(config_file: str | None, **kw: Any) -> None:
+    """Train a student from a store (no teacher is loaded)."""
+
+    cfg = _train_config(kw, config_file)
+    if cfg.store is None:
+        raise KdstoreError("--store is required (or a --config that names it)")
+    train_lib.run(cfg)
+
+
+@cli.command()
+@click_options(TeacherConfig, skip={"training"})
+@click_options(TrainConfig, only=TRAINING_OPTIONS)
+@_friendly
+def teacher(model: str, dataset: str, data_root: str | None, image_size: int | None, split: float | None, split_seed: int, **kw: Any) -> None:
+    """Train (or fine-tune with --pretrained) a teacher; its checkpoint.pt feeds `kdstore cache`."""
+
+    teacher_lib.run(TeacherConfig(model, dataset, data_root, image_size, split, split_seed, TrainConfig(**kw)))
+
+
+@cli.command()
+@click.argument("store", type=click.Path())
+@_friendly
+def inspect(store: str) -> None:
+    """Summarise a store: dataset, teacher, sizes, accuracy, confidence histogram."""
+
+
+    render_store(Store.open(store))
+
+
+@cli.command()
+@click.argument("store", type=click.Path())
+@_friendly
+def verify(store: str) -> None:
+    """Recompute the sha256 of every store file against its manifest."""
+
+    problems = verify_store(store)
+    for line in problems:
+        click.echo(f"mismatch: {line}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"{store}: all files match their recorded sha256")
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(), help="Write results.md, results.csv and results.json here.")
+@click.option("--allow-mixed", is_flag=True, help="Tabulate runs from different stores together.")
+@click.option("--baseline", default=report_lib.BASELINE, show_default=True, help="The arm every other is compared with, paired by seed (e.g. kd).")
+@_friendly
+def report(runs: tuple[str, ...], out: str | None, allow_mixed: bool, baseline: str) -> None:
+    """Table of runs (or sweep directories): per arm, mean ± std over seeds."""
+
+
+    found = report_lib.find_runs(list(runs))
+    summary = report_lib.summarize(found, allow_mixed, baseline)
+    if out:
+        report_lib.write_report(summary, out, found)
+    render_results(summary)
+
+
+@cli.command()
+@click_options(SweepConfig)
+@click_options(TrainConfig, skip={"variant", "pacing", "scorer", "views", "resume", "verify"})
+@_friendly
+def sweep(variants: str, seeds: str, pacing: str, scorer: str, views: str, **kw: Any) -> None:
+    """Every variant x pacing x scorer x seed from one store (resumable), then OUT/report."""
+
+    render_results(SweepConfig(variants, seeds, pacing, scorer, views).run(TrainConfig(**kw)))
+
+
+@cli.command()
+@click.argument("stores", nargs=-1, required=True, type=click.Path())
+@click_options(MergeConfig, skip={"stores"})
+@_friendly
+def merge(stores: tuple[str, ...], **kw: Any) -> None:
+    """Combine stores of the same images from several teachers: mean logits as the KD target."""
+
+    merge_lib.run(MergeConfig(tuple(stores), **kw))
+
+
+@cli.command()
+@click_options(BenchConfig)
+@_friendly
+def bench(**kw: Any) -> None:
+    """Speed of offline KD against online KD and unguided training, on the same batches."""
+
+    render_bench(bench_lib.run(BenchConfig(**kw)))
+
+
+@cli.command()
+@click.option("--out", default="demo-out", show_default=True, type=click.Path())
+@click.option("--no-progress", is_flag=True)
+@_friendly
+def demo(out: str, no_progress: bool) -> None:
+    """Teacher, cache and all six variants on the embedded digits data; prints the results."""
+
+
+    render_results(demo_lib.run(out, progress=not no_progress))
+
+
+def main() -> None:
+    cli(prog_name="kdstore")
+
+
+def distill_cache() -> None:
+    cache(prog_name="distill-cache")
+
+
+def distill_train() -> None:
+    train(prog_name="distill-train")

@@ -1,0 +1,176 @@
+"""The inference pass: a model over the images of a .beton, batch by batch, in file order.
+
+`cache` runs it with the teacher (clean images, then stored views), the student scorer with the
+student, and `bench` times it. Forward functions make what a model is given exactly as `train`
+makes it (normalise, augment with given parameters, resize); outputs are flushed in chunks of
+whole batches (each chunk file whole or absent), so a killed pass resumes where it stopped and
+no pass ever holds an (N, C) table.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .augment import AUGMENTATIONS, normalize, resize
+from .curriculum import confidence_and_correct
+from .ffcv_files import make_loader, read_int_fields
+from .progress import images_progress
+from .store import Blocks
+from .views import topk_compress
+
+
+def teacher_forward(model: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                    input_size: int, device: torch.device) -> torch.Tensor:
+    """Teacher logits (B, C) float32 for a batch of (B, H, W, 3) uint8 images, on `device`."""
+    x = resize(normalize(images.to(device, non_blocking=True), mean, std), input_size)
+    return model(x).float()
+
+
+# forward(images (B, H, W, 3) uint8, their .beton positions (B,)) -> named outputs, each (B, ...)
+Forward = Callable[[torch.Tensor, np.ndarray], dict[str, torch.Tensor]]
+
+
+def clean_forward(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor, input_size: int, device: torch.device) -> Forward:
+    """Logits of the un-augmented images."""
+    model.eval()
+    return lambda images, pos: {"logits": teacher_forward(model, images, mean, std, input_size, device)}
+
+
+def views_forward(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor, input_size: int, device: torch.device,
+                  params: np.ndarray, augmentation: str, topk: int) -> Forward:
+    """Logits of every stored view of each image (one batched forward per view): (B, K, C), or
+    their top-k form. The views are made exactly as `train` replays them: normalise, then
+    augment with the stored parameters, then resize to the teacher's input."""
+    model.eval()
+    aug = AUGMENTATIONS[augmentation]
+    table = torch.from_numpy(params).long().to(device)  # (N, K, P)
+
+    def forward(images: torch.Tensor, pos: np.ndarray) -> dict[str, torch.Tensor]:
+        x = normalize(images.to(device, non_blocking=True), mean, std)
+        p = table[torch.from_numpy(pos).to(device)]
+        logits = torch.stack([model(resize(aug.apply(x, p[:, k]), input_size)).float() for k in range(p.shape[1])], 1)
+        return topk_compress(logits, topk) if topk else {"logits": logits}
+
+    return forward
+
+
+# post(outputs of a batch as numpy arrays, its labels) -> what is kept of them
+Post = Callable[[dict[str, np.ndarray], np.ndarray], dict[str, np.ndarray]]
+
+
+def stored_outputs(logits_dtype: str) -> Post:
+    """What a store keeps of a batch: logits in the stored dtype and, for clean images, each
+    sample's confidence and correctness computed from the float32 logits first."""
+    def post(out: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, np.ndarray]:
+        kept = dict(out)
+        if "logits" in out and out["logits"].ndim == 2:
+            kept["confidence"], kept["correct"] = confidence_and_correct(out["logits"], labels)
+        for key in ("logits", "topk_values"):
+            if key in kept:
+                kept[key] = kept[key].astype(logits_dtype)
+        return kept
+
+    return post
+
+
+def scores_only(out: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, np.ndarray]:
+    """A scorer keeps confidence and correctness, not the (N, C) logits."""
+    confidence, correct = confidence_and_correct(out["logits"], labels)
+    return {"confidence": confidence, "correct": correct}
+
+
+def chunk_paths(chunk_dir: Path) -> list[Path]:
+    """The contiguous chunks 000000.npz, 000001.npz, ... flushed so far (each is whole or absent)."""
+    paths = []
+    while (path := chunk_dir / f"{len(paths):06d}.npz").is_file():
+        paths.append(path)
+    return paths
+
+
+def _save_chunk(chunk_dir: Path, index: int, chunk: dict[str, np.ndarray]) -> None:
+    tmp = chunk_dir / f".{index:06d}.tmp.npz"
+    np.savez(tmp, **chunk)
+    os.replace(tmp, chunk_dir / f"{index:06d}.npz")  # atomic: a chunk file is whole or absent
+
+
+def column(paths: list[Path], key: str) -> np.ndarray:
+    """One output over all chunks, concatenated (for the small per-sample arrays)."""
+    parts = []
+    for path in paths:
+        with np.load(path) as z:
+            parts.append(z[key])
+    return np.concatenate(parts)
+
+
+def column_blocks(paths: list[Path], key: str) -> Blocks:
+    """One large output over all chunks, as blocks read one chunk at a time (never all at once)."""
+    n, shape, dtype = 0, None, None
+    for path in paths:
+        with np.load(path, mmap_mode=None) as z:
+            n += len(z["labels"])
+            if shape is None:
+                first = z[key]
+                shape, dtype = first.shape[1:], first.dtype
+
+    def read():
+        for path in paths:
+            with np.load(path) as z:
+                yield z[key]
+
+    return Blocks((n, *shape), dtype, read)
+
+
+def _cat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def score_beton(
+    forward: Forward, beton: Path, batch_size: int, workers: int, label: str = "", progress: bool = True,
+    chunk_dir: Path | None = None, positions: np.ndarray | None = None, post: Post = scores_only, chunk_samples: int = 2048,
+) -> dict[str, Any]:
+    """One inference pass over a .beton (or its `positions`) in file order.
+
+    Each batch's outputs (forward's, then `post` on them) go, with labels and sample ids, to
+    numbered chunk files in `chunk_dir`, flushed every `chunk_samples` images (whole batches); a
+    pass killed earlier continues after its last flushed chunk, with the same batches as one pass.
+    Without `chunk_dir` they are returned, concatenated (for small outputs only). Also returns
+    the images/s and seconds of the pass.
+    """
+    if positions is None:
+        positions = np.arange(len(read_int_fields(beton)["sample_id"]))
+    n_total = len(positions)
+    done: list[Path] = []
+    if chunk_dir is not None:
+        chunk_dir.mkdir(exist_ok=True)
+        done = chunk_paths(chunk_dir)
+    start = len(column(done, "labels")) if done else 0
+    batches_per_chunk = max(1, chunk_samples // batch_size)
+    kept: list[dict[str, np.ndarray]] = []  # without chunk_dir: every batch
+    parts: list[dict[str, np.ndarray]] = []  # with chunk_dir: the batches of the coming chunk
+    index = len(done)
+    t0, n = time.perf_counter(), 0
+    with images_progress(progress) as bar, torch.inference_mode():
+        task = bar.add_task(label, total=n_total, completed=start, info="resumed" if start else "")
+        if start < n_total:
+            loader = make_loader(beton, batch_size, workers, indices=positions[start:])
+            for b, (images, y, sid) in enumerate(loader, 1):  # images: (B, H, W, 3) uint8
+                labels = y.numpy().astype(np.int64)  # copies: FFCV reuses its buffers
+                outputs = {k: v.cpu().numpy() for k, v in forward(images, positions[start + n:start + n + len(y)]).items()}
+                batch = {**post(outputs, labels), "labels": labels, "sample_id": sid.numpy().astype(np.int64)}
+                (parts if chunk_dir is not None else kept).append(batch)
+                n += len(y)
+                bar.update(task, advance=len(y))
+                if chunk_dir is not None and b % batches_per_chunk == 0:
+                    _save_chunk(chunk_dir, index, _cat(parts))
+                    index, parts = index + 1, []
+    if parts:
+        _save_chunk(chunk_dir, index, _cat(parts))
+    seconds = time.perf_counter() - t0
+    result: dict[str, Any] = _cat(kept) if kept else {}
+    result.update(images_per_s=n / max(seconds, 1e-9), seconds=seconds)
+    return result

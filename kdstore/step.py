@@ -1,0 +1,80 @@
+"""One training step: the one `train`, `teacher`, the online-KD baseline and `bench` all run.
+
+A Step is built once per run from the model, its optimiser and schedule, how a batch is
+prepared (targets.Prepare) and where its teacher targets come from (targets.TeacherFn, or none).
+Calling it on a batch (positions, images, labels, lambda) normalises, augments, looks up the
+targets, runs the student (mixed precision on CUDA), takes the loss of METHOD.md, and steps the
+optimiser and the schedule. `bench` times exactly this call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .augment import normalize, resize
+from .losses import student_loss
+from .targets import Prepare, TeacherFn
+
+
+def autocast(device: torch.device, enabled: bool):
+    """Mixed precision on CUDA (bf16 where supported, else fp16); a no-op elsewhere."""
+    on = enabled and device.type == "cuda"
+    dtype = torch.bfloat16 if on and torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device.type, dtype=dtype, enabled=on)
+
+
+def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
+    """Loss scaling only where fp16 autocast needs it (CUDA without bf16)."""
+    return torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
+
+
+def sgd(groups: list[dict[str, Any]], momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    """The optimiser of every run: SGD with Nesterov momentum over the given parameter groups."""
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=momentum, weight_decay=weight_decay, nesterov=True)
+
+
+def cosine(optimizer: torch.optim.Optimizer, total_steps: int):
+    """The learning-rate schedule of every run: cosine from the peak to 0, stepped per batch."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+
+
+@dataclass
+class Step:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # stepped once per call
+    prepare: Prepare
+    teacher: TeacherFn | None  # None: no KD term (lambda is ignored)
+    mean: torch.Tensor  # (3,) on the device
+    std: torch.Tensor
+    device: torch.device
+    tau: float
+    label_smoothing: float = 0.0
+    input_size: int | None = None  # resize the student's input to this size after augmentation
+    amp: bool = False
+    scaler: torch.amp.GradScaler = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.scaler is None:
+            self.scaler = grad_scaler(self.device, self.amp)
+
+    def __call__(self, epoch: int, pos: np.ndarray, images: torch.Tensor, labels: torch.Tensor, lam: float) -> dict[str, torch.Tensor]:
+        """One optimiser step on a batch; pos: (B,) .beton positions, images (B, H, W, 3) uint8,
+        labels (B,). Returns the loss and its CE and KD terms (detached) and the number right."""
+        x, view = self.prepare(epoch, pos, normalize(images.to(self.device, non_blocking=True), self.mean, self.std))
+        y = labels.to(self.device, non_blocking=True)
+        target = None if self.teacher is None else self.teacher(pos, x, view)
+        with autocast(self.device, self.amp):
+            logits = self.model(resize(x, self.input_size) if self.input_size else x)
+        terms = student_loss(logits.float(), y, target, lam if target is not None else 0.0, self.tau, self.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms["loss"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {"loss": terms["loss"].detach(), "ce": terms["ce"], "kd": terms["kd"], "correct": (logits.argmax(1) == y).sum()}
