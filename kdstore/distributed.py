@@ -4,6 +4,7 @@ in torch.distributed.
 """
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -41,7 +42,15 @@ def init(device: torch.device) -> tuple[Context, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(_leave)  # before interpreter teardown, so gloo's threads end cleanly
     return Context(dist.get_rank(), dist.get_world_size()), device
+
+
+def _leave() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def usable_length(n: int, batch_size: int, world: int) -> int:

@@ -6,6 +6,7 @@ logits are looked up by the .beton position of each image. No teacher model is e
 """
 from __future__ import annotations
 
+import gc
 import json
 import math
 import time
@@ -418,7 +419,10 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
             row = run_epoch(run, epoch, bar)
             if run.ctx.main:
                 save_epoch(run, row)
-    return summarize(run, model_name, time.perf_counter() - t0)
+    summary = summarize(run, model_name, time.perf_counter() - t0)
+    del run  # its FFCV loaders and their threads end here, not at interpreter exit
+    gc.collect()
+    return summary
 
 
 def score_train_set(model: nn.Module, data: TrainData, labels: np.ndarray, cfg: TrainConfig, device: torch.device,
