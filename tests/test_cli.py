@@ -138,3 +138,19 @@ def test_merge_and_views_bad_input(digits_store, tmp_path):
     _fails(["cache", "--dataset", "digits", "--teacher", "cifar_resnet8", "--views", "2", "--topk", "10", "--out", str(tmp_path / "s")],
            "--topk 10 must be below the 10 classes")
     assert not (tmp_path / "m").exists() and not (tmp_path / "s").exists() and not (tmp_path / ".s.partial").exists()
+
+
+def test_train_reruns_from_its_config_json(digits_store, tmp_path):
+    import json
+
+    from kdstore.config import differing
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    result = CliRunner().invoke(cli, ["train", "--store", str(digits_store), "--variant", "kd-cl-sr", "--epochs", "1", "--batch-size", "512",
+                                      "--lr", "0.07", "--momentum", "0.8", "--no-progress", "--out", str(first)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, ["train", "--config", str(first / "config.json"), "--seed", "3", "--out", str(second)])
+    assert result.exit_code == 0, result.output
+    a, b = (json.loads((d / "config.json").read_text()) for d in (first, second))
+    assert differing(a, b) == ["out", "seed"] and b["lr"] == 0.07 and b["momentum"] == 0.8 and b["progress"] is False
+    _fails(["train", "--config", str(tmp_path / "nope.json"), "--out", str(tmp_path / "c")], "--config")

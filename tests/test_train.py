@@ -62,3 +62,13 @@ def test_every_variant_trains_and_follows_its_order(variant, small_store, tmp_pa
         assert lams[0] == 0.0 and lams.max() > 0.0
     if v.policy == "zero":
         assert rows[0]["train_kd"] == 0.0
+
+
+def test_a_batch_whose_teacher_rows_are_not_its_images_is_refused(small_store, tmp_path, monkeypatch):
+    """The loop checks every batch's positions against the sample ids FFCV returned."""
+    from kdstore.errors import KdstoreError
+
+    real = train.Run.rank_order
+    monkeypatch.setattr(train.Run, "rank_order", lambda self, epoch: real(self, epoch)[::-1].copy())  # rows of other images
+    with pytest.raises(KdstoreError, match="holds other samples than its teacher rows"):
+        train.run(TrainConfig(out=str(tmp_path / "r"), store=str(small_store), variant="kd", epochs=1, batch_size=10, workers=1, progress=False))
