@@ -12,6 +12,7 @@ import io
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -95,6 +96,12 @@ def _dead_worker(proc) -> bool:
         return False
 
 
+def _disk_note(path: Path) -> str:
+    """Why a writer may have died: say so when the disk is (nearly) full."""
+    free = shutil.disk_usage(path.parent).free
+    return f", and the disk holding {path.parent} has only {free / 2**20:.1f} MiB free" if free < 64 << 20 else ""
+
+
 def write_beton(split: ImageSplit, path: Path, workers: int = 2) -> None:
     """Write `split` to an FFCV file at `path`, in split order.
 
@@ -123,7 +130,7 @@ def write_beton(split: ImageSplit, path: Path, workers: int = 2) -> None:
                 _stop(proc)
                 path.unlink(missing_ok=True)
                 raise KdstoreError(f"FFCV's writer lost a worker process (killed or crashed) while writing {path.name} "
-                                   f"({last}/{len(split)} images); nothing was kept, rerun the command")
+                                   f"({last}/{len(split)} images){_disk_note(path)}; nothing was kept, rerun the command")
     finally:
         if proc.is_alive():  # Ctrl-C or an error here: never leave a writer behind
             _stop(proc)

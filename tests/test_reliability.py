@@ -198,3 +198,28 @@ def test_train_verify_option_and_one_store_file_held(two_digit_stores, tmp_path)
     proc = _run("train", "--store", two_digit_stores / "store", "--variant", "kd", "--epochs", "1", "--batch-size", "512", "--verify",
                 "--no-progress", "--out", tmp_path / "run")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    """A cache onto a 3 MB filesystem: FFCV's writer dies of it, the error names the full disk."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("this machine does not let the tests mount a small tmpfs")
+    try:
+        monkeypatch.setattr(ffcv_files, "WRITER_STALL_S", 3.0)
+        with pytest.raises(KdstoreError, match="disk holding .* MiB free"):
+            cache.run(CacheConfig(dataset="digits", teacher="cifar_resnet8", out=str(small / "s"), progress=False))
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", str(small)])
+
+
+def test_a_killed_checkpoint_write_leaves_nothing_behind(tmp_path):
+    from kdstore.models import load_checkpoint, save_checkpoint
+
+    stale = tmp_path / ".checkpoint.pt.tmp-4242"  # what a save killed mid-write leaves
+    stale.write_bytes(b"half a checkpoint")
+    save_checkpoint(tmp_path / "checkpoint.pt", {"epoch": 1})
+    assert not stale.exists() and load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
