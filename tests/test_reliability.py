@@ -220,6 +220,6 @@ def test_a_killed_checkpoint_write_leaves_nothing_behind(tmp_path):
 
     stale = tmp_path / ".checkpoint.pt.tmp-4242"  # what a save killed mid-write leaves
     stale.write_bytes(b"half a checkpoint")
-    save_checkpoint(tmp_path / "checkpoint.pt", {"epoch": 1})
+    save_checkpoint(tmp_path / "checkpoint.pt", {"state_dict": {}, "epoch": 1})
     assert not stale.exists() and load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
