@@ -126,14 +126,14 @@ def write_beton(split: ImageSplit, path: Path, workers: int = 2) -> None:
             proc.join(0.2)
             if done.value != last:
                 last, last_change = done.value, time.monotonic()
-            elif proc.is_alive() and time.monotonic() - last_change > WRITER_STALL_S and _dead_worker(proc):
+            elif proc.is_alive() and time.monotonic() - last_change > WRITER_STALL_S * (10 if last == len(split) else 1) and _dead_worker(proc):
+                # (every image handed out: the writer is finishing its tables, so it gets longer)
                 _stop(proc)
                 path.unlink(missing_ok=True)
                 raise KdstoreError(f"FFCV's writer lost a worker process (killed or crashed) while writing {path.name} "
                                    f"({last}/{len(split)} images){_disk_note(path)}; nothing was kept, rerun the command")
     finally:
-        if proc.is_alive():  # Ctrl-C or an error here: never leave a writer behind
-            _stop(proc)
+        _stop(proc)  # Ctrl-C, an error here, or a writer that died: never leave it or its workers behind
     problems = [json.loads(line) for line in errors.read_text().splitlines()] if errors.is_file() else []
     errors.unlink(missing_ok=True)
     if problems or proc.exitcode != 0:
