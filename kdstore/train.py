@@ -353,8 +353,7 @@ def run_epoch(run: Run, epoch: int, bar) -> dict[str, Any]:
     pace = schedule.fractions(epoch)
     if pace is not None:  # g(t) for every batch of the epoch, for `kdstore report`
         row["pace"] = np.round(pace, 5).tolist()
-    if lambdas.min() != lambdas.max():  # a lambda per batch (SR): logged for `kdstore report`'s figure
-        row["lam"] = np.round(lambdas, 5).tolist()
+    row["lam"] = np.round(lambdas[: len(run.train_loader)], 5).tolist()  # lambda of every batch, for `kdstore report`'s figure
     for p in run.body:  # --freeze-epochs: only the head learns at first (frozen params get no grad)
         p.requires_grad_(epoch >= cfg.freeze_epochs)
     row.update(train_epoch(run, epoch, lambdas, bar, task))
