@@ -15,7 +15,13 @@ every peak RSS is that command's own):
 
     python benchmarks/imagenet_scale.py --work /tmp/kd-imagenet --json benchmarks/results/imagenet_scale.json
 
-`--train-samples N` rehearses it small. Needs about 6 GB of disk under --work.
+`--train-samples N` rehearses it small. Needs about 6 GB of disk under --work. The figures of
+kdstore before issue 14 (whose cache cannot build this store: it ran out of 24 GB) were taken on
+the same store rewritten in its schema 1:
+
+    python benchmarks/imagenet_scale.py convert-to-schema1 /tmp/kdi/store /tmp/kdi-old/store
+    PYTHONPATH=<checkout of 7d456ee> python benchmarks/imagenet_scale.py --work /tmp/kdi-old \
+        --json benchmarks/results/imagenet_scale_before.json --stores no-views --stages open,train
 """
 from __future__ import annotations
 
@@ -181,6 +187,35 @@ def child_train(store: str, out: str, variant: str, n_train: int) -> dict:
     return row
 
 
+def convert_to_schema1(src: Path, dst: Path) -> None:
+    """The store at `src` (schema 2) rewritten for kdstore before issue 14 (schema 1: every dataset
+    chunked with fletcher32), with hard links to the same .beton files: how the `before` figures
+    were measured on the same store (that code's own cache dies of memory at this size)."""
+    import hashlib
+
+    import h5py
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("train.beton", "val.beton"):
+        if not (dst / name).exists():
+            os.link(src / name, dst / name)
+    with h5py.File(src / "teacher.h5", "r") as f, h5py.File(dst / "teacher.h5", "w") as g:
+        g.attrs.update({k: v for k, v in f.attrs.items()})
+        g.attrs["schema_version"] = 1
+        for split in ("train", "val"):
+            for key, d in f[split].items():
+                out = g.create_dataset(f"{split}/{key}", shape=d.shape, dtype=d.dtype, fletcher32=True, chunks=True)
+                for lo in range(0, d.shape[0], 65536):
+                    out[lo:lo + 65536] = d[lo:lo + 65536]
+    manifest = json.loads((src / "MANIFEST.json").read_text())
+    digest = hashlib.sha256()
+    with open(dst / "teacher.h5", "rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+    manifest.update(schema_version=1, sha256={**manifest["sha256"], "teacher.h5": digest.hexdigest()})
+    (dst / "MANIFEST.json").write_text(json.dumps(manifest, indent=2))
+
+
 def _child(args: list[str], torchrun: int = 0) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if torchrun:
@@ -250,7 +285,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1].startswith("child-"):
+    if len(sys.argv) == 4 and sys.argv[1] == "convert-to-schema1":
+        convert_to_schema1(Path(sys.argv[2]), Path(sys.argv[3]))
+    elif len(sys.argv) > 1 and sys.argv[1].startswith("child-"):
         kind, rest = sys.argv[1], sys.argv[2:]
         if kind == "child-cache":
             row = child_cache(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
