@@ -52,7 +52,7 @@ class BenchConfig:
     tau: float = opt(TrainConfig.tau, "KD temperature.")
     lam: float = opt(TrainConfig.lam, "KD weight.")
     sweep_epochs: int = opt(30, "Epochs per run of the six-variant sweep in the break-even estimate.")
-    amp: bool = opt(True, "Mixed precision on CUDA, as `train` (off: --no-amp; ignored on the CPU).")
+    amp: bool = opt(True, "Mixed precision on CUDA, as `train` (ignored on the CPU).")
     json: str | None = opt(help="Write every figure as JSON here.", path=True)
 
     def validate(self) -> None:

@@ -54,7 +54,7 @@ class CacheConfig:
     views: int = opt(0, "Also store K augmented views per training image with the teacher's logits on each.")
     topk: int = opt(0, "Keep only the k largest logits of each view (0: all).")
     views_seed: int = opt(0, "Seed of the views' augmentation parameters.")
-    progress: bool = opt(True, "Progress bars (off: --no-progress).")
+    progress: bool = opt(True, "Progress bars.")
 
     @property
     def teacher_spec(self) -> TeacherSpec:

@@ -61,8 +61,8 @@ def click_options(cls: type, skip: Iterable[str] = (), only: Iterable[str] | Non
         meta, dash = f.metadata, f.name.replace("_", "-")
         text, typ, choices = meta.get("help", ""), _base_type(f), _choices(f)
         if typ is bool:
-            if f.default is True:
-                return click.option(meta.get("flag") or f"--no-{dash}", f.name, is_flag=True, flag_value=False, default=True, help=text)
+            if f.default is True:  # on by default: the option turns it off
+                return click.option(meta.get("flag") or f"--no-{dash}", f.name, is_flag=True, flag_value=False, default=True, help=f"Turn off: {text}")
             return click.option(f"--{dash}", f.name, is_flag=True, default=False, help=text)
         if choices:
             text = f"{text} One of: {', '.join(choices)}." if text else f"One of: {', '.join(choices)}."

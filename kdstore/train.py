@@ -73,10 +73,10 @@ class TrainConfig:
     seed: int = opt(0, "Model init, shuffling, augmentation.")
     workers: int = opt(2, "FFCV decoding threads.")
     device: str = opt("auto", "auto: cuda when available, else cpu.", choices=DEVICES)
-    augment: bool = opt(True, "Random crop + flip (off: --no-augment).")
+    augment: bool = opt(True, "Random crop + flip.")
     views: str = opt("auto", "replay: augment with the store's views and distil from their logits; clean: the clean-image logits; "
                              "auto: replay when the store has views.", choices=lambda: list(VIEW_MODES))
-    amp: bool = opt(True, "Mixed precision on CUDA (bf16 where supported); ignored on the CPU (off: --no-amp).")
+    amp: bool = opt(True, "Mixed precision on CUDA (bf16 where supported); ignored on the CPU.")
     teacher_rows: str = opt("auto", "Where teacher rows are gathered: device (the table uploaded once), mapped (read from the store file); "
                                     "auto: device on CUDA when the table fits a quarter of free memory, else mapped. Results are identical.",
                             choices=PLACEMENTS)
@@ -84,7 +84,7 @@ class TrainConfig:
                               "teacher.h5's sha256; this also finds damaged .beton pixels).")
     overwrite: bool = opt(False, "Replace a finished run in --out.")
     resume: bool = opt(False, "Continue from --out/checkpoint.pt (saved after every epoch).")
-    progress: bool = opt(True, "Progress bars (off: --no-progress).")
+    progress: bool = opt(True, "Progress bars.")
 
     def validate(self) -> None:
         checks = [
