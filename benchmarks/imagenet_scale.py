@@ -191,9 +191,9 @@ def convert_to_schema1(src: Path, dst: Path) -> None:
     """The store at `src` (schema 2) rewritten for kdstore before issue 14 (schema 1: every dataset
     chunked with fletcher32), with hard links to the same .beton files: how the `before` figures
     were measured on the same store (that code's own cache dies of memory at this size)."""
-    import hashlib
-
     import h5py
+
+    from kdstore.models import sha256_file
 
     dst.mkdir(parents=True, exist_ok=True)
     for name in ("train.beton", "val.beton"):
@@ -208,11 +208,7 @@ def convert_to_schema1(src: Path, dst: Path) -> None:
                 for lo in range(0, d.shape[0], 65536):
                     out[lo:lo + 65536] = d[lo:lo + 65536]
     manifest = json.loads((src / "MANIFEST.json").read_text())
-    digest = hashlib.sha256()
-    with open(dst / "teacher.h5", "rb") as fh:
-        while block := fh.read(1 << 22):
-            digest.update(block)
-    manifest.update(schema_version=1, sha256={**manifest["sha256"], "teacher.h5": digest.hexdigest()})
+    manifest.update(schema_version=1, sha256={**manifest["sha256"], "teacher.h5": sha256_file(dst / "teacher.h5")})
     (dst / "MANIFEST.json").write_text(json.dumps(manifest, indent=2))
 
 

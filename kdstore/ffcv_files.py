@@ -50,12 +50,17 @@ class _IndexedSource:
             if image.shape != (self.size, self.size, 3) or image.dtype != np.uint8:
                 raise ValueError(f"shape {image.shape} {image.dtype}, expected ({self.size}, {self.size}, 3) uint8")
         except Exception as e:  # noqa: BLE001 - any unreadable image is reported by name after the write
-            with open(self.errors, "a") as f:
-                f.write(json.dumps({"source": self.split.describe(i), "error": f"{type(e).__name__}: {str(e)[:160]}"}) + "\n")
+            _record(self.errors, self.split.describe(i), e)
             image = np.zeros((self.size, self.size, 3), dtype=np.uint8)
         with self.done.get_lock():
             self.done.value += 1
         return image, int(self.split.labels[i]), int(self.split.sample_ids[i])
+
+
+def _record(errors: Path, image: str | None, e: BaseException) -> None:
+    """One JSON line in the errors file: an unreadable image (named), or the writer's own failure (None)."""
+    with open(errors, "a") as f:
+        f.write(json.dumps({"image": image, "error": f"{type(e).__name__}: {str(e)[:160]}"}) + "\n")
 
 
 def _write_in_child(split: ImageSplit, path: Path, workers: int, size: int, done, errors: Path) -> None:
@@ -74,8 +79,7 @@ def _write_in_child(split: ImageSplit, path: Path, workers: int, size: int, done
         with contextlib.redirect_stderr(io.StringIO()):
             writer.from_indexed_dataset(_IndexedSource(split, size, done, errors))
     except BaseException as e:  # noqa: BLE001 - reported by the parent in one line
-        with open(errors, "a") as f:
-            f.write(json.dumps({"source": "FFCV's writer", "error": f"{type(e).__name__}: {str(e)[:160]}"}) + "\n")
+        _record(errors, None, e)
         code = 1
     os._exit(code)  # no interpreter teardown in a forked child
 
@@ -138,11 +142,12 @@ def write_beton(split: ImageSplit, path: Path, workers: int = 2) -> None:
     errors.unlink(missing_ok=True)
     if problems or proc.exitcode != 0:
         path.unlink(missing_ok=True)
-        if not problems:
-            raise KdstoreError(f"FFCV's writer ended with exit code {proc.exitcode} while writing {path.name}; nothing was kept")
-        first = problems[0]
-        more = f" ({len(problems)} unreadable images in all)" if len(problems) > 1 else ""
-        raise KdstoreError(f"{first['source']}: not a readable image ({first['error']}){more}; remove or fix it and rerun")
+        images = [p for p in problems if p["image"] is not None]
+        if not images:
+            why = problems[0]["error"] if problems else f"exit code {proc.exitcode}"
+            raise KdstoreError(f"FFCV's writer failed while writing {path.name} ({why}{_disk_note(path)}); nothing was kept")
+        more = f" ({len(images)} unreadable images in all)" if len(images) > 1 else ""
+        raise KdstoreError(f"{images[0]['image']}: not a readable image ({images[0]['error']}){more}; remove or fix it and rerun")
 
 
 FIELDS = {"image": "RGBImageField", "label": "IntField", "sample_id": "IntField"}  # what kdstore writes and reads

@@ -111,7 +111,7 @@ def column_blocks(paths: list[Path], key: str) -> Blocks:
     """One large output over all chunks, as blocks read one chunk at a time (never all at once)."""
     n, shape, dtype = 0, None, None
     for path in paths:
-        with np.load(path, mmap_mode=None) as z:
+        with np.load(path) as z:
             n += len(z["labels"])
             if shape is None:
                 first = z[key]

@@ -9,7 +9,7 @@ import hashlib
 from dataclasses import dataclass
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import timm
 import torch
@@ -92,11 +92,17 @@ def build_from_meta(meta: dict[str, Any]) -> nn.Module:
     return model
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+        return sha256_stream(f)
+
+
+def sha256_stream(f: BinaryIO, chunk: int = 4 << 20) -> str:
+    """sha256 of an open binary file, from its start."""
+    h = hashlib.sha256()
+    f.seek(0)
+    while block := f.read(chunk):
+        h.update(block)
     return h.hexdigest()
 
 

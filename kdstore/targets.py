@@ -23,7 +23,7 @@ import psutil
 import torch
 
 from .augment import AUGMENTATIONS, resize
-from .arrays import release_pages
+from .arrays import release_pages, row_blocks
 from .store import file_rows
 from .views import Views, choose, topk_expand
 
@@ -71,12 +71,13 @@ class Rows:
         return rows
 
 
-def _upload(array: np.ndarray, device: torch.device, block_rows: int = 1 << 16) -> torch.Tensor:
-    """The whole array on the device in its stored dtype, copied block by block (bounded host memory)."""
+def _upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The whole array on the device in its stored dtype, copied block by block (arrays.row_blocks;
+    bounded host memory)."""
     table = torch.empty(array.shape, dtype=torch.from_numpy(np.empty(0, array.dtype)).dtype, device=device)
-    for lo in range(0, len(array), block_rows):
-        table[lo:lo + block_rows] = torch.from_numpy(np.array(array[lo:lo + block_rows])).to(device)
-    release_pages(array)
+    for lo, hi in row_blocks(array):
+        table[lo:hi] = torch.from_numpy(np.array(array[lo:hi])).to(device)
+        release_pages(array)
     return table
 
 

@@ -6,6 +6,7 @@ logits are looked up by the .beton position of each image. No teacher model is e
 """
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import math
@@ -200,8 +201,12 @@ class Run:
         return Path(self.cfg.out)
 
     def rank_order(self, epoch: int) -> np.ndarray:
-        """This rank's positions of the epoch's global order."""
-        return distributed.rank_positions(self.schedule.order(epoch), self.cfg.batch_size, self.ctx.rank, self.ctx.world)
+        return _rank_order(self.schedule, self.cfg.batch_size, self.ctx, epoch)
+
+
+def _rank_order(schedule: Schedule, batch_size: int, ctx: Context, epoch: int) -> np.ndarray:
+    """This rank's positions of the epoch's global order (what its FFCV loader visits)."""
+    return distributed.rank_positions(schedule.order(epoch), batch_size, ctx.rank, ctx.world)
 
 
 def _check_run(cfg: TrainConfig, data: TrainData, variant: Variant, teacher: TeacherFn | None) -> bool:
@@ -265,8 +270,8 @@ def build_run(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hoo
     scores = data.scores or Scores(np.ones(n, dtype=np.float32), np.arange(n), "none")
     schedule = Schedule(variant.ordering, cfg.pacing, cfg.pacing_params, fields["label"], cfg.batch_size,
                         distributed.usable_length(n, cfg.batch_size, ctx.world), cfg.epochs, cfg.seed, scores)
-    order = lambda epoch: distributed.rank_positions(schedule.order(epoch), cfg.batch_size, ctx.rank, ctx.world)  # noqa: E731
-    train_loader = make_loader(data.train_beton, cfg.batch_size // ctx.world, cfg.workers, order, drop_last)
+    train_loader = make_loader(data.train_beton, cfg.batch_size // ctx.world, cfg.workers, functools.partial(_rank_order, schedule, cfg.batch_size, ctx),
+                               drop_last)
     n_val = len(read_int_fields(data.val_beton)["sample_id"])
     val_loader = make_loader(data.val_beton, 512, cfg.workers, indices=np.arange(ctx.rank, n_val, ctx.world))
     head, body = _split_head(model)

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .arrays import release_pages
+from .arrays import release_pages, row_blocks
 from .augment import AUGMENTATIONS
 
 
@@ -103,7 +103,7 @@ def problems(views: Views, n: int, num_classes: int, image_size: int) -> list[st
     out = []
     if views.params.ndim != 3 or views.params.shape[0] != n or views.params.shape[2] != aug.n_params or k < 1:
         return [f"views/params has shape {views.params.shape}, expected ({n}, K, {aug.n_params})"]
-    if not all(aug.valid(views.params[lo:lo + BLOCK_ROWS], image_size) for lo in range(0, n, BLOCK_ROWS)):
+    if not all(aug.valid(views.params[lo:hi], image_size) for lo, hi in row_blocks(views.params)):
         out.append(f"views/params hold {views.augmentation} parameters outside a {image_size}-px image")
     if views.logits is not None:
         if views.logits.shape != (n, k, num_classes):
@@ -117,24 +117,24 @@ def problems(views: Views, n: int, num_classes: int, image_size: int) -> list[st
     return out
 
 
-BLOCK_ROWS = 1 << 16  # samples per block when the large view arrays are read through
-
-
 def value_problems(views: Views, num_classes: int) -> list[str]:
-    """Non-finite logits and class ids out of range, read block by block (bounded memory)."""
-    n = views.params.shape[0]
-    for lo in range(0, n, BLOCK_ROWS):
-        hi = lo + BLOCK_ROWS
-        for array in (views.logits, views.topk_values, views.topk_indices, views.fill):
-            if array is not None:
-                release_pages(array)  # what the previous block mapped
-        if views.logits is not None:
-            if not np.isfinite(views.logits[lo:hi]).all():
-                return ["views/logits contain NaN or inf values"]
-            continue
-        idx = views.topk_indices[lo:hi]
-        if idx.size and (idx.min() < 0 or idx.max() >= num_classes):
-            return [f"views/topk_indices fall outside 0..{num_classes - 1}"]
-        if not (np.isfinite(views.topk_values[lo:hi]).all() and np.isfinite(views.fill[lo:hi]).all()):
-            return ["views top-k values contain NaN or inf values"]
+    """Non-finite logits and class ids out of range, read block by block (arrays.row_blocks; the
+    pages of each block are dropped before the next, so memory stays bounded)."""
+    large = [a for a in (views.logits, views.topk_values, views.topk_indices, views.fill) if a is not None]
+    try:
+        for lo, hi in row_blocks(large[0]):
+            if views.logits is not None:
+                if not np.isfinite(views.logits[lo:hi]).all():
+                    return ["views/logits contain NaN or inf values"]
+                continue
+            idx = views.topk_indices[lo:hi]
+            if idx.size and (idx.min() < 0 or idx.max() >= num_classes):
+                return [f"views/topk_indices fall outside 0..{num_classes - 1}"]
+            if not (np.isfinite(views.topk_values[lo:hi]).all() and np.isfinite(views.fill[lo:hi]).all()):
+                return ["views top-k values contain NaN or inf values"]
+            for array in large:
+                release_pages(array)
+    finally:
+        for array in large:
+            release_pages(array)
     return []
