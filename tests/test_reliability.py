@@ -137,7 +137,8 @@ def test_corrupt_store_is_refused_in_one_line(name, two_digit_stores, tmp_path):
     assert not (tmp_path / "run" / "summary.json").exists()
     for command, code in (("inspect", 2), ("verify", 1)):  # in this process: a crash here fails the suite
         result = CliRunner().invoke(cli, [command, str(store)])
-        assert result.exit_code == code and result.exception is None or isinstance(result.exception, SystemExit), result.output
+        assert result.exit_code == code, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
         assert "Traceback" not in result.output
 
 
