@@ -90,7 +90,7 @@ def child_cache(out: str, views: int, topk: int, n_train: int) -> dict:
 
     register(n_train)
     t0 = time.perf_counter()
-    cache.run(cache.CacheConfig(dataset="imagenet-sized", teacher="bench_linear", out=out, batch_size=1024, views=views, topk=topk, progress=False))
+    cache.run(cache.CacheConfig(allow_untrained=True, dataset="imagenet-sized", teacher="bench_linear", out=out, batch_size=1024, views=views, topk=topk, progress=False))
     files = {p.name: p.stat().st_size for p in Path(out).iterdir()}
     return {"seconds": time.perf_counter() - t0, "files_bytes": files, "store_bytes": sum(files.values()), **peak_rss()}
 

@@ -41,7 +41,7 @@ def main() -> None:
             continue
         store = WORK / "stores" / f"{name}-{per_class}"
         if not (store / "MANIFEST.json").is_file():
-            cache.run(CacheConfig(dataset=f"imagefolder:{folder}", teacher=teacher, stem=stem, input_size=size, out=str(store),
+            cache.run(CacheConfig(allow_untrained=True, dataset=f"imagefolder:{folder}", teacher=teacher, stem=stem, input_size=size, out=str(store),
                                   batch_size=args.batch_size, device=args.device, overwrite=True))
         r = bench.run(bench.BenchConfig(store=str(store), student=student, batch_size=args.batch_size, steps=args.steps,
                                         warmup=args.warmup, device=args.device, json=str(results / f"throughput-{name}-{r_dev(args.device)}.json")))

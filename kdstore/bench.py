@@ -188,12 +188,21 @@ def run_modes(cfg: BenchConfig, student: nn.Module, store: Store, teacher: nn.Mo
     out = {}
     for mode in MODES:
         step = np.array(step_s[mode])
+        p10, p90 = np.percentile(step, [10, 90]) * 1e3
         out[mode] = {
             "images_per_s": float(np.median(cfg.batch_size / step)), "step_ms_median": float(np.median(step) * 1e3),
+            "step_ms_p10": float(p10), "step_ms_p90": float(p90),
             "step_ms": [round(t * 1e3, 3) for t in step_s[mode]], "timed_steps": int(len(step)), **alone[mode],
-            "memory_kind": "cuda max allocated" if device.type == "cuda" else "process RSS (includes the teacher bench holds)",
         }
     return out
+
+
+def paired_speed(modes: dict[str, Any], faster: str, slower: str) -> dict[str, Any]:
+    """Throughput of `faster` over `slower` from the per-step times of the same batches: the
+    median ratio and its 10th-90th percentile spread; `within_noise` when the spread includes 1."""
+    ratio = np.array(modes[slower]["step_ms"]) / np.maximum(np.array(modes[faster]["step_ms"]), 1e-9)
+    p10, median, p90 = (float(v) for v in np.percentile(ratio, [10, 50, 90]))
+    return {"median": median, "p10": p10, "p90": p90, "within_noise": bool(p10 <= 1.0 <= p90)}
 
 
 def measure_cache(cfg: BenchConfig, teacher: nn.Module, store: Store, input_size: int, device: torch.device) -> dict[str, float]:
@@ -265,11 +274,14 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     modes = run_modes(cfg, student, store, teacher, input_size, device)
     cache = measure_cache(cfg, teacher, store, input_size, device)
     ratio = modes["offline"]["images_per_s"] / modes["online"]["images_per_s"]
+    memory_kind = "cuda max allocated" if device.type == "cuda" else "process RSS (includes the teacher bench holds)"
     result = {
         "config": to_dict(cfg), "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "teacher": teacher_meta, "student": student_meta,
         "modes": modes, "offline_vs_unguided": modes["offline"]["images_per_s"] / modes["unguided"]["images_per_s"],
-        "online_offline_ratio": ratio, "flops_per_image": flops, "ratio_vs_flop_limit": ratio / flops["limit"],
+        "online_offline_ratio": ratio, "memory_kind": memory_kind,
+        "paired": {"offline_vs_unguided": paired_speed(modes, "offline", "unguided"), "offline_vs_online": paired_speed(modes, "offline", "online")},
+        "flops_per_image": flops, "ratio_vs_flop_limit": ratio / flops["limit"],
         "cache": cache, "break_even": break_even(len(store.train), len(store.val), {m: modes[m]["images_per_s"] for m in MODES}, cache["cache_images_per_s"], cfg.sweep_epochs),
     }
     if cfg.json:

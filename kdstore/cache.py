@@ -28,14 +28,14 @@ from .inference import chunk_paths, clean_forward, column, column_blocks, score_
 from .models import DEVICES, STEMS, TeacherSpec, load_teacher, normalization, resolve_device
 from .progress import console
 from .splits import holdout
-from .store import BETONS, H5_NAME, SCHEMA_VERSION, build_split, claim, enclosing_store, publish, staging_dir, write_teacher_h5
+from .store import BETONS, H5_NAME, SCHEMA_VERSION, STORES_DIR, build_split, claim, enclosing_store, near_chance, publish, staging_dir, write_teacher_h5
 from .views import Views, draw_params
 
 
 @dataclass(frozen=True)
 class CacheConfig:
     dataset: str = opt(help="digits, cifar10, cifar100 or imagefolder:PATH.", required=True)
-    out: str = opt(help="Store directory to create.", required=True, path=True)
+    out: str | None = opt(help="Store directory to create (default: stores/DATASET-TEACHER; with only --checkpoint, the checkpoint's directory name stands for TEACHER).", path=True)
     teacher: str | None = opt(help="timm model name (default: the checkpoint's model).")
     checkpoint: str | None = opt(help="Teacher weights saved by kdstore (or a plain state dict).", path=True)
     pretrained: bool = opt(False, "Use timm's pretrained weights for the teacher.")
@@ -54,7 +54,18 @@ class CacheConfig:
     views: int = opt(0, "Also store K augmented views per training image with the teacher's logits on each.")
     topk: int = opt(0, "Keep only the k largest logits of each view (0: all).")
     views_seed: int = opt(0, "Seed of the views' augmentation parameters.")
+    allow_untrained: bool = opt(False, "Cache a teacher with random weights (no --checkpoint, --pretrained or --pretrained-file): "
+                                       "for speed tests only; students learn nothing from it.")
     progress: bool = opt(True, "Progress bars.")
+
+    @property
+    def out_path(self) -> Path:
+        """--out, or stores/DATASET-TEACHER."""
+        if self.out:
+            return Path(self.out)
+        dataset = Path(self.dataset.split(":", 1)[1]).name if self.dataset.startswith("imagefolder:") else self.dataset
+        teacher = self.teacher or Path(self.checkpoint or "teacher").resolve().parent.name
+        return STORES_DIR / f"{dataset}-{teacher}"
 
     @property
     def teacher_spec(self) -> TeacherSpec:
@@ -67,7 +78,7 @@ class CacheConfig:
             raise KdstoreError(f"--workers must be >= 1, got {self.workers}")
         if self.image_size is not None and self.image_size < 8:
             raise KdstoreError(f"--image-size must be >= 8 pixels, got {self.image_size}")
-        inside = enclosing_store(Path(self.out).parent) if self.out else None
+        inside = enclosing_store(self.out_path.parent)
         if inside is not None:
             raise KdstoreError(f"--out {self.out} lies inside the store {inside}; put stores side by side")
         if self.input_size is not None and self.input_size < 8:
@@ -76,6 +87,10 @@ class CacheConfig:
             raise KdstoreError(f"--logits-dtype must be float16 or float32, got {self.logits_dtype}")
         if self.teacher is None and self.checkpoint is None:
             raise KdstoreError("name the teacher with --teacher (and/or give --checkpoint)")
+        if not (self.checkpoint or self.pretrained or self.pretrained_file or self.allow_untrained):
+            raise KdstoreError(f"teacher {self.teacher} has no trained weights: train it with `kdstore teacher --model {self.teacher} "
+                               f"--dataset {self.dataset} --out runs/teacher` and pass --checkpoint runs/teacher/checkpoint.pt "
+                               "(or use --pretrained); --allow-untrained caches random weights for speed tests")
         if self.split_part not in ("all", "holdout"):
             raise KdstoreError(f"--split-part must be all or holdout, got {self.split_part}")
         if self.split_part == "holdout" and not self.checkpoint:
@@ -121,7 +136,7 @@ def run(cfg: CacheConfig) -> Path:
     there, and `resume=True` continues from the last flushed chunk of teacher outputs.
     """
     cfg.validate()
-    out = claim(cfg.out, cfg.overwrite)
+    out = claim(cfg.out_path, cfg.overwrite)
     # Under torchrun, rank 0 writes the .beton files and the store; every rank scores a shard.
     ctx, device = distributed.init(resolve_device(cfg.device))
     t_start = time.perf_counter()
@@ -191,7 +206,6 @@ def run(cfg: CacheConfig) -> Path:
             "image_size": image_size, "dataset": dataset.name, "num_classes": dataset.num_classes,
             "class_names": list(dataset.class_names), "dataset_fingerprint": fingerprint,
             "teacher_train_acc": float(splits["train"].correct.mean()), "teacher_val_acc": float(splits["val"].correct.mean()),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "normalize_mean": list(mean_t), "normalize_std": list(std_t), "split_part": cfg.split_part,
             "split_fraction": float(split["fraction"]) if split else 0.0, "split_seed": int(split["seed"]) if split else -1,
             "split_members_sha256": split["members_sha256"] if split else "",
@@ -201,7 +215,8 @@ def run(cfg: CacheConfig) -> Path:
         (stage / "cache-state.json").unlink()  # first: a kill from here on restarts cleanly instead of resuming
         for leftover in stage.glob("chunks-*"):
             shutil.rmtree(leftover, ignore_errors=True)
-        publish(stage, out, {"dataset_fingerprint": fingerprint, "teacher_images_per_s": speed["train"]})
+        publish(stage, out, {"dataset_fingerprint": fingerprint, "teacher_images_per_s": speed["train"],
+                             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     except KeyboardInterrupt:
         raise KdstoreError(f"interrupted; the partial cache is kept in {stage}: rerun with --resume to continue") from None
     except BaseException:
@@ -209,9 +224,12 @@ def run(cfg: CacheConfig) -> Path:
             shutil.rmtree(stage, ignore_errors=True)
         raise
     size = sum(p.stat().st_size for p in out.iterdir())
+    warning = near_chance(attrs)
+    if warning:
+        console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
     console.print(
         f"[bold]store[/] {out}: teacher {meta['model']} train acc {attrs['teacher_train_acc']:.2%}, "
         f"val acc {attrs['teacher_val_acc']:.2%}; {len(splits['train'])}+{len(splits['val'])} images, "
-        f"{size / 2**20:.1f} MiB, {time.perf_counter() - t_start:.1f} s"
+        f"{size / 2**20:.1f} MiB, {time.perf_counter() - t_start:.1f} s", soft_wrap=True
     )
     return out

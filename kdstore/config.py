@@ -6,7 +6,11 @@ place. `config.json` (what a run resolved) round-trips: `train --config` reads i
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
+import platform
+import shlex
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
@@ -28,6 +32,21 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def write_json(path: Path, obj: Any) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+PACKAGES = ("kdstore", "torch", "torchvision", "timm", "ffcv", "numpy", "h5py")
+
+
+def provenance() -> dict[str, Any]:
+    """What a run's config.json records beside its options: the versions it ran with and the
+    command line that started it."""
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"versions": versions, "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])}
 
 
 def opt(default: Any = None, help: str = "", *, choices: Callable[[], Sequence[str]] | Sequence[str] | None = None,

@@ -120,7 +120,6 @@ def run(cfg: MergeConfig) -> Path:
         "pretrained": any(bool(s.attrs["pretrained"]) for s in stores),
         "teacher_train_acc": _accuracy(splits["train"].logits, splits["train"].labels),
         "teacher_val_acc": _accuracy(splits["val"].logits, splits["val"].labels),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "merged_from": json.dumps([{"path": str(s.path), "teacher": s.attrs["teacher"], "identity": s.identity()} for s in stores]),
         "merge_confidence": confidence,
     }
@@ -132,7 +131,8 @@ def run(cfg: MergeConfig) -> Path:
         for name in BETONS.values():
             _link_or_copy(first.path / name, stage / name)
         write_teacher_h5(stage / H5_NAME, splits, attrs, logits_dtype)
-        publish(stage, out_path, {"dataset_fingerprint": first.attrs["dataset_fingerprint"], "merged_from": len(stores)})
+        publish(stage, out_path, {"dataset_fingerprint": first.attrs["dataset_fingerprint"], "merged_from": len(stores),
+                                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

@@ -8,9 +8,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 import os
+import socket
+import urllib.parse
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import huggingface_hub
 import timm
 import torch
 import torch.nn as nn
@@ -54,6 +57,8 @@ def build_model(
         raise KdstoreError(f"unknown model {name!r}; any timm model name works (timm.list_models()), or one of {', '.join(cifar_models.CIFAR_ARCHS)}")
     stem = resolve_stem(stem, input_size)
     kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if pretrained and not pretrained_file and name not in cifar_models.CIFAR_ARCHS:
+        pretrained_file = offline_weights(name)
     if pretrained_file:
         if not Path(pretrained_file).is_file():
             raise KdstoreError(f"pretrained weights file {pretrained_file} does not exist")
@@ -74,6 +79,38 @@ def build_model(
             raise KdstoreError(f"--stem cifar needs a timm ResNet (conv1 + maxpool); {name} has none")
     meta = {"model": name, "num_classes": num_classes, "input_size": input_size, "stem": "cifar" if is_cifar_net else stem}
     return model, meta
+
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+
+
+def _online(host: str, timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def offline_weights(name: str) -> str | None:
+    """None when the Hub is reachable (timm downloads as usual). Offline: the weights from the
+    local Hugging Face or torch.hub cache, else a one-line error at once, instead of the
+    download's minute of retries."""
+    cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=True)
+    repo, url = getattr(cfg, "hf_hub_id", None), getattr(cfg, "url", None)
+    host = "huggingface.co" if repo else urllib.parse.urlparse(url or "").hostname
+    if not host or _online(host):
+        return None
+    for filename in WEIGHT_FILES if repo else ():
+        cached = huggingface_hub.try_to_load_from_cache(repo, filename)
+        if isinstance(cached, str):
+            return cached
+    if url:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlparse(url).path).name
+        if cached.is_file():
+            return str(cached)
+    raise KdstoreError(f"no network to fetch pretrained weights for {name} ({repo or url}) and none are cached; "
+                       "download them elsewhere and pass --pretrained-file PATH")
 
 
 def _pretrained_message(name: str, err: Exception) -> str:

@@ -1,8 +1,8 @@
 """The paper's figures from runs and their store, drawn with matplotlib (Agg, no display).
 
 convergence.png  val accuracy and val loss per epoch per variant, mean ± std over seeds (Figure 3)
-curriculum.png   teacher confidence along the curriculum and the inverse curriculum (Figure 1)
-lambda.png       lambda per batch through the first epoch for the SR variants, as the runs logged it
+curriculum.png   teacher confidence along the curriculum, and its distribution (Figure 1)
+lambda.png       lambda per batch through the first epoch for the SR variants, as the runs logged it, against the fixed lambda
 pacing.png       the pacing function g(t) of every paced arm, as the runs logged it
 """
 from __future__ import annotations
@@ -29,6 +29,22 @@ def _figure():
     return plt, fig, axes
 
 
+# Distinct line styles and markers, so arms that coincide or share a colour stay apart.
+STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1)), "v"), ((0, (3, 1, 1, 1)), "P"), ((0, (1, 1)), "X")]
+
+
+def _style(i: int) -> dict:
+    line, marker = STYLES[i % len(STYLES)]
+    return {"linestyle": line, "marker": marker, "markersize": 4, "markevery": None}
+
+
+def _integer_epochs(*axes) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _save(plt, fig, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
@@ -37,32 +53,43 @@ def _save(plt, fig, path: Path) -> str:
 
 
 def convergence(runs: list[Run], path: Path) -> str:
+    """Validation accuracy and loss per epoch per arm; the loss on a log scale, so one arm's
+    early spike does not flatten the others."""
     plt, fig, (ax_acc, ax_loss) = _figure()
     by_variant: dict[str, list[Run]] = {}
     for r in runs:
         by_variant.setdefault(r.arm, []).append(r)
-    for variant, rs in by_variant.items():
+    several = any(len(rs) > 1 for rs in by_variant.values())
+    for i, (variant, rs) in enumerate(by_variant.items()):
         epochs = min(len(r.metrics) for r in rs)
         x = np.arange(1, epochs + 1)
         for ax, key in ((ax_acc, "val_acc"), (ax_loss, "val_loss")):
             values = np.array([[m[key] for m in r.metrics[:epochs]] for r in rs])  # (seeds, epochs)
             mean, std = values.mean(0), values.std(0, ddof=1) if len(rs) > 1 else np.zeros(epochs)
-            ax.plot(x, mean, label=f"{variant} (n={len(rs)})")
-            ax.fill_between(x, mean - std, mean + std, alpha=0.2)
-    ax_acc.set(xlabel="epoch", ylabel="val accuracy", title="validation accuracy (mean ± std over seeds)")
-    ax_loss.set(xlabel="epoch", ylabel="val loss (CE)", title="validation loss")
+            line, = ax.plot(x, mean, label=variant + (f" (n={len(rs)})" if len(rs) > 1 else ""), **_style(i))
+            if len(rs) > 1:
+                ax.fill_between(x, mean - std, mean + std, alpha=0.15, color=line.get_color())
+    ax_acc.set(xlabel="epoch", ylabel="val accuracy", title="validation accuracy" + (" (mean ± std over seeds)" if several else ""))
+    ax_loss.set(xlabel="epoch", ylabel="val loss (CE, log scale)", title="validation loss", yscale="log")
+    _integer_epochs(ax_acc, ax_loss)
     ax_acc.legend(fontsize=8)
     return _save(plt, fig, path)
 
 
 def curriculum_profile(store: Store, path: Path) -> str:
-    plt, fig, (ax_cl, ax_inv) = _figure()
+    """Confidence along the curriculum (the inverse is the same read backwards), and its histogram."""
+    plt, fig, (ax_cl, ax_hist) = _figure()
     t = store.train
-    for ax, ids, title in ((ax_cl, t.curriculum, "curriculum (easy to hard)"), (ax_inv, t.inverse, "inverse curriculum (hard to easy)")):
-        rows = t.positions(ids)
-        ax.scatter(np.arange(len(rows)), t.confidence[rows], s=2, c=np.where(t.correct[rows], "tab:blue", "tab:red"))
-        ax.set(xlabel="position in order", ylabel="teacher confidence", title=title, ylim=(0, 1.02))
-    fig.suptitle("teacher confidence along the curriculum (red: misclassified by the teacher)")
+    rows = t.positions(t.curriculum)
+    ax_cl.scatter(np.arange(len(rows)), t.confidence[rows], s=2, c=np.where(t.correct[rows], "tab:blue", "tab:red"))
+    ax_cl.set(xlabel="position in the curriculum (easy to hard)", ylabel="teacher confidence", ylim=(0, 1.02),
+              title="one descending trace per class: the order interleaves\nthe classes at equal within-class rank (class-stratified)")
+    bins = np.linspace(0, 1, 21)
+    ax_hist.hist([t.confidence[t.correct], t.confidence[~t.correct]], bins=bins, stacked=True, color=["tab:blue", "tab:red"],
+                 label=["right", "misclassified"])
+    ax_hist.set(xlabel="teacher confidence (max softmax)", ylabel="training samples", title="confidence of the teacher on train")
+    ax_hist.legend(fontsize=8)
+    fig.suptitle(f"{store.attrs['teacher']} on {store.attrs['dataset']} (red: misclassified by the teacher, placed last in its class)")
     return _save(plt, fig, path)
 
 
@@ -76,14 +103,19 @@ def lambda_profile(runs: list[Run], path: Path) -> str | None:
     if not sr_runs:
         return None
     plt, fig, (ax, ax_epoch) = _figure()
-    for name, r in sr_runs.items():
+    for i, (name, r) in enumerate(sr_runs.items()):
         lam = np.asarray(r.metrics[0]["lam"])
-        ax.plot(np.arange(len(lam)), lam, label=name)
+        ax.plot(np.arange(len(lam)), lam, label=f"{name} (seed {r.seed})", **{**_style(i), "markevery": max(1, len(lam) // 20)})
         epochs = [m["epoch"] for m in r.metrics]
-        ax_epoch.plot(epochs, [m["lam_mean"] for m in r.metrics], marker="o", label=name)
-        ax_epoch.fill_between(epochs, [m["lam_min"] for m in r.metrics], [m["lam_max"] for m in r.metrics], alpha=0.15)
-    ax.set(xlabel="batch in epoch 1", ylabel="λ", title="selective reliance: λ per batch (as logged)", ylim=(-0.02, 1.02))
+        line, = ax_epoch.plot(epochs, [m["lam_mean"] for m in r.metrics], label=name, **_style(i))
+        ax_epoch.fill_between(epochs, [m["lam_min"] for m in r.metrics], [m["lam_max"] for m in r.metrics], alpha=0.15, color=line.get_color())
+    fixed = {float(r.config.get("lam", 0.9)) for r in sr_runs.values()}
+    for value in sorted(fixed):
+        for a in (ax, ax_epoch):
+            a.axhline(value, color="grey", linestyle="--", linewidth=1, label=f"fixed λ = {value:g} (kd)" if a is ax else None)
+    ax.set(xlabel="batch in epoch 1", ylabel="λ", title="selective reliance: λ per batch in epoch 1 (as logged)", ylim=(-0.02, 1.02))
     ax_epoch.set(xlabel="epoch", ylabel="λ mean (band: min-max)", title="λ per epoch", ylim=(-0.02, 1.02))
+    _integer_epochs(ax_epoch)
     ax.legend(fontsize=8)
     return _save(plt, fig, path)
 
@@ -97,13 +129,17 @@ def pacing_profile(runs: list[Run], path: Path) -> str | None:
     if not paced:
         return None
     plt, fig, (ax, ax_epoch) = _figure()
-    for name, r in paced.items():
+    for i, (name, r) in enumerate(paced.items()):
         g = np.concatenate([m["pace"] for m in r.metrics])
-        ax.plot(np.arange(len(g)) / len(g), g, label=name)
-        ax_epoch.plot([m["epoch"] for m in r.metrics], [float(np.mean(m["pace"])) for m in r.metrics], marker="o", label=name)
+        # Arms with the same pacing coincide: later ones are drawn thinner and dashed on top.
+        width = max(3.0 - 0.7 * i, 1.0)
+        ax.plot(np.arange(len(g)) / len(g), g, label=name, linewidth=width, **{**_style(i), "markevery": max(1, len(g) // 12)})
+        ax_epoch.plot([m["epoch"] for m in r.metrics], [float(np.mean(m["pace"])) for m in r.metrics], label=name, linewidth=width, **_style(i))
     ax.set(xlabel="fraction of training (step / total steps)", ylabel="g(t): fraction of the order used", title="pacing function", ylim=(0, 1.02))
     ax_epoch.set(xlabel="epoch", ylabel="mean g over the epoch", title="data available per epoch", ylim=(0, 1.02))
+    _integer_epochs(ax_epoch)
     ax.legend(fontsize=8)
+    ax_epoch.legend(fontsize=8)
     return _save(plt, fig, path)
 
 

@@ -123,7 +123,7 @@ def write_report(summary: dict[str, Any], out: Path, runs: list[Run] | None = No
     out.mkdir(parents=True, exist_ok=True)
     header, body = table_rows(summary)
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(row) + " |" for row in body]
-    (out / "results.md").write_text("\n".join(md) + "\n\nMean ± std over seeds; Δ is paired by seed against `{summary['baseline']}`.\n")
+    (out / "results.md").write_text("\n".join(md) + f"\n\nMean ± std over seeds; Δ is paired by seed against `{summary['baseline']}`.\n")
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["variant", "n", "final_val_acc_mean", "final_val_acc_std", "best_val_acc_mean", "best_val_acc_std",

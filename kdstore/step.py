@@ -59,6 +59,11 @@ class Step:
     amp: bool = False
     scaler: torch.amp.GradScaler = field(default=None)  # type: ignore[assignment]
 
+    @property
+    def amp_on(self) -> bool:
+        """Whether the student really runs in mixed precision (CUDA only)."""
+        return self.amp and self.device.type == "cuda"
+
     def __post_init__(self) -> None:
         if self.scaler is None:
             self.scaler = grad_scaler(self.device, self.amp)

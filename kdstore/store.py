@@ -64,7 +64,7 @@ VIEW_ARRAYS = ("params", "logits", "topk_values", "topk_indices", "fill")
 ROOT_ATTRS = (
     "schema_version", "kdstore_version", "teacher", "teacher_stem", "checkpoint_sha256", "pretrained",
     "input_size", "image_size", "dataset", "num_classes", "class_names", "dataset_fingerprint",
-    "teacher_train_acc", "teacher_val_acc", "created", "normalize_mean", "normalize_std",
+    "teacher_train_acc", "teacher_val_acc", "normalize_mean", "normalize_std",
     "split_part", "split_fraction", "split_seed", "split_members_sha256",
 )
 
@@ -300,9 +300,10 @@ class Store:
         return held if held.exists() else self.path / BETONS[split]
 
     def identity(self) -> str:
-        """The store's files as its manifest records them (sha256), plus the dataset fingerprint."""
-        digests = ",".join(f"{k}={v[:12]}" for k, v in sorted(self.manifest["sha256"].items()))
-        return f"{self.attrs['dataset_fingerprint'][:12]}|{digests}"
+        """What the store holds: the decoded images (the dataset fingerprint) and teacher.h5's sha256.
+        Two caches of the same data and teacher have the same identity; the .beton bytes are left
+        out because FFCV's writer workers lay pages out in the order they finish (README)."""
+        return f"{self.attrs['dataset_fingerprint'][:12]}|{H5_NAME}={self.manifest['sha256'][H5_NAME][:12]}"
 
     @classmethod
     def open(cls, path: Path | str, full: bool = False) -> "Store":
@@ -439,6 +440,16 @@ def verify(path: Path) -> list[str]:
     return problems
 
 
+def near_chance(attrs: dict[str, Any]) -> str | None:
+    """A warning when the teacher's validation accuracy is within 5 points of chance (1/classes)."""
+    chance = 1.0 / int(attrs["num_classes"])
+    acc = float(attrs["teacher_val_acc"])
+    if acc >= chance + 0.05:
+        return None
+    return (f"the teacher's val acc {acc:.2%} is near chance ({chance:.2%} for {attrs['num_classes']} classes): "
+            "is it trained? Students distilled from it learn little")
+
+
 def publish(stage: Path, out: Path, info: dict[str, Any]) -> None:
     """Finish a store built in `stage` (its .beton files and teacher.h5 already there): the
     manifest, then every check a reader and `verify` run, then the rename to `out`."""
@@ -454,6 +465,20 @@ def enclosing_store(path: Path) -> Path | None:
         if (d / MANIFEST).is_file() and (d / H5_NAME).is_file():
             return d
     return None
+
+
+STORES_DIR = Path("stores")  # where `cache` puts a store without --out, and `train` looks without --store
+
+
+def default_store(root: Path = STORES_DIR) -> Path:
+    """The one complete store under `root` (`train` without --store); otherwise a one-line error
+    that lists the candidates."""
+    found = sorted(d for d in root.iterdir() if (d / MANIFEST).is_file()) if root.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise KdstoreError(f"--store is required: there is no store under {root}/ (make one with `kdstore cache`)")
+    raise KdstoreError(f"--store is required: {len(found)} stores under {root}/ ({', '.join(map(str, found))}); name one")
 
 
 def staging_dir(out: Path) -> Path:

@@ -3,19 +3,22 @@
 Combinations that mean nothing are left out: pacing needs a fixed order (not a shuffled
 variant), a scorer other than the teacher needs a curriculum variant.
 
-Resumable: a run whose summary.json exists is finished and is not redone; a run without one
-(killed part-way) is started again from scratch.
+Resumable: a run whose summary.json exists and whose config.json matches the sweep's options is
+finished and kept; a finished run made with other options is refused (or redone with
+--overwrite); a run without summary.json (killed part-way) is started again from scratch.
 """
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from . import report, train
-from .config import opt
+from .config import differing, fields_of, opt, to_dict
 from .errors import KdstoreError
-from .progress import console
+from .progress import clock, say
 from .train import TrainConfig
 from .views import VIEW_MODES
 from .pacing import PACINGS
@@ -32,10 +35,12 @@ class SweepConfig:
     pacing: str = opt("none", "Comma-separated pacing functions, each an arm.", choices=lambda: list(PACINGS))
     scorer: str = opt("teacher", "Comma-separated scorers, each an arm.", choices=lambda: list(SCORERS))
     views: str = opt("auto", "Comma-separated views modes (replay, clean), each an arm.", choices=lambda: list(VIEW_MODES))
+    baseline: str = opt(report.BASELINE, "The arm the report compares every other with, paired by seed.")
+    overwrite: bool = opt(False, "Redo finished runs under --out that were made with other options (without it the sweep refuses them).")
 
     def run(self, base: TrainConfig) -> dict[str, Any]:
         return run(base, parse_variants(self.variants), parse_seeds(self.seeds), Path(base.out), parse_pacings(self.pacing),
-                   parse_scorers(self.scorer), parse_views(self.views))
+                   parse_scorers(self.scorer), parse_views(self.views), self.baseline, self.overwrite)
 
 
 def parse_variants(spec: str) -> list[str]:
@@ -101,23 +106,58 @@ def run_dir(out: Path, arm: str, seed: int) -> Path:
     return Path(out) / f"{arm}-s{seed}"
 
 
-def run(base: TrainConfig, variants: Sequence[str], seeds: Sequence[int], out: Path,
-        pacings: Sequence[str] = ("none",), scorers: Sequence[str] = ("teacher",), views: Sequence[str] | None = None) -> dict[str, Any]:
+# Options a finished run may have been made with and still be kept: how it ran, not what it computed.
+_KEEP_DESPITE = {"out", "store", "amp", "resume", "overwrite", "progress", "workers", "device", "teacher_rows", "verify", "tensorboard"}
+
+
+def stale(cfg: TrainConfig, target: Path) -> list[str]:
+    """The options a finished run in `target` was made with that differ from `cfg` (empty: keep it)."""
+    try:
+        saved = json.loads((target / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return ["config.json (unreadable)"]
+    changed = differing(fields_of(TrainConfig, saved), to_dict(cfg), ignore=_KEEP_DESPITE)
+    if cfg.store and saved.get("store") != str(Path(cfg.store).resolve()):
+        changed.append("store")
+    return changed
+
+
+def run(base: TrainConfig, variants: Sequence[str], seeds: Sequence[int], out: Path, pacings: Sequence[str] = ("none",),
+        scorers: Sequence[str] = ("teacher",), views: Sequence[str] | None = None, baseline: str = report.BASELINE,
+        overwrite: bool = False) -> dict[str, Any]:
     """Train every (arm, seed) not finished yet under `out`, then write out/report."""
     out = Path(out)
     base.validate()
     configs = arms(base, variants, pacings, scorers, views)
     if not configs:
         raise KdstoreError("no variant takes the given --pacing/--scorer (pacing needs a fixed order, a student scorer a curriculum)")
-    jobs = [(c, s) for c in configs for s in seeds]
-    for i, (cfg, seed) in enumerate(jobs, 1):
-        target = run_dir(out, cfg.arm, seed)
+    jobs = [(replace(c, out=str(run_dir(out, c.arm, s)), seed=s, overwrite=True), s) for c in configs for s in seeds]
+    if baseline not in {c.arm for c, _ in jobs}:
+        say(f"warning: the baseline arm {baseline!r} is not in this sweep; the report has no Δ column (pass --baseline ARM)")
+    todo = []
+    for cfg, _ in jobs:
+        target = Path(cfg.out)
         if (target / "summary.json").is_file():
-            console.print(f"[dim]{i}/{len(jobs)} {target.name}: finished earlier, kept[/]")
+            changed = stale(cfg, target)
+            if changed and not overwrite:
+                raise KdstoreError(f"{target} holds a finished run made with different {', '.join(changed)}; "
+                                   "pass --overwrite to redo it, or sweep into another --out")
+            if not changed:
+                continue
+        todo.append(cfg)
+    t0, done = time.perf_counter(), 0
+    for i, (cfg, _) in enumerate(jobs, 1):
+        head = f"[{i}/{len(jobs)}] {Path(cfg.out).name}"
+        if cfg not in todo:
+            say(f"{head}: finished earlier with the same options, kept")
             continue
-        console.print(f"[bold]{i}/{len(jobs)}[/] {target.name}")
-        train.run(replace(cfg, out=str(target), seed=seed, overwrite=True))
-    runs = [report.load_run(run_dir(out, c.arm, s)) for c, s in jobs]
-    summary = report.summarize(runs)
+        elapsed = time.perf_counter() - t0
+        eta = f", ETA {clock(elapsed / done * (len(todo) - done))}" if done else ""
+        say(f"{head} (elapsed {clock(elapsed)}{eta})")
+        train.run(cfg)
+        done += 1
+    runs = [report.load_run(Path(c.out)) for c, _ in jobs]
+    summary = report.summarize(runs, baseline=baseline)
     report.write_report(summary, out / "report", runs)
+    say(f"wrote {out / 'report'} (results.md, results.csv, results.json, figures)")
     return summary

@@ -15,7 +15,7 @@ from .datasets import load_dataset
 from .errors import KdstoreError
 from .ffcv_files import write_beton
 from . import distributed
-from .models import normalization_for, resolve_device
+from .models import normalization_for, offline_weights, resolve_device
 from .progress import console
 from .splits import split_record, subset
 from .store import BETONS
@@ -42,7 +42,7 @@ class TeacherConfig:
 
 # The training options that mean something for a teacher (the rest concern distillation from a store).
 TRAINING_OPTIONS = ("out", "stem", "pretrained", "pretrained_file", "input_size", "epochs", "batch_size", "lr", "head_lr", "freeze_epochs",
-                    "momentum", "weight_decay", "label_smoothing", "seed", "workers", "device", "augment", "amp", "overwrite", "resume", "progress")
+                    "momentum", "weight_decay", "label_smoothing", "seed", "workers", "device", "augment", "amp", "overwrite", "resume", "progress", "tensorboard")
 
 
 def run(teacher: TeacherConfig) -> dict[str, Any]:
@@ -55,6 +55,8 @@ def run(teacher: TeacherConfig) -> dict[str, Any]:
     cfg.validate()
     if teacher.split is not None and not 0.0 < teacher.split < 1.0:
         raise KdstoreError(f"--split must be in (0, 1), got {teacher.split}")
+    if cfg.pretrained and not cfg.pretrained_file:
+        offline_weights(cfg.student)  # offline and not cached: refused now, before any file is written
     ds = load_dataset(teacher.dataset, Path(teacher.data_root) if teacher.data_root else None, teacher.image_size)
     record = None
     if teacher.split is not None:

@@ -11,7 +11,7 @@ import gc
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,19 +22,20 @@ import torch.nn as nn
 from .augment import augmentation_for, normalize, resize
 from .step import Step, autocast, cosine, sgd
 from .targets import PLACEMENTS, Prepare, TeacherFn, cached_teacher, no_augment, online_teacher, random_augment, replay_views, view_teacher
-from .config import differing, opt, to_dict, write_json
+from .config import differing, opt, provenance, to_dict, write_json
 from . import distributed
 from .distributed import Context, all_reduce_sum
 from .errors import KdstoreError
+from .events import EventLog
 from .ffcv_files import make_loader, read_int_fields
 from .inference import clean_forward, score_beton
 from .models import DEVICES, STEMS, TeacherSpec, build_model, load_checkpoint, load_teacher, resolve_device, save_checkpoint
 from .pacing import PACINGS, PacingParams
-from .progress import console, images_progress
+from .progress import clock, images_progress, say
 from .reliance import POLICIES
 from .schedule import SCORERS, Schedule, Scores, conflict
 from .views import VIEW_MODES, Views
-from .store import Store, enclosing_store, verify
+from .store import Store, default_store, enclosing_store, verify
 from .variants import ALIASES, VARIANTS, Variant, get_variant
 
 # on_batch(epoch, batch index, sample ids (B,), lambda): observes what the loop trained on.
@@ -47,7 +48,7 @@ class TrainConfig:
     """Everything a run depends on; saved as config.json and inside checkpoint.pt."""
 
     out: str = opt(help="Run directory (config.json, metrics.jsonl, summary.json, checkpoint.pt).", required=True, path=True)
-    store: str | None = opt(help="Store written by `kdstore cache` (student runs).", path=True)
+    store: str | None = opt(help="Store written by `kdstore cache` (default: the one store under stores/).", path=True)
     variant: str = opt("kd", "The variant (METHOD.md); random-cl is the control.", choices=lambda: list(VARIANTS) + list(ALIASES))
     student: str = opt("cifar_resnet8", "Any timm model name (kdstore registers the CIFAR networks).")
     stem: str = opt("auto", "Stem of timm ResNets on small images; auto = cifar at 64 px and below.", choices=STEMS)
@@ -86,6 +87,7 @@ class TrainConfig:
     overwrite: bool = opt(False, "Replace a finished run in --out.")
     resume: bool = opt(False, "Continue from --out/checkpoint.pt (saved after every epoch).")
     progress: bool = opt(True, "Progress bars.")
+    tensorboard: bool = opt(True, "TensorBoard event files in --out (`tensorboard --logdir runs`).")
 
     def validate(self) -> None:
         checks = [
@@ -166,7 +168,7 @@ def data_from_store(store: Store) -> TrainData:
         train_beton=store.beton("train"), val_beton=store.beton("val"), num_classes=store.num_classes,
         image_size=int(store.attrs["image_size"]), mean=tuple(store.attrs["normalize_mean"]), std=tuple(store.attrs["normalize_std"]),
         teacher_logits=t.logits, scores=Scores(t.confidence, t.positions(t.curriculum)), views=t.views,
-        meta={"store": str(store.path), "dataset": store.attrs["dataset"], "dataset_fingerprint": store.attrs["dataset_fingerprint"],
+        meta={"store": str(store.path.resolve()), "dataset": store.attrs["dataset"], "dataset_fingerprint": store.attrs["dataset_fingerprint"],
               "teacher": store.attrs["teacher"], "class_names": store.attrs["class_names"], "identity": store.identity()},
     )
 
@@ -281,7 +283,8 @@ def build_run(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hoo
     step = Step(net, optimizer, cosine(optimizer, cfg.epochs * len(train_loader)), prepare, teacher, torch.tensor(data.mean, device=device),
                 torch.tensor(data.std, device=device), device, cfg.tau, cfg.label_smoothing, cfg.input_size, cfg.amp)
     views_used = {"mode": "replay", "count": data.views.count, "topk": data.views.topk} if replay else {"mode": "clean"}
-    config = {**to_dict(cfg), "variant": variant.name, "kind": kind, "model": meta, "data": data.meta, "views_used": views_used}
+    config = {**to_dict(cfg), "store": data.meta.get("store"), "amp": step.amp_on, "variant": variant.name, "kind": kind, "model": meta,
+              "data": data.meta, "views_used": views_used, **provenance()}
     return Run(cfg, data, kind, variant, ctx, device, model, meta, body, step, schedule, fields["sample_id"], fields["label"],
                train_loader, val_loader, aug, config, views_used, hook)
 
@@ -307,8 +310,7 @@ def train_epoch(run: Run, epoch: int, lambdas: np.ndarray, bar, task) -> dict[st
         n = len(ids_np)
         n_seen += n
         sums += torch.stack([terms["loss"] * n, terms["ce"] * n, terms["kd"] * n, terms["correct"]]).double()
-        if bar is not None and b % 10 == 0:
-            bar.update(task, completed=n_seen, info=f"loss {sums[0].item() / n_seen:.3f}")
+        bar.update(task, completed=n_seen)  # a number only: no sync with the device
         t_wait = time.perf_counter()
     seconds = time.perf_counter() - t0
     totals = all_reduce_sum(torch.cat([sums, torch.tensor([float(n_seen)], dtype=torch.float64, device=run.device)]), run.ctx)
@@ -363,9 +365,19 @@ def run_epoch(run: Run, epoch: int, bar) -> dict[str, Any]:
         p.requires_grad_(epoch >= cfg.freeze_epochs)
     row.update(train_epoch(run, epoch, lambdas, bar, task))
     row.update(evaluate(run.model, run.val_loader, run.step.mean, run.step.std, run.device, cfg.input_size, cfg.amp, run.ctx))
-    bar.update(task, completed=total, info=f"loss {row['train_loss']:.3f} val acc {row['val_acc']:.2%}")
+    bar.remove_task(task)  # the epoch's line (epoch_line) takes its place
     run.history.append(row)
     return row
+
+
+def epoch_line(run: Run, row: dict[str, Any], elapsed: float, epochs_timed: int) -> str:
+    """The log line of a finished epoch, with the run's ETA from the epochs timed so far."""
+    left = run.cfg.epochs - row["epoch"]
+    eta = clock(elapsed / max(epochs_timed, 1) * left)
+    return (f"{run.cfg.arm} seed {run.cfg.seed} epoch {row['epoch']}/{run.cfg.epochs}: loss {row['train_loss']:.4f} "
+            f"(ce {row['train_ce']:.4f}, kd {row['train_kd']:.4f}), train acc {row['train_acc']:.2%}, val acc {row['val_acc']:.2%}, "
+            f"val loss {row['val_loss']:.4f}, lambda {row['lam_mean']:.3f}, lr {row['lr']:.4g}, {row['images_per_s']:,.0f} img/s, "
+            f"{row['seconds']:.1f} s, ETA {eta}")
 
 
 def save_epoch(run: Run, row: dict[str, Any]) -> None:
@@ -376,7 +388,7 @@ def save_epoch(run: Run, row: dict[str, Any]) -> None:
     if run.schedule.scores.computed:  # the store holds the teacher's scores; save the run's own
         _save_scores(out, row["epoch"], run.schedule.scores, run.sample_id)
     meta = {**run.meta, "kind": run.kind, "class_names": run.data.meta.get("class_names", []), "dataset": run.data.meta.get("dataset", ""),
-            "split": run.data.meta.get("split")}
+            "split": run.data.meta.get("split"), "normalize_mean": list(run.data.mean), "normalize_std": list(run.data.std)}
     save_checkpoint(out / "checkpoint.pt", {
         "state_dict": run.model.state_dict(), "optimizer": run.step.optimizer.state_dict(), "scheduler": run.step.scheduler.state_dict(),
         "epoch": row["epoch"], "meta": meta, "config": json.loads(json.dumps(run.config)), "history": json.loads(json.dumps(run.history)),
@@ -395,8 +407,8 @@ def summarize(run: Run, model_name: str, seconds: float) -> dict[str, Any]:
     }
     if run.ctx.main:
         write_json(run.out / "summary.json", summary)
-        console.print(f"[bold]{run.cfg.arm}[/] {model_name}: val acc {summary['final_val_acc']:.2%} (best {summary['best_val_acc']:.2%}), "
-                      f"{seconds:.1f} s -> {run.out}")
+        say(f"{run.cfg.arm} {model_name}: val acc {summary['final_val_acc']:.2%} (best {summary['best_val_acc']:.2%}), "
+            f"{seconds:.1f} s; wrote {run.out}")
     return summary
 
 
@@ -417,12 +429,18 @@ def fit(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: Bat
         run.out.mkdir(parents=True, exist_ok=True)
         write_json(run.out / "config.json", run.config)
         (run.out / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in run.history))
+    events = EventLog(run.out) if cfg.tensorboard and run.ctx.main else None
     t0 = time.perf_counter()
     with images_progress(cfg.progress and run.ctx.main) as bar:
         for epoch in range(start, cfg.epochs):
             row = run_epoch(run, epoch, bar)
             if run.ctx.main:
                 save_epoch(run, row)
+                if events is not None:
+                    events.epoch(row)
+                say(epoch_line(run, row, time.perf_counter() - t0, epoch + 1 - start))
+    if events is not None:
+        events.close()
     summary = summarize(run, model_name, time.perf_counter() - t0)
     del run  # its FFCV loaders and their threads end here, not at interpreter exit
     gc.collect()
@@ -477,7 +495,7 @@ def _split_head(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter
 
 
 # Options that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "workers", "device", "teacher_rows", "verify"}
+_RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "workers", "device", "teacher_rows", "verify", "versions", "command", "tensorboard"}
 
 
 def _restore(path: Path, config: dict[str, Any], model: nn.Module, optimizer, scheduler, aug: torch.Generator | None) -> tuple[int, list[dict[str, Any]]]:
@@ -502,10 +520,11 @@ def _restore(path: Path, config: dict[str, Any], model: nn.Module, optimizer, sc
 
 
 def run(cfg: TrainConfig, hook: BatchHook | None = None) -> dict[str, Any]:
-    """Train a student from cfg.store; returns the summary."""
+    """Train a student from cfg.store (default: the one store under stores/); returns the summary."""
     cfg.validate()
     if not cfg.store:
-        raise KdstoreError("--store is required")
+        cfg = replace(cfg, store=str(default_store()))
+        say(f"using the store {cfg.store}")
     if cfg.verify:
         problems = verify(Path(cfg.store))
         if problems:

@@ -6,6 +6,7 @@ import torch.nn as nn
 from click.testing import CliRunner
 
 from kdstore.cli.main import cli
+from kdstore import bench
 from kdstore.bench import break_even, flop_counts
 
 
@@ -30,6 +31,17 @@ def test_break_even_arithmetic():
     assert b["sweep_seconds_offline"] == 0.5 + 10 * (5 * 1.0 + 1.0)
 
 
+def test_paired_speed_reports_the_spread_and_flags_noise():
+    # Per-step times of the same batches: offline takes 10 ms on every step; unguided 9, 10, 11, ... ms.
+    modes = {"offline": {"step_ms": [10.0] * 5}, "unguided": {"step_ms": [9.0, 10.0, 11.0, 12.0, 8.0]},
+             "online": {"step_ms": [30.0, 31.0, 29.0, 30.0, 30.0]}}
+    noisy = bench.paired_speed(modes, "offline", "unguided")  # ratios 0.9 1.0 1.1 1.2 0.8
+    assert noisy["median"] == pytest.approx(1.0) and noisy["p10"] == pytest.approx(0.84) and noisy["p90"] == pytest.approx(1.16)
+    assert noisy["within_noise"]
+    clear = bench.paired_speed(modes, "offline", "online")  # ratios 3.0 3.1 2.9 3.0 3.0
+    assert clear["median"] == pytest.approx(3.0) and not clear["within_noise"]
+
+
 def test_bench_runs_and_writes_every_field(digits_store, tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(cli, ["bench", "--store", str(digits_store), "--student", "cifar_resnet8", "--batch-size", "32",
@@ -39,7 +51,10 @@ def test_bench_runs_and_writes_every_field(digits_store, tmp_path):
     for mode in ("unguided", "offline", "online"):
         m = r["modes"][mode]
         assert m["images_per_s"] > 0 and 0 <= m["data_wait_frac"] <= 1 and m["peak_memory_bytes"] > 0
-        assert m["memory_kind"].startswith("process RSS") and m["timed_steps"] == 2 and len(m["step_ms"]) == 2
+        assert m["timed_steps"] == 2 and len(m["step_ms"]) == 2 and m["step_ms_p10"] <= m["step_ms_median"] <= m["step_ms_p90"]
+    assert r["memory_kind"].startswith("process RSS")
+    assert set(r["paired"]) == {"offline_vs_unguided", "offline_vs_online"}
+    assert "peak memory: process RSS" in result.output and result.output.count("process RSS") == 1  # the note once, not per row
     assert set(r) >= {"config", "device", "device_name", "torch", "teacher", "student", "offline_vs_unguided", "online_offline_ratio",
                       "flops_per_image", "ratio_vs_flop_limit", "cache", "break_even"}
     assert r["teacher"]["model"] == "cifar_resnet8" and r["flops_per_image"]["limit"] > 1

@@ -77,7 +77,7 @@ def test_verify_finds_a_flipped_bit(digits_store, tmp_path):
 
 def test_imagefolder_store_and_refusals(synthetic_folder, tmp_path):
     out = tmp_path / "syn"
-    cache.run(CacheConfig(dataset=f"imagefolder:{synthetic_folder}", teacher="cifar_resnet8", out=str(out), progress=False, logits_dtype="float32"))
+    cache.run(CacheConfig(allow_untrained=True, dataset=f"imagefolder:{synthetic_folder}", teacher="cifar_resnet8", out=str(out), progress=False, logits_dtype="float32"))
     store = Store.open(out)
     assert store.num_classes == 3 and len(store.train) == 30 and len(store.val) == 12
     assert store.train.logits.dtype == np.float32 and store.attrs["checkpoint_sha256"] == ""
@@ -85,12 +85,12 @@ def test_imagefolder_store_and_refusals(synthetic_folder, tmp_path):
     manifest = json.loads((out / "MANIFEST.json").read_text())
     assert set(manifest["sha256"]) == {"teacher.h5", "train.beton", "val.beton"}
     with pytest.raises(KdstoreError, match="already exists"):
-        cache.run(CacheConfig(dataset=f"imagefolder:{synthetic_folder}", teacher="cifar_resnet8", out=str(out), progress=False))
+        cache.run(CacheConfig(allow_untrained=True, dataset=f"imagefolder:{synthetic_folder}", teacher="cifar_resnet8", out=str(out), progress=False))
 
 
 def test_fingerprint_tells_datasets_apart(digits_store, tmp_path, synthetic_folder):
     out = tmp_path / "syn2"
-    cache.run(CacheConfig(dataset=f"imagefolder:{synthetic_folder}", teacher="cifar_resnet8", out=str(out), progress=False))
+    cache.run(CacheConfig(allow_untrained=True, dataset=f"imagefolder:{synthetic_folder}", teacher="cifar_resnet8", out=str(out), progress=False))
     a, b = Store.open(digits_store).attrs, Store.open(out).attrs
     assert len(a["dataset_fingerprint"]) == 64 and a["dataset_fingerprint"] != b["dataset_fingerprint"]
 
@@ -102,5 +102,5 @@ def test_failed_cache_leaves_nothing_behind(synthetic_folder, tmp_path, monkeypa
     monkeypatch.setattr(cache, "score_beton", boom)
     out = tmp_path / "never"
     with pytest.raises(KdstoreError, match="teacher pass failed"):
-        cache.run(CacheConfig(dataset=f"imagefolder:{synthetic_folder}", teacher="cifar_resnet8", out=str(out), progress=False))
+        cache.run(CacheConfig(allow_untrained=True, dataset=f"imagefolder:{synthetic_folder}", teacher="cifar_resnet8", out=str(out), progress=False))
     assert list(tmp_path.iterdir()) == []

@@ -43,7 +43,7 @@ def test_unknown_model(digits_store, tmp_path):
 
 
 def test_unknown_dataset(tmp_path):
-    _fails(["cache", "--dataset", "mnist9", "--teacher", "cifar_resnet8", "--out", str(tmp_path / "s")], "unknown dataset 'mnist9'", "imagefolder:PATH")
+    _fails(["cache", "--allow-untrained", "--dataset", "mnist9", "--teacher", "cifar_resnet8", "--out", str(tmp_path / "s")], "unknown dataset 'mnist9'", "imagefolder:PATH")
     assert not (tmp_path / "s").exists()
 
 
@@ -118,7 +118,7 @@ def test_cifar_offline_message(monkeypatch, tmp_path):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(KdstoreError, match=r"cifar10 is not in .* could not be downloaded"):
         datasets.load_dataset("cifar10", tmp_path)
-    _fails(["cache", "--dataset", "cifar10", "--teacher", "cifar_resnet8", "--data-root", str(tmp_path), "--out", str(tmp_path / "s")], "could not be downloaded")
+    _fails(["cache", "--allow-untrained", "--dataset", "cifar10", "--teacher", "cifar_resnet8", "--data-root", str(tmp_path), "--out", str(tmp_path / "s")], "could not be downloaded")
 
 
 def test_installed_entry_point_prints_one_line(tmp_path):
@@ -134,8 +134,8 @@ def test_installed_entry_point_prints_one_line(tmp_path):
 def test_merge_and_views_bad_input(digits_store, tmp_path):
     _fails(["merge", str(digits_store), "--out", str(tmp_path / "m")], "at least two stores")
     _fails(["merge", str(digits_store), str(digits_store), "--out", str(tmp_path / "m"), "--confidence", "7"], "--confidence must be")
-    _fails(["cache", "--dataset", "digits", "--teacher", "cifar_resnet8", "--topk", "3", "--out", str(tmp_path / "s")], "--topk applies to stored views")
-    _fails(["cache", "--dataset", "digits", "--teacher", "cifar_resnet8", "--views", "2", "--topk", "10", "--out", str(tmp_path / "s")],
+    _fails(["cache", "--allow-untrained", "--dataset", "digits", "--teacher", "cifar_resnet8", "--topk", "3", "--out", str(tmp_path / "s")], "--topk applies to stored views")
+    _fails(["cache", "--allow-untrained", "--dataset", "digits", "--teacher", "cifar_resnet8", "--views", "2", "--topk", "10", "--out", str(tmp_path / "s")],
            "--topk 10 must be below the 10 classes")
     assert not (tmp_path / "m").exists() and not (tmp_path / "s").exists() and not (tmp_path / ".s.partial").exists()
 

@@ -40,9 +40,9 @@ def stores(folder, tmp_path_factory):
     """The same cache made by one process and by two torchrun processes."""
     root = tmp_path_factory.mktemp("ddp-stores")
     opts = ["--dataset", f"imagefolder:{folder}", "--teacher", "cifar_resnet8", "--batch-size", BATCH, "--workers", 1, "--device", "cpu", "--no-progress"]
-    proc = torchrun("-m", "kdstore", "cache", *opts, "--out", root / "two")
+    proc = torchrun("-m", "kdstore", "cache", "--allow-untrained", *opts, "--out", root / "two")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    cache.run(CacheConfig(dataset=f"imagefolder:{folder}", teacher="cifar_resnet8", batch_size=BATCH, workers=1, device="cpu", out=str(root / "one"), progress=False))
+    cache.run(CacheConfig(allow_untrained=True, dataset=f"imagefolder:{folder}", teacher="cifar_resnet8", batch_size=BATCH, workers=1, device="cpu", out=str(root / "one"), progress=False))
     return root / "one", root / "two"
 
 

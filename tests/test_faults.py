@@ -38,7 +38,7 @@ KILLER = textwrap.dedent("""
         return teacher
     c.load_teacher = load_teacher
     c.CHUNK_SAMPLES = 16  # flush every 2 batches of 8
-    c.run(CacheConfig(dataset="imagefolder:" + sys.argv[3], teacher="cifar_resnet8", out=sys.argv[1], batch_size=8,
+    c.run(CacheConfig(allow_untrained=True, dataset="imagefolder:" + sys.argv[3], teacher="cifar_resnet8", out=sys.argv[1], batch_size=8,
                       progress=False, overwrite=True, resume=len(sys.argv) > 4))
 """)
 
@@ -52,7 +52,7 @@ def _cache_in_child(out, kill_at, folder, resume=False):
 def reference_store(synthetic_folder, tmp_path_factory):
     """The synthetic store cached in one uninterrupted run (same options as the killed ones)."""
     out = tmp_path_factory.mktemp("ref") / "store"
-    cache.run(CacheConfig(dataset=f"imagefolder:{synthetic_folder}", teacher="cifar_resnet8", out=str(out), batch_size=8, progress=False))
+    cache.run(CacheConfig(allow_untrained=True, dataset=f"imagefolder:{synthetic_folder}", teacher="cifar_resnet8", out=str(out), batch_size=8, progress=False))
     return out
 
 
@@ -89,7 +89,7 @@ def test_sigkill_keeps_the_previous_complete_store_and_resume_checks_options(syn
     assert (out / "MANIFEST.json").read_text() == before and verify(out) == []
     assert (tmp_path / ".store.partial").is_dir()
     with pytest.raises(KdstoreError, match="started with different batch_size"):
-        cache.run(CacheConfig(dataset=f"imagefolder:{synthetic_folder}", teacher="cifar_resnet8", out=str(out), batch_size=16,
+        cache.run(CacheConfig(allow_untrained=True, dataset=f"imagefolder:{synthetic_folder}", teacher="cifar_resnet8", out=str(out), batch_size=16,
                               progress=False, overwrite=True, resume=True))
     assert (out / "MANIFEST.json").read_text() == before
 

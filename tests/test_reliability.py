@@ -115,7 +115,7 @@ def two_digit_stores(digits_teacher, tmp_path_factory):
     """The digits store and another store of the same dataset by another (random) teacher."""
     root = tmp_path_factory.mktemp("corrupt")
     cache.run(CacheConfig(dataset="digits", out=str(root / "store"), checkpoint=str(digits_teacher / "checkpoint.pt"), batch_size=400, progress=False))
-    cache.run(CacheConfig(dataset="digits", out=str(root / "other"), teacher="cifar_resnet8", batch_size=400, progress=False))
+    cache.run(CacheConfig(allow_untrained=True, dataset="digits", out=str(root / "other"), teacher="cifar_resnet8", batch_size=400, progress=False))
     return root
 
 
@@ -147,7 +147,7 @@ def test_corrupt_jpeg_is_named_and_nothing_is_left(tmp_path):
     bad = folder / "train" / "class1" / "003.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))  # a PNG header, then garbage
     t0 = time.monotonic()
-    proc = _run("cache", "--dataset", f"imagefolder:{folder}", "--teacher", "cifar_resnet8", "--out", tmp_path / "s", "--no-progress", timeout=120)
+    proc = _run("cache", "--allow-untrained", "--dataset", f"imagefolder:{folder}", "--teacher", "cifar_resnet8", "--out", tmp_path / "s", "--no-progress", timeout=120)
     _one_line_failure(proc, f"{bad}: not a readable image")
     assert time.monotonic() - t0 < 120
     assert not (tmp_path / "s").exists() and not (tmp_path / ".s.partial").exists()
@@ -157,7 +157,7 @@ def test_unreadable_first_image_is_named(tmp_path):
     folder = make_imagefolder(tmp_path / "imgs", classes=2, train_per_class=3, val_per_class=2)
     first = folder / "train" / "class0" / "000.png"
     first.write_bytes(b"not an image")
-    proc = _run("cache", "--dataset", f"imagefolder:{folder}", "--teacher", "cifar_resnet8", "--out", tmp_path / "s", "--no-progress", timeout=120)
+    proc = _run("cache", "--allow-untrained", "--dataset", f"imagefolder:{folder}", "--teacher", "cifar_resnet8", "--out", tmp_path / "s", "--no-progress", timeout=120)
     _one_line_failure(proc, f"{first}: not a readable image")
 
 
@@ -210,7 +210,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
     try:
         monkeypatch.setattr(ffcv_files, "WRITER_STALL_S", 3.0)
         with pytest.raises(KdstoreError, match="disk holding .* MiB free"):
-            cache.run(CacheConfig(dataset="digits", teacher="cifar_resnet8", out=str(small / "s"), progress=False))
+            cache.run(CacheConfig(allow_untrained=True, dataset="digits", teacher="cifar_resnet8", out=str(small / "s"), progress=False))
         assert os.listdir(small) == []
     finally:
         subprocess.run(["umount", str(small)])

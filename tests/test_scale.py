@@ -56,7 +56,7 @@ def test_file_rows_equal_the_table(digits_store, views_topk_store):
 @pytest.fixture(scope="module")
 def views_topk_store(synthetic_folder, tmp_path_factory):
     store = tmp_path_factory.mktemp("vt") / "store"
-    cache.run(CacheConfig(dataset=f"imagefolder:{synthetic_folder}", teacher="cifar_resnet8", out=str(store), batch_size=8, views=2, topk=2,
+    cache.run(CacheConfig(allow_untrained=True, dataset=f"imagefolder:{synthetic_folder}", teacher="cifar_resnet8", out=str(store), batch_size=8, views=2, topk=2,
                           progress=False))
     return store
 
@@ -81,7 +81,7 @@ def test_cache_chunking_does_not_change_the_store(synthetic_folder, tmp_path, mo
     for chunk in (8, 10**6):
         monkeypatch.setattr(cache, "CHUNK_SAMPLES", chunk)
         out = tmp_path / f"c{chunk}"
-        cache.run(CacheConfig(dataset=f"imagefolder:{synthetic_folder}", teacher="cifar_resnet8", out=str(out), batch_size=8, views=2, progress=False))
+        cache.run(CacheConfig(allow_untrained=True, dataset=f"imagefolder:{synthetic_folder}", teacher="cifar_resnet8", out=str(out), batch_size=8, views=2, progress=False))
         made[chunk] = out
     with h5py.File(made[8] / "teacher.h5") as a, h5py.File(made[10**6] / "teacher.h5") as b:
         keys = []

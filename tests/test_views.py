@@ -49,7 +49,7 @@ def test_view_choice_and_params_are_seeded():
 
 def _teacher_cfg(folder, out="", **kw):
     """small_store's seeded, untrained teacher (load_teacher seeds the weights) on the same images."""
-    return CacheConfig(dataset=f"imagefolder:{folder}", teacher="cifar_resnet8", out=str(out), batch_size=8, progress=False, **kw)
+    return CacheConfig(allow_untrained=True, dataset=f"imagefolder:{folder}", teacher="cifar_resnet8", out=str(out), batch_size=8, progress=False, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,12 @@ from typing import Any, Callable
 import click
 
 from kdstore import bench as bench_lib, cache as cache_lib, demo as demo_lib, merge as merge_lib, report as report_lib
-from kdstore import teacher as teacher_lib, train as train_lib
+from kdstore import evaluation as eval_lib, teacher as teacher_lib, train as train_lib
 from kdstore.bench import BenchConfig
 from kdstore.cache import CacheConfig
 from kdstore.cli.render import render_bench, render_results, render_store
 from kdstore.config import click_options, fields_of, given
+from kdstore.evaluation import EvalConfig
 from kdstore.errors import KdstoreError
 from kdstore.merge import MergeConfig
 from kdstore.store import Store, verify as verify_store
@@ -80,10 +81,7 @@ def cache(**kw: Any) -> None:
 def train(config_file: str | None, **kw: Any) -> None:
     """Train a student from a store (no teacher is loaded)."""
 
-    cfg = _train_config(kw, config_file)
-    if cfg.store is None:
-        raise KdstoreError("--store is required (or a --config that names it)")
-    train_lib.run(cfg)
+    train_lib.run(_train_config(kw, config_file))
 
 
 @cli.command()
@@ -96,12 +94,23 @@ def teacher(model: str, dataset: str, data_root: str | None, image_size: int | N
     teacher_lib.run(TeacherConfig(model, dataset, data_root, image_size, split, split_seed, TrainConfig(**kw)))
 
 
+@cli.command("eval")
+@click.argument("checkpoint", type=click.Path())
+@click_options(EvalConfig, skip={"checkpoint"})
+@_friendly
+def eval_(checkpoint: str, **kw: Any) -> None:
+    """Accuracy and loss of a teacher or student checkpoint on --dataset or a --store's images
+    (optionally its logits, --logits FILE.npz)."""
+
+    eval_lib.run(EvalConfig(checkpoint, **kw))
+
+
 @cli.command()
 @click.argument("store", type=click.Path())
 @_friendly
 def inspect(store: str) -> None:
-    """Summarise a store: dataset, teacher, sizes, accuracy, confidence histogram."""
-
+    """Summarise STORE: dataset, teacher (with a warning when its accuracy is near chance),
+    sizes, views, confidence histogram."""
 
     render_store(Store.open(store))
 
@@ -110,7 +119,10 @@ def inspect(store: str) -> None:
 @click.argument("store", type=click.Path())
 @_friendly
 def verify(store: str) -> None:
-    """Recompute the sha256 of every store file against its manifest."""
+    """Check STORE fully: the sha256 of every file against MANIFEST.json, the fletcher32
+    checksums of teacher.h5's chunked arrays, every check an open runs (schema, shapes, .beton
+    headers and image tables), and every large array read through (finite logits, class ids in
+    range). Exit 1 with one line per problem."""
 
     problems = verify_store(store)
     for line in problems:
@@ -122,29 +134,33 @@ def verify(store: str) -> None:
 
 @cli.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
-@click.option("--out", type=click.Path(), help="Write results.md, results.csv and results.json here.")
+@click.option("--out", type=click.Path(), help="Write results.md, results.csv, results.json and the figures (convergence.png, "
+              "pacing.png, lambda.png, curriculum.png: each where the runs allow) here.")
 @click.option("--allow-mixed", is_flag=True, help="Tabulate runs from different stores together.")
 @click.option("--baseline", default=report_lib.BASELINE, show_default=True, help="The arm every other is compared with, paired by seed (e.g. kd).")
 @_friendly
 def report(runs: tuple[str, ...], out: str | None, allow_mixed: bool, baseline: str) -> None:
-    """Table of runs (or sweep directories): per arm, mean ± std over seeds."""
-
+    """Table of RUNS (run or sweep directories): per arm, mean ± std over seeds and the paired
+    difference to --baseline; with --out, also the files and figures."""
 
     found = report_lib.find_runs(list(runs))
     summary = report_lib.summarize(found, allow_mixed, baseline)
     if out:
         report_lib.write_report(summary, out, found)
     render_results(summary)
+    if out:
+        click.echo(f"wrote {out} ({', '.join(['results.md', 'results.csv', 'results.json', *summary.get('figures', [])])})", err=True)
 
 
 @cli.command()
 @click_options(SweepConfig)
-@click_options(TrainConfig, skip={"variant", "pacing", "scorer", "views", "resume", "verify"})
+@click_options(TrainConfig, skip={"variant", "pacing", "scorer", "views", "resume", "verify", "seed", "overwrite"})
 @_friendly
-def sweep(variants: str, seeds: str, pacing: str, scorer: str, views: str, **kw: Any) -> None:
-    """Every variant x pacing x scorer x seed from one store (resumable), then OUT/report."""
+def sweep(variants: str, seeds: str, pacing: str, scorer: str, views: str, baseline: str, overwrite: bool, **kw: Any) -> None:
+    """Every variant x pacing x scorer x seed from one store, each in OUT/ARM-sSEED, then OUT/report.
+    Rerunning it keeps finished runs made with the same options and trains the rest."""
 
-    render_results(SweepConfig(variants, seeds, pacing, scorer, views).run(TrainConfig(**kw)))
+    render_results(SweepConfig(variants, seeds, pacing, scorer, views, baseline, overwrite).run(TrainConfig(**kw)))
 
 
 @cli.command()
@@ -167,8 +183,8 @@ def bench(**kw: Any) -> None:
 
 
 @cli.command()
-@click.option("--out", default="demo-out", show_default=True, type=click.Path())
-@click.option("--no-progress", is_flag=True)
+@click.option("--out", default="demo-out", show_default=True, type=click.Path(), help="Directory for the teacher, the store and the runs.")
+@click.option("--no-progress", is_flag=True, help="Turn off progress bars.")
 @_friendly
 def demo(out: str, no_progress: bool) -> None:
     """Teacher, cache and all six variants on the embedded digits data; prints the results."""

@@ -8,7 +8,7 @@ from rich.table import Table
 
 from kdstore.progress import console
 from kdstore.report import table_rows
-from kdstore.store import Store
+from kdstore.store import Store, near_chance
 
 
 def render_store(store: Store) -> None:
@@ -21,7 +21,7 @@ def render_store(store: Store) -> None:
         ("image size", f"{a['image_size']} px"), ("teacher", f"{a['teacher']} (stem {a['teacher_stem']}, input {a['input_size']} px)"),
         ("teacher train / val acc", f"{a['teacher_train_acc']:.2%} / {a['teacher_val_acc']:.2%}"),
         ("checkpoint sha256", a["checkpoint_sha256"] or "-"), ("dataset fingerprint", a["dataset_fingerprint"][:16] + "…"),
-        ("store size", f"{size / 2**20:.1f} MiB"), ("created", a["created"]), ("kdstore", a["kdstore_version"]),
+        ("store size", f"{size / 2**20:.1f} MiB"), ("created", store.manifest.get("created") or a.get("created", "-")), ("kdstore", a["kdstore_version"]),
     ]
     v = store.train.views
     if v is not None:
@@ -31,6 +31,9 @@ def render_store(store: Store) -> None:
     for k, v in rows:
         info.add_row(k, v)
     console.print(info)
+    warning = near_chance(a)
+    if warning:
+        console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
     counts, edges = np.histogram(store.train.confidence, bins=10, range=(0.0, 1.0))
     hist = Table(title="teacher confidence on train (max softmax)")
     hist.add_column("confidence")
@@ -55,16 +58,23 @@ def render_results(summary: dict) -> None:
 def render_bench(r: dict) -> None:
     t = Table(title=f"kdstore bench on {r['device_name']} ({r['device']}), batch {r['config']['batch_size']}, "
                     f"{r['teacher']['model']}@{r['teacher']['input_size']} -> {r['student']['model']}")
-    for col in ("mode", "images/s", "step (ms)", "data wait", "peak memory"):
+    for col in ("mode", "images/s", "step (ms): median [p10-p90]", "data wait", "peak memory"):
         t.add_column(col, justify="left" if col == "mode" else "right")
     for mode, m in r["modes"].items():
-        t.add_row(mode, f"{m['images_per_s']:,.0f}", f"{m['step_ms_median']:.1f}", f"{m['data_wait_frac']:.1%}",
-                  f"{m['peak_memory_bytes'] / 2**20:,.0f} MiB ({m['memory_kind']})")
+        t.add_row(mode, f"{m['images_per_s']:,.0f}", f"{m['step_ms_median']:.1f} [{m['step_ms_p10']:.1f}-{m['step_ms_p90']:.1f}]",
+                  f"{m['data_wait_frac']:.1%}", f"{m['peak_memory_bytes'] / 2**20:,.0f} MiB")
+    t.caption = f"peak memory: {r['memory_kind']}; {r['config']['steps']} timed steps per mode"
     console.print(t)
+    for name, p in r["paired"].items():
+        if p["within_noise"]:
+            a, b = name.split("_vs_")
+            console.print(f"[bold yellow]warning:[/] {a} vs {b}: {p['median']:.3f}x, within the noise of the per-step times "
+                          f"(p10-p90 {p['p10']:.3f}-{p['p90']:.3f}x); take more --steps on an idle machine", soft_wrap=True)
     f, c, b = r["flops_per_image"], r["cache"], r["break_even"]
     s = Table(show_header=False, title="offline KD against online KD")
     rows = [
-        ("offline / unguided throughput", f"{r['offline_vs_unguided']:.3f}x"),
+        ("offline / unguided throughput (paired, p10-p90)", f"{r['paired']['offline_vs_unguided']['median']:.3f}x "
+                                                             f"({r['paired']['offline_vs_unguided']['p10']:.3f}-{r['paired']['offline_vs_unguided']['p90']:.3f})"),
         ("online / offline step time (measured)", f"{r['online_offline_ratio']:.2f}x"),
         ("FLOP limit (teacher fwd + student step) / student step", f"{f['limit']:.2f}x  ({f['teacher_forward'] / 1e9:.3f} + {f['student_step'] / 1e9:.3f} GFLOP per image)"),
         ("measured / limit", f"{r['ratio_vs_flop_limit']:.2f}"),
@@ -76,3 +86,5 @@ def render_bench(r: dict) -> None:
     for k, v in rows:
         s.add_row(k, v)
     console.print(s)
+    if r["config"].get("json"):
+        console.print(f"wrote {r['config']['json']}", soft_wrap=True)
