@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from kdstore import cache, teacher, train
+from kdstore import cache, models, teacher, train
 from kdstore.cache import CacheConfig
 from kdstore.datasets import load_dataset
 from kdstore.errors import KdstoreError
@@ -101,7 +101,11 @@ def test_pretrained_file_loads_local_weights(tmp_path):
         build_model("resnet10t", 10, 224, pretrained_file=str(tmp_path / "none.pth"))
 
 
-def test_pretrained_unreachable_names_the_weights():
+def test_pretrained_unreachable_names_the_weights(monkeypatch):
+    with pytest.raises(KdstoreError, match=r"no network to fetch pretrained weights for resnet10t .*--pretrained-file"):
+        build_model("resnet10t", 10, 224, pretrained=True)  # offline: refused before timm tries
+    # A host that answers but a download that fails (HF_HUB_OFFLINE here): timm's error, named.
+    monkeypatch.setattr(models, "_online", lambda host, timeout=3.0: True)
     with pytest.raises(KdstoreError, match=r"could not fetch pretrained weights for resnet10t .*--pretrained-file"):
         build_model("resnet10t", 10, 224, pretrained=True)
 

@@ -1,0 +1,57 @@
+"""How closely a student follows its teacher (big_vision's distillation metrics): top-1 agreement
+and KL(teacher || student) at tau = 1, on clean training images and on the validation split.
+
+    agreement = mean_i [ argmax_k z_S,ik == argmax_k z_T,ik ]
+    kl        = mean_i sum_k p_T,ik (log p_T,ik - log p_S,ik),   p = softmax(z) at tau = 1
+
+A student that agrees with its teacher on the training images but not on held-out ones has fit
+a fixed teacher rather than its function (Beyer et al. 2022)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import distributed
+from .distributed import Context, all_reduce_sum
+from .ffcv_files import make_loader
+from .inference import clean_forward
+
+
+def agreement_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample: whether the top-1 classes agree (B,) bool, and KL(p_T || p_S) at tau = 1 (B,)."""
+    s, t = student_logits.float(), teacher_logits.float()
+    kl = F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), reduction="none", log_target=True).sum(1)
+    return s.argmax(1) == t.argmax(1), kl
+
+
+def subset(n: int, size: int, seed: int) -> np.ndarray:
+    """A fixed, seeded subset of `size` of the positions 0..n-1 (all when size >= n), ascending."""
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, 0xA6EE]).choice(n, size, replace=False))
+
+
+@torch.inference_mode()
+def measure(model: torch.nn.Module, beton: Path, positions: np.ndarray, teacher_rows: Callable[[np.ndarray], torch.Tensor],
+            mean: torch.Tensor, std: torch.Tensor, input_size: int, device: torch.device, workers: int,
+            ctx: Context = Context(), batch_size: int = 512) -> dict[str, float]:
+    """Agreement and KL of `model` against the teacher rows of `positions` (each rank takes a
+    shard of whole batches; the sums are reduced over ranks). The model is put in eval mode."""
+    lo, hi = distributed.shard(len(positions), batch_size, ctx.rank, ctx.world)
+    mine = positions[lo:hi]
+    forward = clean_forward(model, mean, std, input_size, device)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # agreeing, kl, samples
+    if len(mine):
+        loader = make_loader(beton, batch_size, workers, indices=mine)
+        done = 0
+        for images, _, _ in loader:
+            pos = mine[done:done + len(images)]
+            agree, kl = agreement_terms(forward(images, pos)["logits"], teacher_rows(pos))
+            sums += torch.stack([agree.double().sum(), kl.double().sum(), torch.tensor(float(len(pos)), dtype=torch.float64, device=device)])
+            done += len(images)
+    agree, kl, n = all_reduce_sum(sums, ctx).tolist()
+    return {"agree": agree / max(n, 1.0), "kl": kl / max(n, 1.0)}
