@@ -4,6 +4,7 @@ convergence.png  val accuracy and val loss per epoch per variant, mean ± std ov
 curriculum.png   teacher confidence along the curriculum, and its distribution (Figure 1)
 lambda.png       lambda per batch through the first epoch for the SR variants, as the runs logged it, against the fixed lambda
 pacing.png       the pacing function g(t) of every paced arm, as the runs logged it
+agreement.png    top-1 agreement and KL with the teacher per epoch, on the training subset and validation
 """
 from __future__ import annotations
 
@@ -143,11 +144,38 @@ def pacing_profile(runs: list[Run], path: Path) -> str | None:
     return _save(plt, fig, path)
 
 
+def agreement_profile(runs: list[Run], path: Path) -> str | None:
+    """Agreement (left) and KL(teacher || student) (right) per epoch per arm, mean over seeds;
+    solid: validation, dashed: the clean training subset. A gap that opens between the two is a
+    student fitting a fixed teacher rather than its function."""
+    by_arm: dict[str, list[Run]] = {}
+    for r in runs:
+        if r.metrics and "agree_val" in r.metrics[0]:
+            by_arm.setdefault(r.arm, []).append(r)
+    if not by_arm:
+        return None
+    plt, fig, (ax_agree, ax_kl) = _figure()
+    for i, (arm, rs) in enumerate(by_arm.items()):
+        epochs = min(len(r.metrics) for r in rs)
+        x = np.arange(1, epochs + 1)
+        color = f"C{i % 10}"
+        for ax, key in ((ax_agree, "agree"), (ax_kl, "kl")):
+            for split, line in (("val", "-"), ("train", "--")):
+                if all(f"{key}_{split}" in r.metrics[0] for r in rs):
+                    mean = np.mean([[m[f"{key}_{split}"] for m in r.metrics[:epochs]] for r in rs], 0)
+                    ax.plot(x, mean, color=color, linestyle=line, marker=STYLES[i % len(STYLES)][1], markersize=4, label=f"{arm} ({split})")
+    ax_agree.set(xlabel="epoch", ylabel="top-1 agreement with the teacher", title="agreement (solid: val, dashed: train subset)")
+    ax_kl.set(xlabel="epoch", ylabel="KL(teacher ‖ student), τ = 1", title="KL to the teacher", yscale="log")
+    _integer_epochs(ax_agree, ax_kl)
+    ax_agree.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
 def write_figures(runs: list[Run], out: Path) -> list[str]:
     """Draw what the runs allow; the store-based figures need the runs' store to be readable."""
     out = Path(out)
     written = [convergence(runs, out / "convergence.png")]
-    for figure in (pacing_profile(runs, out / "pacing.png"), lambda_profile(runs, out / "lambda.png")):
+    for figure in (pacing_profile(runs, out / "pacing.png"), lambda_profile(runs, out / "lambda.png"), agreement_profile(runs, out / "agreement.png")):
         if figure:
             written.append(figure)
     store_path = runs[0].config.get("data", {}).get("store")

@@ -50,8 +50,14 @@ def run_figures(run: Run) -> dict[str, float]:
     if not run.metrics:
         raise KdstoreError(f"{run.path}/metrics.jsonl holds no epoch")
     acc = [m["val_acc"] for m in run.metrics]
-    return {"final_val_acc": acc[-1], "best_val_acc": max(acc), "final_val_loss": run.metrics[-1]["val_loss"],
-            "images_per_s": float(np.median([m["images_per_s"] for m in run.metrics]))}
+    last = run.metrics[-1]
+    return {"final_val_acc": acc[-1], "best_val_acc": max(acc), "final_val_loss": last["val_loss"],
+            "images_per_s": float(np.median([m["images_per_s"] for m in run.metrics])),
+            **{key: last[key] for key in AGREEMENT if key in last}}
+
+
+# Agreement with the teacher at the end of training (agreement.py), when the runs measured it.
+AGREEMENT = ("agree_train", "agree_val", "kl_train", "kl_val")
 
 
 def _store_key(run: Run) -> str:
@@ -83,10 +89,11 @@ def summarize(runs: list[Run], allow_mixed: bool = False, baseline: str = BASELI
             raise KdstoreError(f"variant {v} has more than one run for the same seed")
         final = {r.seed: figures[r.path]["final_val_acc"] for r in rs}
         row: dict[str, Any] = {"variant": v, "seeds": [r.seed for r in rs], "n": len(rs), "runs": [str(r.path) for r in rs]}
-        for key in ("final_val_acc", "best_val_acc", "final_val_loss", "images_per_s"):
-            vals = [figures[r.path][key] for r in rs]
-            m, sd = mean_std(vals)
-            row[key] = {"mean": m, "std": sd, "values": vals}
+        for key in ("final_val_acc", "best_val_acc", "final_val_loss", "images_per_s", *AGREEMENT):
+            vals = [figures[r.path][key] for r in rs if key in figures[r.path]]
+            if len(vals) == len(rs):
+                m, sd = mean_std(vals)
+                row[key] = {"mean": m, "std": sd, "values": vals}
         row["diff_vs_baseline"] = paired_diff(final, base) if v != baseline and base else None
         rows.append(row)
     return {"rows": rows, "baseline": baseline, "runs": [str(r.path) for r in runs]}
@@ -100,7 +107,10 @@ def _pct(stat: dict[str, Any]) -> str:
 
 def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The results table as strings (shared by the markdown file and the terminal)."""
+    agreement = all("agree_val" in r for r in summary["rows"])
     header = ["variant", "final val acc (%)", "best val acc (%)", "val loss", f"Δ vs {summary['baseline']} (pts, 95% CI)", "seeds"]
+    if agreement:
+        header[5:5] = ["agreement train / val (%)", "KL(T‖S) train / val"]
     body = []
     for r in summary["rows"]:
         d = r["diff_vs_baseline"]
@@ -112,7 +122,12 @@ def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             diff = f"{100 * d['mean']:+.2f} [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]"
         loss = r["final_val_loss"]
         loss_text = f"{loss['mean']:.3f}" + (f" ± {loss['std']:.3f}" if r["n"] > 1 else "")
-        body.append([r["variant"], _pct(r["final_val_acc"]), _pct(r["best_val_acc"]), loss_text, diff, str(r["n"])])
+        cells = [r["variant"], _pct(r["final_val_acc"]), _pct(r["best_val_acc"]), loss_text, diff, str(r["n"])]
+        if agreement:
+            train = r.get("agree_train")
+            cells[5:5] = [(f"{_pct(train)} / " if train else "- / ") + _pct(r["agree_val"]),
+                          (f"{r['kl_train']['mean']:.3f} / " if "kl_train" in r else "- / ") + f"{r['kl_val']['mean']:.3f}"]
+        body.append(cells)
     return header, body
 
 

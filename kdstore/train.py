@@ -21,9 +21,9 @@ import torch.nn as nn
 
 from .augment import augmentation_for, normalize, resize
 from .step import Step, autocast, cosine, sgd
-from .targets import PLACEMENTS, Prepare, TeacherFn, cached_teacher, no_augment, online_teacher, random_augment, replay_views, view_teacher
+from .targets import PLACEMENTS, Prepare, Rows, TeacherFn, cached_teacher, no_augment, online_teacher, random_augment, replay_views, view_teacher
 from .config import differing, opt, provenance, to_dict, write_json
-from . import distributed
+from . import agreement, distributed
 from .distributed import Context, all_reduce_sum
 from .errors import KdstoreError
 from .events import EventLog
@@ -79,6 +79,8 @@ class TrainConfig:
     views: str = opt("auto", "replay: augment with the store's views and distil from their logits; clean: the clean-image logits; "
                              "auto: replay when the store has views.", choices=lambda: list(VIEW_MODES))
     amp: bool = opt(True, "Mixed precision on CUDA (bf16 where supported); ignored on the CPU.")
+    agreement_samples: int = opt(10_000, "Clean training images (a fixed subset, the same for every run) on which each epoch measures the "
+                                         "student's agreement and KL with the teacher; 0: validation only.")
     teacher_rows: str = opt("auto", "Where teacher rows are gathered: device (the table uploaded once), mapped (read from the store file); "
                                     "auto: device on CUDA when the table fits a quarter of free memory, else mapped. Results are identical.",
                             choices=PLACEMENTS)
@@ -105,6 +107,7 @@ class TrainConfig:
             (self.head_lr is None or (self.head_lr > 0 and math.isfinite(self.head_lr)), f"--head-lr must be > 0, got {self.head_lr}"),
             (0 <= self.freeze_epochs < self.epochs, f"--freeze-epochs must be in [0, epochs), got {self.freeze_epochs}"),
             (self.input_size is None or self.input_size >= 8, f"--input-size must be >= 8 pixels, got {self.input_size}"),
+            (self.agreement_samples >= 0, f"--agreement-samples must be >= 0, got {self.agreement_samples}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -157,6 +160,7 @@ class TrainData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     teacher_logits: np.ndarray | None = None  # (N, C) by .beton position; None without a teacher
+    val_teacher_logits: np.ndarray | None = None  # (N_val, C) the teacher on the validation split
     scores: Scores | None = None  # the teacher's confidence and curriculum; None without a teacher
     views: Views | None = None  # the store's augmented views with their teacher logits, if any
     meta: dict[str, Any] = field(default_factory=dict)  # provenance saved with the run
@@ -167,7 +171,7 @@ def data_from_store(store: Store) -> TrainData:
     return TrainData(
         train_beton=store.beton("train"), val_beton=store.beton("val"), num_classes=store.num_classes,
         image_size=int(store.attrs["image_size"]), mean=tuple(store.attrs["normalize_mean"]), std=tuple(store.attrs["normalize_std"]),
-        teacher_logits=t.logits, scores=Scores(t.confidence, t.positions(t.curriculum)), views=t.views,
+        teacher_logits=t.logits, val_teacher_logits=store.val.logits, scores=Scores(t.confidence, t.positions(t.curriculum)), views=t.views,
         meta={"store": str(store.path.resolve()), "dataset": store.attrs["dataset"], "dataset_fingerprint": store.attrs["dataset_fingerprint"],
               "teacher": store.attrs["teacher"], "class_names": store.attrs["class_names"], "identity": store.identity()},
     )
@@ -193,6 +197,7 @@ class Run:
     train_loader: Any
     val_loader: Any
     aug: torch.Generator | None  # the random augmentation's generator (checkpointed)
+    agreement: Callable[[nn.Module], dict[str, float]] | None  # the epoch's agreement with the teacher (a store's runs)
     config: dict[str, Any]  # config.json
     views_used: dict[str, Any]
     hook: BatchHook | None = None
@@ -286,7 +291,28 @@ def build_run(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hoo
     config = {**to_dict(cfg), "store": data.meta.get("store"), "amp": step.amp_on, "variant": variant.name, "kind": kind, "model": meta,
               "data": data.meta, "views_used": views_used, **provenance()}
     return Run(cfg, data, kind, variant, ctx, device, model, meta, body, step, schedule, fields["sample_id"], fields["label"],
-               train_loader, val_loader, aug, config, views_used, hook)
+               train_loader, val_loader, aug, _agreement(cfg, data, device, ctx, n), config, views_used, hook)
+
+
+def _agreement(cfg: TrainConfig, data: TrainData, device: torch.device, ctx: Context, n: int) -> Callable[[nn.Module], dict[str, float]] | None:
+    """Agreement and KL with the teacher on the clean training subset and the validation split
+    (agreement.py), for runs whose data carry the teacher's logits."""
+    if data.teacher_logits is None or data.val_teacher_logits is None:
+        return None
+    mean, std = torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device)
+    size = cfg.input_size or data.image_size
+    train_rows, val_rows = Rows(data.teacher_logits, device, cfg.teacher_rows), Rows(data.val_teacher_logits, device, cfg.teacher_rows)
+    train_pos, val_pos = agreement.subset(n, cfg.agreement_samples, 0), np.arange(len(data.val_teacher_logits))
+
+    def measure(model: nn.Module) -> dict[str, float]:
+        out = {}
+        for split, beton, pos, rows in (("train", data.train_beton, train_pos, train_rows), ("val", data.val_beton, val_pos, val_rows)):
+            if len(pos):
+                m = agreement.measure(model, beton, pos, rows, mean, std, size, device, cfg.workers, ctx)
+                out.update({f"agree_{split}": m["agree"], f"kl_{split}": m["kl"]})
+        return out
+
+    return measure
 
 
 def train_epoch(run: Run, epoch: int, lambdas: np.ndarray, bar, task) -> dict[str, float]:
@@ -365,6 +391,8 @@ def run_epoch(run: Run, epoch: int, bar) -> dict[str, Any]:
         p.requires_grad_(epoch >= cfg.freeze_epochs)
     row.update(train_epoch(run, epoch, lambdas, bar, task))
     row.update(evaluate(run.model, run.val_loader, run.step.mean, run.step.std, run.device, cfg.input_size, cfg.amp, run.ctx))
+    if run.agreement is not None:
+        row.update(run.agreement(run.model))
     bar.remove_task(task)  # the epoch's line (epoch_line) takes its place
     run.history.append(row)
     return row
@@ -376,7 +404,9 @@ def epoch_line(run: Run, row: dict[str, Any], elapsed: float, epochs_timed: int)
     eta = clock(elapsed / max(epochs_timed, 1) * left)
     return (f"{run.cfg.arm} seed {run.cfg.seed} epoch {row['epoch']}/{run.cfg.epochs}: loss {row['train_loss']:.4f} "
             f"(ce {row['train_ce']:.4f}, kd {row['train_kd']:.4f}), train acc {row['train_acc']:.2%}, val acc {row['val_acc']:.2%}, "
-            f"val loss {row['val_loss']:.4f}, lambda {row['lam_mean']:.3f}, lr {row['lr']:.4g}, {row['images_per_s']:,.0f} img/s, "
+            f"val loss {row['val_loss']:.4f}, "
+            + (f"agreement {row['agree_val']:.2%} (KL {row['kl_val']:.3f}), " if "agree_val" in row else "")
+            + f"lambda {row['lam_mean']:.3f}, lr {row['lr']:.4g}, {row['images_per_s']:,.0f} img/s, "
             f"{row['seconds']:.1f} s, ETA {eta}")
 
 

@@ -3,7 +3,6 @@ log lines, sweeps that never keep a stale run, runs that record how to reproduce
 byte-identical caches, TensorBoard event files, eval, defaults for --out and --store, help."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from kdstore import cache, evaluation, models, report, sweep, train
+from kdstore import cache, evaluation, models, sweep, train
 from kdstore.cache import CacheConfig
 from kdstore.cli.main import cli
 from kdstore.errors import KdstoreError
@@ -188,3 +187,39 @@ def test_every_option_of_every_command_has_help():
     assert missing == []
     assert "convergence.png" in CliRunner().invoke(cli, ["report", "--help"]).output
     assert "fletcher32" in CliRunner().invoke(cli, ["verify", "--help"]).output
+
+
+def test_agreement_terms_by_hand():
+    from kdstore.agreement import agreement_terms
+    import torch
+
+    teacher = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    student = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    agree, kl = agreement_terms(student, teacher)
+    assert agree.tolist() == [True, False]
+
+    def softmax(z):
+        e = [np.exp(v) for v in z]
+        return [v / sum(e) for v in e]
+
+    for i in range(2):
+        p, q = softmax(teacher[i].tolist()), softmax(student[i].tolist())
+        assert kl[i].item() == pytest.approx(sum(a * np.log(a / b) for a, b in zip(p, q)), rel=1e-5)
+
+
+def test_logged_agreement_is_the_definition_on_the_students_logits(one_run, digits_store, tmp_path):
+    """agree_* and kl_* of the last epoch, recomputed from the final student's logits (kdstore eval)
+    and the store's teacher logits, by definition in numpy."""
+    last = json.loads((one_run / "metrics.jsonl").read_text().splitlines()[-1])
+    store = Store.open(digits_store)
+    for split, teacher in (("val", store.val.logits), ("train", store.train.logits)):
+        evaluation.run(EvalConfig(str(one_run / "checkpoint.pt"), store=str(digits_store), split=split, logits=str(tmp_path / f"{split}.npz"), progress=False))
+        with np.load(tmp_path / f"{split}.npz") as z:
+            s = z["logits"].astype(np.float64)
+        t = np.asarray(teacher, dtype=np.float64)
+        log_ps = s - s.max(1, keepdims=True) - np.log(np.exp(s - s.max(1, keepdims=True)).sum(1, keepdims=True))
+        log_pt = t - t.max(1, keepdims=True) - np.log(np.exp(t - t.max(1, keepdims=True)).sum(1, keepdims=True))
+        assert last[f"agree_{split}"] == pytest.approx(np.mean(s.argmax(1) == t.argmax(1)))
+        assert last[f"kl_{split}"] == pytest.approx(np.mean((np.exp(log_pt) * (log_pt - log_ps)).sum(1)), rel=1e-3)
+    text = CliRunner().invoke(cli, ["report", str(one_run), "--out", str(tmp_path / "rep")]).output
+    assert "agreement train / val" in text and (tmp_path / "rep" / "agreement.png").is_file()
