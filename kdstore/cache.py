@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -24,7 +25,7 @@ from .config import differing, opt, write_json
 from .datasets import ImageDataset, load_dataset
 from .errors import KdstoreError
 from .ffcv_files import fingerprint_beton, write_beton
-from .inference import chunk_paths, clean_forward, column, column_blocks, score_beton, stored_outputs, views_forward
+from .inference import chunk_paths, clean_forward, column, column_blocks, keep_views, score_beton, stored_outputs, views_forward
 from .models import DEVICES, STEMS, TeacherSpec, load_teacher, normalization, resolve_device
 from .progress import console
 from .splits import holdout
@@ -53,7 +54,10 @@ class CacheConfig:
     split_part: str = opt("all", "holdout: only the training samples the teacher's --split held out.", choices=("all", "holdout"))
     views: int = opt(0, "Also store K augmented views per training image with the teacher's logits on each.")
     topk: int = opt(0, "Keep only the k largest logits of each view (0: all).")
-    views_seed: int = opt(0, "Seed of the views' augmentation parameters.")
+    sample: int = opt(0, "Instead of logits, keep k class ids per view drawn from the teacher's softmax at --sample-tau "
+                         "(with replacement): an unbiased KD target (README, 'What is computed').")
+    sample_tau: float = opt(4.0, "Temperature of --sample's draws; `train --tau` must equal it.")
+    views_seed: int = opt(0, "Seed of the views' augmentation parameters (and of --sample's draws).")
     allow_untrained: bool = opt(False, "Cache a teacher with random weights (no --checkpoint, --pretrained or --pretrained-file): "
                                        "for speed tests only; students learn nothing from it.")
     progress: bool = opt(True, "Progress bars.")
@@ -99,6 +103,10 @@ class CacheConfig:
             raise KdstoreError(f"--views and --topk must be >= 0, got {self.views} and {self.topk}")
         if self.topk and not self.views:
             raise KdstoreError("--topk applies to stored views: give --views K too")
+        if self.sample < 0 or (self.sample and not self.views) or (self.sample and self.topk):
+            raise KdstoreError(f"--sample k needs --views K and excludes --topk (got --sample {self.sample}, --views {self.views}, --topk {self.topk})")
+        if self.sample > 65535 or not (self.sample_tau > 0 and math.isfinite(self.sample_tau)):
+            raise KdstoreError(f"--sample must be <= 65535 and --sample-tau > 0, got {self.sample} and {self.sample_tau}")
 
 
 CHUNK_SAMPLES = 2048  # teacher outputs are flushed to disk about this often (whole batches)
@@ -110,7 +118,8 @@ def _stage_state(cfg: CacheConfig, meta: dict[str, Any], digest: str, dataset: I
         "dataset": dataset.name, "train_size": len(dataset.train), "val_size": len(dataset.val), "teacher": meta,
         "checkpoint_sha256": digest, "pretrained": cfg.pretrained, "pretrained_file": cfg.pretrained_file,
         "batch_size": cfg.batch_size, "image_size": cfg.image_size, "kdstore_version": __version__, "split_part": cfg.split_part,
-        "views": cfg.views, "topk": cfg.topk, "views_seed": cfg.views_seed, "logits_dtype": cfg.logits_dtype,
+        "views": cfg.views, "topk": cfg.topk, "sample": cfg.sample, "sample_tau": cfg.sample_tau, "views_seed": cfg.views_seed,
+        "logits_dtype": cfg.logits_dtype,
     }
 
 
@@ -166,7 +175,8 @@ def run(cfg: CacheConfig) -> Path:
     passes = {"train": ("train", clean), "val": ("val", clean)}
     if cfg.views:
         params = draw_params(augmentation, len(dataset.train), cfg.views, image_size, cfg.views_seed)
-        passes["views"] = ("train", views_forward(model, mean, std, int(meta["input_size"]), device, params, augmentation, cfg.topk))
+        keep = keep_views(cfg.topk, cfg.sample, cfg.sample_tau, cfg.views_seed)
+        passes["views"] = ("train", views_forward(model, mean, std, int(meta["input_size"]), device, params, augmentation, keep))
     try:
         speed = {}
         chunk_dir = lambda pass_name, rank: stage / f"chunks-{pass_name}-r{rank}of{ctx.world}"  # noqa: E731
@@ -195,8 +205,9 @@ def run(cfg: CacheConfig) -> Path:
         if cfg.views:
             if not np.array_equal(column(chunks["views"], "sample_id"), splits["train"].sample_id):
                 raise KdstoreError("internal error: the views pass visited the training images in another order")
-            stored = ("logits",) if not cfg.topk else ("topk_values", "topk_indices", "fill")
-            splits["train"].views = Views(augmentation, cfg.views_seed, params, **{k: column_blocks(chunks["views"], k) for k in stored})
+            stored = ("sample_ids",) if cfg.sample else ("topk_values", "topk_indices", "fill") if cfg.topk else ("logits",)
+            splits["train"].views = Views(augmentation, cfg.views_seed, params, sample_tau=cfg.sample_tau if cfg.sample else 0.0,
+                                          **{k: column_blocks(chunks["views"], k) for k in stored})
         with console.status("fingerprinting the images"):
             parts = [fingerprint_beton(stage / BETONS[name], cfg.workers) for name in ("train", "val")]
         fingerprint = hashlib.sha256("".join(parts).encode()).hexdigest()

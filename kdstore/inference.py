@@ -21,7 +21,7 @@ from .curriculum import confidence_and_correct
 from .ffcv_files import make_loader, read_int_fields
 from .progress import images_progress
 from .store import Blocks
-from .views import topk_compress
+from .views import draw_uniforms, sample_classes, topk_compress
 
 
 def teacher_forward(model: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
@@ -41,11 +41,26 @@ def clean_forward(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor,
     return lambda images, pos: {"logits": teacher_forward(model, images, mean, std, input_size, device)}
 
 
+# keep(logits of a batch's views (B, K, C), their positions (B,)) -> what a store keeps of them
+Keep = Callable[[torch.Tensor, np.ndarray], dict[str, torch.Tensor]]
+
+
+def keep_views(topk: int = 0, sample: int = 0, tau: float = 1.0, seed: int = 0, first_view: int = 0) -> Keep:
+    """What a store keeps of each view: the full logits, their top-k form, or `sample` class ids
+    drawn from softmax(z / tau) (views.py); `first_view` numbers the views (a store extended with
+    --add-views draws its new views as a fresh cache with more views would)."""
+    if sample:
+        return lambda logits, pos: {"sample_ids": sample_classes(logits, draw_uniforms(seed, pos, np.arange(logits.shape[1]) + first_view, sample), tau)}
+    if topk:
+        return lambda logits, pos: topk_compress(logits, topk)
+    return lambda logits, pos: {"logits": logits}
+
+
 def views_forward(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor, input_size: int, device: torch.device,
-                  params: np.ndarray, augmentation: str, topk: int) -> Forward:
-    """Logits of every stored view of each image (one batched forward per view): (B, K, C), or
-    their top-k form. The views are made exactly as `train` replays them: normalise, then
-    augment with the stored parameters, then resize to the teacher's input."""
+                  params: np.ndarray, augmentation: str, keep: Keep) -> Forward:
+    """Logits of every stored view of each image (one batched forward per view): (B, K, C), kept
+    as `keep` says. The views are made exactly as `train` replays them: normalise, then augment
+    with the stored parameters, then resize to the teacher's input."""
     model.eval()
     aug = AUGMENTATIONS[augmentation]
     table = torch.from_numpy(params).long().to(device)  # (N, K, P)
@@ -54,7 +69,7 @@ def views_forward(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor,
         x = normalize(images.to(device, non_blocking=True), mean, std)
         p = table[torch.from_numpy(pos).to(device)]
         logits = torch.stack([model(resize(aug.apply(x, p[:, k]), input_size)).float() for k in range(p.shape[1])], 1)
-        return topk_compress(logits, topk) if topk else {"logits": logits}
+        return keep(logits, pos)
 
     return forward
 

@@ -19,7 +19,9 @@ Optional, written by `cache --views K` (see views.py), for the training split on
     /train/views/topk_values   (N, K, k) float16  the k largest logits of each view
     /train/views/topk_indices  (N, K, k) int32    their class ids
     /train/views/fill          (N, K)    float32  the logit of every other class
-    views attributes           augmentation (crop-flip | resized-crop-flip), seed, count, topk
+                               or with --sample k:
+    /train/views/sample_ids    (N, K, k) int16    k class ids drawn from softmax(z / sample_tau)
+    views attributes           augmentation (crop-flip | resized-crop-flip), seed, count, topk, sample, sample_tau
 
 The per-sample (N,) arrays are chunked with a fletcher32 checksum and read whole on open (a few
 bytes per sample). The large arrays (marked contiguous) are stored uncompressed in one block each,
@@ -60,7 +62,7 @@ SPLITS = ("train", "val")
 PER_SAMPLE = ("logits", "labels", "sample_id", "confidence", "correct")
 SMALL = ("labels", "sample_id", "confidence", "correct")  # read whole on open; the rest is mapped
 ORDERS = ("curriculum", "inverse")
-VIEW_ARRAYS = ("params", "logits", "topk_values", "topk_indices", "fill")
+VIEW_ARRAYS = ("params", "logits", "topk_values", "topk_indices", "fill", "sample_ids")
 ROOT_ATTRS = (
     "schema_version", "kdstore_version", "teacher", "teacher_stem", "checkpoint_sha256", "pretrained",
     "input_size", "image_size", "dataset", "num_classes", "class_names", "dataset_fingerprint",
@@ -181,8 +183,10 @@ def write_teacher_h5(path: Path, splits: dict[str, Split], attrs: dict[str, Any]
 
 
 def _write_views(g, views: Views, logits_dtype: str) -> None:
-    g.attrs.update({"augmentation": views.augmentation, "seed": views.seed, "count": views.count, "topk": views.topk})
-    dtypes = {"params": np.int32, "logits": logits_dtype, "topk_values": logits_dtype, "topk_indices": np.int32, "fill": np.float32}
+    g.attrs.update({"augmentation": views.augmentation, "seed": views.seed, "count": views.count, "topk": views.topk,
+                    "sample": views.sample, "sample_tau": float(views.sample_tau)})
+    dtypes = {"params": np.int32, "logits": logits_dtype, "topk_values": logits_dtype, "topk_indices": np.int32, "fill": np.float32,
+              "sample_ids": views.sample_ids.dtype if views.sample_ids is not None else None}
     for name in VIEW_ARRAYS:
         data = getattr(views, name)
         if data is not None:
@@ -404,7 +408,7 @@ def _read_split(f, name: str, mapped: _MappedH5, path: Path) -> Split:
     if "views" in g:
         v = g["views"]
         views = Views(augmentation=_attr(v.attrs.get("augmentation", "")), seed=int(v.attrs.get("seed", 0)),
-                      **{k: mapped.array(v[k]) for k in VIEW_ARRAYS if k in v})
+                      sample_tau=float(v.attrs.get("sample_tau", 0.0)), **{k: mapped.array(v[k]) for k in VIEW_ARRAYS if k in v})
     return Split(logits=mapped.array(g["logits"]), **arrays, views=views)
 
 

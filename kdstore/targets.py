@@ -25,7 +25,7 @@ import torch
 from .augment import AUGMENTATIONS, resize
 from .arrays import release_pages, row_blocks
 from .store import file_rows
-from .views import Views, choose, topk_expand
+from .views import Views, choose, sampled_target, topk_expand
 
 Prepare = Callable[[int, np.ndarray, torch.Tensor], tuple[torch.Tensor, np.ndarray | None]]
 TeacherFn = Callable[[np.ndarray, torch.Tensor, np.ndarray | None], torch.Tensor]
@@ -117,7 +117,11 @@ def cached_teacher(logits: np.ndarray, device: torch.device, placement: str = "a
 
 
 def view_teacher(views: Views, num_classes: int, device: torch.device, placement: str = "auto") -> TeacherFn:
-    """The store's logits of the view each sample was augmented with (top-k views expanded)."""
+    """The store's logits of the view each sample was augmented with (top-k views expanded;
+    sampled views as tau * log of their ids' empirical distribution, views.sampled_target)."""
+    if views.sample_ids is not None:
+        ids = Rows(views.sample_ids, device, placement)  # (N, K, k)
+        return lambda pos, images, view: sampled_target(ids(pos, view), num_classes, views.sample_tau)
     if views.logits is not None:
         table = Rows(views.logits, device, placement)  # (N, K, C), kept in the stored dtype
         return lambda pos, images, view: table(pos, view).float()

@@ -229,6 +229,9 @@ def _check_run(cfg: TrainConfig, data: TrainData, variant: Variant, teacher: Tea
     replay = mode.replay(data.views is not None, cfg.augment)
     if mode.needs_views and data.views is None:
         raise KdstoreError("--views replay: the store has no views (make one with `kdstore cache --views K`)")
+    if replay and data.views.sample and cfg.tau != data.views.sample_tau:
+        raise KdstoreError(f"--tau {cfg.tau} differs from the temperature the store's views were sampled at ({data.views.sample_tau}); "
+                           f"pass --tau {data.views.sample_tau} (or --views clean)")
     return replay
 
 
@@ -287,7 +290,8 @@ def build_run(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hoo
     prepare, teacher = _targets(cfg, data, replay, device, aug, teacher, variant.needs_teacher)
     step = Step(net, optimizer, cosine(optimizer, cfg.epochs * len(train_loader)), prepare, teacher, torch.tensor(data.mean, device=device),
                 torch.tensor(data.std, device=device), device, cfg.tau, cfg.label_smoothing, cfg.input_size, cfg.amp)
-    views_used = {"mode": "replay", "count": data.views.count, "topk": data.views.topk} if replay else {"mode": "clean"}
+    views_used = ({"mode": "replay", "count": data.views.count, "topk": data.views.topk, "sample": data.views.sample} if replay
+                  else {"mode": "clean"})
     config = {**to_dict(cfg), "store": data.meta.get("store"), "amp": step.amp_on, "variant": variant.name, "kind": kind, "model": meta,
               "data": data.meta, "views_used": views_used, **provenance()}
     return Run(cfg, data, kind, variant, ctx, device, model, meta, body, step, schedule, fields["sample_id"], fields["label"],

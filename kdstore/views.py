@@ -8,7 +8,14 @@ very pixels the teacher scored (Beyer et al. 2022; FKD, Shen & Xing 2022).
 With `--topk k` only the k largest logits of a view are kept (values and class ids) plus one
 `fill` logit for every other class, chosen so that at tau = 1 the kept classes have exactly
 their true probabilities and the rest of the mass is spread evenly over the other classes (as
-FKD does with its soft labels).
+FKD does with its soft labels). That target is biased (Anshumann et al., ACL 2025).
+
+With `--sample k` a view keeps k class ids drawn with replacement from the teacher's softmax at
+the KD temperature, softmax(z_T / tau) (random-sampling KD): their empirical distribution q has
+E[q] = p_T, so the KD term replayed from it, tau^2 * KL(q || p_S), has the gradient of the full
+tau^2 * KL(p_T || p_S) in expectation (unbiased). The draws are a pure function of the views
+seed, the sample's position, the view and the draw index, so a resumed or extended cache draws
+the same ids.
 """
 from __future__ import annotations
 
@@ -35,6 +42,8 @@ class Views:
     topk_values: np.ndarray | None = None  # (N, K, k) the k largest logits
     topk_indices: np.ndarray | None = None  # (N, K, k) int32 their class ids
     fill: np.ndarray | None = None  # (N, K) float32 logit of every class outside the top k
+    sample_ids: np.ndarray | None = None  # (N, K, k) int16 (int32 above 32,767 classes): k class ids drawn per view, sorted
+    sample_tau: float = 0.0  # the temperature of those draws (0 without them)
 
     @property
     def count(self) -> int:
@@ -44,6 +53,15 @@ class Views:
     def topk(self) -> int:
         """k, or 0 when the full logits are stored."""
         return 0 if self.topk_values is None else int(self.topk_values.shape[2])
+
+    @property
+    def sample(self) -> int:
+        """k of the sampled class ids, or 0."""
+        return 0 if self.sample_ids is None else int(self.sample_ids.shape[2])
+
+    @property
+    def storage(self) -> str:
+        return "sample" if self.sample_ids is not None else "topk" if self.topk_values is not None else "logits"
 
 
 @dataclass(frozen=True)
@@ -88,6 +106,83 @@ def topk_expand(values: torch.Tensor, indices: torch.Tensor, fill: torch.Tensor,
     return out.scatter_(1, indices.long(), values.float())
 
 
+_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser, elementwise on uint64 (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        x = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK
+        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK
+        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK
+        return x ^ (x >> np.uint64(31))
+
+
+def draw_uniforms(seed: int, positions: np.ndarray, views: np.ndarray, k: int) -> np.ndarray:
+    """(B, V, k) float64 in [0, 1), one per (sample position, view, draw): a hash of the four, so
+    a draw does not depend on the batch it is computed in."""
+    with np.errstate(over="ignore"):
+        key = _splitmix64(np.uint64(seed) + np.uint64(0x5A3D))
+        key = _splitmix64(key ^ np.asarray(positions, dtype=np.uint64)[:, None, None])
+        key = _splitmix64(key ^ np.asarray(views, dtype=np.uint64)[None, :, None])
+        key = _splitmix64(key ^ np.arange(k, dtype=np.uint64)[None, None, :])
+    return (key >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+def sample_classes(logits: torch.Tensor, uniforms: np.ndarray, tau: float) -> torch.Tensor:
+    """Inverse-CDF draws from softmax(logits / tau): (B, V, C) logits, (B, V, k) uniforms ->
+    (B, V, k) class ids, sorted within each view (int16, or int32 above 32,767 classes)."""
+    p = torch.softmax(logits.double().cpu() / tau, dim=-1)
+    cdf = p.cumsum(-1)
+    ids = torch.searchsorted(cdf, torch.from_numpy(uniforms), right=True).clamp_(max=logits.shape[-1] - 1)
+    dtype = torch.int16 if logits.shape[-1] <= 32767 else torch.int32
+    return ids.sort(-1).values.to(dtype)
+
+
+FLOOR = -1.0e4  # log-probability of a class no draw hit: exp() is exactly 0 in float32
+
+
+def sampled_target(ids: torch.Tensor, num_classes: int, tau: float) -> torch.Tensor:
+    """Teacher logits for the KD term from k sampled class ids (B, k): tau * log q, where q is the
+    ids' empirical distribution, so that softmax(target / tau) = q exactly (unhit classes: 0)."""
+    counts = torch.zeros(len(ids), num_classes, device=ids.device).scatter_add_(1, ids.long(), torch.ones(ids.shape, device=ids.device))
+    q = counts / ids.shape[1]
+    return tau * torch.where(q > 0, q.clamp_min(1e-30).log(), torch.full_like(q, FLOOR))
+
+
+def bytes_per_view(storage: str, k: int, num_classes: int, logits_bytes: int = 2) -> int:
+    """What one view costs in teacher.h5: full logits, top-k (values, int32 ids, a float32 fill), or k int16 ids."""
+    return {"logits": num_classes * logits_bytes, "topk": k * (logits_bytes + 4) + 4, "sample": k * (2 if num_classes <= 32767 else 4)}[storage]
+
+
+def _kl(p: np.ndarray, log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
+    return np.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)
+
+
+def fidelity(logits: np.ndarray, tau: float, topk: int, sample: int, seed: int = 0) -> list[dict[str, float | str | int]]:
+    """How faithfully each storage keeps the teacher's distribution p = softmax(z / tau), on rows of
+    full logits (R, C): bytes per view; `kl_view`, the mean KL(stored || p) of one stored view;
+    `bias`, KL(p || E[stored]): top-k's uniform fill is biased, sampled ids are not (E[q] = p)."""
+    z = logits.astype(np.float64) / tau
+    log_p = z - z.max(1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+    p = np.exp(log_p)
+    c = logits.shape[1]
+    t = torch.from_numpy(logits.astype(np.float64) / tau)
+    top = topk_compress(t, topk)
+    log_top = torch.log_softmax(topk_expand(top["topk_values"], top["topk_indices"], top["fill"], c).double(), 1).numpy()
+    ids = sample_classes(torch.from_numpy(logits)[:, None], draw_uniforms(seed, np.arange(len(logits)), np.zeros(1), sample), tau)[:, 0]
+    q = torch.zeros(len(ids), c, dtype=torch.float64).scatter_add_(1, ids.long(), torch.ones(ids.shape, dtype=torch.float64)).numpy() / sample
+    log_q = np.log(np.where(q > 0, q, 1.0))
+    return [
+        {"storage": "full logits", "k": c, "bytes": bytes_per_view("logits", 0, c), "kl_view": 0.0, "bias": 0.0},
+        {"storage": f"top-{topk} + uniform fill", "k": topk, "bytes": bytes_per_view("topk", topk, c),
+         "kl_view": float(_kl(np.exp(log_top), log_top, log_p).mean()), "bias": float(_kl(p, log_p, log_top).mean())},
+        {"storage": f"{sample} sampled ids", "k": sample, "bytes": bytes_per_view("sample", sample, c),
+         "kl_view": float(_kl(q, log_q, log_p).mean()), "bias": 0.0},
+    ]
+
+
 def choose(seed: int, epoch: int, n: int, k: int) -> np.ndarray:
     """Which stored view each of n samples uses in `epoch`: seeded, new every epoch. (n,) int64."""
     return np.random.default_rng([seed, epoch, 0x71E5]).integers(0, k, size=n)
@@ -108,8 +203,11 @@ def problems(views: Views, n: int, num_classes: int, image_size: int) -> list[st
     if views.logits is not None:
         if views.logits.shape != (n, k, num_classes):
             out.append(f"views/logits has shape {views.logits.shape}, expected ({n}, {k}, {num_classes})")
+    elif views.sample_ids is not None:
+        if views.sample_ids.ndim != 3 or views.sample_ids.shape[:2] != (n, k) or not views.sample_tau > 0:
+            out.append(f"views/sample_ids has shape {views.sample_ids.shape} (expected ({n}, {k}, s)) or no sample_tau")
     elif views.topk_values is None or views.topk_indices is None or views.fill is None:
-        out.append("views hold neither logits nor topk_values, topk_indices and fill")
+        out.append("views hold neither logits, sample_ids nor topk_values, topk_indices and fill")
     else:
         t = views.topk
         if views.topk_values.shape != (n, k, t) or views.topk_indices.shape != (n, k, t) or views.fill.shape != (n, k) or not 0 < t < num_classes:
@@ -120,9 +218,15 @@ def problems(views: Views, n: int, num_classes: int, image_size: int) -> list[st
 def value_problems(views: Views, num_classes: int) -> list[str]:
     """Non-finite logits and class ids out of range, read block by block (arrays.row_blocks; the
     pages of each block are dropped before the next, so memory stays bounded)."""
-    large = [a for a in (views.logits, views.topk_values, views.topk_indices, views.fill) if a is not None]
+    large = [a for a in (views.logits, views.topk_values, views.topk_indices, views.fill, views.sample_ids) if a is not None]
     try:
         for lo, hi in row_blocks(large[0]):
+            if views.sample_ids is not None:
+                ids = views.sample_ids[lo:hi]
+                if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
+                    return [f"views/sample_ids fall outside 0..{num_classes - 1}"]
+                release_pages(views.sample_ids)
+                continue
             if views.logits is not None:
                 if not np.isfinite(views.logits[lo:hi]).all():
                     return ["views/logits contain NaN or inf values"]

@@ -9,6 +9,7 @@ from rich.table import Table
 from kdstore.progress import console
 from kdstore.report import table_rows
 from kdstore.store import Store, near_chance
+from kdstore.views import bytes_per_view, fidelity
 
 
 def render_store(store: Store) -> None:
@@ -25,7 +26,8 @@ def render_store(store: Store) -> None:
     ]
     v = store.train.views
     if v is not None:
-        rows.append(("views", f"{v.count} per training image ({v.augmentation}, seed {v.seed})" + (f", top-{v.topk} logits" if v.topk else "")))
+        kept = {"logits": "full logits", "topk": f"top-{v.topk} logits", "sample": f"{v.sample} sampled class ids per view at τ = {v.sample_tau:g}"}
+        rows.append(("views", f"{v.count} per training image ({v.augmentation}, seed {v.seed}), {kept[v.storage]}"))
     if "merged_from" in a:
         rows.append(("merged from", ", ".join(f"{m['path']} ({m['teacher']})" for m in json.loads(a["merged_from"]))))
     for k, v in rows:
@@ -43,6 +45,31 @@ def render_store(store: Store) -> None:
     for c, lo, hi in zip(counts, edges[:-1], edges[1:]):
         hist.add_row(f"{lo:.1f}-{hi:.1f}", str(int(c)), "█" * int(round(width * c / max(counts.max(), 1))))
     console.print(hist)
+    render_fidelity(store)
+
+
+FIDELITY_ROWS = 2048  # clean training rows the fidelity table is measured on
+
+
+def render_fidelity(store: Store) -> None:
+    """Full, top-k and sampled storage at equal bytes per view, measured on the store's clean
+    training logits (every store holds them in full): what each keeps of the teacher."""
+    v = store.train.views
+    c = store.num_classes
+    if v is not None and v.sample:
+        sample, tau = v.sample, v.sample_tau
+        topk = max(1, min(c - 1, (bytes_per_view("sample", sample, c) - 4) // 6))
+    else:
+        topk = v.topk if v is not None and v.topk else min(10, c - 1)
+        sample, tau = max(1, bytes_per_view("topk", topk, c) // bytes_per_view("sample", 1, c)), 4.0
+    rows = np.asarray(store.train.logits[: min(FIDELITY_ROWS, len(store.train))], dtype=np.float32)
+    table = Table(title=f"what a view keeps of the teacher's softmax at τ = {tau:g} (measured on {len(rows)} clean training rows)")
+    for col in ("storage", "bytes / view", "KL(stored ‖ full), one view", "bias: KL(full ‖ E\\[stored])"):
+        table.add_column(col, justify="left" if col == "storage" else "right")
+    for r in fidelity(rows, tau, topk, sample):
+        bias = "0 (E\\[q] = p)" if r["storage"].endswith("sampled ids") else f"{r['bias']:.4f}"
+        table.add_row(r["storage"], str(r["bytes"]), f"{r['kl_view']:.4f}", bias)
+    console.print(table)
 
 
 def render_results(summary: dict) -> None:
