@@ -24,6 +24,7 @@ from .augment import augmentation_for
 from .config import differing, opt, write_json
 from .datasets import ImageDataset, load_dataset
 from .errors import KdstoreError
+from .extend import add_views
 from .ffcv_files import fingerprint_beton, write_beton
 from .inference import chunk_paths, clean_forward, column, column_blocks, keep_views, score_beton, stored_outputs, views_forward
 from .models import DEVICES, STEMS, TeacherSpec, load_teacher, normalization, resolve_device
@@ -35,7 +36,7 @@ from .views import Views, draw_params
 
 @dataclass(frozen=True)
 class CacheConfig:
-    dataset: str = opt(help="digits, cifar10, cifar100 or imagefolder:PATH.", required=True)
+    dataset: str | None = opt(help="digits, cifar10, cifar100 or imagefolder:PATH (not with --add-views).")
     out: str | None = opt(help="Store directory to create (default: stores/DATASET-TEACHER; with only --checkpoint, the checkpoint's directory name stands for TEACHER).", path=True)
     teacher: str | None = opt(help="timm model name (default: the checkpoint's model).")
     checkpoint: str | None = opt(help="Teacher weights saved by kdstore (or a plain state dict).", path=True)
@@ -58,6 +59,8 @@ class CacheConfig:
                          "(with replacement): an unbiased KD target (README, 'What is computed').")
     sample_tau: float = opt(4.0, "Temperature of --sample's draws; `train --tau` must equal it.")
     views_seed: int = opt(0, "Seed of the views' augmentation parameters (and of --sample's draws).")
+    add_views: str | None = opt(help="Extend this store's views to --views K instead (same seed and storage; the first views stay bit for "
+                                     "bit; give the store's teacher again). The store is replaced atomically.", path=True)
     allow_untrained: bool = opt(False, "Cache a teacher with random weights (no --checkpoint, --pretrained or --pretrained-file): "
                                        "for speed tests only; students learn nothing from it.")
     progress: bool = opt(True, "Progress bars.")
@@ -67,6 +70,8 @@ class CacheConfig:
         """--out, or stores/DATASET-TEACHER."""
         if self.out:
             return Path(self.out)
+        if self.add_views:
+            return Path(self.add_views)
         dataset = Path(self.dataset.split(":", 1)[1]).name if self.dataset.startswith("imagefolder:") else self.dataset
         teacher = self.teacher or Path(self.checkpoint or "teacher").resolve().parent.name
         return STORES_DIR / f"{dataset}-{teacher}"
@@ -76,6 +81,10 @@ class CacheConfig:
         return TeacherSpec(self.teacher, self.checkpoint, self.pretrained, self.pretrained_file, self.stem, self.input_size)
 
     def validate(self) -> None:
+        if (self.dataset is None) == (self.add_views is None):
+            raise KdstoreError("give --dataset (a new store) or --add-views STORE (more views for it)")
+        if self.add_views and not self.views:
+            raise KdstoreError("--add-views STORE needs --views K, the number of views the store should have")
         if self.batch_size < 1:
             raise KdstoreError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.workers < 1:
@@ -89,7 +98,7 @@ class CacheConfig:
             raise KdstoreError(f"--input-size must be >= 8 pixels, got {self.input_size}")
         if self.logits_dtype not in ("float16", "float32"):
             raise KdstoreError(f"--logits-dtype must be float16 or float32, got {self.logits_dtype}")
-        if self.teacher is None and self.checkpoint is None:
+        if self.teacher is None and self.checkpoint is None and not self.add_views:
             raise KdstoreError("name the teacher with --teacher (and/or give --checkpoint)")
         if not (self.checkpoint or self.pretrained or self.pretrained_file or self.allow_untrained):
             raise KdstoreError(f"teacher {self.teacher} has no trained weights: train it with `kdstore teacher --model {self.teacher} "
@@ -145,6 +154,8 @@ def run(cfg: CacheConfig) -> Path:
     there, and `resume=True` continues from the last flushed chunk of teacher outputs.
     """
     cfg.validate()
+    if cfg.add_views:
+        return add_views(cfg)
     out = claim(cfg.out_path, cfg.overwrite)
     # Under torchrun, rank 0 writes the .beton files and the store; every rank scores a shard.
     ctx, device = distributed.init(resolve_device(cfg.device))

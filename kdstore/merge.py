@@ -9,7 +9,6 @@ store's, which every other store must share exactly (same dataset fingerprint, s
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,7 +21,7 @@ from .config import opt
 from .errors import KdstoreError
 from .curriculum import softmax
 from .progress import console
-from .store import BETONS, H5_NAME, SPLITS, Blocks, Split, Store, build_split, claim, mean_blocks, publish, staging_dir, write_teacher_h5
+from .store import BETONS, H5_NAME, SPLITS, Blocks, Split, Store, build_split, claim, mean_blocks, publish, staging_dir, write_teacher_h5, link_or_copy
 from .arrays import release_pages, row_blocks
 from .views import Views
 
@@ -84,13 +83,6 @@ def merge_views(stores: list[Store]) -> Views | None:
     return Views(first.augmentation, first.seed, first.params, logits=mean_blocks([v.logits for v in views]))
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 @dataclass(frozen=True)
 class MergeConfig:
     stores: tuple[str, ...] = ()  # the stores to merge (the command's arguments)
@@ -129,7 +121,7 @@ def run(cfg: MergeConfig) -> Path:
     stage.mkdir(parents=True)
     try:
         for name in BETONS.values():
-            _link_or_copy(first.path / name, stage / name)
+            link_or_copy(first.path / name, stage / name)
         write_teacher_h5(stage / H5_NAME, splits, attrs, logits_dtype)
         publish(stage, out_path, {"dataset_fingerprint": first.attrs["dataset_fingerprint"], "merged_from": len(stores),
                                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})

@@ -169,8 +169,8 @@ def write_teacher_h5(path: Path, splits: dict[str, Split], attrs: dict[str, Any]
     if missing:
         raise ValueError(f"missing store attributes: {missing}")
     with h5py.File(path, "w") as f:
-        for key, value in attrs.items():
-            f.attrs[key] = value
+        for key in sorted(attrs):  # one order, however the attributes were gathered (same store, same bytes)
+            f.attrs[key] = attrs[key]
         for name, split in splits.items():
             g = f.create_group(name)
             _write_large(g, "logits", split.logits, logits_dtype)
@@ -483,6 +483,14 @@ def default_store(root: Path = STORES_DIR) -> Path:
     if not found:
         raise KdstoreError(f"--store is required: there is no store under {root}/ (make one with `kdstore cache`)")
     raise KdstoreError(f"--store is required: {len(found)} stores under {root}/ ({', '.join(map(str, found))}); name one")
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where the file system allows one, else a copy (a store's .beton files, reused)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def staging_dir(out: Path) -> Path:

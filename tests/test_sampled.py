@@ -95,3 +95,30 @@ def test_sample_options_are_checked(tmp_path, synthetic_folder):
     for kw in ({"sample": 4}, {"views": 2, "sample": 4, "topk": 2}, {"views": 2, "sample": 4, "sample_tau": 0.0}):
         with pytest.raises(KdstoreError, match="--sample"):
             CacheConfig(**base, **kw).validate()
+
+
+@pytest.mark.parametrize("storage", [{}, {"topk": 2}, {"sample": 5, "sample_tau": 2.0}], ids=["logits", "topk", "sample"])
+def test_add_views_is_byte_identical_to_a_fresh_cache_with_more_views(storage, tmp_path, synthetic_folder):
+    base = dict(allow_untrained=True, teacher="cifar_resnet8", batch_size=8, progress=False)
+    data = f"imagefolder:{synthetic_folder}"
+    cache.run(CacheConfig(dataset=data, out=str(tmp_path / "grown"), views=2, **base, **storage))
+    cache.run(CacheConfig(dataset=data, out=str(tmp_path / "fresh"), views=4, **base, **storage))
+    betons = {n: (tmp_path / "grown" / n).stat().st_ino for n in ("train.beton", "val.beton")}
+    cache.run(CacheConfig(add_views=str(tmp_path / "grown"), views=4, **base))
+    assert (tmp_path / "grown" / "teacher.h5").read_bytes() == (tmp_path / "fresh" / "teacher.h5").read_bytes()
+    assert {n: (tmp_path / "grown" / n).stat().st_ino for n in betons} == betons  # hard-linked, not rewritten
+    assert verify(tmp_path / "grown") == [] and Store.open(tmp_path / "grown").train.views.count == 4
+    assert not list(tmp_path.glob(".grown*"))  # no staging left behind
+
+
+def test_add_views_refuses_fewer_views_another_teacher_or_other_storage(tmp_path, synthetic_folder):
+    base = dict(allow_untrained=True, teacher="cifar_resnet8", batch_size=8, progress=False)
+    cache.run(CacheConfig(dataset=f"imagefolder:{synthetic_folder}", out=str(tmp_path / "s"), views=2, **base))
+    before = (tmp_path / "s" / "teacher.h5").read_bytes()
+    for kw, message in (({"views": 2}, "already has 2 views"), ({"views": 3, "topk": 2}, "keeps the store's views as they are: --topk 2"),
+                        ({"views": 3, "teacher": "cifar_resnet20"}, "is not the store's")):
+        with pytest.raises(KdstoreError, match=message):
+            cache.run(CacheConfig(add_views=str(tmp_path / "s"), **{**base, **kw}))
+    with pytest.raises(KdstoreError, match="give --dataset .* or --add-views"):
+        CacheConfig(add_views=str(tmp_path / "s"), dataset="digits", views=3, **base).validate()
+    assert (tmp_path / "s" / "teacher.h5").read_bytes() == before

@@ -1,0 +1,112 @@
+"""`kdstore cache --add-views STORE --views K2`: extend a store's views to K2 without scoring
+the first K again.
+
+Views are drawn view by view from their seed (views.draw_params) and sampled ids are hashed per
+(position, view, draw), so the first K views of a K2-view store are the K-view store's: only
+views K..K2-1 are scored, with the store's own augmentation, seed and storage (logits, top-k or
+sampled), and the result is byte-identical to a fresh cache with K2 views (tested). The store is
+replaced atomically, like every store write; its .beton files are hard-linked, not copied.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+import torch
+
+from .augment import augmentation_for
+from .errors import KdstoreError
+from .inference import chunk_paths, column, column_blocks, keep_views, score_beton, views_forward
+from .models import load_teacher, resolve_device
+from .progress import say
+from .store import BETONS, H5_NAME, Blocks, Store, claim, link_or_copy, publish, staging_dir, write_teacher_h5
+from .views import Views, draw_params
+
+if TYPE_CHECKING:
+    from .cache import CacheConfig
+
+VIEW_KEYS = {"logits": ("logits",), "topk": ("topk_values", "topk_indices", "fill"), "sample": ("sample_ids",)}
+
+
+def _storage(store: Store, cfg: "CacheConfig") -> tuple[str, int, int, float, int, str]:
+    """(augmentation, topk, sample, sample_tau, seed, kind) of the views to extend: the store's own;
+    the command line may repeat them but not change them."""
+    v = store.train.views
+    if v is None:
+        kind = "sample" if cfg.sample else "topk" if cfg.topk else "logits"
+        return augmentation_for(int(store.attrs["image_size"])), cfg.topk, cfg.sample, cfg.sample_tau if cfg.sample else 0.0, cfg.views_seed, kind
+    given = {"--topk": (cfg.topk, v.topk), "--sample": (cfg.sample, v.sample), "--views-seed": (cfg.views_seed, v.seed)}
+    changed = [f"{name} {mine} (the store has {theirs})" for name, (mine, theirs) in given.items() if mine and mine != theirs]
+    if changed:
+        raise KdstoreError(f"--add-views keeps the store's views as they are: {', '.join(changed)}")
+    return v.augmentation, v.topk, v.sample, v.sample_tau, v.seed, v.storage
+
+
+def _joined(old: np.ndarray | None, new: Blocks) -> Blocks:
+    """(N, K, ...) stored views and (N, K2 - K, ...) new ones as (N, K2, ...) row blocks."""
+    if old is None:
+        return new
+
+    def read() -> Iterator[np.ndarray]:
+        row = 0
+        for block in new.read():
+            yield np.concatenate([np.asarray(old[row:row + len(block)]), block.astype(old.dtype, copy=False)], 1)
+            row += len(block)
+
+    return Blocks((new.shape[0], old.shape[1] + new.shape[1], *new.shape[2:]), old.dtype, read)
+
+
+def add_views(cfg: "CacheConfig") -> Path:
+    """Extend cfg.add_views's views to cfg.views; returns the store's path."""
+    path = claim(Path(cfg.add_views), overwrite=True)
+    store = Store.open(path)
+    old = store.train.views
+    have = old.count if old is not None else 0
+    if cfg.views <= have:
+        raise KdstoreError(f"--add-views: the store already has {have} views; ask for more with --views K (K > {have})")
+    augmentation, topk, sample, tau, seed, kind = _storage(store, cfg)
+    attrs = store.attrs
+    spec = dataclasses.replace(cfg.teacher_spec, teacher=cfg.teacher or attrs["teacher"], stem=cfg.stem or attrs["teacher_stem"],
+                               input_size=cfg.input_size or int(attrs["input_size"]))
+    teacher = load_teacher(spec, store.num_classes, int(attrs["image_size"]))
+    if teacher.checkpoint_sha256 != attrs["checkpoint_sha256"] or teacher.meta["model"] != attrs["teacher"] \
+            or int(teacher.meta["input_size"]) != int(attrs["input_size"]):
+        raise KdstoreError(f"--add-views: this teacher ({teacher.meta['model']}, checkpoint sha256 {teacher.checkpoint_sha256[:12] or 'none'}) "
+                           f"is not the store's ({attrs['teacher']}, {attrs['checkpoint_sha256'][:12] or 'none'}); give its --checkpoint")
+    n, size = len(store.train), int(attrs["image_size"])
+    params = draw_params(augmentation, n, cfg.views, size, seed)
+    if old is not None and not np.array_equal(params[:, :have], np.asarray(old.params)):
+        raise KdstoreError("--add-views: the store's views are not the draws of its seed (made by another kdstore version?)")
+    device = resolve_device(cfg.device)
+    model = teacher.model.to(device)
+    mean, std = (torch.tensor(attrs[k], device=device) for k in ("normalize_mean", "normalize_std"))
+    stage = staging_dir(path)
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    try:
+        keep = keep_views(topk, sample, tau, seed, first_view=have)
+        forward = views_forward(model, mean, std, int(attrs["input_size"]), device, params[:, have:], augmentation, keep)
+        chunks = stage / "chunks-views"
+        score_beton(forward, store.beton("train"), cfg.batch_size, cfg.workers, f"teacher on views {have + 1}-{cfg.views}",
+                    cfg.progress, chunks, np.arange(n), lambda out, labels: dict(out))
+        paths = chunk_paths(chunks)
+        if not np.array_equal(column(paths, "sample_id"), store.train.sample_id):
+            raise KdstoreError("internal error: the views pass visited the training images in another order")
+        arrays = {k: _joined(getattr(old, k) if old is not None else None, column_blocks(paths, k)) for k in VIEW_KEYS[kind]}
+        train = dataclasses.replace(store.train, views=Views(augmentation, seed, params, sample_tau=tau, **arrays))
+        for name in BETONS.values():
+            link_or_copy(path / name, stage / name)
+        write_teacher_h5(stage / H5_NAME, {"train": train, "val": store.val}, dict(attrs), str(store.train.logits.dtype))
+        shutil.rmtree(chunks)
+        publish(stage, path, {**{k: v for k, v in store.manifest.items() if k not in ("sha256", "schema_version")},
+                              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    say(f"store {path}: views {have} -> {cfg.views} ({kind}); wrote {path / H5_NAME}")
+    return path
