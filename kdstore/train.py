@@ -33,6 +33,7 @@ from .models import DEVICES, STEMS, TeacherSpec, build_model, load_checkpoint, l
 from .pacing import PACINGS, PacingParams
 from .progress import clock, images_progress, say
 from .reliance import POLICIES
+from .resident import LOADERS, ResidentLoader, ResidentSplit, decoded_bytes, fits
 from .schedule import SCORERS, Schedule, Scores, conflict
 from .views import VIEW_MODES, Views
 from .store import Store, default_store, enclosing_store, verify
@@ -81,6 +82,9 @@ class TrainConfig:
     amp: bool = opt(True, "Mixed precision on CUDA (bf16 where supported); ignored on the CPU.")
     agreement_samples: int = opt(10_000, "Clean training images (a fixed subset, the same for every run) on which each epoch measures the "
                                          "student's agreement and KL with the teacher; 0: validation only.")
+    loader: str = opt("auto", "device: decode the images once into device memory (host memory on the CPU) and gather batches there; "
+                              "ffcv: stream them through FFCV's Loader; auto: device when they fit half the free memory. Batches are "
+                              "identical either way.", choices=LOADERS)
     teacher_rows: str = opt("auto", "Where teacher rows are gathered: device (the table uploaded once), mapped (read from the store file); "
                                     "auto: device on CUDA when the table fits a quarter of free memory, else mapped. Results are identical.",
                             choices=PLACEMENTS)
@@ -119,6 +123,8 @@ class TrainConfig:
             variant = get_variant(self.variant)
         except ValueError as e:
             raise KdstoreError(str(e)) from None
+        if self.loader not in LOADERS:
+            raise KdstoreError(f"--loader must be one of {', '.join(LOADERS)}, got {self.loader!r}")
         if self.teacher_rows not in PLACEMENTS:
             raise KdstoreError(f"--teacher-rows must be one of {', '.join(PLACEMENTS)}, got {self.teacher_rows!r}")
         if self.views not in VIEW_MODES:
@@ -280,10 +286,7 @@ def build_run(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hoo
     scores = data.scores or Scores(np.ones(n, dtype=np.float32), np.arange(n), "none")
     schedule = Schedule(variant.ordering, cfg.pacing, cfg.pacing_params, fields["label"], cfg.batch_size,
                         distributed.usable_length(n, cfg.batch_size, ctx.world), cfg.epochs, cfg.seed, scores)
-    train_loader = make_loader(data.train_beton, cfg.batch_size // ctx.world, cfg.workers, functools.partial(_rank_order, schedule, cfg.batch_size, ctx),
-                               drop_last)
-    n_val = len(read_int_fields(data.val_beton)["sample_id"])
-    val_loader = make_loader(data.val_beton, 512, cfg.workers, indices=np.arange(ctx.rank, n_val, ctx.world))
+    train_loader, val_loader, loader_used = _loaders(cfg, data, device, functools.partial(_rank_order, schedule, cfg.batch_size, ctx), drop_last, ctx)
     head, body = _split_head(model)
     optimizer = sgd([{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr or cfg.lr}], cfg.momentum, cfg.weight_decay)
     aug = torch.Generator().manual_seed(cfg.seed + 1_000_003 * ctx.rank) if cfg.augment else None
@@ -292,10 +295,28 @@ def build_run(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hoo
                 torch.tensor(data.std, device=device), device, cfg.tau, cfg.label_smoothing, cfg.input_size, cfg.amp)
     views_used = ({"mode": "replay", "count": data.views.count, "topk": data.views.topk, "sample": data.views.sample} if replay
                   else {"mode": "clean"})
-    config = {**to_dict(cfg), "store": data.meta.get("store"), "amp": step.amp_on, "variant": variant.name, "kind": kind, "model": meta,
+    config = {**to_dict(cfg), "store": data.meta.get("store"), "amp": step.amp_on, "loader_used": loader_used, "variant": variant.name, "kind": kind, "model": meta,
               "data": data.meta, "views_used": views_used, **provenance()}
     return Run(cfg, data, kind, variant, ctx, device, model, meta, body, step, schedule, fields["sample_id"], fields["label"],
                train_loader, val_loader, aug, _agreement(cfg, data, device, ctx, n), config, views_used, hook)
+
+
+def _loaders(cfg: TrainConfig, data: TrainData, device: torch.device, order_fn: Callable[[int], np.ndarray], drop_last: bool,
+             ctx: Context) -> tuple[Any, Any, str]:
+    """The train and val loaders: both splits resident on the device (resident.py) when
+    --loader device, or auto and they fit; else FFCV's Loader. Returns which was used."""
+    kind = cfg.loader
+    if kind == "auto":
+        need = sum(decoded_bytes(b, data.image_size) for b in (data.train_beton, data.val_beton))
+        kind = "device" if fits(need, device) else "ffcv"
+    n_val = len(read_int_fields(data.val_beton)["sample_id"])
+    val_positions = np.arange(ctx.rank, n_val, ctx.world)
+    local = cfg.batch_size // ctx.world
+    if kind == "device":
+        train, val = ResidentSplit(data.train_beton, device, cfg.workers), ResidentSplit(data.val_beton, device, cfg.workers)
+        return ResidentLoader(train, local, order_fn, drop_last), ResidentLoader(val, 512, indices=val_positions), kind
+    return (make_loader(data.train_beton, local, cfg.workers, order_fn, drop_last),
+            make_loader(data.val_beton, 512, cfg.workers, indices=val_positions), kind)
 
 
 def _agreement(cfg: TrainConfig, data: TrainData, device: torch.device, ctx: Context, n: int) -> Callable[[nn.Module], dict[str, float]] | None:
@@ -529,7 +550,7 @@ def _split_head(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter
 
 
 # Options that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "workers", "device", "teacher_rows", "verify", "versions", "command", "tensorboard"}
+_RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "workers", "device", "teacher_rows", "verify", "versions", "command", "tensorboard", "loader", "loader_used"}
 
 
 def _restore(path: Path, config: dict[str, Any], model: nn.Module, optimizer, scheduler, aug: torch.Generator | None) -> tuple[int, list[dict[str, Any]]]:
