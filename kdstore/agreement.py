@@ -9,7 +9,7 @@ a fixed teacher rather than its function (Beyer et al. 2022)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from . import distributed
 from .distributed import Context, all_reduce_sum
 from .ffcv_files import make_loader
 from .inference import clean_forward
+
+# batches(positions) -> (uint8 images (B, H, W, 3), their positions (B,)) covering `positions` in order
+Batches = Callable[[np.ndarray], Iterable[tuple[torch.Tensor, np.ndarray]]]
 
 
 def agreement_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,23 +38,56 @@ def subset(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 0xA6EE]).choice(n, size, replace=False))
 
 
+def beton_batches(beton: Path, workers: int, batch_size: int = 512) -> Batches:
+    """Batches read from a .beton by FFCV."""
+
+    def batches(positions: np.ndarray) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        done = 0
+        for images, _, _ in make_loader(beton, batch_size, workers, indices=positions):
+            yield images, positions[done:done + len(images)]
+            done += len(images)
+
+    return batches
+
+
+def resident_batches(images: torch.Tensor, batch_size: int = 512) -> Batches:
+    """Batches gathered from a split held in memory (resident.ResidentSplit.images)."""
+
+    def batches(positions: np.ndarray) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        for lo in range(0, len(positions), batch_size):
+            pos = positions[lo:lo + batch_size]
+            yield images[torch.from_numpy(pos).to(images.device)], pos
+
+    return batches
+
+
+class Sums:
+    """Running sums of agreeing samples, KL and samples, reduced over ranks at the end."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+
+    def add(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+        agree, kl = agreement_terms(student_logits, teacher_logits)
+        self.sums += torch.stack([agree.double().sum(), kl.double().sum(), torch.tensor(float(len(agree)), dtype=torch.float64,
+                                                                                      device=self.sums.device)])
+
+    def result(self, ctx: Context) -> tuple[float, float]:
+        agree, kl, n = all_reduce_sum(self.sums, ctx).tolist()
+        return agree / max(n, 1.0), kl / max(n, 1.0)
+
+
 @torch.inference_mode()
-def measure(model: torch.nn.Module, beton: Path, positions: np.ndarray, teacher_rows: Callable[[np.ndarray], torch.Tensor],
-            mean: torch.Tensor, std: torch.Tensor, input_size: int, device: torch.device, workers: int,
-            ctx: Context = Context(), batch_size: int = 512) -> dict[str, float]:
+def measure(model: torch.nn.Module, batches: Batches, positions: np.ndarray, teacher_rows: Callable[[np.ndarray], torch.Tensor],
+            mean: torch.Tensor, std: torch.Tensor, input_size: int, device: torch.device, ctx: Context = Context(),
+            batch_size: int = 512) -> dict[str, float]:
     """Agreement and KL of `model` against the teacher rows of `positions` (each rank takes a
     shard of whole batches; the sums are reduced over ranks). The model is put in eval mode."""
     lo, hi = distributed.shard(len(positions), batch_size, ctx.rank, ctx.world)
-    mine = positions[lo:hi]
     forward = clean_forward(model, mean, std, input_size, device)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # agreeing, kl, samples
-    if len(mine):
-        loader = make_loader(beton, batch_size, workers, indices=mine)
-        done = 0
-        for images, _, _ in loader:
-            pos = mine[done:done + len(images)]
-            agree, kl = agreement_terms(forward(images, pos)["logits"], teacher_rows(pos))
-            sums += torch.stack([agree.double().sum(), kl.double().sum(), torch.tensor(float(len(pos)), dtype=torch.float64, device=device)])
-            done += len(images)
-    agree, kl, n = all_reduce_sum(sums, ctx).tolist()
-    return {"agree": agree / max(n, 1.0), "kl": kl / max(n, 1.0)}
+    sums = Sums(device)
+    if hi > lo:
+        for images, pos in batches(positions[lo:hi]):
+            sums.add(forward(images, pos)["logits"], teacher_rows(pos))
+    agree, kl = sums.result(ctx)
+    return {"agree": agree, "kl": kl}

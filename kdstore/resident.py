@@ -30,6 +30,13 @@ def fits(nbytes: int, device: torch.device) -> bool:
     return nbytes <= RESIDENT_FRACTION * free
 
 
+def choose(requested: str, betons: tuple[Path, ...], image_size: int, device: torch.device) -> str:
+    """`device` or `ffcv` for --loader REQUESTED: auto holds the splits when they fit."""
+    if requested != "auto":
+        return requested
+    return "device" if fits(sum(decoded_bytes(b, image_size) for b in betons), device) else "ffcv"
+
+
 class ResidentSplit:
     """A .beton's images (N, H, W, 3) uint8, labels (N,) and sample ids (N,) by position, the
     images and labels on `device` (sample ids stay on the host, where the loop checks them)."""

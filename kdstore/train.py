@@ -33,7 +33,7 @@ from .models import DEVICES, STEMS, TeacherSpec, build_model, load_checkpoint, l
 from .pacing import PACINGS, PacingParams
 from .progress import clock, images_progress, say
 from .reliance import POLICIES
-from .resident import LOADERS, ResidentLoader, ResidentSplit, decoded_bytes, fits
+from .resident import LOADERS, ResidentLoader, ResidentSplit, choose as choose_loader
 from .schedule import SCORERS, Schedule, Scores, conflict
 from .views import VIEW_MODES, Views
 from .store import Store, default_store, enclosing_store, verify
@@ -207,11 +207,18 @@ class Run:
     config: dict[str, Any]  # config.json
     views_used: dict[str, Any]
     hook: BatchHook | None = None
+    val_rows: Rows | None = None  # the teacher's validation logits (agreement on val, measured in `evaluate`)
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def out(self) -> Path:
         return Path(self.cfg.out)
+
+    @property
+    def val_positions(self) -> np.ndarray | None:
+        """This rank's validation positions, in the order its val loader reads them."""
+        n_val = None if self.data.val_teacher_logits is None else len(self.data.val_teacher_logits)
+        return None if n_val is None else np.arange(self.ctx.rank, n_val, self.ctx.world)
 
     def rank_order(self, epoch: int) -> np.ndarray:
         return _rank_order(self.schedule, self.cfg.batch_size, self.ctx, epoch)
@@ -298,44 +305,40 @@ def build_run(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hoo
     config = {**to_dict(cfg), "store": data.meta.get("store"), "amp": step.amp_on, "loader_used": loader_used, "variant": variant.name, "kind": kind, "model": meta,
               "data": data.meta, "views_used": views_used, **provenance()}
     return Run(cfg, data, kind, variant, ctx, device, model, meta, body, step, schedule, fields["sample_id"], fields["label"],
-               train_loader, val_loader, aug, _agreement(cfg, data, device, ctx, n), config, views_used, hook)
+               train_loader, val_loader, aug, _agreement(cfg, data, device, ctx, n, train_loader), config, views_used, hook,
+               val_rows=Rows(data.val_teacher_logits, device, cfg.teacher_rows) if data.val_teacher_logits is not None else None)
 
 
 def _loaders(cfg: TrainConfig, data: TrainData, device: torch.device, order_fn: Callable[[int], np.ndarray], drop_last: bool,
              ctx: Context) -> tuple[Any, Any, str]:
     """The train and val loaders: both splits resident on the device (resident.py) when
     --loader device, or auto and they fit; else FFCV's Loader. Returns which was used."""
-    kind = cfg.loader
-    if kind == "auto":
-        need = sum(decoded_bytes(b, data.image_size) for b in (data.train_beton, data.val_beton))
-        kind = "device" if fits(need, device) else "ffcv"
+    kind = choose_loader(cfg.loader, (data.train_beton, data.val_beton), data.image_size, device)
     n_val = len(read_int_fields(data.val_beton)["sample_id"])
     val_positions = np.arange(ctx.rank, n_val, ctx.world)
     local = cfg.batch_size // ctx.world
-    if kind == "device":
+    if kind == LOADERS[1]:  # device
         train, val = ResidentSplit(data.train_beton, device, cfg.workers), ResidentSplit(data.val_beton, device, cfg.workers)
         return ResidentLoader(train, local, order_fn, drop_last), ResidentLoader(val, 512, indices=val_positions), kind
     return (make_loader(data.train_beton, local, cfg.workers, order_fn, drop_last),
             make_loader(data.val_beton, 512, cfg.workers, indices=val_positions), kind)
 
 
-def _agreement(cfg: TrainConfig, data: TrainData, device: torch.device, ctx: Context, n: int) -> Callable[[nn.Module], dict[str, float]] | None:
-    """Agreement and KL with the teacher on the clean training subset and the validation split
-    (agreement.py), for runs whose data carry the teacher's logits."""
-    if data.teacher_logits is None or data.val_teacher_logits is None:
+def _agreement(cfg: TrainConfig, data: TrainData, device: torch.device, ctx: Context, n: int,
+               train_loader: Any) -> Callable[[nn.Module], dict[str, float]] | None:
+    """Agreement and KL with the teacher on the clean training subset (agreement.py; the
+    validation split's are measured by `evaluate`), for runs whose data carry the teacher's logits."""
+    positions = agreement.subset(n, cfg.agreement_samples, 0)
+    if data.teacher_logits is None or not len(positions):
         return None
     mean, std = torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device)
-    size = cfg.input_size or data.image_size
-    train_rows, val_rows = Rows(data.teacher_logits, device, cfg.teacher_rows), Rows(data.val_teacher_logits, device, cfg.teacher_rows)
-    train_pos, val_pos = agreement.subset(n, cfg.agreement_samples, 0), np.arange(len(data.val_teacher_logits))
+    rows = Rows(data.teacher_logits, device, cfg.teacher_rows)
+    resident = getattr(train_loader, "split", None)
+    batches = agreement.resident_batches(resident.images) if resident is not None else agreement.beton_batches(data.train_beton, cfg.workers)
 
     def measure(model: nn.Module) -> dict[str, float]:
-        out = {}
-        for split, beton, pos, rows in (("train", data.train_beton, train_pos, train_rows), ("val", data.val_beton, val_pos, val_rows)):
-            if len(pos):
-                m = agreement.measure(model, beton, pos, rows, mean, std, size, device, cfg.workers, ctx)
-                out.update({f"agree_{split}": m["agree"], f"kl_{split}": m["kl"]})
-        return out
+        m = agreement.measure(model, batches, positions, rows, mean, std, cfg.input_size or data.image_size, device, ctx)
+        return {"agree_train": m["agree"], "kl_train": m["kl"]}
 
     return measure
 
@@ -377,11 +380,14 @@ def train_epoch(run: Run, epoch: int, lambdas: np.ndarray, bar, task) -> dict[st
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader, mean: torch.Tensor, std: torch.Tensor, device: torch.device,
-             input_size: int | None = None, amp: bool = False, ctx: Context = Context()) -> dict[str, float]:
-    """Validation accuracy and loss (mean CE) over the whole split (each rank reads its shard)."""
+             input_size: int | None = None, amp: bool = False, ctx: Context = Context(),
+             teacher_rows: Callable[[np.ndarray], torch.Tensor] | None = None, positions: np.ndarray | None = None) -> dict[str, float]:
+    """Validation accuracy and loss (mean CE) over the whole split (each rank reads its shard,
+    `positions`, in order); with the teacher's rows, also the agreement with it (agreement.py)."""
     model.eval()
     loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
+    sums = agreement.Sums(device)
     n = 0
     for images, labels, _ in loader:
         x = normalize(images.to(device), mean, std)
@@ -390,10 +396,15 @@ def evaluate(model: nn.Module, loader, mean: torch.Tensor, std: torch.Tensor, de
         y = labels.to(device)
         loss += nn.functional.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
+        if teacher_rows is not None:
+            sums.add(logits, teacher_rows(positions[n:n + len(y)]))
         n += len(y)
     totals = all_reduce_sum(torch.stack([loss, correct.double(), torch.tensor(float(n), dtype=torch.float64, device=device)]), ctx)
     n_all = max(totals[2].item(), 1.0)
-    return {"val_acc": totals[1].item() / n_all, "val_loss": totals[0].item() / n_all}
+    out = {"val_acc": totals[1].item() / n_all, "val_loss": totals[0].item() / n_all}
+    if teacher_rows is not None:
+        out["agree_val"], out["kl_val"] = sums.result(ctx)
+    return out
 
 
 def run_epoch(run: Run, epoch: int, bar) -> dict[str, Any]:
@@ -415,7 +426,8 @@ def run_epoch(run: Run, epoch: int, bar) -> dict[str, Any]:
     for p in run.body:  # --freeze-epochs: only the head learns at first (frozen params get no grad)
         p.requires_grad_(epoch >= cfg.freeze_epochs)
     row.update(train_epoch(run, epoch, lambdas, bar, task))
-    row.update(evaluate(run.model, run.val_loader, run.step.mean, run.step.std, run.device, cfg.input_size, cfg.amp, run.ctx))
+    row.update(evaluate(run.model, run.val_loader, run.step.mean, run.step.std, run.device, cfg.input_size, cfg.amp, run.ctx,
+                        run.val_rows, run.val_positions))
     if run.agreement is not None:
         row.update(run.agreement(run.model))
     bar.remove_task(task)  # the epoch's line (epoch_line) takes its place
