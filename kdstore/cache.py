@@ -31,7 +31,9 @@ from .models import DEVICES, STEMS, TeacherSpec, load_teacher, normalization, re
 from .progress import console
 from .splits import holdout
 from .store import BETONS, H5_NAME, SCHEMA_VERSION, STORES_DIR, build_split, claim, enclosing_store, near_chance, publish, staging_dir, write_teacher_h5
-from .views import Views, draw_params
+from .partners import mixed_views
+from .targets import Mixing
+from .views import MIXES, Views, draw_params
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,9 @@ class CacheConfig:
                          "(with replacement): an unbiased KD target (README, 'What is computed').")
     sample_tau: float = opt(4.0, "Temperature of --sample's draws; `train --tau` must equal it.")
     views_seed: int = opt(0, "Seed of the views' augmentation parameters (and of --sample's draws).")
+    mix: str = opt("none", "Mixed views: each view mixes its image with a seeded partner's (mixup, or cutmix), the teacher scores the "
+                           "mixed image, and train replays it with the partner's label mixed into the CE term.", choices=MIXES)
+    mix_alpha: float = opt(1.0, "Beta(alpha, alpha) of the mixing weight.")
     add_views: str | None = opt(help="Extend this store's views to --views K instead (same seed and storage; the first views stay bit for "
                                      "bit; give the store's teacher again). The store is replaced atomically.", path=True)
     allow_untrained: bool = opt(False, "Cache a teacher with random weights (no --checkpoint, --pretrained or --pretrained-file): "
@@ -114,6 +119,9 @@ class CacheConfig:
             raise KdstoreError("--topk applies to stored views: give --views K too")
         if self.sample < 0 or (self.sample and not self.views) or (self.sample and self.topk):
             raise KdstoreError(f"--sample k needs --views K and excludes --topk (got --sample {self.sample}, --views {self.views}, --topk {self.topk})")
+        if self.mix not in MIXES or (self.mix != "none" and not self.views) or not (self.mix_alpha > 0 and math.isfinite(self.mix_alpha)):
+            raise KdstoreError(f"--mix must be one of {', '.join(MIXES)}, with --views K and --mix-alpha > 0 (got {self.mix}, "
+                               f"--views {self.views}, --mix-alpha {self.mix_alpha})")
         if self.sample > 65535 or not (self.sample_tau > 0 and math.isfinite(self.sample_tau)):
             raise KdstoreError(f"--sample must be <= 65535 and --sample-tau > 0, got {self.sample} and {self.sample_tau}")
 
@@ -128,6 +136,7 @@ def _stage_state(cfg: CacheConfig, meta: dict[str, Any], digest: str, dataset: I
         "checkpoint_sha256": digest, "pretrained": cfg.pretrained, "pretrained_file": cfg.pretrained_file,
         "batch_size": cfg.batch_size, "image_size": cfg.image_size, "kdstore_version": __version__, "split_part": cfg.split_part,
         "views": cfg.views, "topk": cfg.topk, "sample": cfg.sample, "sample_tau": cfg.sample_tau, "views_seed": cfg.views_seed,
+        "mix": cfg.mix, "mix_alpha": cfg.mix_alpha,
         "logits_dtype": cfg.logits_dtype,
     }
 
@@ -187,7 +196,10 @@ def run(cfg: CacheConfig) -> Path:
     if cfg.views:
         params = draw_params(augmentation, len(dataset.train), cfg.views, image_size, cfg.views_seed)
         keep = keep_views(cfg.topk, cfg.sample, cfg.sample_tau, cfg.views_seed)
-        passes["views"] = ("train", views_forward(model, mean, std, int(meta["input_size"]), device, params, augmentation, keep))
+        mixed = mixed_views(cfg.mix, cfg.mix_alpha, cfg.views_seed, params, augmentation, image_size, stage / BETONS["train"], device, mean, std,
+                            cfg.workers)
+        passes["views"] = ("train", views_forward(model, mean, std, int(meta["input_size"]), device, params, augmentation, keep,
+                                                  Mixing(mixed, device, "auto", mixed.partners) if mixed.mix else None))
     try:
         speed = {}
         chunk_dir = lambda pass_name, rank: stage / f"chunks-{pass_name}-r{rank}of{ctx.world}"  # noqa: E731
@@ -217,7 +229,8 @@ def run(cfg: CacheConfig) -> Path:
             if not np.array_equal(column(chunks["views"], "sample_id"), splits["train"].sample_id):
                 raise KdstoreError("internal error: the views pass visited the training images in another order")
             stored = ("sample_ids",) if cfg.sample else ("topk_values", "topk_indices", "fill") if cfg.topk else ("logits",)
-            splits["train"].views = Views(augmentation, cfg.views_seed, params, sample_tau=cfg.sample_tau if cfg.sample else 0.0,
+            mix = {k: getattr(mixed, k) for k in ("mix", "mix_alpha", "mix_partner", "mix_lam", "mix_box")}
+            splits["train"].views = Views(augmentation, cfg.views_seed, params, sample_tau=cfg.sample_tau if cfg.sample else 0.0, **mix,
                                           **{k: column_blocks(chunks["views"], k) for k in stored})
         with console.status("fingerprinting the images"):
             parts = [fingerprint_beton(stage / BETONS[name], cfg.workers) for name in ("train", "val")]

@@ -22,6 +22,8 @@ from .augment import augmentation_for
 from .errors import KdstoreError
 from .inference import chunk_paths, column, column_blocks, keep_views, score_beton, views_forward
 from .models import load_teacher, resolve_device
+from .partners import mixed_views
+from .targets import Mixing
 from .progress import say
 from .store import BETONS, H5_NAME, Blocks, Store, claim, link_or_copy, publish, staging_dir, write_teacher_h5
 from .views import Views, draw_params
@@ -29,21 +31,24 @@ from .views import Views, draw_params
 if TYPE_CHECKING:
     from .cache import CacheConfig
 
+MIX_KEYS = ("mix_partner", "mix_lam", "mix_box")
 VIEW_KEYS = {"logits": ("logits",), "topk": ("topk_values", "topk_indices", "fill"), "sample": ("sample_ids",)}
 
 
-def _storage(store: Store, cfg: "CacheConfig") -> tuple[str, int, int, float, int, str]:
-    """(augmentation, topk, sample, sample_tau, seed, kind) of the views to extend: the store's own;
-    the command line may repeat them but not change them."""
+def _storage(store: Store, cfg: "CacheConfig") -> tuple[str, int, int, float, int, str, str, float]:
+    """(augmentation, topk, sample, sample_tau, seed, kind, mix, mix_alpha) of the views to extend:
+    the store's own; the command line may repeat them but not change them."""
     v = store.train.views
     if v is None:
         kind = "sample" if cfg.sample else "topk" if cfg.topk else "logits"
-        return augmentation_for(int(store.attrs["image_size"])), cfg.topk, cfg.sample, cfg.sample_tau if cfg.sample else 0.0, cfg.views_seed, kind
-    given = {"--topk": (cfg.topk, v.topk), "--sample": (cfg.sample, v.sample), "--views-seed": (cfg.views_seed, v.seed)}
+        return (augmentation_for(int(store.attrs["image_size"])), cfg.topk, cfg.sample, cfg.sample_tau if cfg.sample else 0.0, cfg.views_seed,
+                kind, cfg.mix, cfg.mix_alpha)
+    given = {"--topk": (cfg.topk, v.topk), "--sample": (cfg.sample, v.sample), "--views-seed": (cfg.views_seed, v.seed),
+             "--mix": (cfg.mix if cfg.mix != "none" else "", v.mix)}
     changed = [f"{name} {mine} (the store has {theirs})" for name, (mine, theirs) in given.items() if mine and mine != theirs]
     if changed:
         raise KdstoreError(f"--add-views keeps the store's views as they are: {', '.join(changed)}")
-    return v.augmentation, v.topk, v.sample, v.sample_tau, v.seed, v.storage
+    return v.augmentation, v.topk, v.sample, v.sample_tau, v.seed, v.storage, v.mix or "none", v.mix_alpha
 
 
 def _joined(old: np.ndarray | None, new: Blocks) -> Blocks:
@@ -68,7 +73,7 @@ def add_views(cfg: "CacheConfig") -> Path:
     have = old.count if old is not None else 0
     if cfg.views <= have:
         raise KdstoreError(f"--add-views: the store already has {have} views; ask for more with --views K (K > {have})")
-    augmentation, topk, sample, tau, seed, kind = _storage(store, cfg)
+    augmentation, topk, sample, tau, seed, kind, mix, alpha = _storage(store, cfg)
     attrs = store.attrs
     spec = dataclasses.replace(cfg.teacher_spec, teacher=cfg.teacher or attrs["teacher"], stem=cfg.stem or attrs["teacher_stem"],
                                input_size=cfg.input_size or int(attrs["input_size"]))
@@ -90,7 +95,9 @@ def add_views(cfg: "CacheConfig") -> Path:
     stage.mkdir(parents=True)
     try:
         keep = keep_views(topk, sample, tau, seed, first_view=have)
-        forward = views_forward(model, mean, std, int(attrs["input_size"]), device, params[:, have:], augmentation, keep)
+        mixed = mixed_views(mix, alpha, seed, params[:, have:], augmentation, size, store.beton("train"), device, mean, std, cfg.workers, have)
+        forward = views_forward(model, mean, std, int(attrs["input_size"]), device, params[:, have:], augmentation, keep,
+                                Mixing(mixed, device, "auto", mixed.partners) if mixed.mix else None)
         chunks = stage / "chunks-views"
         score_beton(forward, store.beton("train"), cfg.batch_size, cfg.workers, f"teacher on views {have + 1}-{cfg.views}",
                     cfg.progress, chunks, np.arange(n), lambda out, labels: dict(out))
@@ -98,7 +105,12 @@ def add_views(cfg: "CacheConfig") -> Path:
         if not np.array_equal(column(paths, "sample_id"), store.train.sample_id):
             raise KdstoreError("internal error: the views pass visited the training images in another order")
         arrays = {k: _joined(getattr(old, k) if old is not None else None, column_blocks(paths, k)) for k in VIEW_KEYS[kind]}
-        train = dataclasses.replace(store.train, views=Views(augmentation, seed, params, sample_tau=tau, **arrays))
+        for k in MIX_KEYS if mixed.mix else ():
+            new = getattr(mixed, k)
+            if new is not None:
+                arrays[k] = _joined(getattr(old, k) if old is not None else None, Blocks(new.shape, new.dtype, lambda a=new: iter([a])))
+        views = Views(augmentation, seed, params, sample_tau=tau, mix=mixed.mix, mix_alpha=mixed.mix_alpha, **arrays)
+        train = dataclasses.replace(store.train, views=views)
         for name in BETONS.values():
             link_or_copy(path / name, stage / name)
         write_teacher_h5(stage / H5_NAME, {"train": train, "val": store.val}, dict(attrs), str(store.train.logits.dtype))

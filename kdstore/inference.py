@@ -21,6 +21,7 @@ from .curriculum import confidence_and_correct
 from .ffcv_files import make_loader, read_int_fields
 from .progress import images_progress
 from .store import Blocks
+from .targets import Mixing
 from .views import draw_uniforms, sample_classes, topk_compress
 
 
@@ -57,10 +58,11 @@ def keep_views(topk: int = 0, sample: int = 0, tau: float = 1.0, seed: int = 0, 
 
 
 def views_forward(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor, input_size: int, device: torch.device,
-                  params: np.ndarray, augmentation: str, keep: Keep) -> Forward:
+                  params: np.ndarray, augmentation: str, keep: Keep, mixing: Mixing | None = None) -> Forward:
     """Logits of every stored view of each image (one batched forward per view): (B, K, C), kept
     as `keep` says. The views are made exactly as `train` replays them: normalise, then augment
-    with the stored parameters, then resize to the teacher's input."""
+    with the stored parameters, (mixed views) mix with the partner augmented alike, then resize
+    to the teacher's input."""
     model.eval()
     aug = AUGMENTATIONS[augmentation]
     table = torch.from_numpy(params).long().to(device)  # (N, K, P)
@@ -68,7 +70,13 @@ def views_forward(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor,
     def forward(images: torch.Tensor, pos: np.ndarray) -> dict[str, torch.Tensor]:
         x = normalize(images.to(device, non_blocking=True), mean, std)
         p = table[torch.from_numpy(pos).to(device)]
-        logits = torch.stack([model(resize(aug.apply(x, p[:, k]), input_size)).float() for k in range(p.shape[1])], 1)
+        views = []
+        for k in range(p.shape[1]):
+            xk = aug.apply(x, p[:, k])
+            if mixing is not None:
+                xk = mixing(xk, pos, np.full(len(pos), k), lambda px, pk=p[:, k]: aug.apply(px, pk))
+            views.append(model(resize(xk, input_size)).float())
+        logits = torch.stack(views, 1)
         return keep(logits, pos)
 
     return forward

@@ -31,15 +31,21 @@ def student_loss(
     lam: float,
     tau: float,
     label_smoothing: float = 0.0,
+    label_mix: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """L_student = (1 - lam) * L_ce + lam * L_kd, batch means; returns the named terms.
 
     With lam == 0 (unguided, or an SR batch at the start of an epoch) no teacher logits are
-    needed and ``kd`` is reported as 0.
+    needed and ``kd`` is reported as 0. `label_mix` = (partner labels (B,), weights w (B,)) for
+    mixed images: the CE term of a sample is w * CE(y) + (1 - w) * CE(y_partner).
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lambda must be in [0, 1], got {lam}")
-    ce = ce_per_sample(student_logits, labels, label_smoothing).mean()
+    ce = ce_per_sample(student_logits, labels, label_smoothing)
+    if label_mix is not None:
+        partner_labels, w = label_mix
+        ce = w * ce + (1.0 - w) * ce_per_sample(student_logits, partner_labels, label_smoothing)
+    ce = ce.mean()
     if teacher_logits is None:
         if lam != 0.0:
             raise ValueError("a KD weight lambda > 0 needs teacher logits")

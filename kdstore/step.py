@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from .augment import normalize, resize
 from .losses import student_loss
-from .targets import Prepare, TeacherFn
+from .targets import LabelMix, Prepare, TeacherFn
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -58,6 +58,7 @@ class Step:
     input_size: int | None = None  # resize the student's input to this size after augmentation
     amp: bool = False
     scaler: torch.amp.GradScaler = field(default=None)  # type: ignore[assignment]
+    label_mix: LabelMix | None = None  # mixed views: the partner's label in the CE term
 
     @property
     def amp_on(self) -> bool:
@@ -74,9 +75,10 @@ class Step:
         x, view = self.prepare(epoch, pos, normalize(images.to(self.device, non_blocking=True), self.mean, self.std))
         y = labels.to(self.device, non_blocking=True)
         target = None if self.teacher is None else self.teacher(pos, x, view)
+        mixed = None if self.label_mix is None or view is None else self.label_mix(pos, view)
         with autocast(self.device, self.amp):
             logits = self.model(resize(x, self.input_size) if self.input_size else x)
-        terms = student_loss(logits.float(), y, target, lam if target is not None else 0.0, self.tau, self.label_smoothing)
+        terms = student_loss(logits.float(), y, target, lam if target is not None else 0.0, self.tau, self.label_smoothing, mixed)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["loss"]).backward()
         self.scaler.step(self.optimizer)

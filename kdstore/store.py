@@ -62,7 +62,7 @@ SPLITS = ("train", "val")
 PER_SAMPLE = ("logits", "labels", "sample_id", "confidence", "correct")
 SMALL = ("labels", "sample_id", "confidence", "correct")  # read whole on open; the rest is mapped
 ORDERS = ("curriculum", "inverse")
-VIEW_ARRAYS = ("params", "logits", "topk_values", "topk_indices", "fill", "sample_ids")
+VIEW_ARRAYS = ("params", "logits", "topk_values", "topk_indices", "fill", "sample_ids", "mix_partner", "mix_lam", "mix_box")
 ROOT_ATTRS = (
     "schema_version", "kdstore_version", "teacher", "teacher_stem", "checkpoint_sha256", "pretrained",
     "input_size", "image_size", "dataset", "num_classes", "class_names", "dataset_fingerprint",
@@ -184,9 +184,10 @@ def write_teacher_h5(path: Path, splits: dict[str, Split], attrs: dict[str, Any]
 
 def _write_views(g, views: Views, logits_dtype: str) -> None:
     g.attrs.update({"augmentation": views.augmentation, "seed": views.seed, "count": views.count, "topk": views.topk,
-                    "sample": views.sample, "sample_tau": float(views.sample_tau)})
+                    "sample": views.sample, "sample_tau": float(views.sample_tau), "mix": views.mix, "mix_alpha": float(views.mix_alpha)})
     dtypes = {"params": np.int32, "logits": logits_dtype, "topk_values": logits_dtype, "topk_indices": np.int32, "fill": np.float32,
-              "sample_ids": views.sample_ids.dtype if views.sample_ids is not None else None}
+              "sample_ids": views.sample_ids.dtype if views.sample_ids is not None else None, "mix_partner": np.int32, "mix_lam": np.float32,
+              "mix_box": np.int32}
     for name in VIEW_ARRAYS:
         data = getattr(views, name)
         if data is not None:
@@ -408,7 +409,8 @@ def _read_split(f, name: str, mapped: _MappedH5, path: Path) -> Split:
     if "views" in g:
         v = g["views"]
         views = Views(augmentation=_attr(v.attrs.get("augmentation", "")), seed=int(v.attrs.get("seed", 0)),
-                      sample_tau=float(v.attrs.get("sample_tau", 0.0)), **{k: mapped.array(v[k]) for k in VIEW_ARRAYS if k in v})
+                      sample_tau=float(v.attrs.get("sample_tau", 0.0)), mix=_attr(v.attrs.get("mix", "")), mix_alpha=float(v.attrs.get("mix_alpha", 0.0)),
+                      **{k: mapped.array(v[k]) for k in VIEW_ARRAYS if k in v})
     return Split(logits=mapped.array(g["logits"]), **arrays, views=views)
 
 

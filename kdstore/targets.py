@@ -22,13 +22,15 @@ import numpy as np
 import psutil
 import torch
 
-from .augment import AUGMENTATIONS, resize
+from .augment import AUGMENTATIONS, normalize, resize
 from .arrays import release_pages, row_blocks
 from .store import file_rows
-from .views import Views, choose, sampled_target, topk_expand
+from .views import Views, choose, mix_images, sampled_target, topk_expand
 
 Prepare = Callable[[int, np.ndarray, torch.Tensor], tuple[torch.Tensor, np.ndarray | None]]
 TeacherFn = Callable[[np.ndarray, torch.Tensor, np.ndarray | None], torch.Tensor]
+# LabelMix(positions, view index) -> (partner labels (B,), weight of the own label (B,)) for mixed views
+LabelMix = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 
 DEVICE_TABLE_FRACTION = 0.25  # of free CUDA memory: a teacher table up to this size lives on the device
 PLACEMENTS = ("auto", "device", "mapped")
@@ -92,22 +94,56 @@ def random_augment(augmentation: str, image_size: int, generator: torch.Generato
     return lambda epoch, pos, x: (aug.apply(x, aug.draw(len(x), image_size, generator)), None)
 
 
-def replay_views(views: Views, seed: int, device: torch.device, placement: str = "auto") -> Prepare:
+def replay_views(views: Views, seed: int, device: torch.device, placement: str = "auto", partners: PartnerImages | None = None) -> Prepare:
     """Each sample uses one of its stored views (views.choose: seeded, new every epoch) and is
-    augmented with exactly that view's parameters."""
+    augmented with exactly that view's parameters; a mixed view is then mixed with its partner's
+    image, augmented with the same parameters (views.mix_images), as the teacher scored it."""
     aug = AUGMENTATIONS[views.augmentation]
     params = Rows(views.params, device, placement)  # (N, K, P)
     n, k = views.params.shape[:2]
     chosen: dict[int, np.ndarray] = {}
+    mixing = Mixing(views, device, placement, partners) if views.mix else None
 
     def prepare(epoch: int, pos: np.ndarray, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
         if epoch not in chosen:
             chosen.clear()
             chosen[epoch] = choose(seed, epoch, n, k)
         view = chosen[epoch][pos]
-        return aug.apply(x, params(pos, view).long()), view
+        p = params(pos, view).long()
+        out = aug.apply(x, p)
+        return (out if mixing is None else mixing(out, pos, view, lambda px: aug.apply(px, p))), view
 
     return prepare
+
+
+# PartnerImages(positions (B,) int64 tensor) -> the normalised images (B, 3, H, W) at those .beton positions
+PartnerImages = Callable[[torch.Tensor], torch.Tensor]
+
+
+def resident_partners(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> PartnerImages:
+    """Partner images gathered from a split held in memory (resident.ResidentSplit.images)."""
+    return lambda idx: normalize(images[idx.to(images.device)], mean, std)
+
+
+class Mixing:
+    """The stored mix of each (position, view): its partner's image and the weight or box."""
+
+    def __init__(self, views: Views, device: torch.device, placement: str, partners: PartnerImages | None) -> None:
+        if partners is None:
+            raise ValueError("mixed views need the partner images (a resident training split)")
+        self.partners = partners
+        self.partner, self.lam = Rows(views.mix_partner, device, placement), Rows(views.mix_lam, device, placement)
+        self.box = Rows(views.mix_box, device, placement) if views.mix_box is not None else None
+
+    def __call__(self, x: torch.Tensor, pos: np.ndarray, view: np.ndarray, augment: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        box = self.box(pos, view) if self.box is not None else None
+        return mix_images(x, augment(self.partners(self.partner(pos, view).long())), self.lam(pos, view), box)
+
+
+def view_label_mix(views: Views, labels: torch.Tensor, device: torch.device, placement: str = "auto") -> LabelMix:
+    """The CE term's labels of a mixed view: the partner's label, weighted by 1 - lambda."""
+    partner, lam = Rows(views.mix_partner, device, placement), Rows(views.mix_lam, device, placement)
+    return lambda pos, view: (labels[partner(pos, view).long()], lam(pos, view).float())
 
 
 def cached_teacher(logits: np.ndarray, device: torch.device, placement: str = "auto") -> TeacherFn:

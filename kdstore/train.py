@@ -21,7 +21,8 @@ import torch.nn as nn
 
 from .augment import augmentation_for, normalize, resize
 from .step import Step, autocast, cosine, sgd
-from .targets import PLACEMENTS, Prepare, Rows, TeacherFn, cached_teacher, no_augment, online_teacher, random_augment, replay_views, view_teacher
+from .targets import (PLACEMENTS, LabelMix, Prepare, Rows, TeacherFn, cached_teacher, no_augment, online_teacher, random_augment, replay_views,
+                      resident_partners, view_label_mix, view_teacher)
 from .config import differing, opt, provenance, to_dict, write_json
 from . import agreement, distributed
 from .distributed import Context, all_reduce_sum
@@ -33,7 +34,7 @@ from .models import DEVICES, STEMS, TeacherSpec, build_model, load_checkpoint, l
 from .pacing import PACINGS, PacingParams
 from .progress import clock, images_progress, say
 from .reliance import POLICIES
-from .resident import LOADERS, ResidentLoader, ResidentSplit, choose as choose_loader
+from .resident import LOADERS, ResidentLoader, ResidentSplit, choose as choose_loader, decoded_bytes, fits
 from .schedule import SCORERS, Schedule, Scores, conflict
 from .views import VIEW_MODES, Views
 from .store import Store, default_store, enclosing_store, verify
@@ -260,18 +261,30 @@ def _check_batches(cfg: TrainConfig, n: int, ctx: Context) -> None:
 
 
 def _targets(cfg: TrainConfig, data: TrainData, replay: bool, device: torch.device, aug: torch.Generator | None,
-             teacher: TeacherFn | None, needs_teacher: bool) -> tuple[Prepare, TeacherFn | None]:
-    """How a batch is prepared and where its teacher targets come from (targets.py)."""
+             teacher: TeacherFn | None, needs_teacher: bool, train_loader: Any) -> tuple[Prepare, TeacherFn | None, LabelMix | None]:
+    """How a batch is prepared, where its teacher targets come from, and (mixed views) the
+    partner labels of its CE term (targets.py)."""
+    label_mix = None
     if replay:
-        prepare = replay_views(data.views, cfg.seed, device, cfg.teacher_rows)
+        partners = None
+        if data.views.mix:  # the partner images: the resident training split (held for this when the loader streams)
+            split = getattr(train_loader, "split", None)
+            if split is None:
+                if not fits(decoded_bytes(data.train_beton, data.image_size), device):
+                    raise KdstoreError("the store's views are mixed: their partner images must be held in memory, and this training split "
+                                       "does not fit (train with --views clean)")
+                split = ResidentSplit(data.train_beton, device, cfg.workers)
+            partners = resident_partners(split.images, torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device))
+            label_mix = view_label_mix(data.views, split.labels, device, cfg.teacher_rows)
+        prepare = replay_views(data.views, cfg.seed, device, cfg.teacher_rows, partners)
     else:
         prepare = random_augment(augmentation_for(data.image_size), data.image_size, aug) if aug is not None else no_augment()
     if not needs_teacher:
-        return prepare, None
+        return prepare, None, label_mix
     if teacher is None:
         teacher = (view_teacher(data.views, data.num_classes, device, cfg.teacher_rows) if replay
                    else cached_teacher(data.teacher_logits, device, cfg.teacher_rows))
-    return prepare, teacher
+    return prepare, teacher, label_mix
 
 
 def build_run(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hook: BatchHook | None = None,
@@ -297,10 +310,10 @@ def build_run(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hoo
     head, body = _split_head(model)
     optimizer = sgd([{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr or cfg.lr}], cfg.momentum, cfg.weight_decay)
     aug = torch.Generator().manual_seed(cfg.seed + 1_000_003 * ctx.rank) if cfg.augment else None
-    prepare, teacher = _targets(cfg, data, replay, device, aug, teacher, variant.needs_teacher)
+    prepare, teacher, label_mix = _targets(cfg, data, replay, device, aug, teacher, variant.needs_teacher, train_loader)
     step = Step(net, optimizer, cosine(optimizer, cfg.epochs * len(train_loader)), prepare, teacher, torch.tensor(data.mean, device=device),
-                torch.tensor(data.std, device=device), device, cfg.tau, cfg.label_smoothing, cfg.input_size, cfg.amp)
-    views_used = ({"mode": "replay", "count": data.views.count, "topk": data.views.topk, "sample": data.views.sample} if replay
+                torch.tensor(data.std, device=device), device, cfg.tau, cfg.label_smoothing, cfg.input_size, cfg.amp, label_mix=label_mix)
+    views_used = ({"mode": "replay", "count": data.views.count, "topk": data.views.topk, "sample": data.views.sample, "mix": data.views.mix} if replay
                   else {"mode": "clean"})
     config = {**to_dict(cfg), "store": data.meta.get("store"), "amp": step.amp_on, "loader_used": loader_used, "variant": variant.name, "kind": kind, "model": meta,
               "data": data.meta, "views_used": views_used, **provenance()}

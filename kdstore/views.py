@@ -44,6 +44,11 @@ class Views:
     fill: np.ndarray | None = None  # (N, K) float32 logit of every class outside the top k
     sample_ids: np.ndarray | None = None  # (N, K, k) int16 (int32 above 32,767 classes): k class ids drawn per view, sorted
     sample_tau: float = 0.0  # the temperature of those draws (0 without them)
+    mix: str = ""  # "", "mixup" or "cutmix": each view mixes its image with a partner's (MIXES)
+    mix_alpha: float = 0.0  # the Beta(alpha, alpha) the mixing weights were drawn from
+    mix_partner: np.ndarray | None = None  # (N, K) int32 the partner's .beton position
+    mix_lam: np.ndarray | None = None  # (N, K) float32 the weight of the sample's own image (for cutmix: its area share)
+    mix_box: np.ndarray | None = None  # (N, K, 4) int32 cutmix: the box (x0, y0, x1, y1) pasted from the partner
 
     @property
     def count(self) -> int:
@@ -183,6 +188,48 @@ def fidelity(logits: np.ndarray, tau: float, topk: int, sample: int, seed: int =
     ]
 
 
+MIXES = ("none", "mixup", "cutmix")
+
+
+def draw_mix(kind: str, n: int, k: int, image_size: int, alpha: float, seed: int, first_view: int = 0) -> dict[str, np.ndarray]:
+    """Mixing parameters of k views of n samples, view by view from (seed, view), so the first k'
+    views of a k-view draw are the k'-view draw (and --add-views draws views first_view.. alone):
+    a partner position, the weight lambda ~ Beta(alpha, alpha) of the sample's own image, and for
+    cutmix a box with area share 1 - lambda (clipped to the image; lambda is then its true share)."""
+    partner, lam, box = np.empty((n, k), np.int32), np.empty((n, k), np.float32), np.zeros((n, k, 4), np.int32)
+    for v in range(k):
+        rng = np.random.default_rng([seed, first_view + v, 0x313])
+        partner[:, v] = rng.integers(0, n, n)
+        weight = rng.beta(alpha, alpha, n)
+        if kind == "cutmix":
+            side = np.sqrt(1.0 - weight)
+            w, h = np.round(image_size * side).astype(np.int64), np.round(image_size * side).astype(np.int64)
+            cx, cy = rng.integers(0, image_size, n), rng.integers(0, image_size, n)
+            x0, y0 = np.clip(cx - w // 2, 0, image_size), np.clip(cy - h // 2, 0, image_size)
+            x1, y1 = np.clip(cx + (w - w // 2), 0, image_size), np.clip(cy + (h - h // 2), 0, image_size)
+            box[:, v] = np.stack([x0, y0, x1, y1], 1)
+            weight = 1.0 - (x1 - x0) * (y1 - y0) / float(image_size * image_size)
+        lam[:, v] = weight
+    out = {"mix_partner": partner, "mix_lam": lam}
+    if kind == "cutmix":
+        out["mix_box"] = box
+    return out
+
+
+def mix_images(x: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor, box: torch.Tensor | None) -> torch.Tensor:
+    """Mix each image (B, C, H, W) with its partner's: lam * x + (1 - lam) * partner (mixup), or
+    the partner's pixels inside box = (x0, y0, x1, y1) (cutmix)."""
+    if box is None:
+        w = lam.to(x.dtype).view(-1, 1, 1, 1)
+        return w * x + (1.0 - w) * partner
+    h, wd = x.shape[-2:]
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(wd, device=x.device).view(1, 1, wd)
+    b = box.to(x.device).long()
+    inside = (rows >= b[:, 1, None, None]) & (rows < b[:, 3, None, None]) & (cols >= b[:, 0, None, None]) & (cols < b[:, 2, None, None])
+    return torch.where(inside[:, None], partner, x)
+
+
 def choose(seed: int, epoch: int, n: int, k: int) -> np.ndarray:
     """Which stored view each of n samples uses in `epoch`: seeded, new every epoch. (n,) int64."""
     return np.random.default_rng([seed, epoch, 0x71E5]).integers(0, k, size=n)
@@ -200,6 +247,12 @@ def problems(views: Views, n: int, num_classes: int, image_size: int) -> list[st
         return [f"views/params has shape {views.params.shape}, expected ({n}, K, {aug.n_params})"]
     if not all(aug.valid(views.params[lo:hi], image_size) for lo, hi in row_blocks(views.params)):
         out.append(f"views/params hold {views.augmentation} parameters outside a {image_size}-px image")
+    if views.mix:
+        if views.mix not in MIXES or views.mix_partner is None or views.mix_lam is None or views.mix_partner.shape != (n, k) \
+                or views.mix_lam.shape != (n, k) or (views.mix == "cutmix" and (views.mix_box is None or views.mix_box.shape != (n, k, 4))):
+            out.append(f"views are mixed ({views.mix!r}) but their mix arrays are missing or misshapen")
+        elif len(views.mix_partner) and (views.mix_partner.min() < 0 or views.mix_partner.max() >= n):
+            out.append(f"views/mix_partner falls outside 0..{n - 1}")
     if views.logits is not None:
         if views.logits.shape != (n, k, num_classes):
             out.append(f"views/logits has shape {views.logits.shape}, expected ({n}, {k}, {num_classes})")

@@ -74,7 +74,7 @@ def test_replayed_views_are_the_pixels_the_teacher_scored(views_store, synthetic
     monkeypatch.setattr(train, "build_model", recording_build)
     cfg = TrainConfig(out=str(tmp_path / "run"), store=str(views_store), variant="kd", epochs=1, batch_size=16, seed=5, workers=1, progress=False)
     summary = train.run(cfg, hook=lambda e, b, ids, lam: seen_ids.append(ids))
-    assert summary["views"] == {"mode": "replay", "count": K, "topk": 0, "sample": 0}
+    assert summary["views"] == {"mode": "replay", "count": K, "topk": 0, "sample": 0, "mix": ""}
 
     pos = store.train.positions(seen_ids[0])  # the first batch
     view = choose(5, 0, len(store.train), K)[pos]
@@ -149,6 +149,6 @@ def test_merge_averages_identical_views_and_refuses_a_mix(views_store, small_sto
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_variant_trains_from_a_views_store(variant, views_store, tmp_path):
     summary = train.run(TrainConfig(out=str(tmp_path / variant), store=str(views_store), variant=variant, epochs=1, batch_size=8, workers=1, progress=False))
-    assert summary["views"] == {"mode": "replay", "count": K, "topk": 0, "sample": 0}
+    assert summary["views"] == {"mode": "replay", "count": K, "topk": 0, "sample": 0, "mix": ""}
     row = json.loads((tmp_path / variant / "metrics.jsonl").read_text().splitlines()[0])
     assert (row["train_kd"] > 0) == VARIANTS[variant].needs_teacher  # the replayed views' logits are the KD target
