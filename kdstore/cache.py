@@ -30,6 +30,7 @@ from .inference import chunk_paths, clean_forward, column, column_blocks, keep_v
 from .models import DEVICES, STEMS, TeacherSpec, load_teacher, normalization, resolve_device
 from .progress import console
 from .splits import holdout
+from .step import for_device
 from .store import BETONS, H5_NAME, SCHEMA_VERSION, STORES_DIR, build_split, claim, enclosing_store, near_chance, publish, staging_dir, write_teacher_h5
 from .partners import mixed_views
 from .targets import Mixing
@@ -68,6 +69,7 @@ class CacheConfig:
                                      "bit; give the store's teacher again). The store is replaced atomically.", path=True)
     allow_untrained: bool = opt(False, "Cache a teacher with random weights (no --checkpoint, --pretrained or --pretrained-file): "
                                        "for speed tests only; students learn nothing from it.")
+    amp: bool = opt(True, "Run the teacher in bf16 (autocast) on CUDA; ignored on the CPU.")
     progress: bool = opt(True, "Progress bars.")
 
     @property
@@ -136,7 +138,7 @@ def _stage_state(cfg: CacheConfig, meta: dict[str, Any], digest: str, dataset: I
         "checkpoint_sha256": digest, "pretrained": cfg.pretrained, "pretrained_file": cfg.pretrained_file,
         "batch_size": cfg.batch_size, "image_size": cfg.image_size, "kdstore_version": __version__, "split_part": cfg.split_part,
         "views": cfg.views, "topk": cfg.topk, "sample": cfg.sample, "sample_tau": cfg.sample_tau, "views_seed": cfg.views_seed,
-        "mix": cfg.mix, "mix_alpha": cfg.mix_alpha,
+        "mix": cfg.mix, "mix_alpha": cfg.mix_alpha, "amp": cfg.amp,
         "logits_dtype": cfg.logits_dtype,
     }
 
@@ -174,7 +176,7 @@ def run(cfg: CacheConfig) -> Path:
     if cfg.topk >= dataset.num_classes:
         raise KdstoreError(f"--topk {cfg.topk} must be below the {dataset.num_classes} classes")
     teacher = load_teacher(cfg.teacher_spec, dataset.num_classes, image_size)
-    model, meta, digest, split = teacher.model.to(device), teacher.meta, teacher.checkpoint_sha256, teacher.split
+    model, meta, digest, split = for_device(teacher.model, device), teacher.meta, teacher.checkpoint_sha256, teacher.split
     if cfg.split_part == "holdout":
         if not split:
             raise KdstoreError(f"--split-part holdout: checkpoint {cfg.checkpoint} was not trained with --split, so nothing was held out")
@@ -191,7 +193,7 @@ def run(cfg: CacheConfig) -> Path:
     # Passes over the images: each split's clean images, then (--views K) K augmented views of
     # every training image, drawn up front so that every rank and a resumed pass see the same.
     augmentation = augmentation_for(image_size)
-    clean = clean_forward(model, mean, std, int(meta["input_size"]), device)
+    clean = clean_forward(model, mean, std, int(meta["input_size"]), device, cfg.amp)
     passes = {"train": ("train", clean), "val": ("val", clean)}
     if cfg.views:
         params = draw_params(augmentation, len(dataset.train), cfg.views, image_size, cfg.views_seed)
@@ -199,7 +201,7 @@ def run(cfg: CacheConfig) -> Path:
         mixed = mixed_views(cfg.mix, cfg.mix_alpha, cfg.views_seed, params, augmentation, image_size, stage / BETONS["train"], device, mean, std,
                             cfg.workers)
         passes["views"] = ("train", views_forward(model, mean, std, int(meta["input_size"]), device, params, augmentation, keep,
-                                                  Mixing(mixed, device, "auto", mixed.partners) if mixed.mix else None))
+                                                  Mixing(mixed, device, "auto", mixed.partners) if mixed.mix else None, cfg.amp))
     try:
         speed = {}
         chunk_dir = lambda pass_name, rank: stage / f"chunks-{pass_name}-r{rank}of{ctx.world}"  # noqa: E731

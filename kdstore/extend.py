@@ -25,6 +25,7 @@ from .models import load_teacher, resolve_device
 from .partners import mixed_views
 from .targets import Mixing
 from .progress import say
+from .step import for_device
 from .store import BETONS, H5_NAME, Blocks, Store, claim, link_or_copy, publish, staging_dir, write_teacher_h5
 from .views import Views, draw_params
 
@@ -87,7 +88,7 @@ def add_views(cfg: "CacheConfig") -> Path:
     if old is not None and not np.array_equal(params[:, :have], np.asarray(old.params)):
         raise KdstoreError("--add-views: the store's views are not the draws of its seed (made by another kdstore version?)")
     device = resolve_device(cfg.device)
-    model = teacher.model.to(device)
+    model = for_device(teacher.model, device)
     mean, std = (torch.tensor(attrs[k], device=device) for k in ("normalize_mean", "normalize_std"))
     stage = staging_dir(path)
     if stage.exists():
@@ -97,7 +98,7 @@ def add_views(cfg: "CacheConfig") -> Path:
         keep = keep_views(topk, sample, tau, seed, first_view=have)
         mixed = mixed_views(mix, alpha, seed, params[:, have:], augmentation, size, store.beton("train"), device, mean, std, cfg.workers, have)
         forward = views_forward(model, mean, std, int(attrs["input_size"]), device, params[:, have:], augmentation, keep,
-                                Mixing(mixed, device, "auto", mixed.partners) if mixed.mix else None)
+                                Mixing(mixed, device, "auto", mixed.partners) if mixed.mix else None, cfg.amp)
         chunks = stage / "chunks-views"
         score_beton(forward, store.beton("train"), cfg.batch_size, cfg.workers, f"teacher on views {have + 1}-{cfg.views}",
                     cfg.progress, chunks, np.arange(n), lambda out, labels: dict(out))

@@ -20,26 +20,30 @@ from .augment import AUGMENTATIONS, normalize, resize
 from .curriculum import confidence_and_correct
 from .ffcv_files import make_loader, read_int_fields
 from .progress import images_progress
+from .step import autocast, device_layout
 from .store import Blocks
 from .targets import Mixing
 from .views import draw_uniforms, sample_classes, topk_compress
 
 
 def teacher_forward(model: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                    input_size: int, device: torch.device) -> torch.Tensor:
-    """Teacher logits (B, C) float32 for a batch of (B, H, W, 3) uint8 images, on `device`."""
+                    input_size: int, device: torch.device, amp: bool = False) -> torch.Tensor:
+    """Teacher logits (B, C) float32 for a batch of (B, H, W, 3) uint8 images, on `device`
+    (with `amp`, in bf16 on CUDA; the model's layout, channels_last there, is `step.for_device`'s)."""
     x = resize(normalize(images.to(device, non_blocking=True), mean, std), input_size)
-    return model(x).float()
+    with autocast(device, amp):
+        return model(device_layout(x)).float()
 
 
 # forward(images (B, H, W, 3) uint8, their .beton positions (B,)) -> named outputs, each (B, ...)
 Forward = Callable[[torch.Tensor, np.ndarray], dict[str, torch.Tensor]]
 
 
-def clean_forward(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor, input_size: int, device: torch.device) -> Forward:
+def clean_forward(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor, input_size: int, device: torch.device,
+                  amp: bool = False) -> Forward:
     """Logits of the un-augmented images."""
     model.eval()
-    return lambda images, pos: {"logits": teacher_forward(model, images, mean, std, input_size, device)}
+    return lambda images, pos: {"logits": teacher_forward(model, images, mean, std, input_size, device, amp)}
 
 
 # keep(logits of a batch's views (B, K, C), their positions (B,)) -> what a store keeps of them
@@ -58,7 +62,7 @@ def keep_views(topk: int = 0, sample: int = 0, tau: float = 1.0, seed: int = 0, 
 
 
 def views_forward(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor, input_size: int, device: torch.device,
-                  params: np.ndarray, augmentation: str, keep: Keep, mixing: Mixing | None = None) -> Forward:
+                  params: np.ndarray, augmentation: str, keep: Keep, mixing: Mixing | None = None, amp: bool = False) -> Forward:
     """Logits of every stored view of each image (one batched forward per view): (B, K, C), kept
     as `keep` says. The views are made exactly as `train` replays them: normalise, then augment
     with the stored parameters, (mixed views) mix with the partner augmented alike, then resize
@@ -75,7 +79,8 @@ def views_forward(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor,
             xk = aug.apply(x, p[:, k])
             if mixing is not None:
                 xk = mixing(xk, pos, np.full(len(pos), k), lambda px, pk=p[:, k]: aug.apply(px, pk))
-            views.append(model(resize(xk, input_size)).float())
+            with autocast(device, amp):
+                views.append(model(device_layout(resize(xk, input_size))).float())
         logits = torch.stack(views, 1)
         return keep(logits, pos)
 

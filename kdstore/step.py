@@ -33,9 +33,26 @@ def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
 
 
 def sgd(groups: list[dict[str, Any]], momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    """The optimiser of every run: SGD with Nesterov momentum over the given parameter groups."""
+    """The optimiser of every run: SGD with Nesterov momentum over the given parameter groups
+    (fused into one kernel when every parameter is on CUDA)."""
     groups = [g for g in groups if g["params"]]
-    return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=momentum, weight_decay=weight_decay, nesterov=True)
+    on_cuda = all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=momentum, weight_decay=weight_decay, nesterov=True, fused=on_cuda or None)
+
+
+def for_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """A model on `device`; on CUDA in channels_last (what cuDNN's fast convolutions want), with
+    cuDNN's autotuner on (input shapes are fixed within a run)."""
+    model.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def device_layout(x: torch.Tensor) -> torch.Tensor:
+    """A batch in the layout `for_device` models take: channels_last on CUDA, as it is elsewhere."""
+    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda and x.dim() == 4 else x
 
 
 def cosine(optimizer: torch.optim.Optimizer, total_steps: int):
@@ -77,7 +94,7 @@ class Step:
         target = None if self.teacher is None else self.teacher(pos, x, view)
         mixed = None if self.label_mix is None or view is None else self.label_mix(pos, view)
         with autocast(self.device, self.amp):
-            logits = self.model(resize(x, self.input_size) if self.input_size else x)
+            logits = self.model(device_layout(resize(x, self.input_size) if self.input_size else x))
         terms = student_loss(logits.float(), y, target, lam if target is not None else 0.0, self.tau, self.label_smoothing, mixed)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["loss"]).backward()

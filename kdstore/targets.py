@@ -16,7 +16,7 @@ device memory is uploaded once instead (in the stored dtype) and gathered on the
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import psutil
@@ -59,8 +59,8 @@ class Rows:
             self.file.prefetch(array.nbytes)  # the epoch reads every row: have the kernel load them ahead
 
     def __call__(self, *index: np.ndarray) -> torch.Tensor:
-        if self.table is not None:
-            return self.table[tuple(torch.from_numpy(np.asarray(i)).to(self.device, non_blocking=True) for i in index)]
+        if self.table is not None:  # on CUDA the indices go from pinned host memory: the copy is queued, the host does not wait
+            return self.table[tuple(_upload_index(i, self.device) for i in index)]
         if self.file is not None:
             flat = np.asarray(index[0], dtype=np.int64)
             for i, axis in zip(index[1:], self.array.shape[1:]):
@@ -71,6 +71,11 @@ class Rows:
         if self.device.type == "cuda":
             return rows.pin_memory().to(self.device, non_blocking=True)
         return rows
+
+
+def _upload_index(index: np.ndarray, device: torch.device) -> torch.Tensor:
+    host = torch.from_numpy(np.asarray(index, dtype=np.int64))
+    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
 
 
 def _upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -87,11 +92,27 @@ def no_augment() -> Prepare:
     return lambda epoch, pos, x: (x, None)
 
 
-def random_augment(augmentation: str, image_size: int, generator: torch.Generator) -> Prepare:
+def random_augment(augmentation: str, image_size: int, generator: torch.Generator, device: torch.device | None = None,
+                   batch_sizes: Callable[[int], list[int]] | None = None) -> Prepare:
     """Fresh parameters per batch from `generator` (saved in checkpoints, so a resumed run goes on
-    with the same draws)."""
+    with the same draws). With `batch_sizes(epoch)` (the sizes of the epoch's batches, in order),
+    the whole epoch's parameters are drawn at its first batch, batch by batch from the same
+    stream (so the draws are the same), and uploaded to `device` once; each batch then takes its
+    slice, with no copy from the host per step."""
     aug = AUGMENTATIONS[augmentation]
-    return lambda epoch, pos, x: (aug.apply(x, aug.draw(len(x), image_size, generator)), None)
+    if batch_sizes is None or device is None:
+        return lambda epoch, pos, x: (aug.apply(x, aug.draw(len(x), image_size, generator)), None)
+    state: dict[str, Any] = {"epoch": None}
+
+    def prepare(epoch: int, pos: np.ndarray, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        if state["epoch"] != epoch:
+            drawn = torch.cat([aug.draw(n, image_size, generator) for n in batch_sizes(epoch)])
+            state.update(epoch=epoch, cursor=0, params=(drawn.pin_memory() if device.type == "cuda" else drawn).to(device, non_blocking=True))
+        lo = state["cursor"]
+        state["cursor"] = lo + len(x)
+        return aug.apply(x, state["params"][lo:lo + len(x)]), None
+
+    return prepare
 
 
 def replay_views(views: Views, seed: int, device: torch.device, placement: str = "auto", partners: PartnerImages | None = None) -> Prepare:

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from .augment import augmentation_for, normalize, resize
-from .step import Step, autocast, cosine, sgd
+from .step import Step, autocast, cosine, device_layout, for_device, sgd
 from .targets import (PLACEMENTS, LabelMix, Prepare, Rows, TeacherFn, cached_teacher, no_augment, online_teacher, random_augment, replay_views,
                       resident_partners, view_label_mix, view_teacher)
 from .config import differing, opt, provenance, to_dict, write_json
@@ -81,6 +81,7 @@ class TrainConfig:
     views: str = opt("auto", "replay: augment with the store's views and distil from their logits; clean: the clean-image logits; "
                              "auto: replay when the store has views.", choices=lambda: list(VIEW_MODES))
     amp: bool = opt(True, "Mixed precision on CUDA (bf16 where supported); ignored on the CPU.")
+    compile: bool = opt(False, "torch.compile the student (opt-in: the first steps compile; worth it for long runs on a GPU).")
     agreement_samples: int = opt(10_000, "Clean training images (a fixed subset, the same for every run) on which each epoch measures the "
                                          "student's agreement and KL with the teacher; 0: validation only.")
     loader: str = opt("auto", "device: decode the images once into device memory (host memory on the CPU) and gather batches there; "
@@ -230,6 +231,12 @@ def _rank_order(schedule: Schedule, batch_size: int, ctx: Context, epoch: int) -
     return distributed.rank_positions(schedule.order(epoch), batch_size, ctx.rank, ctx.world)
 
 
+def _batch_sizes(order_fn: Callable[[int], np.ndarray], batch_size: int, drop_last: bool, epoch: int) -> list[int]:
+    """The sizes of this rank's batches in `epoch`, in order (what its loader yields)."""
+    full, rest = divmod(len(order_fn(epoch)), batch_size)
+    return [batch_size] * full + ([rest] if rest and not drop_last else [])
+
+
 def _check_run(cfg: TrainConfig, data: TrainData, variant: Variant, teacher: TeacherFn | None) -> bool:
     """The checks that need no model or process group; returns whether views are replayed."""
     out = Path(cfg.out)
@@ -261,7 +268,8 @@ def _check_batches(cfg: TrainConfig, n: int, ctx: Context) -> None:
 
 
 def _targets(cfg: TrainConfig, data: TrainData, replay: bool, device: torch.device, aug: torch.Generator | None,
-             teacher: TeacherFn | None, needs_teacher: bool, train_loader: Any) -> tuple[Prepare, TeacherFn | None, LabelMix | None]:
+             teacher: TeacherFn | None, needs_teacher: bool, train_loader: Any,
+             order_fn: Callable[[int], np.ndarray]) -> tuple[Prepare, TeacherFn | None, LabelMix | None]:
     """How a batch is prepared, where its teacher targets come from, and (mixed views) the
     partner labels of its CE term (targets.py)."""
     label_mix = None
@@ -278,7 +286,8 @@ def _targets(cfg: TrainConfig, data: TrainData, replay: bool, device: torch.devi
             label_mix = view_label_mix(data.views, split.labels, device, cfg.teacher_rows)
         prepare = replay_views(data.views, cfg.seed, device, cfg.teacher_rows, partners)
     else:
-        prepare = random_augment(augmentation_for(data.image_size), data.image_size, aug) if aug is not None else no_augment()
+        sizes = functools.partial(_batch_sizes, order_fn, train_loader.batch_size, train_loader.drop_last)
+        prepare = random_augment(augmentation_for(data.image_size), data.image_size, aug, device, sizes) if aug is not None else no_augment()
     if not needs_teacher:
         return prepare, None, label_mix
     if teacher is None:
@@ -300,17 +309,20 @@ def build_run(cfg: TrainConfig, data: TrainData, model_name: str, kind: str, hoo
     distributed.agree(ctx, "the data", data.meta.get("identity", str(data.train_beton)))
     torch.manual_seed(cfg.seed)
     model, meta = build_model(model_name, data.num_classes, cfg.input_size or data.image_size, cfg.stem, cfg.pretrained, cfg.pretrained_file)
-    model.to(device)
+    for_device(model, device)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ctx.active else model
+    if cfg.compile:
+        net = torch.compile(net)
     drop_last = ctx.world == 1 and n % cfg.batch_size == 1 and n > 1  # a lone last sample would break BatchNorm
     scores = data.scores or Scores(np.ones(n, dtype=np.float32), np.arange(n), "none")
     schedule = Schedule(variant.ordering, cfg.pacing, cfg.pacing_params, fields["label"], cfg.batch_size,
                         distributed.usable_length(n, cfg.batch_size, ctx.world), cfg.epochs, cfg.seed, scores)
-    train_loader, val_loader, loader_used = _loaders(cfg, data, device, functools.partial(_rank_order, schedule, cfg.batch_size, ctx), drop_last, ctx)
+    order_fn = functools.partial(_rank_order, schedule, cfg.batch_size, ctx)
+    train_loader, val_loader, loader_used = _loaders(cfg, data, device, order_fn, drop_last, ctx)
     head, body = _split_head(model)
     optimizer = sgd([{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr or cfg.lr}], cfg.momentum, cfg.weight_decay)
     aug = torch.Generator().manual_seed(cfg.seed + 1_000_003 * ctx.rank) if cfg.augment else None
-    prepare, teacher, label_mix = _targets(cfg, data, replay, device, aug, teacher, variant.needs_teacher, train_loader)
+    prepare, teacher, label_mix = _targets(cfg, data, replay, device, aug, teacher, variant.needs_teacher, train_loader, order_fn)
     step = Step(net, optimizer, cosine(optimizer, cfg.epochs * len(train_loader)), prepare, teacher, torch.tensor(data.mean, device=device),
                 torch.tensor(data.std, device=device), device, cfg.tau, cfg.label_smoothing, cfg.input_size, cfg.amp, label_mix=label_mix)
     views_used = ({"mode": "replay", "count": data.views.count, "topk": data.views.topk, "sample": data.views.sample, "mix": data.views.mix} if replay
@@ -405,7 +417,7 @@ def evaluate(model: nn.Module, loader, mean: torch.Tensor, std: torch.Tensor, de
     for images, labels, _ in loader:
         x = normalize(images.to(device), mean, std)
         with autocast(device, amp):
-            logits = model(resize(x, input_size) if input_size else x).float()
+            logits = model(device_layout(resize(x, input_size) if input_size else x)).float()
         y = labels.to(device)
         loss += nn.functional.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
@@ -575,7 +587,7 @@ def _split_head(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter
 
 
 # Options that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "workers", "device", "teacher_rows", "verify", "versions", "command", "tensorboard", "loader", "loader_used"}
+_RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "workers", "device", "teacher_rows", "verify", "versions", "command", "tensorboard", "loader", "loader_used", "compile"}
 
 
 def _restore(path: Path, config: dict[str, Any], model: nn.Module, optimizer, scheduler, aug: torch.Generator | None) -> tuple[int, list[dict[str, Any]]]:
