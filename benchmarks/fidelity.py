@@ -2,8 +2,8 @@
 online KD against stores of K views holding full logits, top-k logits, sampled class ids at the
 bytes of top-k, and mixed (mixup) views; then a longer ("patient") schedule for the best stored arm.
 
-    .venv/bin/python benchmarks/fidelity.py [--train-per-class 300] [--test-per-class 100] [--views 4]
-        [--topk 10] [--seeds 0,1,2] [--student-epochs 5] [--patient-epochs 10]
+    .venv/bin/python benchmarks/fidelity.py [--train-per-class 1000] [--test-per-class 200] [--views 4]
+        [--topk 2] [--seeds 0,1,2] [--teacher-epochs 12] [--student-epochs 8] [--patient-epochs 16]
 
 For each arm: final val accuracy over seeds (paired by seed against online KD), the student's
 top-1 agreement and KL with the teacher on the training subset and on validation (the last
@@ -46,14 +46,14 @@ def paired(a: dict[int, float], b: dict[int, float]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--train-per-class", type=int, default=300)
-    p.add_argument("--test-per-class", type=int, default=100)
+    p.add_argument("--train-per-class", type=int, default=1000)
+    p.add_argument("--test-per-class", type=int, default=200)
     p.add_argument("--views", type=int, default=4)
     p.add_argument("--topk", type=int, default=2, help="k of the top-k arm: with 10 classes, full fp16 logits take 20 bytes, top-2 16")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--teacher-epochs", type=int, default=8)
-    p.add_argument("--student-epochs", type=int, default=5)
-    p.add_argument("--patient-epochs", type=int, default=10)
+    p.add_argument("--teacher-epochs", type=int, default=12)
+    p.add_argument("--student-epochs", type=int, default=8)
+    p.add_argument("--patient-epochs", type=int, default=16)
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     spec = f"imagefolder:{cifar10_subset(args.train_per_class, args.test_per_class)}"

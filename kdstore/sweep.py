@@ -159,5 +159,4 @@ def run(base: TrainConfig, variants: Sequence[str], seeds: Sequence[int], out: P
     runs = [report.load_run(Path(c.out)) for c, _ in jobs]
     summary = report.summarize(runs, baseline=baseline)
     report.write_report(summary, out / "report", runs)
-    say(f"wrote {out / 'report'} (results.md, results.csv, results.json, figures)")
     return summary

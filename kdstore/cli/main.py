@@ -160,7 +160,10 @@ def sweep(variants: str, seeds: str, pacing: str, scorer: str, views: str, basel
     """Every variant x pacing x scorer x seed from one store, each in OUT/ARM-sSEED, then OUT/report.
     Rerunning it keeps finished runs made with the same options and trains the rest."""
 
-    render_results(SweepConfig(variants, seeds, pacing, scorer, views, baseline, overwrite).run(TrainConfig(**kw)))
+    summary = SweepConfig(variants, seeds, pacing, scorer, views, baseline, overwrite).run(TrainConfig(**kw))
+    render_results(summary)
+    click.echo(f"wrote {Path(kw['out'])} (runs) and {Path(kw['out']) / 'report'} ({', '.join(['results.md', *summary.get('figures', [])])}, ...)",
+               err=True)
 
 
 @cli.command()
@@ -191,6 +194,7 @@ def demo(out: str, no_progress: bool) -> None:
 
 
     render_results(demo_lib.run(out, progress=not no_progress))
+    click.echo(f"wrote {out} (the teacher, the store, and the runs with their report in {Path(out) / 'runs' / 'report'})", err=True)
 
 
 def main() -> None:
