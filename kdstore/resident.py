@@ -7,6 +7,8 @@ memory); larger data (ImageNet) streams through FFCV's Loader. Both feed the sam
 labels and ids in the same order (tested bit for bit)."""
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -57,6 +59,25 @@ class ResidentSplit:
 
     def __len__(self) -> int:
         return len(self.sample_id)
+
+
+_HELD: OrderedDict[tuple, ResidentSplit] = OrderedDict()
+HELD_SPLITS = 4  # decoded splits kept for the next run in this process (a sweep decodes its store once)
+
+
+def resident_split(beton: Path, device: torch.device, workers: int) -> ResidentSplit:
+    """A ResidentSplit of `beton`, decoded once per process: runs that follow (a sweep's, the
+    tests') reuse it while the file is the same (device, inode, size, mtime); the splits are
+    only read, never written."""
+    st = os.stat(beton)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, str(device))
+    if key in _HELD:
+        _HELD.move_to_end(key)
+        return _HELD[key]
+    split = _HELD[key] = ResidentSplit(beton, device, workers)
+    while len(_HELD) > HELD_SPLITS:
+        _HELD.popitem(last=False)
+    return split
 
 
 class ResidentLoader:

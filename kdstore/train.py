@@ -34,7 +34,7 @@ from .models import DEVICES, STEMS, TeacherSpec, build_model, load_checkpoint, l
 from .pacing import PACINGS, PacingParams
 from .progress import clock, images_progress, say
 from .reliance import POLICIES
-from .resident import LOADERS, ResidentLoader, ResidentSplit, choose as choose_loader, decoded_bytes, fits
+from .resident import LOADERS, ResidentLoader, choose as choose_loader, decoded_bytes, fits, resident_split
 from .schedule import SCORERS, Schedule, Scores, conflict
 from .views import VIEW_MODES, Views
 from .store import Store, default_store, enclosing_store, verify
@@ -281,7 +281,7 @@ def _targets(cfg: TrainConfig, data: TrainData, replay: bool, device: torch.devi
                 if not fits(decoded_bytes(data.train_beton, data.image_size), device):
                     raise KdstoreError("the store's views are mixed: their partner images must be held in memory, and this training split "
                                        "does not fit (train with --views clean)")
-                split = ResidentSplit(data.train_beton, device, cfg.workers)
+                split = resident_split(data.train_beton, device, cfg.workers)
             partners = resident_partners(split.images, torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device))
             label_mix = view_label_mix(data.views, split.labels, device, cfg.teacher_rows)
         prepare = replay_views(data.views, cfg.seed, device, cfg.teacher_rows, partners)
@@ -343,7 +343,7 @@ def _loaders(cfg: TrainConfig, data: TrainData, device: torch.device, order_fn: 
     val_positions = np.arange(ctx.rank, n_val, ctx.world)
     local = cfg.batch_size // ctx.world
     if kind == LOADERS[1]:  # device
-        train, val = ResidentSplit(data.train_beton, device, cfg.workers), ResidentSplit(data.val_beton, device, cfg.workers)
+        train, val = resident_split(data.train_beton, device, cfg.workers), resident_split(data.val_beton, device, cfg.workers)
         return ResidentLoader(train, local, order_fn, drop_last), ResidentLoader(val, 512, indices=val_positions), kind
     return (make_loader(data.train_beton, local, cfg.workers, order_fn, drop_last),
             make_loader(data.val_beton, 512, cfg.workers, indices=val_positions), kind)
