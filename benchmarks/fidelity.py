@@ -28,7 +28,7 @@ from kdstore.report import t_critical_95
 from kdstore.store import Store
 from kdstore.teacher import TeacherConfig
 from kdstore.train import TrainConfig
-from kdstore.views import bytes_per_view
+from kdstore.views import at_bytes, bytes_per_view
 
 
 def _views_bytes(store: Path) -> float:
@@ -62,7 +62,7 @@ def main() -> None:
         teacher.run(TeacherConfig("cifar_resnet20", spec, training=TrainConfig(out=str(root / "teacher"), epochs=args.teacher_epochs,
                                                                                 batch_size=128, lr=0.1, overwrite=True, progress=False)))
     checkpoint = str(root / "teacher" / "checkpoint.pt")
-    sample = bytes_per_view("topk", args.topk, 10) // bytes_per_view("sample", 1, 10)  # sampled ids at top-k's bytes
+    sample = at_bytes("sample", bytes_per_view("topk", args.topk, 10), 10)  # sampled ids at top-k's bytes
     stores = {
         "full-logit views": {"views": args.views},
         f"top-{args.topk} views": {"views": args.views, "topk": args.topk},

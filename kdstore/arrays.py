@@ -1,13 +1,21 @@
 """Large arrays read in bounded memory: row blocks of about a given size, and dropping the
-pages a memory-mapped array has touched (they stay in the shared page cache)."""
+pages a memory-mapped array has touched (they stay in the shared page cache); host tensors
+uploaded to a device without making the host wait."""
 from __future__ import annotations
 
 import mmap
 from typing import Any, Iterator
 
 import numpy as np
+import torch
 
 BLOCK_BYTES = 64 << 20  # large arrays are written, merged and checked in row blocks of about this size
+
+
+def upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`host` on `device`: on CUDA through pinned memory, so the copy is queued and the host does
+    not wait for it; elsewhere as it is."""
+    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host.to(device)
 
 
 def row_blocks(array: np.ndarray, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, int]]:

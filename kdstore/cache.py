@@ -34,7 +34,7 @@ from .step import for_device
 from .store import BETONS, H5_NAME, SCHEMA_VERSION, STORES_DIR, build_split, claim, enclosing_store, near_chance, publish, staging_dir, write_teacher_h5
 from .partners import mixed_views
 from .targets import Mixing
-from .views import MIXES, Views, draw_params
+from .views import MIX_ARRAYS, MIXES, STORED, Views, draw_params, storage_of
 
 
 @dataclass(frozen=True)
@@ -230,8 +230,8 @@ def run(cfg: CacheConfig) -> Path:
         if cfg.views:
             if not np.array_equal(column(chunks["views"], "sample_id"), splits["train"].sample_id):
                 raise KdstoreError("internal error: the views pass visited the training images in another order")
-            stored = ("sample_ids",) if cfg.sample else ("topk_values", "topk_indices", "fill") if cfg.topk else ("logits",)
-            mix = {k: getattr(mixed, k) for k in ("mix", "mix_alpha", "mix_partner", "mix_lam", "mix_box")}
+            stored = STORED[storage_of(cfg.topk, cfg.sample)]
+            mix = {k: getattr(mixed, k) for k in ("mix", "mix_alpha", *MIX_ARRAYS)}
             splits["train"].views = Views(augmentation, cfg.views_seed, params, sample_tau=cfg.sample_tau if cfg.sample else 0.0, **mix,
                                           **{k: column_blocks(chunks["views"], k) for k in stored})
         with console.status("fingerprinting the images"):

@@ -27,13 +27,11 @@ from .targets import Mixing
 from .progress import say
 from .step import for_device
 from .store import BETONS, H5_NAME, Blocks, Store, claim, link_or_copy, publish, staging_dir, write_teacher_h5
-from .views import Views, draw_params
+from .views import MIX_ARRAYS, STORED, Views, draw_params, storage_of
 
 if TYPE_CHECKING:
     from .cache import CacheConfig
 
-MIX_KEYS = ("mix_partner", "mix_lam", "mix_box")
-VIEW_KEYS = {"logits": ("logits",), "topk": ("topk_values", "topk_indices", "fill"), "sample": ("sample_ids",)}
 
 
 def _storage(store: Store, cfg: "CacheConfig") -> tuple[str, int, int, float, int, str, str, float]:
@@ -41,7 +39,7 @@ def _storage(store: Store, cfg: "CacheConfig") -> tuple[str, int, int, float, in
     the store's own; the command line may repeat them but not change them."""
     v = store.train.views
     if v is None:
-        kind = "sample" if cfg.sample else "topk" if cfg.topk else "logits"
+        kind = storage_of(cfg.topk, cfg.sample)
         return (augmentation_for(int(store.attrs["image_size"])), cfg.topk, cfg.sample, cfg.sample_tau if cfg.sample else 0.0, cfg.views_seed,
                 kind, cfg.mix, cfg.mix_alpha)
     given = {"--topk": (cfg.topk, v.topk), "--sample": (cfg.sample, v.sample), "--views-seed": (cfg.views_seed, v.seed),
@@ -105,8 +103,8 @@ def add_views(cfg: "CacheConfig") -> Path:
         paths = chunk_paths(chunks)
         if not np.array_equal(column(paths, "sample_id"), store.train.sample_id):
             raise KdstoreError("internal error: the views pass visited the training images in another order")
-        arrays = {k: _joined(getattr(old, k) if old is not None else None, column_blocks(paths, k)) for k in VIEW_KEYS[kind]}
-        for k in MIX_KEYS if mixed.mix else ():
+        arrays = {k: _joined(getattr(old, k) if old is not None else None, column_blocks(paths, k)) for k in STORED[kind]}
+        for k in MIX_ARRAYS if mixed.mix else ():
             new = getattr(mixed, k)
             if new is not None:
                 arrays[k] = _joined(getattr(old, k) if old is not None else None, Blocks(new.shape, new.dtype, lambda a=new: iter([a])))

@@ -16,7 +16,7 @@ import torch
 
 from .augment import normalize
 from .errors import KdstoreError
-from .resident import ResidentSplit, fits
+from .resident import ResidentSplit, fits, image_bytes
 from .views import Views, draw_mix
 
 
@@ -35,7 +35,7 @@ def mixed_views(mix: str, alpha: float, seed: int, params: np.ndarray, augmentat
     if mix == "none":
         return MixedViews(augmentation, seed, params)
     n = len(params)
-    if not fits(n * image_size * image_size * 3, device):
+    if not fits(image_bytes(n, image_size), device):
         raise KdstoreError("--mix: the partner images are held in memory, and this training split does not fit")
     held: list[torch.Tensor] = []
 

@@ -16,15 +16,21 @@ import numpy as np
 import psutil
 import torch
 
+from .arrays import upload
 from .ffcv_files import make_loader, read_int_fields
 
 LOADERS = ("auto", "device", "ffcv")
 RESIDENT_FRACTION = 0.5  # of free device (or available host) memory: a split up to this size is held whole
 
 
+def image_bytes(n: int, image_size: int) -> int:
+    """What n images take decoded, as uint8 (n, H, W, 3)."""
+    return n * image_size * image_size * 3
+
+
 def decoded_bytes(beton: Path, image_size: int) -> int:
-    """What a split's images take decoded, as uint8 (N, H, W, 3)."""
-    return len(read_int_fields(beton)["sample_id"]) * image_size * image_size * 3
+    """What a split's images take decoded."""
+    return image_bytes(len(read_int_fields(beton)["sample_id"]), image_size)
 
 
 def fits(nbytes: int, device: torch.device) -> bool:
@@ -32,11 +38,18 @@ def fits(nbytes: int, device: torch.device) -> bool:
     return nbytes <= RESIDENT_FRACTION * free
 
 
-def choose(requested: str, betons: tuple[Path, ...], image_size: int, device: torch.device) -> str:
-    """`device` or `ffcv` for --loader REQUESTED: auto holds the splits when they fit."""
+def holds(requested: str, betons: tuple[Path, ...], image_size: int, device: torch.device) -> bool:
+    """Whether --loader REQUESTED holds the splits in memory: `device` does, `ffcv` does not,
+    `auto` does when they fit."""
     if requested != "auto":
-        return requested
-    return "device" if fits(sum(decoded_bytes(b, image_size) for b in betons), device) else "ffcv"
+        return requested == "device"
+    return fits(sum(decoded_bytes(b, image_size) for b in betons), device)
+
+
+def batch_sizes(n: int, batch_size: int, drop_last: bool) -> list[int]:
+    """The sizes of the batches n positions make, in order (what a loader yields)."""
+    full, rest = divmod(n, batch_size)
+    return [batch_size] * full + ([rest] if rest and not drop_last else [])
 
 
 class ResidentSplit:
@@ -94,14 +107,13 @@ class ResidentLoader:
         self.length = len(self.order_fn(0))
 
     def __len__(self) -> int:
-        full, rest = divmod(self.length, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        return len(batch_sizes(self.length, self.batch_size, self.drop_last))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         order = np.asarray(self.order_fn(self.next_epoch), dtype=np.int64)
         self.next_epoch += 1
         host = torch.from_numpy(order)
-        on_device = (host.pin_memory() if self.split.device.type == "cuda" else host).to(self.split.device, non_blocking=True)
+        on_device = upload(host, self.split.device)
         for b in range(len(self)):
             lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, len(order))
             idx = on_device[lo:hi]

@@ -107,7 +107,7 @@ def run_dir(out: Path, arm: str, seed: int) -> Path:
 
 
 # Options a finished run may have been made with and still be kept: how it ran, not what it computed.
-_KEEP_DESPITE = {"out", "store", "amp", "resume", "overwrite", "progress", "workers", "device", "teacher_rows", "verify", "tensorboard", "loader", "compile"}
+_KEEP_DESPITE = train.RESUMABLE_CHANGES | {"out", "store", "amp"}  # store: compared as an absolute path below; amp: as it ran
 
 
 def stale(cfg: TrainConfig, target: Path) -> list[str]:

@@ -23,7 +23,7 @@ import psutil
 import torch
 
 from .augment import AUGMENTATIONS, normalize, resize
-from .arrays import release_pages, row_blocks
+from .arrays import release_pages, row_blocks, upload
 from .store import file_rows
 from .views import Views, choose, mix_images, sampled_target, topk_expand
 
@@ -59,8 +59,8 @@ class Rows:
             self.file.prefetch(array.nbytes)  # the epoch reads every row: have the kernel load them ahead
 
     def __call__(self, *index: np.ndarray) -> torch.Tensor:
-        if self.table is not None:  # on CUDA the indices go from pinned host memory: the copy is queued, the host does not wait
-            return self.table[tuple(_upload_index(i, self.device) for i in index)]
+        if self.table is not None:
+            return self.table[tuple(upload(torch.from_numpy(np.asarray(i, dtype=np.int64)), self.device) for i in index)]
         if self.file is not None:
             flat = np.asarray(index[0], dtype=np.int64)
             for i, axis in zip(index[1:], self.array.shape[1:]):
@@ -68,14 +68,7 @@ class Rows:
             rows = torch.from_numpy(self.file.read(flat, self.array.shape[len(index):]))
         else:
             rows = torch.from_numpy(self.array[tuple(index)])  # an array in memory: a gather copies
-        if self.device.type == "cuda":
-            return rows.pin_memory().to(self.device, non_blocking=True)
-        return rows
-
-
-def _upload_index(index: np.ndarray, device: torch.device) -> torch.Tensor:
-    host = torch.from_numpy(np.asarray(index, dtype=np.int64))
-    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
+        return upload(rows, self.device)
 
 
 def _upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -107,7 +100,7 @@ def random_augment(augmentation: str, image_size: int, generator: torch.Generato
     def prepare(epoch: int, pos: np.ndarray, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         if state["epoch"] != epoch:
             drawn = torch.cat([aug.draw(n, image_size, generator) for n in batch_sizes(epoch)])
-            state.update(epoch=epoch, cursor=0, params=(drawn.pin_memory() if device.type == "cuda" else drawn).to(device, non_blocking=True))
+            state.update(epoch=epoch, cursor=0, params=upload(drawn, device))
         lo = state["cursor"]
         state["cursor"] = lo + len(x)
         return aug.apply(x, state["params"][lo:lo + len(x)]), None

@@ -34,7 +34,7 @@ from .models import DEVICES, STEMS, TeacherSpec, build_model, load_checkpoint, l
 from .pacing import PACINGS, PacingParams
 from .progress import clock, images_progress, say
 from .reliance import POLICIES
-from .resident import LOADERS, ResidentLoader, choose as choose_loader, decoded_bytes, fits, resident_split
+from .resident import LOADERS, ResidentLoader, batch_sizes, decoded_bytes, fits, holds, resident_split
 from .schedule import SCORERS, Schedule, Scores, conflict
 from .views import VIEW_MODES, Views
 from .store import Store, default_store, enclosing_store, verify
@@ -233,8 +233,7 @@ def _rank_order(schedule: Schedule, batch_size: int, ctx: Context, epoch: int) -
 
 def _batch_sizes(order_fn: Callable[[int], np.ndarray], batch_size: int, drop_last: bool, epoch: int) -> list[int]:
     """The sizes of this rank's batches in `epoch`, in order (what its loader yields)."""
-    full, rest = divmod(len(order_fn(epoch)), batch_size)
-    return [batch_size] * full + ([rest] if rest and not drop_last else [])
+    return batch_sizes(len(order_fn(epoch)), batch_size, drop_last)
 
 
 def _check_run(cfg: TrainConfig, data: TrainData, variant: Variant, teacher: TeacherFn | None) -> bool:
@@ -338,15 +337,14 @@ def _loaders(cfg: TrainConfig, data: TrainData, device: torch.device, order_fn: 
              ctx: Context) -> tuple[Any, Any, str]:
     """The train and val loaders: both splits resident on the device (resident.py) when
     --loader device, or auto and they fit; else FFCV's Loader. Returns which was used."""
-    kind = choose_loader(cfg.loader, (data.train_beton, data.val_beton), data.image_size, device)
     n_val = len(read_int_fields(data.val_beton)["sample_id"])
     val_positions = np.arange(ctx.rank, n_val, ctx.world)
     local = cfg.batch_size // ctx.world
-    if kind == LOADERS[1]:  # device
+    if holds(cfg.loader, (data.train_beton, data.val_beton), data.image_size, device):
         train, val = resident_split(data.train_beton, device, cfg.workers), resident_split(data.val_beton, device, cfg.workers)
-        return ResidentLoader(train, local, order_fn, drop_last), ResidentLoader(val, 512, indices=val_positions), kind
+        return ResidentLoader(train, local, order_fn, drop_last), ResidentLoader(val, 512, indices=val_positions), "device"
     return (make_loader(data.train_beton, local, cfg.workers, order_fn, drop_last),
-            make_loader(data.val_beton, 512, cfg.workers, indices=val_positions), kind)
+            make_loader(data.val_beton, 512, cfg.workers, indices=val_positions), "ffcv")
 
 
 def _agreement(cfg: TrainConfig, data: TrainData, device: torch.device, ctx: Context, n: int,
@@ -587,7 +585,7 @@ def _split_head(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter
 
 
 # Options that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "workers", "device", "teacher_rows", "verify", "versions", "command", "tensorboard", "loader", "loader_used", "compile"}
+RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "workers", "device", "teacher_rows", "verify", "versions", "command", "tensorboard", "loader", "loader_used", "compile"}
 
 
 def _restore(path: Path, config: dict[str, Any], model: nn.Module, optimizer, scheduler, aug: torch.Generator | None) -> tuple[int, list[dict[str, Any]]]:
@@ -596,7 +594,7 @@ def _restore(path: Path, config: dict[str, Any], model: nn.Module, optimizer, sc
     if not isinstance(ckpt, dict) or not {"config", "state_dict", "optimizer", "scheduler", "epoch", "rng"} <= set(ckpt):
         raise KdstoreError(f"--resume: {path} is not a per-epoch checkpoint of `kdstore train` (a bare state dict?)")
     saved = ckpt.get("config", {})
-    changed = differing(saved, config, ignore=_RESUMABLE_CHANGES)
+    changed = differing(saved, config, ignore=RESUMABLE_CHANGES)
     if changed:
         raise KdstoreError(f"--resume: {path} was saved by a run with different {', '.join(changed)}")
     try:

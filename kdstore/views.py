@@ -66,7 +66,17 @@ class Views:
 
     @property
     def storage(self) -> str:
-        return "sample" if self.sample_ids is not None else "topk" if self.topk_values is not None else "logits"
+        return storage_of(self.topk, self.sample)
+
+
+# What each storage keeps of a view (the arrays of `Views`), and the arrays of mixed views.
+STORED = {"logits": ("logits",), "topk": ("topk_values", "topk_indices", "fill"), "sample": ("sample_ids",)}
+MIX_ARRAYS = ("mix_partner", "mix_lam", "mix_box")
+
+
+def storage_of(topk: int, sample: int) -> str:
+    """The storage of views kept as `--topk k` or `--sample k` (neither: full logits)."""
+    return "sample" if sample else "topk" if topk else "logits"
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,13 @@ def sampled_target(ids: torch.Tensor, num_classes: int, tau: float) -> torch.Ten
 def bytes_per_view(storage: str, k: int, num_classes: int, logits_bytes: int = 2) -> int:
     """What one view costs in teacher.h5: full logits, top-k (values, int32 ids, a float32 fill), or k int16 ids."""
     return {"logits": num_classes * logits_bytes, "topk": k * (logits_bytes + 4) + 4, "sample": k * (2 if num_classes <= 32767 else 4)}[storage]
+
+
+def at_bytes(storage: str, nbytes: int, num_classes: int, logits_bytes: int = 2) -> int:
+    """The largest k whose view costs at most `nbytes` in `storage` ("topk" or "sample"): the
+    inverse of bytes_per_view."""
+    per = bytes_per_view(storage, 1, num_classes, logits_bytes) - bytes_per_view(storage, 0, num_classes, logits_bytes)
+    return (nbytes - bytes_per_view(storage, 0, num_classes, logits_bytes)) // per
 
 
 def _kl(p: np.ndarray, log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:

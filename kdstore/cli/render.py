@@ -9,7 +9,7 @@ from rich.table import Table
 from kdstore.progress import console
 from kdstore.report import table_rows
 from kdstore.store import Store, near_chance
-from kdstore.views import bytes_per_view, fidelity
+from kdstore.views import at_bytes, bytes_per_view, fidelity
 
 
 def render_store(store: Store) -> None:
@@ -58,10 +58,10 @@ def render_fidelity(store: Store) -> None:
     c = store.num_classes
     if v is not None and v.sample:
         sample, tau = v.sample, v.sample_tau
-        topk = max(1, min(c - 1, (bytes_per_view("sample", sample, c) - 4) // 6))
+        topk = max(1, min(c - 1, at_bytes("topk", bytes_per_view("sample", sample, c), c)))
     else:
         topk = v.topk if v is not None and v.topk else min(10, c - 1)
-        sample, tau = max(1, bytes_per_view("topk", topk, c) // bytes_per_view("sample", 1, c)), 4.0
+        sample, tau = max(1, at_bytes("sample", bytes_per_view("topk", topk, c), c)), 4.0
     rows = np.asarray(store.train.logits[: min(FIDELITY_ROWS, len(store.train))], dtype=np.float32)
     table = Table(title=f"what a view keeps of the teacher's softmax at τ = {tau:g} (measured on {len(rows)} clean training rows)")
     for col in ("storage", "bytes / view", "KL(stored ‖ full), one view", "bias: KL(full ‖ E\\[stored])"):
