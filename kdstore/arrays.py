@@ -1,10 +1,10 @@
 """Large arrays read in bounded memory: row blocks of about a given size, and dropping the
 pages a memory-mapped array has touched (they stay in the shared page cache); host tensors
-uploaded to a device without making the host wait."""
+moved between host and device without making the host wait."""
 from __future__ import annotations
 
 import mmap
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -13,9 +13,29 @@ BLOCK_BYTES = 64 << 20  # large arrays are written, merged and checked in row bl
 
 
 def upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """`host` on `device`: on CUDA through pinned memory, so the copy is queued and the host does
-    not wait for it; elsewhere as it is."""
-    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host.to(device)
+    """`host` on `device`: on CUDA through pinned memory (a host copy first, so the caller may
+    reuse its buffer at once), so the copy is queued and the host does not wait for it; a tensor
+    already there, or any tensor elsewhere, as it is."""
+    if host.device.type != "cpu" or device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+def download(tensors: dict[str, torch.Tensor]) -> Callable[[], dict[str, np.ndarray]]:
+    """Start copying `tensors` to the host (on CUDA into pinned memory, without waiting); the
+    function returned waits for the copies, once, and gives them as numpy arrays."""
+    host = {k: v.to("cpu", non_blocking=True) for k, v in tensors.items()}
+    on_cuda = any(v.is_cuda for v in tensors.values())
+    done = torch.cuda.Event() if on_cuda else None
+    if done is not None:
+        done.record()
+
+    def wait() -> dict[str, np.ndarray]:
+        if done is not None:
+            done.synchronize()
+        return {k: v.numpy() for k, v in host.items()}
+
+    return wait
 
 
 def row_blocks(array: np.ndarray, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, int]]:

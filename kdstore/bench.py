@@ -3,6 +3,7 @@
 Three modes run one after another in one process, each from the same initial student and on the
 same batches: (a) `unguided` student steps, (b) `offline` KD steps with logits from the store,
 (c) `online` KD steps with the teacher in eval and inference mode on every (augmented) batch.
+Each mode is a run as `train` builds it (train.build_run), so bench times the step train runs.
 Timing follows airbench: warm-up steps excluded, device synchronised, median over steps; every
 batch goes to all three modes in turn, so that all three see the same machine.
 """
@@ -11,26 +12,27 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import psutil
 import torch
 import torch.nn as nn
 
-from .augment import augmentation_for
-from .step import Step, cosine, sgd
-from .targets import cached_teacher, online_teacher, random_augment
 from .inference import teacher_forward
+from .precision import for_device
+from .resident import LOADERS
+from .targets import online_teacher
 from .config import opt, to_dict, write_json
 from .errors import KdstoreError
 from .ffcv_files import make_loader
 from .models import DEVICES, STEMS, TeacherSpec, build_model, load_teacher, resolve_device
 from .store import Store
-from .train import TrainConfig
+from .train import TrainConfig, TrainData, build_run, data_from_store
 
 MODES = ("unguided", "offline", "online")
 
@@ -47,18 +49,20 @@ class BenchConfig:
     steps: int = opt(20, "Timed steps per mode.")
     warmup: int = opt(3, "Untimed steps per mode (loader compilation, allocator warm-up).")
     block: int = opt(5, "Steps of each mode run alone, for its data wait and peak memory.")
-    workers: int = opt(TrainConfig.workers, "FFCV decoding threads.")
+    workers: int = opt(TrainConfig.workers, "FFCV decoding threads; 0: one per core.")
     device: str = opt("auto", "auto: cuda when available, else cpu.", choices=DEVICES)
     tau: float = opt(TrainConfig.tau, "KD temperature.")
     lam: float = opt(TrainConfig.lam, "KD weight.")
     sweep_epochs: int = opt(30, "Epochs per run of the six-variant sweep in the break-even estimate.")
     amp: bool = opt(True, "Mixed precision on CUDA, as `train` (ignored on the CPU).")
+    loader: str = opt(TrainConfig.loader, "Where batches come from, as `train --loader` (device, ffcv, auto).", choices=LOADERS)
+    compile: bool = opt(False, "torch.compile the students, as `train --compile`.")
     json: str | None = opt(help="Write every figure as JSON here.", path=True)
 
     def validate(self) -> None:
-        for name in ("batch_size", "steps", "sweep_epochs", "workers", "block"):
-            if getattr(self, name) < 1:
-                raise KdstoreError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name, least in (("batch_size", 1), ("steps", 1), ("sweep_epochs", 1), ("workers", 0), ("block", 1)):
+            if getattr(self, name) < least:
+                raise KdstoreError(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(self, name)}")
         if self.warmup < 0:
             raise KdstoreError(f"--warmup must be >= 0, got {self.warmup}")
         if self.batch_size < 2:
@@ -102,57 +106,51 @@ def _memory_reset(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _batches(loader):
-    """Batches forever (the loader restarts at the end of an epoch)."""
-    while True:
-        yield from loader
-
-
 class _Runner:
-    """One mode's student, optimiser and schedule around the training step `train` runs
-    (step.Step): `step(batch)` is exactly one step of a `kdstore train` run of that mode."""
+    """One mode's run exactly as `kdstore train` builds it (train.build_run: the student, its
+    optimiser and schedule, the loaders --loader picks, the epoch's augmentation drawn up front,
+    the teacher targets); `step(epoch, pos, images, labels)` is one step of that run."""
 
-    def __init__(self, mode: str, cfg: BenchConfig, student: nn.Module, store: Store, teacher: nn.Module | None,
-                 input_size: int, device: torch.device) -> None:
-        self.store = store
-        model = copy.deepcopy(student).to(device).train()
-        optimizer = sgd([{"params": list(model.parameters()), "lr": TrainConfig.lr}], TrainConfig.momentum, TrainConfig.weight_decay)
-        size = int(store.attrs["image_size"])
-        targets = {"offline": lambda: cached_teacher(store.train.logits, device), "online": lambda: online_teacher(teacher, input_size),
-                   "unguided": lambda: None}
-        self.lam = cfg.lam if mode != "unguided" else 0.0
-        self.step_fn = Step(model, optimizer, cosine(optimizer, cfg.warmup + cfg.steps + cfg.block), random_augment(augmentation_for(size), size,
-                            torch.Generator().manual_seed(0)), targets[mode](), torch.tensor(store.attrs["normalize_mean"], device=device),
-                            torch.tensor(store.attrs["normalize_std"], device=device), device, cfg.tau, amp=cfg.amp)
+    def __init__(self, mode: str, cfg: BenchConfig, data: TrainData, teacher: nn.Module | None, input_size: int,
+                 device: torch.device, out: Path) -> None:
+        epochs = math.ceil((cfg.warmup + cfg.steps + cfg.block) * cfg.batch_size / len(data.teacher_logits)) + 1
+        train_cfg = TrainConfig(out=str(out), store=cfg.store, variant="unguided" if mode == "unguided" else "kd", student=cfg.student,
+                                batch_size=cfg.batch_size, epochs=epochs, tau=cfg.tau, lam=cfg.lam, workers=cfg.workers, device=cfg.device,
+                                amp=cfg.amp, compile=cfg.compile, loader=cfg.loader, views="clean", agreement_samples=0, progress=False,
+                                tensorboard=False)
+        online = online_teacher(teacher, input_size, device, cfg.amp) if mode == "online" else None
+        self.run = build_run(train_cfg, data, cfg.student, "student", teacher=online)
+        self.lam = cfg.lam
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> None:
-        self.step_fn(0, self.store.train.positions(ids.numpy()), images, labels, self.lam)
+    def step(self, epoch: int, pos: np.ndarray, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.run.step(epoch, pos, images, labels, self.lam)
+
+    def batches(self) -> Iterator[tuple[int, np.ndarray, torch.Tensor, torch.Tensor]]:
+        """(epoch, positions, images, labels) of this run's loader, epoch after epoch, forever."""
+        for epoch in itertools.count():
+            order, size = self.run.rank_order(epoch), self.run.train_loader.batch_size
+            for b, (images, labels, _) in enumerate(self.run.train_loader):
+                yield epoch, order[b * size:b * size + len(labels)], images, labels
 
 
-def _train_loader(cfg: BenchConfig, store: Store):
-    n = len(store.train)
-    order_fn = lambda epoch: np.random.default_rng([0, epoch]).permutation(n)  # noqa: E731 - shuffled, like `kd`
-    return _batches(make_loader(store.beton("train"), cfg.batch_size, cfg.workers, order_fn, drop_last=True))
-
-
-def run_alone(mode: str, cfg: BenchConfig, student: nn.Module, store: Store, teacher: nn.Module, input_size: int,
-              device: torch.device) -> dict[str, Any]:
+def run_alone(mode: str, cfg: BenchConfig, data: TrainData, teacher: nn.Module, input_size: int, device: torch.device,
+              out: Path) -> dict[str, Any]:
     """One mode alone with its own loader, as a real run would be: the fraction of step time spent
     waiting for data, and peak memory (CUDA max allocated, with the teacher on the device only in
     the online mode; or the process RSS on the CPU)."""
     if mode == "online":
-        teacher.to(device)
+        for_device(teacher, device)
     _memory_reset(device)
-    runner = _Runner(mode, cfg, student, store, teacher if mode == "online" else None, input_size, device)
-    batches = _train_loader(cfg, store)
+    runner = _Runner(mode, cfg, data, teacher if mode == "online" else None, input_size, device, out)
+    batches = runner.batches()
     wait = busy = 0.0
     rss = 0
     for step in range(cfg.warmup + cfg.block):
         _sync(device)
         t0 = time.perf_counter()
-        batch = next(batches)
+        epoch, pos, images, labels = next(batches)
         t1 = time.perf_counter()
-        runner.step(*batch)
+        runner.step(epoch, pos, images, labels)
         _sync(device)
         if step >= cfg.warmup:
             wait, busy = wait + t1 - t0, busy + time.perf_counter() - t0
@@ -165,36 +163,38 @@ def run_alone(mode: str, cfg: BenchConfig, student: nn.Module, store: Store, tea
     return {"data_wait_frac": wait / busy, "peak_memory_bytes": peak}
 
 
-def run_modes(cfg: BenchConfig, student: nn.Module, store: Store, teacher: nn.Module, input_size: int, device: torch.device) -> dict[str, Any]:
+def run_modes(cfg: BenchConfig, data: TrainData, teacher: nn.Module, input_size: int, device: torch.device, out: Path) -> dict[str, Any]:
     """Time the modes on the same batches: every batch from one loader is given to all three
     modes in turn, the order cycling through all six permutations, so that drift in the machine's
     speed and the disturbance after a switch of mode hit every mode alike. Data wait and memory
     come from a short run of each mode alone."""
-    alone = {m: run_alone(m, cfg, student, store, teacher, input_size, device) for m in MODES}
-    teacher.to(device)
-    runners = {m: _Runner(m, cfg, student, store, teacher if m == "online" else None, input_size, device) for m in MODES}
-    batches = _train_loader(cfg, store)
+    alone = {m: run_alone(m, cfg, data, teacher, input_size, device, out) for m in MODES}
+    for_device(teacher, device)
+    runners = {m: _Runner(m, cfg, data, teacher if m == "online" else None, input_size, device, out) for m in MODES}
+    batches = runners[MODES[0]].batches()
     orders = list(itertools.permutations(MODES))
     step_s: dict[str, list[float]] = {m: [] for m in MODES}
     for i in range(cfg.warmup + cfg.steps):
-        batch = [t.clone() for t in next(batches)]  # FFCV reuses its buffers
+        epoch, pos, images, labels = next(batches)
+        images, labels = images.clone(), labels.clone()  # FFCV reuses its buffers
         for mode in orders[i % len(orders)]:
             _sync(device)
             t0 = time.perf_counter()
-            runners[mode].step(*batch)
+            runners[mode].step(epoch, pos, images, labels)
             _sync(device)
             if i >= cfg.warmup:
                 step_s[mode].append(time.perf_counter() - t0)
-    out = {}
+    out_modes = {}
     for mode in MODES:
         step = np.array(step_s[mode])
         p10, p90 = np.percentile(step, [10, 90]) * 1e3
-        out[mode] = {
+        out_modes[mode] = {
             "images_per_s": float(np.median(cfg.batch_size / step)), "step_ms_median": float(np.median(step) * 1e3),
             "step_ms_p10": float(p10), "step_ms_p90": float(p90),
             "step_ms": [round(t * 1e3, 3) for t in step_s[mode]], "timed_steps": int(len(step)), **alone[mode],
+            "loader": runners[mode].run.config["loader_used"], "amp": runners[mode].run.config["amp"],
         }
-    return out
+    return out_modes
 
 
 def paired_speed(modes: dict[str, Any], faster: str, slower: str) -> dict[str, Any]:
@@ -224,10 +224,10 @@ def measure_cache(cfg: BenchConfig, teacher: nn.Module, store: Store, input_size
             _sync(device)
             t0 = time.perf_counter()
             images, _, _ = next(batches)
-            teacher_forward(teacher, images, mean, std, input_size, device).cpu()
+            teacher_forward(teacher, images, mean, std, input_size, device, cfg.amp).cpu()
             _sync(device)
             t1 = time.perf_counter()
-            teacher_forward(teacher, fixed, mean, std, input_size, device)
+            teacher_forward(teacher, fixed, mean, std, input_size, device, cfg.amp)
             _sync(device)
             if step >= min(cfg.warmup, len(loader) - 1):
                 pass_s.append(t1 - t0)
@@ -271,8 +271,9 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     student, student_meta = build_model(cfg.student, store.num_classes, int(store.attrs["image_size"]))
     flops = flop_counts(teacher, student, input_size, int(store.attrs["image_size"]), store.num_classes)
     teacher.eval()
-    modes = run_modes(cfg, student, store, teacher, input_size, device)
-    cache = measure_cache(cfg, teacher, store, input_size, device)
+    with tempfile.TemporaryDirectory(prefix="kdstore-bench-") as tmp:  # bench writes no run; train's checks want a directory
+        modes = run_modes(cfg, data_from_store(store), teacher, input_size, device, Path(tmp) / "run")
+    cache = measure_cache(cfg, for_device(teacher, device), store, input_size, device)
     ratio = modes["offline"]["images_per_s"] / modes["online"]["images_per_s"]
     memory_kind = "cuda max allocated" if device.type == "cuda" else "process RSS (includes the teacher bench holds)"
     result = {

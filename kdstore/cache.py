@@ -30,7 +30,7 @@ from .inference import chunk_paths, clean_forward, column, column_blocks, keep_v
 from .models import DEVICES, STEMS, TeacherSpec, load_teacher, normalization, resolve_device
 from .progress import console
 from .splits import holdout
-from .step import for_device
+from .precision import for_device
 from .store import BETONS, H5_NAME, SCHEMA_VERSION, STORES_DIR, build_split, claim, enclosing_store, near_chance, publish, staging_dir, write_teacher_h5
 from .partners import mixed_views
 from .targets import Mixing
@@ -49,7 +49,7 @@ class CacheConfig:
     input_size: int | None = opt(help="Teacher input size in pixels (images are resized); default: the checkpoint's, else native.")
     image_size: int | None = opt(help="Size images are stored at (imagefolder); default: the first image's.")
     batch_size: int = opt(256, "Teacher batch size.")
-    workers: int = opt(2, "FFCV threads (writing and decoding).")
+    workers: int = opt(0, "FFCV threads (writing and decoding); 0: one per core (shared among torchrun's processes).")
     device: str = opt("auto", "auto: cuda when available, else cpu.", choices=DEVICES)
     data_root: str | None = opt(help="Where torchvision datasets live (default ~/.cache/kdstore/data).", path=True)
     logits_dtype: str = opt("float16", "dtype of the stored logits.", choices=("float16", "float32"))
@@ -94,8 +94,8 @@ class CacheConfig:
             raise KdstoreError("--add-views STORE needs --views K, the number of views the store should have")
         if self.batch_size < 1:
             raise KdstoreError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.workers < 1:
-            raise KdstoreError(f"--workers must be >= 1, got {self.workers}")
+        if self.workers < 0:
+            raise KdstoreError(f"--workers must be >= 0, got {self.workers}")
         if self.image_size is not None and self.image_size < 8:
             raise KdstoreError(f"--image-size must be >= 8 pixels, got {self.image_size}")
         inside = enclosing_store(self.out_path.parent)
@@ -235,7 +235,7 @@ def run(cfg: CacheConfig) -> Path:
             splits["train"].views = Views(augmentation, cfg.views_seed, params, sample_tau=cfg.sample_tau if cfg.sample else 0.0, **mix,
                                           **{k: column_blocks(chunks["views"], k) for k in stored})
         with console.status("fingerprinting the images"):
-            parts = [fingerprint_beton(stage / BETONS[name], cfg.workers) for name in ("train", "val")]
+            parts = [fingerprint_beton(stage / BETONS[name]) for name in ("train", "val")]
         fingerprint = hashlib.sha256("".join(parts).encode()).hexdigest()
         attrs = {
             "schema_version": SCHEMA_VERSION, "kdstore_version": __version__, "teacher": meta["model"], "teacher_stem": meta["stem"],

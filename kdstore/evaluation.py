@@ -32,7 +32,7 @@ class EvalConfig:
     data_root: str | None = opt(help="Where torchvision datasets live (default ~/.cache/kdstore/data).", path=True)
     image_size: int | None = opt(help="Size images are stored at (imagefolder).")
     batch_size: int = opt(512, "Batch size.")
-    workers: int = opt(2, "FFCV threads.")
+    workers: int = opt(0, "FFCV threads; 0: one per core.")
     device: str = opt("auto", "auto: cuda when available, else cpu.", choices=DEVICES)
     logits: str | None = opt(help="Also write the logits (N, C) float32 with labels and sample ids here (.npz).", path=True)
     json: str | None = opt(help="Write the figures as JSON here.", path=True)
@@ -41,8 +41,8 @@ class EvalConfig:
     def validate(self) -> None:
         if (self.dataset is None) == (self.store is None):
             raise KdstoreError("give exactly one of --dataset and --store")
-        if self.batch_size < 1 or self.workers < 1:
-            raise KdstoreError(f"--batch-size and --workers must be >= 1, got {self.batch_size} and {self.workers}")
+        if self.batch_size < 1 or self.workers < 0:
+            raise KdstoreError(f"--batch-size must be >= 1 and --workers >= 0, got {self.batch_size} and {self.workers}")
         for name in ("logits", "json"):
             value = getattr(self, name)
             if value and Path(value).is_dir():

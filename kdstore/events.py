@@ -16,6 +16,7 @@ TAGS = {
     "val_acc": "val/acc", "val_loss": "val/loss", "lam_mean": "lambda/mean", "lam_min": "lambda/min", "lam_max": "lambda/max",
     "agree_train": "agreement/top1_train", "agree_val": "agreement/top1_val", "kl_train": "agreement/kl_train", "kl_val": "agreement/kl_val",
     "lr": "opt/lr", "images_per_s": "speed/images_per_s", "data_wait_frac": "speed/data_wait_frac", "seconds": "speed/epoch_seconds",
+    "eval_seconds": "speed/eval_seconds",
 }
 PER_BATCH = {"lam": "batch/lambda", "pace": "batch/pace"}
 

@@ -3,7 +3,8 @@ the first K again.
 
 Views are drawn view by view from their seed (views.draw_params) and sampled ids are hashed per
 (position, view, draw), so the first K views of a K2-view store are the K-view store's: only
-views K..K2-1 are scored, with the store's own augmentation, seed and storage (logits, top-k or
+views K..K2-1 are stored (the teacher's forward that holds view K also holds the views of its
+group before it, inference.VIEWS_PER_FORWARD, as in a fresh cache), with the store's own augmentation, seed and storage (logits, top-k or
 sampled), and the result is byte-identical to a fresh cache with K2 views (tested). The store is
 replaced atomically, like every store write; its .beton files are hard-linked, not copied.
 """
@@ -20,12 +21,12 @@ import torch
 
 from .augment import augmentation_for
 from .errors import KdstoreError
-from .inference import chunk_paths, column, column_blocks, keep_views, score_beton, views_forward
+from .inference import VIEWS_PER_FORWARD, chunk_paths, column, column_blocks, keep_views, score_beton, views_forward
 from .models import load_teacher, resolve_device
 from .partners import mixed_views
 from .targets import Mixing
 from .progress import say
-from .step import for_device
+from .precision import for_device
 from .store import BETONS, H5_NAME, Blocks, Store, claim, link_or_copy, publish, staging_dir, write_teacher_h5
 from .views import MIX_ARRAYS, STORED, Views, draw_params, storage_of
 
@@ -93,10 +94,13 @@ def add_views(cfg: "CacheConfig") -> Path:
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
     try:
+        # The teacher scores views in groups (inference.VIEWS_PER_FORWARD); the group that holds
+        # view `have` is scored whole, as a fresh cache would, and its stored views dropped.
+        first = have - have % VIEWS_PER_FORWARD
         keep = keep_views(topk, sample, tau, seed, first_view=have)
-        mixed = mixed_views(mix, alpha, seed, params[:, have:], augmentation, size, store.beton("train"), device, mean, std, cfg.workers, have)
-        forward = views_forward(model, mean, std, int(attrs["input_size"]), device, params[:, have:], augmentation, keep,
-                                Mixing(mixed, device, "auto", mixed.partners) if mixed.mix else None, cfg.amp)
+        mixed = mixed_views(mix, alpha, seed, params[:, first:], augmentation, size, store.beton("train"), device, mean, std, cfg.workers, first)
+        forward = views_forward(model, mean, std, int(attrs["input_size"]), device, params[:, first:], augmentation, keep,
+                                Mixing(mixed, device, "auto", mixed.partners) if mixed.mix else None, cfg.amp, skip=have - first)
         chunks = stage / "chunks-views"
         score_beton(forward, store.beton("train"), cfg.batch_size, cfg.workers, f"teacher on views {have + 1}-{cfg.views}",
                     cfg.progress, chunks, np.arange(n), lambda out, labels: dict(out))
@@ -107,6 +111,7 @@ def add_views(cfg: "CacheConfig") -> Path:
         for k in MIX_ARRAYS if mixed.mix else ():
             new = getattr(mixed, k)
             if new is not None:
+                new = np.ascontiguousarray(new[:, have - first:])
                 arrays[k] = _joined(getattr(old, k) if old is not None else None, Blocks(new.shape, new.dtype, lambda a=new: iter([a])))
         views = Views(augmentation, seed, params, sample_tau=tau, mix=mixed.mix, mix_alpha=mixed.mix_alpha, **arrays)
         train = dataclasses.replace(store.train, views=views)

@@ -27,6 +27,15 @@ RAW_MAX_SIZE = 64  # images up to this size are stored as raw pixels (exact); la
 PAGE_SIZE = 1 << 21  # bytes per .beton page: FFCV's minimum (2 MiB)
 
 
+def threads(workers: int) -> int:
+    """FFCV threads (and writer processes) for `--workers`: the number given, or with 0 the
+    cores this process may use, shared among the processes torchrun started on this machine."""
+    if workers >= 1:
+        return workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
 WRITER_STALL_S = 30.0  # a writer with a dead worker and no progress for this long is stopped
 
 
@@ -75,7 +84,7 @@ def _write_in_child(split: ImageSplit, path: Path, workers: int, size: int, done
         mode = "raw" if size <= RAW_MAX_SIZE else "jpg"
         fields = {"image": RGBImageField(write_mode=mode, jpeg_quality=95), "label": IntField(), "sample_id": IntField()}
         # Small pages waste less space on small datasets (each writer worker fills its own pages).
-        writer = DatasetWriter(str(path), fields, page_size=PAGE_SIZE, num_workers=max(1, workers))
+        writer = DatasetWriter(str(path), fields, page_size=PAGE_SIZE, num_workers=threads(workers))
         with contextlib.redirect_stderr(io.StringIO()):
             writer.from_indexed_dataset(_IndexedSource(split, size, done, errors))
     except BaseException as e:  # noqa: BLE001 - reported by the parent in one line
@@ -165,6 +174,7 @@ def _shown(path: str) -> str:
 def _checked(path: str, stamp: tuple[int, int, int]) -> tuple[int, ...]:
     """check_beton's work, done once per file version (path, inode, size, mtime); returns the
     image sizes found."""
+    from ffcv.fields.rgb_image import IMAGE_MODES
     from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderType, get_handlers, get_metadata_type
     from ffcv.utils import decode_null_terminated_string
 
@@ -208,7 +218,7 @@ def _checked(path: str, stamp: tuple[int, int, int]) -> tuple[int, ...]:
     at = np.minimum(np.searchsorted(ptr[order], data_ptr), max(len(ptr) - 1, 0))
     if not len(ptr) or (ptr[order][at] != data_ptr).any():
         raise bad("an image pointer that matches no allocation")
-    raw = image["mode"] == 0
+    raw = image["mode"] == IMAGE_MODES["raw"]
     if (length[order][at][raw] < 3 * w[raw] * h[raw]).any():
         raise bad("a raw image larger than its allocation")
     return tuple(sorted(set(np.unique(w).tolist()) | set(np.unique(h).tolist())))
@@ -291,17 +301,38 @@ def make_loader(
         "sample_id": [IntDecoder(), ToTensor(), Squeeze(1)],
     }
     try:
-        return Loader(str(path), batch_size=batch_size, num_workers=max(1, workers), order=order, pipelines=pipelines,
+        return Loader(str(path), batch_size=batch_size, num_workers=threads(workers), order=order, pipelines=pipelines,
                       drop_last=drop_last, os_cache=True, indices=indices)
     except (OSError, ValueError, AssertionError, IndexError) as e:
         raise KdstoreError(f"{_shown(str(path))} is not a readable FFCV file ({type(e).__name__}: {str(e)[:120]})") from None
 
 
-def fingerprint_beton(path: Path, workers: int = 2, batch_size: int = 512) -> str:
-    """sha256 over sample ids, labels and image bytes of every position, in file order."""
+def fingerprint_beton(path: Path) -> str:
+    """sha256 over every position's sample id, label and stored image (mode, width, height and
+    its bytes: raw pixels up to 64 px, the JPEG above), in file order. Nothing is decoded; the
+    bytes are read where each image lies, so the pages' layout (which varies with the number of
+    writer processes) does not matter: the same images give the same fingerprint."""
+    from ffcv.fields.rgb_image import IMAGE_MODES
+    from ffcv.types import ALLOC_TABLE_TYPE, FieldDescType, HeaderType, get_handlers, get_metadata_type
+    from ffcv.utils import decode_null_terminated_string
+
+    check_beton(path)
+    header = np.fromfile(path, dtype=HeaderType, count=1)[0]
+    n, table_at = int(header["num_samples"]), int(header["alloc_table_ptr"])
+    descriptors = np.fromfile(path, dtype=FieldDescType, count=len(FIELDS), offset=HeaderType.itemsize)
+    meta = np.fromfile(path, dtype=get_metadata_type(get_handlers(descriptors)), count=n, offset=HeaderType.itemsize + descriptors.nbytes)
+    table = np.fromfile(path, dtype=ALLOC_TABLE_TYPE, offset=table_at)
+    size_at = dict(zip(table["ptr"].tolist(), table["size"].tolist()))
+    fields = read_int_fields(path)
+    names = [decode_null_terminated_string(d["name"]) for d in descriptors]
+    image = meta[f"f{names.index('image')}"]
     h = hashlib.sha256()
-    for images, labels, ids in make_loader(path, batch_size, workers):
-        h.update(ids.numpy().astype("<i8").tobytes())
-        h.update(labels.numpy().astype("<i8").tobytes())
-        h.update(images.numpy().tobytes())
+    h.update(fields["sample_id"].astype("<i8").tobytes())
+    h.update(fields["label"].astype("<i8").tobytes())
+    h.update(np.stack([image[k].astype("<i8") for k in ("mode", "width", "height")], 1).tobytes())
+    raw = 3 * image["width"].astype(np.int64) * image["height"].astype(np.int64)
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        for ptr, mode, pixels in zip(image["data_ptr"].tolist(), image["mode"].tolist(), raw.tolist()):
+            h.update(os.pread(fd, pixels if mode == IMAGE_MODES["raw"] else size_at[ptr], ptr))
     return h.hexdigest()

@@ -16,11 +16,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .arrays import download, upload
 from .augment import AUGMENTATIONS, normalize, resize
 from .curriculum import confidence_and_correct
 from .ffcv_files import make_loader, read_int_fields
 from .progress import images_progress
-from .step import autocast, device_layout
+from .precision import autocast, device_layout
 from .store import Blocks
 from .targets import Mixing
 from .views import draw_uniforms, sample_classes, topk_compress
@@ -30,7 +31,7 @@ def teacher_forward(model: torch.nn.Module, images: torch.Tensor, mean: torch.Te
                     input_size: int, device: torch.device, amp: bool = False) -> torch.Tensor:
     """Teacher logits (B, C) float32 for a batch of (B, H, W, 3) uint8 images, on `device`
     (with `amp`, in bf16 on CUDA; the model's layout, channels_last there, is `step.for_device`'s)."""
-    x = resize(normalize(images.to(device, non_blocking=True), mean, std), input_size)
+    x = resize(normalize(upload(images, device), mean, std), input_size)
     with autocast(device, amp):
         return model(device_layout(x)).float()
 
@@ -61,28 +62,39 @@ def keep_views(topk: int = 0, sample: int = 0, tau: float = 1.0, seed: int = 0, 
     return lambda logits, pos: {"logits": logits}
 
 
+VIEWS_PER_FORWARD = 8  # views of a batch the teacher scores in one forward (at most batch size x this many images)
+
+
 def views_forward(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor, input_size: int, device: torch.device,
-                  params: np.ndarray, augmentation: str, keep: Keep, mixing: Mixing | None = None, amp: bool = False) -> Forward:
-    """Logits of every stored view of each image (one batched forward per view): (B, K, C), kept
-    as `keep` says. The views are made exactly as `train` replays them: normalise, then augment
-    with the stored parameters, (mixed views) mix with the partner augmented alike, then resize
-    to the teacher's input."""
+                  params: np.ndarray, augmentation: str, keep: Keep, mixing: Mixing | None = None, amp: bool = False,
+                  skip: int = 0) -> Forward:
+    """Logits of every stored view of each image: (B, K, C), kept as `keep` says. The views are
+    made exactly as `train` replays them: normalise, then augment with the stored parameters,
+    (mixed views) mix with the partner augmented alike, then resize to the teacher's input.
+
+    Views 0-7, 8-15, ... of `params` go through the teacher together, one forward each; a store
+    extended with --add-views starts `params` at such a boundary and scores, but does not keep,
+    its first `skip` views, so that every forward holds the images a fresh cache's would."""
     model.eval()
     aug = AUGMENTATIONS[augmentation]
-    table = torch.from_numpy(params).long().to(device)  # (N, K, P)
+    table = upload(torch.from_numpy(params).long(), device)  # (N, K, P)
+    count = params.shape[1]
 
     def forward(images: torch.Tensor, pos: np.ndarray) -> dict[str, torch.Tensor]:
-        x = normalize(images.to(device, non_blocking=True), mean, std)
-        p = table[torch.from_numpy(pos).to(device)]
-        views = []
-        for k in range(p.shape[1]):
-            xk = aug.apply(x, p[:, k])
-            if mixing is not None:
-                xk = mixing(xk, pos, np.full(len(pos), k), lambda px, pk=p[:, k]: aug.apply(px, pk))
+        x = normalize(upload(images, device), mean, std)
+        p = table[upload(torch.from_numpy(pos), device)]
+        groups = []
+        for lo in range(0, count, VIEWS_PER_FORWARD):
+            views = []
+            for k in range(lo, min(lo + VIEWS_PER_FORWARD, count)):
+                xk = aug.apply(x, p[:, k])
+                if mixing is not None:
+                    xk = mixing(xk, pos, np.full(len(pos), k), lambda px, pk=p[:, k]: aug.apply(px, pk))
+                views.append(resize(xk, input_size))
             with autocast(device, amp):
-                views.append(model(device_layout(resize(xk, input_size))).float())
-        logits = torch.stack(views, 1)
-        return keep(logits, pos)
+                out = model(device_layout(torch.cat(views))).float()
+            groups.append(out.view(len(views), len(pos), -1).transpose(0, 1))  # view-major -> (B, views, C)
+        return keep(torch.cat(groups, 1)[:, skip:], pos)
 
     return forward
 
@@ -163,9 +175,11 @@ def score_beton(
 ) -> dict[str, Any]:
     """One inference pass over a .beton (or its `positions`) in file order.
 
-    Each batch's outputs (forward's, then `post` on them) go, with labels and sample ids, to
-    numbered chunk files in `chunk_dir`, flushed every `chunk_samples` images (whole batches); a
-    pass killed earlier continues after its last flushed chunk, with the same batches as one pass.
+    Outputs stay on the device for a chunk of whole batches (about `chunk_samples` images), which
+    is then copied to the host in one go, without waiting: the host waits for it (one sync per
+    chunk) only once the next chunk's work is queued. A chunk's outputs (forward's, then `post`
+    on them) go, with labels and sample ids, to a numbered chunk file in `chunk_dir`; a pass
+    killed earlier continues after its last flushed chunk, with the same batches as one pass.
     Without `chunk_dir` they are returned, concatenated (for small outputs only). Also returns
     the images/s and seconds of the pass.
     """
@@ -178,26 +192,45 @@ def score_beton(
         done = chunk_paths(chunk_dir)
     start = len(column(done, "labels")) if done else 0
     batches_per_chunk = max(1, chunk_samples // batch_size)
-    kept: list[dict[str, np.ndarray]] = []  # without chunk_dir: every batch
-    parts: list[dict[str, np.ndarray]] = []  # with chunk_dir: the batches of the coming chunk
+    kept: list[dict[str, np.ndarray]] = []  # without chunk_dir: every chunk
     index = len(done)
+    outputs: list[dict[str, torch.Tensor]] = []  # the coming chunk's, on the device
+    ids: list[tuple[np.ndarray, np.ndarray]] = []  # its labels and sample ids
+    copying: list[tuple[Callable[[], dict[str, np.ndarray]], np.ndarray, np.ndarray]] = []  # the chunk being copied
+
+    def land() -> None:  # the oldest chunk being copied, once copied: post, then saved or kept
+        nonlocal index
+        wait, labels, sid = copying.pop(0)
+        chunk = {**post(wait(), labels), "labels": labels, "sample_id": sid}
+        if chunk_dir is not None:
+            _save_chunk(chunk_dir, index, chunk)
+            index += 1
+        else:
+            kept.append(chunk)
+
+    def flush(last: bool) -> None:  # start copying the coming chunk; land the one before (all, at the end)
+        if outputs:
+            on_device = {k: torch.cat([o[k] for o in outputs]) for k in outputs[0]}
+            labels, sid = (np.concatenate(a) for a in zip(*ids))
+            copying.append((download(on_device), labels, sid))
+            outputs.clear()
+            ids.clear()
+        while len(copying) > (0 if last else 1):
+            land()
+
     t0, n = time.perf_counter(), 0
     with images_progress(progress) as bar, torch.inference_mode():
         task = bar.add_task(label, total=n_total, completed=start, info="resumed" if start else "")
         if start < n_total:
             loader = make_loader(beton, batch_size, workers, indices=positions[start:])
             for b, (images, y, sid) in enumerate(loader, 1):  # images: (B, H, W, 3) uint8
-                labels = y.numpy().astype(np.int64)  # copies: FFCV reuses its buffers
-                outputs = {k: v.cpu().numpy() for k, v in forward(images, positions[start + n:start + n + len(y)]).items()}
-                batch = {**post(outputs, labels), "labels": labels, "sample_id": sid.numpy().astype(np.int64)}
-                (parts if chunk_dir is not None else kept).append(batch)
+                ids.append((y.numpy().astype(np.int64), sid.numpy().astype(np.int64)))  # copies: FFCV reuses its buffers
+                outputs.append(forward(images, positions[start + n:start + n + len(y)]))
                 n += len(y)
                 bar.update(task, advance=len(y))
-                if chunk_dir is not None and b % batches_per_chunk == 0:
-                    _save_chunk(chunk_dir, index, _cat(parts))
-                    index, parts = index + 1, []
-    if parts:
-        _save_chunk(chunk_dir, index, _cat(parts))
+                if b % batches_per_chunk == 0:
+                    flush(last=False)
+        flush(last=True)
     seconds = time.perf_counter() - t0
     result: dict[str, Any] = _cat(kept) if kept else {}
     result.update(images_per_s=n / max(seconds, 1e-9), seconds=seconds)

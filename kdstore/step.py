@@ -15,21 +15,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .arrays import upload
 from .augment import normalize, resize
 from .losses import student_loss
+from .precision import autocast, device_layout, grad_scaler
 from .targets import LabelMix, Prepare, TeacherFn
-
-
-def autocast(device: torch.device, enabled: bool):
-    """Mixed precision on CUDA (bf16 where supported, else fp16); a no-op elsewhere."""
-    on = enabled and device.type == "cuda"
-    dtype = torch.bfloat16 if on and torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device.type, dtype=dtype, enabled=on)
-
-
-def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
-    """Loss scaling only where fp16 autocast needs it (CUDA without bf16)."""
-    return torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
 
 
 def sgd(groups: list[dict[str, Any]], momentum: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -38,21 +28,6 @@ def sgd(groups: list[dict[str, Any]], momentum: float, weight_decay: float) -> t
     groups = [g for g in groups if g["params"]]
     on_cuda = all(p.is_cuda for g in groups for p in g["params"])
     return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=momentum, weight_decay=weight_decay, nesterov=True, fused=on_cuda or None)
-
-
-def for_device(model: nn.Module, device: torch.device) -> nn.Module:
-    """A model on `device`; on CUDA in channels_last (what cuDNN's fast convolutions want), with
-    cuDNN's autotuner on (input shapes are fixed within a run)."""
-    model.to(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        model.to(memory_format=torch.channels_last)
-    return model
-
-
-def device_layout(x: torch.Tensor) -> torch.Tensor:
-    """A batch in the layout `for_device` models take: channels_last on CUDA, as it is elsewhere."""
-    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda and x.dim() == 4 else x
 
 
 def cosine(optimizer: torch.optim.Optimizer, total_steps: int):
@@ -89,8 +64,8 @@ class Step:
     def __call__(self, epoch: int, pos: np.ndarray, images: torch.Tensor, labels: torch.Tensor, lam: float) -> dict[str, torch.Tensor]:
         """One optimiser step on a batch; pos: (B,) .beton positions, images (B, H, W, 3) uint8,
         labels (B,). Returns the loss and its CE and KD terms (detached) and the number right."""
-        x, view = self.prepare(epoch, pos, normalize(images.to(self.device, non_blocking=True), self.mean, self.std))
-        y = labels.to(self.device, non_blocking=True)
+        x, view = self.prepare(epoch, pos, normalize(upload(images, self.device), self.mean, self.std))
+        y = upload(labels, self.device)
         target = None if self.teacher is None else self.teacher(pos, x, view)
         mixed = None if self.label_mix is None or view is None else self.label_mix(pos, view)
         with autocast(self.device, self.amp):

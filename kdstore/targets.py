@@ -24,6 +24,7 @@ import torch
 
 from .augment import AUGMENTATIONS, normalize, resize
 from .arrays import release_pages, row_blocks, upload
+from .precision import autocast, device_layout
 from .store import file_rows
 from .views import Views, choose, mix_images, sampled_target, topk_expand
 
@@ -179,13 +180,14 @@ def view_teacher(views: Views, num_classes: int, device: torch.device, placement
     return lambda pos, images, view: topk_expand(values(pos, view), indices(pos, view), fill(pos, view), num_classes)
 
 
-def online_teacher(model: torch.nn.Module, input_size: int) -> TeacherFn:
-    """The online-KD baseline's TeacherFn: the teacher (eval, inference mode) on every augmented batch."""
+def online_teacher(model: torch.nn.Module, input_size: int, device: torch.device, amp: bool = False) -> TeacherFn:
+    """The online-KD baseline's TeacherFn: the teacher (eval, inference mode; with `amp`, bf16 on
+    CUDA, in the layout precision.for_device gave it) on every augmented batch."""
     model.eval()
 
     def forward(pos: np.ndarray, images: torch.Tensor, view: np.ndarray | None = None) -> torch.Tensor:
-        with torch.inference_mode():
-            logits = model(resize(images, input_size)).float()
+        with torch.inference_mode(), autocast(device, amp):
+            logits = model(device_layout(resize(images, input_size))).float()
         return logits.clone()  # an inference tensor cannot be saved for backward
 
     return forward

@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 
 from .augment import augmentation_for, normalize, resize
-from .step import Step, autocast, cosine, device_layout, for_device, sgd
+from .precision import autocast, device_layout, for_device
+from .step import Step, cosine, sgd
 from .targets import (PLACEMENTS, LabelMix, Prepare, Rows, TeacherFn, cached_teacher, no_augment, online_teacher, random_augment, replay_views,
                       resident_partners, view_label_mix, view_teacher)
 from .config import differing, opt, provenance, to_dict, write_json
@@ -75,7 +76,7 @@ class TrainConfig:
     scorer: str = opt("teacher", "Who scores the curriculum (student: its own snapshots).", choices=lambda: list(SCORERS))
     rescore_every: int = opt(1, "With --scorer student: rebuild the curriculum every E epochs.")
     seed: int = opt(0, "Model init, shuffling, augmentation.")
-    workers: int = opt(2, "FFCV decoding threads.")
+    workers: int = opt(0, "FFCV decoding threads; 0: one per core (shared among torchrun's processes).")
     device: str = opt("auto", "auto: cuda when available, else cpu.", choices=DEVICES)
     augment: bool = opt(True, "Random crop + flip.")
     views: str = opt("auto", "replay: augment with the store's views and distil from their logits; clean: the clean-image logits; "
@@ -109,7 +110,7 @@ class TrainConfig:
             (self.tau > 0 and math.isfinite(self.tau), f"--tau must be > 0, got {self.tau}"),
             (0.0 <= self.lam <= 1.0, f"--lam must be in [0, 1], got {self.lam}"),
             (0.0 <= self.label_smoothing < 1.0, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
-            (self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
+            (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
             (self.head_lr is None or (self.head_lr > 0 and math.isfinite(self.head_lr)), f"--head-lr must be > 0, got {self.head_lr}"),
             (0 <= self.freeze_epochs < self.epochs, f"--freeze-epochs must be in [0, epochs), got {self.freeze_epochs}"),
             (self.input_size is None or self.input_size >= 8, f"--input-size must be >= 8 pixels, got {self.input_size}"),
@@ -172,6 +173,7 @@ class TrainData:
     scores: Scores | None = None  # the teacher's confidence and curriculum; None without a teacher
     views: Views | None = None  # the store's augmented views with their teacher logits, if any
     meta: dict[str, Any] = field(default_factory=dict)  # provenance saved with the run
+    store: Store | None = None  # the open store these come from: its held files live as long as the data
 
 
 def data_from_store(store: Store) -> TrainData:
@@ -182,6 +184,7 @@ def data_from_store(store: Store) -> TrainData:
         teacher_logits=t.logits, val_teacher_logits=store.val.logits, scores=Scores(t.confidence, t.positions(t.curriculum)), views=t.views,
         meta={"store": str(store.path.resolve()), "dataset": store.attrs["dataset"], "dataset_fingerprint": store.attrs["dataset_fingerprint"],
               "teacher": store.attrs["teacher"], "class_names": store.attrs["class_names"], "identity": store.identity()},
+        store=store,
     )
 
 
@@ -449,10 +452,12 @@ def run_epoch(run: Run, epoch: int, bar) -> dict[str, Any]:
     for p in run.body:  # --freeze-epochs: only the head learns at first (frozen params get no grad)
         p.requires_grad_(epoch >= cfg.freeze_epochs)
     row.update(train_epoch(run, epoch, lambdas, bar, task))
+    t_eval = time.perf_counter()
     row.update(evaluate(run.model, run.val_loader, run.step.mean, run.step.std, run.device, cfg.input_size, cfg.amp, run.ctx,
                         run.val_rows, run.val_positions))
     if run.agreement is not None:
         row.update(run.agreement(run.model))
+    row["eval_seconds"] = time.perf_counter() - t_eval  # validation and agreement (`seconds` is the training pass alone)
     bar.remove_task(task)  # the epoch's line (epoch_line) takes its place
     run.history.append(row)
     return row
@@ -544,7 +549,7 @@ def score_train_set(model: nn.Module, data: TrainData, labels: np.ndarray, cfg: 
     n = len(labels)
     lo, hi = distributed.shard(n, 512, ctx.rank, ctx.world)
     mean, std = torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device)
-    forward = clean_forward(model, mean, std, cfg.input_size or data.image_size, device)
+    forward = clean_forward(model, mean, std, cfg.input_size or data.image_size, device, cfg.amp)
     scored = score_beton(forward, data.train_beton, 512, cfg.workers, f"scoring ({source})", cfg.progress and ctx.main, positions=np.arange(lo, hi))
     table = torch.zeros(2, n, dtype=torch.float64, device=device)  # confidence, correct: (N,) each, not the (N, C) logits
     if hi > lo:
@@ -628,7 +633,8 @@ def run_online(cfg: TrainConfig, store: Store, checkpoint: str | None = None, te
     step as `run`; a baseline for benchmarks, not part of the offline workflow."""
     spec = TeacherSpec(teacher=teacher_name, checkpoint=checkpoint, input_size=int(store.attrs["input_size"]))
     loaded = load_teacher(spec, store.num_classes, int(store.attrs["image_size"]))
-    loaded.model.to(resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    for_device(loaded.model, device)
     data = data_from_store(store)
     data.meta["online_teacher"] = loaded.meta["model"]
-    return fit(cfg, data, cfg.student, "student", teacher=online_teacher(loaded.model, int(loaded.meta["input_size"])))
+    return fit(cfg, data, cfg.student, "student", teacher=online_teacher(loaded.model, int(loaded.meta["input_size"]), device, cfg.amp))

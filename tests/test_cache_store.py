@@ -95,6 +95,24 @@ def test_fingerprint_tells_datasets_apart(digits_store, tmp_path, synthetic_fold
     assert len(a["dataset_fingerprint"]) == 64 and a["dataset_fingerprint"] != b["dataset_fingerprint"]
 
 
+@pytest.mark.parametrize("size", [16, 72])  # raw pixels, JPEG
+def test_fingerprint_reads_stored_images_without_decoding(size, tmp_path, monkeypatch):
+    """Same images (written by 1 or 2 processes: other page layouts), same fingerprint; one
+    changed pixel, another; and FFCV's decoder is never asked."""
+    from kdstore import ffcv_files
+    from kdstore.datasets import ImageSplit
+
+    images = np.random.default_rng(0).integers(0, 256, (40, size, size, 3), dtype=np.uint8)
+    changed = images.copy()
+    changed[17, 3, 5, 1] ^= 0x40
+    for name, arr, workers in (("a", images, 1), ("b", images, 2), ("c", changed, 1)):
+        split = ImageSplit(get=lambda i, arr=arr: arr[i], labels=np.arange(40) % 3, sample_ids=np.arange(40) + 100)
+        ffcv_files.write_beton(split, tmp_path / f"{name}.beton", workers=workers)
+    monkeypatch.setattr(ffcv_files, "make_loader", lambda *a, **k: pytest.fail("the fingerprint decoded images"))
+    a, b, c = (ffcv_files.fingerprint_beton(tmp_path / f"{name}.beton") for name in "abc")
+    assert len(a) == 64 and a == b and a != c
+
+
 def test_failed_cache_leaves_nothing_behind(synthetic_folder, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise KdstoreError("teacher pass failed")

@@ -87,7 +87,7 @@ CORRUPTIONS = {
                                                 "not a readable FFCV file"),
     "beton field name flipped": (lambda s: _flip(s / "train.beton", 24 + 1 + 2), "not a readable FFCV file"),
     "beton image width flipped": (lambda s: _flip(s / "train.beton", _beton_layout(s / "train.beton")["width_at"], 0x02),
-                                  "holds images of 32, 34 px, not the 32 px"),
+                                  "a raw image larger than its allocation"),
     "beton data pointer flipped": (lambda s: _flip(s / "train.beton", _beton_layout(s / "train.beton")["data_ptr_at"] + 2, 0x10),
                                    "not a readable FFCV file"),
     "beton allocation pointer flipped": (lambda s: _flip(s / "train.beton", _beton_layout(s / "train.beton")["table_at"] + 8 + 2, 0x10),

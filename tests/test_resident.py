@@ -14,7 +14,7 @@ from kdstore.ffcv_files import make_loader
 from kdstore.store import Store
 from kdstore.train import TrainConfig
 
-TIMING = {"seconds", "images_per_s", "data_wait_frac"}
+TIMING = {"seconds", "images_per_s", "data_wait_frac", "eval_seconds"}
 
 
 def _run(store, out, loader, monkeypatch, **kw):
