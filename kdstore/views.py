@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .arrays import release_pages, row_blocks
+from .arrays import release_pages, row_blocks, upload
 from .augment import AUGMENTATIONS
 
 
@@ -146,10 +146,11 @@ def draw_uniforms(seed: int, positions: np.ndarray, views: np.ndarray, k: int) -
 
 def sample_classes(logits: torch.Tensor, uniforms: np.ndarray, tau: float) -> torch.Tensor:
     """Inverse-CDF draws from softmax(logits / tau): (B, V, C) logits, (B, V, k) uniforms ->
-    (B, V, k) class ids, sorted within each view (int16, or int32 above 32,767 classes)."""
-    p = torch.softmax(logits.double().cpu() / tau, dim=-1)
+    (B, V, k) class ids, sorted within each view (int16, or int32 above 32,767 classes), computed
+    on the logits' device in float64 (the uniforms are uploaded without waiting)."""
+    p = torch.softmax(logits.double() / tau, dim=-1)
     cdf = p.cumsum(-1)
-    ids = torch.searchsorted(cdf, torch.from_numpy(uniforms), right=True).clamp_(max=logits.shape[-1] - 1)
+    ids = torch.searchsorted(cdf, upload(torch.from_numpy(uniforms), logits.device), right=True).clamp_(max=logits.shape[-1] - 1)
     dtype = torch.int16 if logits.shape[-1] <= 32767 else torch.int32
     return ids.sort(-1).values.to(dtype)
 

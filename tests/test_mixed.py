@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdstore import cache, train
+from kdstore import cache, extend, inference, train
 from kdstore import step as step_module
 from kdstore.augment import AUGMENTATIONS, normalize
 from kdstore.cache import CacheConfig, load_teacher
@@ -94,7 +94,9 @@ def test_mixed_views_replay_the_pixels_the_teacher_scored(mix, synthetic_folder,
         CacheConfig(out=str(tmp_path / "x"), mix=mix, **spec).validate()  # no --views
 
 
-def test_add_views_extends_mixed_views_byte_identically(synthetic_folder, tmp_path):
+def test_add_views_extends_mixed_views_byte_identically(synthetic_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(inference, "VIEWS_PER_FORWARD", 2)  # view 1 is scored with (mixed) view 0, whose stored result is kept
+    monkeypatch.setattr(extend, "VIEWS_PER_FORWARD", 2)
     spec = dict(allow_untrained=True, teacher="cifar_resnet8", batch_size=8, progress=False)
     data = f"imagefolder:{synthetic_folder}"
     cache.run(CacheConfig(dataset=data, out=str(tmp_path / "grown"), views=1, mix="cutmix", **spec))

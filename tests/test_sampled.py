@@ -6,7 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from kdstore import cache, train
+from kdstore import cache, extend, inference, train
 from kdstore import step as step_module
 from kdstore.cache import CacheConfig
 from kdstore.cli.main import cli
@@ -99,16 +99,20 @@ def test_sample_options_are_checked(tmp_path, synthetic_folder):
 
 # top-k takes the path of full logits in --add-views (the same concatenation of stored arrays)
 @pytest.mark.parametrize("storage", [{}, {"sample": 5, "sample_tau": 2.0}], ids=["logits", "sample"])
-def test_add_views_is_byte_identical_to_a_fresh_cache_with_more_views(storage, tmp_path, synthetic_folder):
+def test_add_views_is_byte_identical_to_a_fresh_cache_with_more_views(storage, tmp_path, synthetic_folder, monkeypatch):
+    """Views go through the teacher 2 to a forward here, so growing 3 views to 5 rescored view 2
+    with view 3 (dropping the stored one) and view 4 alone, as the fresh cache did."""
+    monkeypatch.setattr(inference, "VIEWS_PER_FORWARD", 2)
+    monkeypatch.setattr(extend, "VIEWS_PER_FORWARD", 2)
     base = dict(allow_untrained=True, teacher="cifar_resnet8", batch_size=8, progress=False)
     data = f"imagefolder:{synthetic_folder}"
-    cache.run(CacheConfig(dataset=data, out=str(tmp_path / "grown"), views=2, **base, **storage))
-    cache.run(CacheConfig(dataset=data, out=str(tmp_path / "fresh"), views=4, **base, **storage))
+    cache.run(CacheConfig(dataset=data, out=str(tmp_path / "grown"), views=3, **base, **storage))
+    cache.run(CacheConfig(dataset=data, out=str(tmp_path / "fresh"), views=5, **base, **storage))
     betons = {n: (tmp_path / "grown" / n).stat().st_ino for n in ("train.beton", "val.beton")}
-    cache.run(CacheConfig(add_views=str(tmp_path / "grown"), views=4, **base))
+    cache.run(CacheConfig(add_views=str(tmp_path / "grown"), views=5, **base))
     assert (tmp_path / "grown" / "teacher.h5").read_bytes() == (tmp_path / "fresh" / "teacher.h5").read_bytes()
     assert {n: (tmp_path / "grown" / n).stat().st_ino for n in betons} == betons  # hard-linked, not rewritten
-    assert verify(tmp_path / "grown") == [] and Store.open(tmp_path / "grown").train.views.count == 4
+    assert verify(tmp_path / "grown") == [] and Store.open(tmp_path / "grown").train.views.count == 5
     assert not list(tmp_path.glob(".grown*"))  # no staging left behind
 
 
