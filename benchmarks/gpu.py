@@ -22,6 +22,7 @@ would overrun --budget-s is skipped and says so):
   cache224  the cache pass of resnet152 at 224 px over 224-px JPEGs, bf16 and fp32
   bench     `kdstore bench` (batch 512, data on the device) for each student and each online
             teacher: cifar_resnet56, resnet152 (cifar stem), resnet152 at 224 px
+  pytest_gpu  tests/test_gpu.py, the CUDA-only tests, in a child pytest
 """
 from __future__ import annotations
 
@@ -209,6 +210,17 @@ def bench_pair(p: dict, store: str, student: str, teacher: str, stem: str, input
             "ratio_vs_flop_limit": r["ratio_vs_flop_limit"], "paired": r["paired"], "cache": r["cache"]}
 
 
+def gpu_tests() -> dict:
+    """tests/test_gpu.py (the CUDA-only tests; they skip elsewhere), in a child pytest."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path[:2] + [os.environ.get("PYTHONPATH", "")] if p)}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240)
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    return {"returncode": proc.returncode, "result": lines[-1] if lines else "", "failures": [x for x in lines if x.startswith(("FAILED", "E "))][:10]}
+
+
 class Sections:
     """Runs sections in order under a time budget, writing every result as it comes."""
 
@@ -282,6 +294,7 @@ def summary(r: dict) -> list[str]:
                 lines.append(f"bench {s} / {t} {stem} {size or ''}: img/s unguided {m['unguided']['images_per_s']:,.0f} offline "
                              f"{m['offline']['images_per_s']:,.0f} online {m['online']['images_per_s']:,.0f}; online/offline step time "
                              f"{v['online_offline_ratio']:.2f} = {v['ratio_vs_flop_limit']:.2f} of the FLOP limit {v['flops_per_image']['limit']:.2f}")
+    lines.append(f"tests/test_gpu.py: {(r.get('pytest_gpu') or {}).get('result', '-')}")
     lines += [f"skipped: {s}" for s in r.get("skipped", [])]
     lines += [f"error in {k}" for k, v in _errors(r)]
     return lines
@@ -336,6 +349,7 @@ def main() -> None:
             for teacher, stem, size in TEACHERS:
                 scaled = size and p["size_224"] * size // 224
                 s.run(f"bench/{student}-{teacher}-{stem}-{size or 'native'}", 30, bench_pair, p, path, student, teacher, stem, scaled)
+        s.run("pytest_gpu", 60, gpu_tests)
         result["total_seconds"] = time.perf_counter() - s.t0
         (out / "gpu.json").write_text(json.dumps(result, indent=1, default=str))
     print("\n".join(summary(result)))
