@@ -93,7 +93,7 @@ def views_forward(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor,
                 views.append(resize(xk, input_size))
             with autocast(device, amp):
                 out = model(device_layout(torch.cat(views))).float()
-            groups.append(out.view(len(views), len(pos), -1).transpose(0, 1))  # view-major -> (B, views, C)
+            groups.append(out.reshape(len(views), len(pos), -1).transpose(0, 1))  # view-major -> (B, views, C)
         return keep(torch.cat(groups, 1)[:, skip:], pos)
 
     return forward
