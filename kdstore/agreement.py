@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
+from .arrays import upload
 from .distributed import Context, all_reduce_sum
 from .ffcv_files import make_loader
 from .inference import clean_forward
@@ -56,7 +57,7 @@ def resident_batches(images: torch.Tensor, batch_size: int = 512) -> Batches:
     def batches(positions: np.ndarray) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
         for lo in range(0, len(positions), batch_size):
             pos = positions[lo:lo + batch_size]
-            yield images[torch.from_numpy(pos).to(images.device)], pos
+            yield images[upload(torch.from_numpy(pos), images.device)], pos
 
     return batches
 

@@ -19,6 +19,7 @@ from .errors import KdstoreError
 from .ffcv_files import read_int_fields, write_beton
 from .inference import clean_forward, score_beton, stored_outputs
 from .models import DEVICES, build_from_meta, load_checkpoint, load_weights, normalization_for, resolve_device
+from .precision import for_device
 from .progress import say
 from .store import Store
 
@@ -72,7 +73,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     model = build_from_meta(meta)
     load_weights(model, ckpt, Path(cfg.checkpoint))
     device = resolve_device(cfg.device)
-    model.to(device)
+    for_device(model, device)
     # The normalisation the model was trained with (recorded since kdstore 0.1; older: timm's for the model).
     mean, std = (meta["normalize_mean"], meta["normalize_std"]) if "normalize_mean" in meta else normalization_for(meta["model"])
     with tempfile.TemporaryDirectory(prefix="kdstore-eval-") as tmp:

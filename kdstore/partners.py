@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from .augment import normalize
 from .errors import KdstoreError
 from .resident import ResidentSplit, fits, image_bytes
+from .targets import PartnerImages, resident_partners
 from .views import Views, draw_mix
 
 
@@ -24,7 +23,7 @@ from .views import Views, draw_mix
 class MixedViews(Views):
     """Views being cached with their mixing parameters, and where the partner images come from."""
 
-    partners: Callable[[torch.Tensor], torch.Tensor] | None = None
+    partners: PartnerImages | None = None
 
 
 def mixed_views(mix: str, alpha: float, seed: int, params: np.ndarray, augmentation: str, image_size: int, beton: Path,
@@ -37,12 +36,12 @@ def mixed_views(mix: str, alpha: float, seed: int, params: np.ndarray, augmentat
     n = len(params)
     if not fits(image_bytes(n, image_size), device):
         raise KdstoreError("--mix: the partner images are held in memory, and this training split does not fit")
-    held: list[torch.Tensor] = []
+    held: list[PartnerImages] = []
 
     def partners(idx: torch.Tensor) -> torch.Tensor:
         if not held:
-            held.append(ResidentSplit(beton, device, workers).images)
-        return normalize(held[0][idx.to(held[0].device)], mean, std)
+            held.append(resident_partners(ResidentSplit(beton, device, workers).images, mean, std))
+        return held[0](idx)
 
     drawn = draw_mix(mix, n, params.shape[1], image_size, alpha, seed, first_view)
     return MixedViews(augmentation, seed, params, mix=mix, mix_alpha=alpha, partners=partners, **drawn)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .arrays import upload
 from .augment import augmentation_for, normalize, resize
 from .precision import autocast, device_layout, for_device
 from .step import Step, cosine, sgd
@@ -416,10 +417,10 @@ def evaluate(model: nn.Module, loader, mean: torch.Tensor, std: torch.Tensor, de
     sums = agreement.Sums(device)
     n = 0
     for images, labels, _ in loader:
-        x = normalize(images.to(device), mean, std)
+        x = normalize(upload(images, device), mean, std)
         with autocast(device, amp):
             logits = model(device_layout(resize(x, input_size) if input_size else x)).float()
-        y = labels.to(device)
+        y = upload(labels, device)
         loss += nn.functional.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
         if teacher_rows is not None:

@@ -158,11 +158,16 @@ def sample_classes(logits: torch.Tensor, uniforms: np.ndarray, tau: float) -> to
 FLOOR = -1.0e4  # log-probability of a class no draw hit: exp() is exactly 0 in float32
 
 
+def empirical(ids: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The empirical distribution (B, C) of k class ids per row (B, k)."""
+    ones = torch.ones(ids.shape, dtype=dtype, device=ids.device)
+    return torch.zeros(len(ids), num_classes, dtype=dtype, device=ids.device).scatter_add_(1, ids.long(), ones) / ids.shape[1]
+
+
 def sampled_target(ids: torch.Tensor, num_classes: int, tau: float) -> torch.Tensor:
     """Teacher logits for the KD term from k sampled class ids (B, k): tau * log q, where q is the
     ids' empirical distribution, so that softmax(target / tau) = q exactly (unhit classes: 0)."""
-    counts = torch.zeros(len(ids), num_classes, device=ids.device).scatter_add_(1, ids.long(), torch.ones(ids.shape, device=ids.device))
-    q = counts / ids.shape[1]
+    q = empirical(ids, num_classes)
     return tau * torch.where(q > 0, q.clamp_min(1e-30).log(), torch.full_like(q, FLOOR))
 
 
@@ -195,7 +200,7 @@ def fidelity(logits: np.ndarray, tau: float, topk: int, sample: int, seed: int =
     top = topk_compress(t, topk)
     log_top = torch.log_softmax(topk_expand(top["topk_values"], top["topk_indices"], top["fill"], c).double(), 1).numpy()
     ids = sample_classes(torch.from_numpy(logits)[:, None], draw_uniforms(seed, np.arange(len(logits)), np.zeros(1), sample), tau)[:, 0]
-    q = torch.zeros(len(ids), c, dtype=torch.float64).scatter_add_(1, ids.long(), torch.ones(ids.shape, dtype=torch.float64)).numpy() / sample
+    q = empirical(ids, c, torch.float64).numpy()
     log_q = np.log(np.where(q > 0, q, 1.0))
     return [
         {"storage": "full logits", "k": c, "bytes": bytes_per_view("logits", 0, c), "kl_view": 0.0, "bias": 0.0},

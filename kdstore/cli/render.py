@@ -6,6 +6,7 @@ import json
 import numpy as np
 from rich.table import Table
 
+from kdstore.cache import CacheConfig
 from kdstore.progress import console
 from kdstore.report import table_rows
 from kdstore.store import Store, near_chance
@@ -61,7 +62,7 @@ def render_fidelity(store: Store) -> None:
         topk = max(1, min(c - 1, at_bytes("topk", bytes_per_view("sample", sample, c), c)))
     else:
         topk = v.topk if v is not None and v.topk else min(10, c - 1)
-        sample, tau = max(1, at_bytes("sample", bytes_per_view("topk", topk, c), c)), 4.0
+        sample, tau = max(1, at_bytes("sample", bytes_per_view("topk", topk, c), c)), CacheConfig.sample_tau
     rows = np.asarray(store.train.logits[: min(FIDELITY_ROWS, len(store.train))], dtype=np.float32)
     table = Table(title=f"what a view keeps of the teacher's softmax at τ = {tau:g} (measured on {len(rows)} clean training rows)")
     for col in ("storage", "bytes / view", "KL(stored ‖ full), one view", "bias: KL(full ‖ E\\[stored])"):
