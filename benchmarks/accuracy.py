@@ -7,6 +7,7 @@ Teacher: cifar_resnet20 trained with `kdstore teacher`; students: cifar_resnet8,
 (shuffled, lambda 0.9, tau 4) or `unguided`. Everything lands under ~/.cache/kdstore/bench/;
 the table (mean ± std over seeds) goes to benchmarks/results/accuracy.json and stdout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,21 +18,27 @@ from pathlib import Path
 import numpy as np
 from common import WORK, cifar10_subset, teacher_and_store
 
-from kdstore import train
-from kdstore.store import Store
-from kdstore.train import TrainConfig
+from kdstore.store.store import Store
+from kdstore.train import loop as train
+from kdstore.train.config import TrainConfig
 
 
-def mode_runs(root: Path, store_dir: Path, seeds: list[int], epochs: int, modes=("unguided", "offline-kd", "online-kd")) -> dict[str, list[dict]]:
+def mode_runs(
+    root: Path, store_dir: Path, seeds: list[int], epochs: int, modes=("unguided", "offline-kd", "online-kd")
+) -> dict[str, list[dict]]:
     """Student summaries per mode and seed under root/runs (finished runs are reused)."""
     store = Store.open(store_dir)
-    base = TrainConfig(out="", store=str(store_dir), student="cifar_resnet8", epochs=epochs, batch_size=128, lr=0.05, progress=False)
+    base = TrainConfig(
+        out="", store=str(store_dir), student="cifar_resnet8", epochs=epochs, batch_size=128, lr=0.05, progress=False
+    )
     rows: dict[str, list[dict]] = {}
     for mode in modes:
         for seed in seeds:
             out = root / "runs" / f"{mode}-s{seed}"
             if not (out / "summary.json").is_file():
-                cfg = replace(base, out=str(out), seed=seed, variant="unguided" if mode == "unguided" else "kd", overwrite=True)
+                cfg = replace(
+                    base, out=str(out), seed=seed, variant="unguided" if mode == "unguided" else "kd", overwrite=True
+                )
                 if mode == "online-kd":
                     train.run_online(cfg, store, checkpoint=str(root / "teacher" / "checkpoint.pt"))
                 else:
@@ -43,8 +50,12 @@ def mode_runs(root: Path, store_dir: Path, seeds: list[int], epochs: int, modes=
 def seed_stats(summaries: list[dict]) -> dict:
     """Mean, std (ddof 1) and values of final val accuracy over seeds; median training images/s."""
     acc = [r["final_val_acc"] for r in summaries]
-    return {"final_val_acc_mean": float(np.mean(acc)), "final_val_acc_std": float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0,
-            "values": acc, "images_per_s_median": float(np.median([r["images_per_s"] for r in summaries]))}
+    return {
+        "final_val_acc_mean": float(np.mean(acc)),
+        "final_val_acc_std": float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0,
+        "values": acc,
+        "images_per_s_median": float(np.median([r["images_per_s"] for r in summaries])),
+    }
 
 
 def main() -> None:
@@ -63,8 +74,13 @@ def main() -> None:
     store = Store.open(store_dir)
     rows = mode_runs(root, store_dir, seeds, args.student_epochs)
     table = {
-        "teacher_val_acc": store.attrs["teacher_val_acc"], "train_images": len(store.train), "val_images": len(store.val),
-        "teacher_seconds": teacher_s, "cache_seconds": cache_s, "seeds": seeds, "student_epochs": args.student_epochs,
+        "teacher_val_acc": store.attrs["teacher_val_acc"],
+        "train_images": len(store.train),
+        "val_images": len(store.val),
+        "teacher_seconds": teacher_s,
+        "cache_seconds": cache_s,
+        "seeds": seeds,
+        "student_epochs": args.student_epochs,
         "modes": {m: seed_stats(rs) for m, rs in rows.items()},
     }
     out = Path(__file__).parent / "results" / "accuracy.json"

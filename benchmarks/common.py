@@ -1,15 +1,17 @@
 """Helpers for the benchmark scripts: the real CIFAR-10 JPEGs unpacked (a subset) outside the repo."""
+
 from __future__ import annotations
 
 import sys
 import time
 from pathlib import Path
 
-from kdstore import cache, teacher
-from kdstore.cache import CacheConfig
-from kdstore.datasets import unpack_imagefolder_subset
-from kdstore.teacher import TeacherConfig
-from kdstore.train import TrainConfig
+from kdstore.cache import write as cache
+from kdstore.cache.config import CacheConfig
+from kdstore.data.datasets import unpack_imagefolder_subset
+from kdstore.train import teacher
+from kdstore.train.config import TrainConfig
+from kdstore.train.teacher import TeacherConfig
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 WORK = Path.home() / ".cache" / "kdstore" / "bench"
@@ -28,16 +30,29 @@ def cifar10_subset(train_per_class: int, test_per_class: int) -> Path:
     return root
 
 
-def teacher_and_store(root: Path, spec: str, model: str, epochs: int, seed: int = 0, views: int = 0) -> tuple[Path, float, float]:
+def teacher_and_store(
+    root: Path, spec: str, model: str, epochs: int, seed: int = 0, views: int = 0
+) -> tuple[Path, float, float]:
     """Train `model` with `kdstore teacher` under root/teacher and cache it to root/store (each
     once: finished steps are reused). Returns the store path and the seconds each step took now."""
     t0 = time.perf_counter()
     if not (root / "teacher" / "summary.json").is_file():
-        teacher.run(TeacherConfig(model, spec, training=TrainConfig(out=str(root / "teacher"), epochs=epochs, batch_size=128, lr=0.1, seed=seed,
-                                                                    overwrite=True)))
+        teacher.run(
+            TeacherConfig(
+                model=model,
+                dataset=spec,
+                training=TrainConfig(
+                    out=str(root / "teacher"), epochs=epochs, batch_size=128, lr=0.1, seed=seed, overwrite=True
+                ),
+            )
+        )
     teacher_s = time.perf_counter() - t0
     store = root / "store"
     t0 = time.perf_counter()
     if not (store / "MANIFEST.json").is_file():
-        cache.run(CacheConfig(dataset=spec, out=str(store), checkpoint=str(root / "teacher" / "checkpoint.pt"), overwrite=True))
+        cache.run(
+            CacheConfig(
+                dataset=spec, out=str(store), checkpoint=str(root / "teacher" / "checkpoint.pt"), overwrite=True
+            )
+        )
     return store, teacher_s, time.perf_counter() - t0

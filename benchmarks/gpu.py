@@ -22,8 +22,9 @@ would overrun --budget-s is skipped and says so):
   cache224  the cache pass of resnet152 at 224 px over 224-px JPEGs, bf16 and fp32
   bench     `kdstore bench` (batch 512, data on the device) for each student and each online
             teacher: cifar_resnet56, resnet152 (cifar stem), resnet152 at 224 px
-  pytest_gpu  tests/test_gpu.py, the CUDA-only tests, in a child pytest
+  pytest_gpu  tests/train/test_gpu.py, the CUDA-only tests, in a child pytest
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,10 +48,34 @@ import torch  # noqa: E402
 
 STUDENTS = ("cifar_resnet8", "cifar_resnet20", "resnet18")
 TEACHERS = (("cifar_resnet56", "auto", None), ("resnet152", "cifar", None), ("resnet152", "imagenet", 224))
-FULL = dict(device="cuda", n_train=50_000, n_val=10_000, classes=100, batch=512, fit_epochs=3, bench_steps=20, bench_warmup=5,
-            bench_block=5, n_224=8192, size_224=224, cache_batch=256)
-REHEARSE = dict(device="cpu", n_train=1536, n_val=256, classes=10, batch=64, fit_epochs=2, bench_steps=2, bench_warmup=1,
-                bench_block=1, n_224=96, size_224=72, cache_batch=32)
+FULL = dict(
+    device="cuda",
+    n_train=50_000,
+    n_val=10_000,
+    classes=100,
+    batch=512,
+    fit_epochs=3,
+    bench_steps=20,
+    bench_warmup=5,
+    bench_block=5,
+    n_224=8192,
+    size_224=224,
+    cache_batch=256,
+)
+REHEARSE = dict(
+    device="cpu",
+    n_train=1536,
+    n_val=256,
+    classes=10,
+    batch=64,
+    fit_epochs=2,
+    bench_steps=2,
+    bench_warmup=1,
+    bench_block=1,
+    n_224=96,
+    size_224=72,
+    cache_batch=32,
+)
 
 
 def register_datasets(p: dict) -> None:
@@ -58,12 +83,14 @@ def register_datasets(p: dict) -> None:
     ImageNet's) in kdstore's dataset registry; images are made from their index on demand."""
     from PIL import Image
 
-    from kdstore import datasets
+    from kdstore.data import datasets
 
     def small(n: int, offset: int) -> datasets.ImageSplit:
         labels = (np.arange(n, dtype=np.int64) * 7919 + offset) % p["classes"]
         noise = np.random.default_rng(offset).integers(0, 256, (4096, 32, 32, 3), dtype=np.uint8)
-        return datasets.ImageSplit(get=lambda i: noise[(i * 31 + labels[i]) % len(noise)], labels=labels, sample_ids=np.arange(n) + offset)
+        return datasets.ImageSplit(
+            get=lambda i: noise[(i * 31 + labels[i]) % len(noise)], labels=labels, sample_ids=np.arange(n) + offset
+        )
 
     def large(n: int, offset: int) -> datasets.ImageSplit:
         size = p["size_224"]
@@ -76,10 +103,12 @@ def register_datasets(p: dict) -> None:
         return datasets.ImageSplit(get=get, labels=labels, sample_ids=np.arange(n) + offset)
 
     names = [f"c{k}" for k in range(p["classes"])]
-    datasets.DATASETS["gpubench"] = lambda root, size=None: datasets.ImageDataset("gpubench", names, small(p["n_train"], 0),
-                                                                                  small(p["n_val"], 10**7))
-    datasets.DATASETS["gpubench-224"] = lambda root, size=None: datasets.ImageDataset("gpubench-224", names, large(p["n_224"], 0),
-                                                                                      large(max(64, p["n_224"] // 16), 10**7))
+    datasets.DATASETS["gpubench"] = lambda root, size=None: datasets.ImageDataset(
+        "gpubench", names, small(p["n_train"], 0), small(p["n_val"], 10**7)
+    )
+    datasets.DATASETS["gpubench-224"] = lambda root, size=None: datasets.ImageDataset(
+        "gpubench-224", names, large(p["n_224"], 0), large(max(64, p["n_224"] // 16), 10**7)
+    )
 
 
 def environment() -> dict:
@@ -88,42 +117,83 @@ def environment() -> dict:
     import timm
 
     cuda = torch.cuda.is_available()
-    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__, "ffcv": ffcv.__file__,
-            "numba": numba.__version__, "numpy": np.__version__, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if cuda else None, "cuda": torch.version.cuda if cuda else None,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "argv": sys.argv}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "ffcv": ffcv.__file__,
+        "numba": numba.__version__,
+        "numpy": np.__version__,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "cuda": torch.version.cuda if cuda else None,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "argv": sys.argv,
+    }
 
 
-def cache_store(work: Path, p: dict, name: str, dataset: str, teacher: str, stem: str, input_size: int | None, amp: bool, batch: int) -> dict:
-    from kdstore import cache
-    from kdstore.cache import CacheConfig
+def cache_store(
+    work: Path, p: dict, name: str, dataset: str, teacher: str, stem: str, input_size: int | None, amp: bool, batch: int
+) -> dict:
+    from kdstore.cache import write as cache
+    from kdstore.cache.config import CacheConfig
 
     out = work / "stores" / name
     t0 = time.perf_counter()
-    cache.run(CacheConfig(dataset=dataset, out=str(out), teacher=teacher, stem=stem, input_size=input_size, allow_untrained=True, batch_size=batch,
-                          amp=amp, device=p["device"], overwrite=True, progress=False))
+    cache.run(
+        CacheConfig(
+            dataset=dataset,
+            out=str(out),
+            teacher=teacher,
+            stem=stem,
+            input_size=input_size,
+            allow_untrained=True,
+            batch_size=batch,
+            amp=amp,
+            device=p["device"],
+            overwrite=True,
+            progress=False,
+        )
+    )
     manifest = json.loads((out / "MANIFEST.json").read_text())
-    return {"path": str(out), "seconds": time.perf_counter() - t0, "teacher_images_per_s": manifest["teacher_images_per_s"]}
+    return {
+        "path": str(out),
+        "seconds": time.perf_counter() - t0,
+        "teacher_images_per_s": manifest["teacher_images_per_s"],
+    }
 
 
 def train_config(work: Path, p: dict, store: str, student: str, variant: str, loader: str = "device", **kw):
-    from kdstore.train import TrainConfig
+    from kdstore.train.config import TrainConfig
 
     out = Path(tempfile.mkdtemp(dir=work, prefix=f"run-{student}-{variant}-{loader}-"))
-    return TrainConfig(out=str(out), store=store, variant=variant, student=student, batch_size=p["batch"], loader=loader, device=p["device"],
-                       progress=False, overwrite=True, **kw)
+    return TrainConfig(
+        out=str(out),
+        store=store,
+        variant=variant,
+        student=student,
+        batch_size=p["batch"],
+        loader=loader,
+        device=p["device"],
+        progress=False,
+        overwrite=True,
+        **kw,
+    )
 
 
 def sync_check(work: Path, p: dict, store: str, student: str, variant: str) -> dict:
     """One epoch of `train`'s own loop; from its 4th batch to its last but one, any host sync
     raises (the hook runs before each step). The epoch's end (sums, evaluation) may sync."""
-    from kdstore import train
-    from kdstore.progress import images_progress
-    from kdstore.store import Store
+    from kdstore.runtime.console import images_progress
+    from kdstore.store.store import Store
+    from kdstore.train import loop as train
 
     if not torch.cuda.is_available():
         return {"checked": False, "why": "no CUDA device"}
-    cfg = train_config(work, p, store, student, variant, teacher_rows="device", epochs=1, agreement_samples=0, tensorboard=False)
+    cfg = train_config(
+        work, p, store, student, variant, teacher_rows="device", epochs=1, agreement_samples=0, tensorboard=False
+    )
     last = []
 
     def hook(epoch: int, b: int, ids: np.ndarray, lam: float) -> None:
@@ -140,8 +210,12 @@ def sync_check(work: Path, p: dict, store: str, student: str, variant: str) -> d
             train.run_epoch(run, 0, bar)
         return {"checked": True, "steps_checked": max(0, last[0] - 4), "host_syncs": 0}
     except RuntimeError as e:
-        return {"checked": True, "host_syncs": ">=1", "error": str(e).splitlines()[0][:300],
-                "where": [line.strip() for line in traceback.format_exc().splitlines() if "kdstore" in line][-4:]}
+        return {
+            "checked": True,
+            "host_syncs": ">=1",
+            "error": str(e).splitlines()[0][:300],
+            "where": [line.strip() for line in traceback.format_exc().splitlines() if "kdstore" in line][-4:],
+        }
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
@@ -149,8 +223,8 @@ def sync_check(work: Path, p: dict, store: str, student: str, variant: str) -> d
 def fit_speed(work: Path, p: dict, store: str, student: str, variant: str, loader: str) -> dict:
     """A `train` run; per epoch: images/s of the training pass, evaluation and checkpoint seconds
     (the first epoch includes cuDNN's autotuning: the figure is the median of the others)."""
-    from kdstore import train
-    from kdstore.store import Store
+    from kdstore.store.store import Store
+    from kdstore.train import loop as train
 
     cfg = train_config(work, p, store, student, variant, loader, epochs=p["fit_epochs"])
     saves: list[float] = []
@@ -169,21 +243,29 @@ def fit_speed(work: Path, p: dict, store: str, student: str, variant: str, loade
         train.save_epoch = plain
     rows = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
     steady = rows[1:] or rows
-    return {"images_per_s": float(np.median([r["images_per_s"] for r in steady])), "per_epoch_images_per_s": [r["images_per_s"] for r in rows],
-            "train_seconds": [r["seconds"] for r in rows], "eval_seconds": [r["eval_seconds"] for r in rows], "checkpoint_seconds": saves,
-            "data_wait_frac": [r["data_wait_frac"] for r in rows], "loader_used": json.loads((Path(cfg.out) / "config.json").read_text())["loader_used"]}
+    return {
+        "images_per_s": float(np.median([r["images_per_s"] for r in steady])),
+        "per_epoch_images_per_s": [r["images_per_s"] for r in rows],
+        "train_seconds": [r["seconds"] for r in rows],
+        "eval_seconds": [r["eval_seconds"] for r in rows],
+        "checkpoint_seconds": saves,
+        "data_wait_frac": [r["data_wait_frac"] for r in rows],
+        "loader_used": json.loads((Path(cfg.out) / "config.json").read_text())["loader_used"],
+    }
 
 
 def ceiling(work: Path, p: dict, store: str, student: str) -> dict:
     """The offline-KD step alone: an epoch's full batches gathered on the device first, then
     stepped through with one sync at the end."""
-    from kdstore import train
-    from kdstore.store import Store
+    from kdstore.store.store import Store
+    from kdstore.train import loop as train
 
     cfg = train_config(work, p, store, student, "kd", epochs=1, tensorboard=False)
     run = train.build_run(cfg, train.data_from_store(Store.open(store)), student, "student")
     order, local = run.rank_order(0), run.train_loader.batch_size
-    batches = [(order[b * local:(b + 1) * local], x, y) for b, (x, y, _) in enumerate(run.train_loader) if len(y) == local]
+    batches = [
+        (order[b * local : (b + 1) * local], x, y) for b, (x, y, _) in enumerate(run.train_loader) if len(y) == local
+    ]
     run.step.model.train()
     warm = 3
     for pos, x, y in batches[:warm]:
@@ -199,26 +281,67 @@ def ceiling(work: Path, p: dict, store: str, student: str) -> dict:
 
 
 def bench_pair(p: dict, store: str, student: str, teacher: str, stem: str, input_size: int | None) -> dict:
-    from kdstore import bench
-    from kdstore.bench import BenchConfig
+    from kdstore.train import bench
+    from kdstore.train.bench import BenchConfig
 
-    r = bench.run(BenchConfig(store=store, student=student, teacher=teacher, stem=stem, input_size=input_size, batch_size=p["batch"],
-                              steps=p["bench_steps"], warmup=p["bench_warmup"], block=p["bench_block"], device=p["device"], loader="device"))
-    keep = ("images_per_s", "step_ms_median", "step_ms_p10", "step_ms_p90", "data_wait_frac", "peak_memory_bytes", "loader", "amp")
-    return {"modes": {m: {k: v[k] for k in keep} for m, v in r["modes"].items()}, "offline_vs_unguided": r["offline_vs_unguided"],
-            "online_offline_ratio": r["online_offline_ratio"], "flops_per_image": r["flops_per_image"],
-            "ratio_vs_flop_limit": r["ratio_vs_flop_limit"], "paired": r["paired"], "cache": r["cache"]}
+    r = bench.run(
+        BenchConfig(
+            store=store,
+            student=student,
+            teacher=teacher,
+            stem=stem,
+            input_size=input_size,
+            batch_size=p["batch"],
+            steps=p["bench_steps"],
+            warmup=p["bench_warmup"],
+            block=p["bench_block"],
+            device=p["device"],
+            loader="device",
+        )
+    )
+    keep = (
+        "images_per_s",
+        "step_ms_median",
+        "step_ms_p10",
+        "step_ms_p90",
+        "data_wait_frac",
+        "peak_memory_bytes",
+        "loader",
+        "amp",
+    )
+    return {
+        "modes": {m: {k: v[k] for k in keep} for m, v in r["modes"].items()},
+        "offline_vs_unguided": r["offline_vs_unguided"],
+        "online_offline_ratio": r["online_offline_ratio"],
+        "flops_per_image": r["flops_per_image"],
+        "ratio_vs_flop_limit": r["ratio_vs_flop_limit"],
+        "paired": r["paired"],
+        "cache": r["cache"],
+    }
 
 
 def gpu_tests() -> dict:
-    """tests/test_gpu.py (the CUDA-only tests; they skip elsewhere), in a child pytest."""
+    """tests/train/test_gpu.py (the CUDA-only tests; they skip elsewhere), in a child pytest."""
     import subprocess
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path[:2] + [os.environ.get("PYTHONPATH", "")] if p)}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=240)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path[:2] + [os.environ.get("PYTHONPATH", "")] if p),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/train/test_gpu.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     lines = (proc.stdout + proc.stderr).strip().splitlines()
-    return {"returncode": proc.returncode, "result": lines[-1] if lines else "", "failures": [x for x in lines if x.startswith(("FAILED", "E "))][:10]}
+    return {
+        "returncode": proc.returncode,
+        "result": lines[-1] if lines else "",
+        "failures": [x for x in lines if x.startswith(("FAILED", "E "))][:10],
+    }
 
 
 class Sections:
@@ -256,7 +379,11 @@ def _brief(value) -> str:
         return str(value)[:120]
     if "error" in value:
         return "ERROR " + value["error"][:150]
-    shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in value.items() if isinstance(v, (int, float, str, bool)) and k != "path"}
+    shown = {
+        k: (round(v, 3) if isinstance(v, float) else v)
+        for k, v in value.items()
+        if isinstance(v, (int, float, str, bool)) and k != "path"
+    }
     return json.dumps(shown)[:160]
 
 
@@ -267,34 +394,56 @@ def summary(r: dict) -> list[str]:
             node = node.get(k) if isinstance(node, dict) else None
         return fmt.format(node) if isinstance(node, (int, float)) else "-"
 
-    lines = [f"kdstore GPU benchmark: {r['environment'].get('gpu') or 'CPU (rehearsal)'}, torch {r['environment']['torch']}, "
-             f"{r['environment']['date']}"]
-    lines.append(f"store: {get('store', 'seconds', fmt='{:.1f}')} s, teacher pass {get('store', 'teacher_images_per_s')} img/s")
+    lines = [
+        f"kdstore GPU benchmark: {r['environment'].get('gpu') or 'CPU (rehearsal)'}, torch "
+        f"{r['environment']['torch']}, "
+        f"{r['environment']['date']}"
+    ]
+    lines.append(
+        f"store: {get('store', 'seconds', fmt='{:.1f}')} s, teacher pass {get('store', 'teacher_images_per_s')} img/s"
+    )
     for key, v in r.get("sync", {}).items():
-        lines.append(f"host syncs, steady-state steps of {key}: {v.get('host_syncs', v.get('why', v.get('error', '?')))}"
-                     + (f" ({v['error']})" if "error" in v and "host_syncs" in v else ""))
-    lines.append(f"{'student':16} {'offline img/s':>14} {'unguided':>10} {'off/ung':>8} {'ceiling':>10} {'off/ceil':>9} {'eval s':>7} {'ckpt s':>7}")
+        lines.append(
+            f"host syncs, steady-state steps of {key}: {v.get('host_syncs', v.get('why', v.get('error', '?')))}"
+            + (f" ({v['error']})" if "error" in v and "host_syncs" in v else "")
+        )
+    lines.append(
+        f"{'student':16} {'offline img/s':>14} {'unguided':>10} {'off/ung':>8} {'ceiling':>10} {'off/ceil':>9} "
+        f"{'eval s':>7} {'ckpt s':>7}"
+    )
     for s in STUDENTS:
         off, ung = (r.get("fit", {}).get(f"{s}-{m}") or {} for m in ("kd-device", "unguided-device"))
         ceil = r.get("ceiling", {}).get(s) or {}
         ratio = off.get("images_per_s", 0) / ung["images_per_s"] if ung.get("images_per_s") else None
         to_ceil = off.get("images_per_s", 0) / ceil["images_per_s"] if ceil.get("images_per_s") else None
-        lines.append(f"{s:16} {off.get('images_per_s', float('nan')):>14,.0f} {ung.get('images_per_s', float('nan')):>10,.0f} "
-                     f"{ratio or float('nan'):>8.3f} {ceil.get('images_per_s', float('nan')):>10,.0f} {to_ceil or float('nan'):>9.3f} "
-                     f"{np.median(off.get('eval_seconds', [np.nan])):>7.2f} {np.median(off.get('checkpoint_seconds', [np.nan])):>7.2f}")
-    lines.append(f"cifar_resnet8 offline KD, data streamed by FFCV: {get('fit', 'cifar_resnet8-kd-ffcv', 'images_per_s')} img/s "
-                 f"(on the device: {get('fit', 'cifar_resnet8-kd-device', 'images_per_s')})")
-    lines.append(f"resnet152@224 cache pass: bf16 {get('cache224', 'bf16', 'teacher_images_per_s')} img/s, "
-                 f"fp32 {get('cache224', 'fp32', 'teacher_images_per_s')} img/s")
+        lines.append(
+            f"{s:16} {off.get('images_per_s', float('nan')):>14,.0f} {ung.get('images_per_s', float('nan')):>10,.0f} "
+            f"{ratio or float('nan'):>8.3f} {ceil.get('images_per_s', float('nan')):>10,.0f} "
+            f"{to_ceil or float('nan'):>9.3f} "
+            f"{np.median(off.get('eval_seconds', [np.nan])):>7.2f} "
+            f"{np.median(off.get('checkpoint_seconds', [np.nan])):>7.2f}"
+        )
+    lines.append(
+        f"cifar_resnet8 offline KD, data streamed by FFCV: {get('fit', 'cifar_resnet8-kd-ffcv', 'images_per_s')} img/s "
+        f"(on the device: {get('fit', 'cifar_resnet8-kd-device', 'images_per_s')})"
+    )
+    lines.append(
+        f"resnet152@224 cache pass: bf16 {get('cache224', 'bf16', 'teacher_images_per_s')} img/s, "
+        f"fp32 {get('cache224', 'fp32', 'teacher_images_per_s')} img/s"
+    )
     for s in STUDENTS:
         for t, stem, size in TEACHERS:
             v = r.get("bench", {}).get(f"{s}-{t}-{stem}-{size or 'native'}")
             if v and "modes" in v:
                 m = v["modes"]
-                lines.append(f"bench {s} / {t} {stem} {size or ''}: img/s unguided {m['unguided']['images_per_s']:,.0f} offline "
-                             f"{m['offline']['images_per_s']:,.0f} online {m['online']['images_per_s']:,.0f}; online/offline step time "
-                             f"{v['online_offline_ratio']:.2f} = {v['ratio_vs_flop_limit']:.2f} of the FLOP limit {v['flops_per_image']['limit']:.2f}")
-    lines.append(f"tests/test_gpu.py: {(r.get('pytest_gpu') or {}).get('result', '-')}")
+                lines.append(
+                    f"bench {s} / {t} {stem} {size or ''}: img/s unguided {m['unguided']['images_per_s']:,.0f} offline "
+                    f"{m['offline']['images_per_s']:,.0f} online {m['online']['images_per_s']:,.0f}; online/offline "
+                    "step time "
+                    f"{v['online_offline_ratio']:.2f} = {v['ratio_vs_flop_limit']:.2f} of the FLOP limit "
+                    f"{v['flops_per_image']['limit']:.2f}"
+                )
+    lines.append(f"tests/train/test_gpu.py: {(r.get('pytest_gpu') or {}).get('result', '-')}")
     lines += [f"skipped: {s}" for s in r.get("skipped", [])]
     lines += [f"error in {k}" for k, v in _errors(r)]
     return lines
@@ -311,7 +460,9 @@ def _errors(node, prefix=""):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", help="Directory for gpu.json (created; nothing else is written there).")
-    ap.add_argument("--budget-s", type=float, default=420.0, help="Skip sections that would end after this many seconds.")
+    ap.add_argument(
+        "--budget-s", type=float, default=420.0, help="Skip sections that would end after this many seconds."
+    )
     ap.add_argument("--rehearse", action="store_true", help="Tiny sizes on the CPU: every step, no meaningful figure.")
     ap.add_argument("--work", help="Scratch directory for stores and runs (default: a temporary one, removed).")
     args = ap.parse_args()
@@ -343,12 +494,34 @@ def main() -> None:
             s.run(f"fit/{student}-unguided-device", 20, fit_speed, work, p, path, student, "unguided", "device")
             s.run(f"ceiling/{student}", 10, ceiling, work, p, path, student)
         for name, amp in (("bf16", True), ("fp32", False)):
-            s.run(f"cache224/{name}", 40, cache_store, work, p, f"r152-{name}", "gpubench-224", "resnet152", "imagenet", p["size_224"], amp,
-                  p["cache_batch"])
+            s.run(
+                f"cache224/{name}",
+                40,
+                cache_store,
+                work,
+                p,
+                f"r152-{name}",
+                "gpubench-224",
+                "resnet152",
+                "imagenet",
+                p["size_224"],
+                amp,
+                p["cache_batch"],
+            )
         for student in STUDENTS:
             for teacher, stem, size in TEACHERS:
                 scaled = size and p["size_224"] * size // 224
-                s.run(f"bench/{student}-{teacher}-{stem}-{size or 'native'}", 30, bench_pair, p, path, student, teacher, stem, scaled)
+                s.run(
+                    f"bench/{student}-{teacher}-{stem}-{size or 'native'}",
+                    30,
+                    bench_pair,
+                    p,
+                    path,
+                    student,
+                    teacher,
+                    stem,
+                    scaled,
+                )
         s.run("pytest_gpu", 60, gpu_tests)
         result["total_seconds"] = time.perf_counter() - s.t0
         (out / "gpu.json").write_text(json.dumps(result, indent=1, default=str))

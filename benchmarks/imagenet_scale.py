@@ -23,6 +23,7 @@ the same store rewritten in its schema 1:
     PYTHONPATH=<checkout of 7d456ee> python benchmarks/imagenet_scale.py --work /tmp/kdi-old \
         --json benchmarks/results/imagenet_scale_before.json --stores no-views --stages open,train
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ def register(n_train: int) -> None:
     import timm.models
     import torch.nn as nn
 
-    from kdstore import datasets
+    from kdstore.data import datasets
 
     def linear(pretrained: bool = False, num_classes: int = 1000, **kwargs) -> nn.Module:
         model = nn.Sequential(nn.Flatten(), nn.Linear(3 * SIZE * SIZE, num_classes))
@@ -63,10 +64,15 @@ def register(n_train: int) -> None:
 
         def split(n: int, offset: int) -> datasets.ImageSplit:
             labels = (np.arange(n, dtype=np.int64) * 7919 + offset) % CLASSES
-            return datasets.ImageSplit(get=lambda i: protos[labels[i]] ^ noise[(i + offset) % len(noise)], labels=labels,
-                                       sample_ids=np.arange(n, dtype=np.int64))
+            return datasets.ImageSplit(
+                get=lambda i: protos[labels[i]] ^ noise[(i + offset) % len(noise)],
+                labels=labels,
+                sample_ids=np.arange(n, dtype=np.int64),
+            )
 
-        return datasets.ImageDataset("imagenet-sized", [f"c{k}" for k in range(CLASSES)], split(n_train, 0), split(N_VAL, 1))
+        return datasets.ImageDataset(
+            "imagenet-sized", [f"c{k}" for k in range(CLASSES)], split(n_train, 0), split(N_VAL, 1)
+        )
 
     datasets.DATASETS["imagenet-sized"] = load
 
@@ -81,25 +87,38 @@ def child_imports() -> dict:
 
 
 def peak_rss() -> dict[str, float]:
-    return {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "children_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    return {
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "children_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
 
 
 def child_cache(out: str, views: int, topk: int, n_train: int) -> dict:
-    from kdstore import cache
+    from kdstore.cache import write as cache
 
     register(n_train)
     t0 = time.perf_counter()
-    cache.run(cache.CacheConfig(allow_untrained=True, dataset="imagenet-sized", teacher="bench_linear", out=out, batch_size=1024, views=views, topk=topk, progress=False))
+    cache.run(
+        cache.CacheConfig(
+            allow_untrained=True,
+            dataset="imagenet-sized",
+            teacher="bench_linear",
+            out=out,
+            batch_size=1024,
+            views=views,
+            topk=topk,
+            progress=False,
+        )
+    )
     files = {p.name: p.stat().st_size for p in Path(out).iterdir()}
     return {"seconds": time.perf_counter() - t0, "files_bytes": files, "store_bytes": sum(files.values()), **peak_rss()}
 
 
 def child_open(store: str) -> dict:
-    from kdstore.models import sha256_file
-    from kdstore.store import H5_NAME, Store
-
     import psutil
+
+    from kdstore.runtime.hashing import sha256_file
+    from kdstore.store.store import H5_NAME, Store
 
     t0 = time.perf_counter()
     sha256_file(Path(store) / H5_NAME)
@@ -107,8 +126,13 @@ def child_open(store: str) -> dict:
     t0 = time.perf_counter()
     s = Store.open(store)
     opened = time.perf_counter() - t0
-    return {"open_seconds": opened, "teacher_h5_sha256_seconds": sha, "rss_after_open_mib": psutil.Process().memory_info().rss / 2**20,
-            "n_train": len(s.train), **peak_rss()}
+    return {
+        "open_seconds": opened,
+        "teacher_h5_sha256_seconds": sha,
+        "rss_after_open_mib": psutil.Process().memory_info().rss / 2**20,
+        "n_train": len(s.train),
+        **peak_rss(),
+    }
 
 
 def _evict(path: Path) -> None:
@@ -125,16 +149,19 @@ def child_lookup(store: str, batch: int = 512, batches: int = 400) -> dict:
     import psutil
     import torch
 
-    from kdstore.targets import Rows
-    from kdstore.store import H5_NAME, Store
+    from kdstore.store.rows import Rows
+    from kdstore.store.store import H5_NAME, Store
 
     s = Store.open(store)
     rng = np.random.default_rng(0)
     n = len(s.train)
     idx = [rng.choice(n, batch, replace=False) for _ in range(batches)]
     out = {}
-    for label, arrays in [("logits", (s.train.logits,))] + ([("views_topk", (s.train.views.topk_values, s.train.views.topk_indices, s.train.views.fill))]
-                                                            if s.train.views is not None else []):
+    for label, arrays in [("logits", (s.train.logits,))] + (
+        [("views_topk", (s.train.views.topk_values, s.train.views.topk_indices, s.train.views.fill))]
+        if s.train.views is not None
+        else []
+    ):
         for state in ("cold", "warm"):
             if state == "cold":
                 _evict(Path(store) / H5_NAME)
@@ -150,7 +177,7 @@ def child_lookup(store: str, batch: int = 512, batches: int = 400) -> dict:
     # The alternatives measured against it: numpy gathers from the memory map, its pages dropped
     # every 4096 rows to bound the resident set, and h5py reading the same rows (what a background
     # reader thread would do).
-    from kdstore.arrays import release_pages
+    from kdstore.runtime.blocks import release_pages
 
     logits = s.train.logits
     t0 = time.perf_counter()
@@ -169,11 +196,21 @@ def child_lookup(store: str, batch: int = 512, batches: int = 400) -> dict:
 
 
 def child_train(store: str, out: str, variant: str, n_train: int) -> dict:
-    from kdstore import train
+    from kdstore.train import loop as train
 
     register(n_train)
-    cfg = train.TrainConfig(out=out, store=store, variant=variant, student="bench_linear", epochs=1, batch_size=512, lr=0.01, workers=2,
-                            progress=False, overwrite=True)
+    cfg = train.TrainConfig(
+        out=out,
+        store=store,
+        variant=variant,
+        student="bench_linear",
+        epochs=1,
+        batch_size=512,
+        lr=0.01,
+        workers=2,
+        progress=False,
+        overwrite=True,
+    )
     t0 = time.perf_counter()
     summary = train.run(cfg)
     rank = int(os.environ.get("RANK", 0))
@@ -193,7 +230,7 @@ def convert_to_schema1(src: Path, dst: Path) -> None:
     were measured on the same store (that code's own cache dies of memory at this size)."""
     import h5py
 
-    from kdstore.models import sha256_file
+    from kdstore.runtime.hashing import sha256_file
 
     dst.mkdir(parents=True, exist_ok=True)
     for name in ("train.beton", "val.beton"):
@@ -206,7 +243,7 @@ def convert_to_schema1(src: Path, dst: Path) -> None:
             for key, d in f[split].items():
                 out = g.create_dataset(f"{split}/{key}", shape=d.shape, dtype=d.dtype, fletcher32=True, chunks=True)
                 for lo in range(0, d.shape[0], 65536):
-                    out[lo:lo + 65536] = d[lo:lo + 65536]
+                    out[lo : lo + 65536] = d[lo : lo + 65536]
     manifest = json.loads((src / "MANIFEST.json").read_text())
     manifest.update(schema_version=1, sha256={**manifest["sha256"], "teacher.h5": sha256_file(dst / "teacher.h5")})
     (dst / "MANIFEST.json").write_text(json.dumps(manifest, indent=2))
@@ -234,15 +271,29 @@ def main() -> None:
     p.add_argument("--json", type=Path)
     p.add_argument("--train-samples", type=int, default=1_281_167)
     p.add_argument("--stores", default="no-views,views4-top10", help="which stores to build and measure")
-    p.add_argument("--stages", default="cache,open,lookup,train", help="which measurements to take (others are kept from --json)")
+    p.add_argument(
+        "--stages", default="cache,open,lookup,train", help="which measurements to take (others are kept from --json)"
+    )
     a = p.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     n = str(a.train_samples)
     stores = {"no-views": (a.work / "store", 0, 0), "views4-top10": (a.work / "store-v4", 4, 10)}
     stages = set(a.stages.split(","))
-    result: dict = json.loads(a.json.read_text()) if a.json and a.json.is_file() and stages != {"cache", "open", "lookup", "train"} else {"stores": {}}
-    result.update({"train_samples": a.train_samples, "val_samples": N_VAL, "classes": CLASSES, "image_size": SIZE, "cpus": os.cpu_count(),
-                   "date": time.strftime("%Y-%m-%d")})
+    result: dict = (
+        json.loads(a.json.read_text())
+        if a.json and a.json.is_file() and stages != {"cache", "open", "lookup", "train"}
+        else {"stores": {}}
+    )
+    result.update(
+        {
+            "train_samples": a.train_samples,
+            "val_samples": N_VAL,
+            "classes": CLASSES,
+            "image_size": SIZE,
+            "cpus": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d"),
+        }
+    )
     result.setdefault("load_before", {})[",".join(sorted(stages))] = os.getloadavg()[0]
     import torch
 

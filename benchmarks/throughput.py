@@ -6,6 +6,7 @@ Teachers are randomly initialised (speed does not depend on the weights). Stores
 subset of the real CIFAR-10 JPEGs (enough images for warm-up + timed steps). Each pair's full
 `kdstore bench` JSON goes to benchmarks/results/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,9 @@ from pathlib import Path
 
 from common import WORK, cifar10_subset
 
-from kdstore import bench, cache
-from kdstore.cache import CacheConfig
+from kdstore.cache import write as cache
+from kdstore.cache.config import CacheConfig
+from kdstore.train import bench
 
 PAIRS = [  # (name, teacher, teacher stem, teacher input, student)
     ("r32x4-r8x4", "cifar_resnet32x4", "cifar", 32, "cifar_resnet8x4"),
@@ -41,13 +43,41 @@ def main() -> None:
             continue
         store = WORK / "stores" / f"{name}-{per_class}"
         if not (store / "MANIFEST.json").is_file():
-            cache.run(CacheConfig(allow_untrained=True, dataset=f"imagefolder:{folder}", teacher=teacher, stem=stem, input_size=size, out=str(store),
-                                  batch_size=args.batch_size, device=args.device, overwrite=True))
-        r = bench.run(bench.BenchConfig(store=str(store), student=student, batch_size=args.batch_size, steps=args.steps,
-                                        warmup=args.warmup, device=args.device, json=str(results / f"throughput-{name}-{r_dev(args.device)}.json")))
-        print(json.dumps({"pair": name, "images_per_s": {m: round(v["images_per_s"], 1) for m, v in r["modes"].items()},
-                          "offline_vs_unguided": round(r["offline_vs_unguided"], 3), "ratio_vs_flop_limit": round(r["ratio_vs_flop_limit"], 3),
-                          "cache_vs_forward": round(r["cache"]["cache_vs_forward"], 3)}))
+            cache.run(
+                CacheConfig(
+                    allow_untrained=True,
+                    dataset=f"imagefolder:{folder}",
+                    teacher=teacher,
+                    stem=stem,
+                    input_size=size,
+                    out=str(store),
+                    batch_size=args.batch_size,
+                    device=args.device,
+                    overwrite=True,
+                )
+            )
+        r = bench.run(
+            bench.BenchConfig(
+                store=str(store),
+                student=student,
+                batch_size=args.batch_size,
+                steps=args.steps,
+                warmup=args.warmup,
+                device=args.device,
+                json=str(results / f"throughput-{name}-{r_dev(args.device)}.json"),
+            )
+        )
+        print(
+            json.dumps(
+                {
+                    "pair": name,
+                    "images_per_s": {m: round(v["images_per_s"], 1) for m, v in r["modes"].items()},
+                    "offline_vs_unguided": round(r["offline_vs_unguided"], 3),
+                    "ratio_vs_flop_limit": round(r["ratio_vs_flop_limit"], 3),
+                    "cache_vs_forward": round(r["cache"]["cache_vs_forward"], 3),
+                }
+            )
+        )
 
 
 def r_dev(device: str) -> str:

@@ -1,4 +1,37 @@
-"""kdstore: offline knowledge distillation from a cached teacher (FFCV images + HDF5 logits)."""
-__version__ = "0.1.0"
+"""kdstore: offline knowledge distillation from a cached teacher (FFCV images + HDF5 logits).
 
-from . import cifar_models  # noqa: E402,F401 - registers the CIFAR networks in timm
+The public API is what this module exports (`__all__`): the configs and run functions of every
+command, the store, and the error type. Everything else may move between releases."""
+
+from kdstore import cache, train
+from kdstore import models as _models  # noqa: F401 - registers the CIFAR networks in timm
+from kdstore.cache import CacheConfig
+from kdstore.errors import KdstoreError
+from kdstore.report import sweep
+from kdstore.report.sweep import SweepConfig
+from kdstore.store import Store, merge, verify
+from kdstore.store.merge import MergeConfig
+from kdstore.train import TrainConfig, teacher
+from kdstore.train.bench import BenchConfig
+from kdstore.train.eval_checkpoint import EvalConfig
+from kdstore.train.teacher import TeacherConfig
+from kdstore.version import __version__
+
+__all__ = [
+    "__version__",
+    "KdstoreError",
+    "Store",
+    "verify",
+    "cache",
+    "train",
+    "teacher",
+    "merge",
+    "sweep",
+    "CacheConfig",
+    "TrainConfig",
+    "TeacherConfig",
+    "MergeConfig",
+    "SweepConfig",
+    "BenchConfig",
+    "EvalConfig",
+]

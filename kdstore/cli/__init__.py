@@ -1,1 +1,1 @@
-"""The click command line: a thin layer that parses options and calls the kdstore library."""
+"""The command line: a thin layer that parses options into configs and calls the library."""

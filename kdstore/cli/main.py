@@ -1,4 +1,5 @@
 """`kdstore` commands. Each one parses its options into a config and calls the library."""
+
 from __future__ import annotations
 
 import functools
@@ -9,20 +10,27 @@ from typing import Any, Callable
 
 import click
 
-from kdstore import bench as bench_lib, cache as cache_lib, demo as demo_lib, merge as merge_lib, report as report_lib
-from kdstore import evaluation as eval_lib, teacher as teacher_lib, train as train_lib
-from kdstore.bench import BenchConfig
-from kdstore.cache import CacheConfig
+from kdstore.cache import write as cache_lib
+from kdstore.cache.config import CacheConfig
 from kdstore.cli.render import render_bench, render_results, render_store
-from kdstore.config import click_options, fields_of, given
-from kdstore.evaluation import EvalConfig
+from kdstore.config import click_options, fields_of, from_dict, given, with_policy
 from kdstore.errors import KdstoreError
-from kdstore.merge import MergeConfig
-from kdstore.store import Store, verify as verify_store
-from kdstore.sweep import SweepConfig
-from kdstore.teacher import TRAINING_OPTIONS, TeacherConfig
-from kdstore.train import TrainConfig
-
+from kdstore.report import demo as demo_lib
+from kdstore.report import tables as report_lib
+from kdstore.report.sweep import SweepConfig
+from kdstore.store import merge as merge_lib
+from kdstore.store.merge import MergeConfig
+from kdstore.store.store import Store
+from kdstore.store.store import verify as verify_store
+from kdstore.train import bench as bench_lib
+from kdstore.train import eval_checkpoint as eval_lib
+from kdstore.train import loop as train_lib
+from kdstore.train import teacher as teacher_lib
+from kdstore.train.bench import BenchConfig
+from kdstore.train.config import TrainConfig
+from kdstore.train.eval_checkpoint import EvalConfig
+from kdstore.train.loop import RUN_RECORD
+from kdstore.train.teacher import TeacherConfig
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -38,7 +46,9 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
-        except OSError as e:  # the environment: a full disk, a read-only or missing directory, a file where a directory goes
+        except (
+            OSError
+        ) as e:  # the environment: a full disk, a read-only or missing directory, a file where a directory goes
             where = f"{e.filename}: " if e.filename else ""
             click.echo(f"error: {where}{e.strerror or e}", err=True)
             sys.exit(2)
@@ -47,16 +57,22 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _train_config(values: dict[str, Any], config_file: str | None = None) -> TrainConfig:
-    """A TrainConfig from the command line; with --config, a run's config.json gives every option
-    the command line does not set."""
+    """A TrainConfig from the command line; with --config, a run's config.json (or any JSON file of
+    train's options) gives every option the command line does not set. An unknown or misspelled
+    key, or a value of the wrong type, is a one-line error."""
     if config_file is None:
         return TrainConfig(**values)
     try:
         saved = json.loads(Path(config_file).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise KdstoreError(f"--config {config_file} cannot be read ({type(e).__name__})") from None
+    if not isinstance(saved, dict):
+        raise KdstoreError(f"--config {config_file} is not a JSON object of train's options")
     explicit = given(values)
-    return TrainConfig(**{**fields_of(TrainConfig, saved), **{k: v for k, v in values.items() if k in explicit}})
+    from_file = from_dict(TrainConfig, saved, ignore=RUN_RECORD, where=f"--config {config_file}")
+    return TrainConfig(
+        **{**fields_of(TrainConfig, vars(from_file)), **{k: v for k, v in values.items() if k in explicit}}
+    )
 
 
 @click.group()
@@ -75,7 +91,9 @@ def cache(**kw: Any) -> None:
 
 
 @cli.command()
-@click.option("--config", "config_file", type=click.Path(), help="A run's config.json: rerun it (options given here override it).")
+@click.option(
+    "--config", "config_file", type=click.Path(), help="A run's config.json: rerun it (options given here override it)."
+)
 @click_options(TrainConfig)
 @_friendly
 def train(config_file: str | None, **kw: Any) -> None:
@@ -86,12 +104,13 @@ def train(config_file: str | None, **kw: Any) -> None:
 
 @cli.command()
 @click_options(TeacherConfig, skip={"training"})
-@click_options(TrainConfig, only=TRAINING_OPTIONS)
+@click_options(TrainConfig, only=with_policy(TrainConfig, "teacher", True))
 @_friendly
-def teacher(model: str, dataset: str, data_root: str | None, image_size: int | None, split: float | None, split_seed: int, **kw: Any) -> None:
+def teacher(**kw: Any) -> None:
     """Train (or fine-tune with --pretrained) a teacher; its checkpoint.pt feeds `kdstore cache`."""
 
-    teacher_lib.run(TeacherConfig(model, dataset, data_root, image_size, split, split_seed, TrainConfig(**kw)))
+    own = {k: kw.pop(k) for k in list(kw) if k in fields_of(TeacherConfig, kw)}
+    teacher_lib.run(TeacherConfig(**own, training=TrainConfig(**kw)))
 
 
 @cli.command("eval")
@@ -102,7 +121,7 @@ def eval_(checkpoint: str, **kw: Any) -> None:
     """Accuracy and loss of a teacher or student checkpoint on --dataset or a --store's images
     (optionally its logits, --logits FILE.npz)."""
 
-    eval_lib.run(EvalConfig(checkpoint, **kw))
+    eval_lib.run(EvalConfig(checkpoint=checkpoint, **kw))
 
 
 @cli.command()
@@ -134,10 +153,19 @@ def verify(store: str) -> None:
 
 @cli.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
-@click.option("--out", type=click.Path(), help="Write results.md, results.csv, results.json and the figures (convergence.png, "
-              "pacing.png, lambda.png, curriculum.png: each where the runs allow) here.")
+@click.option(
+    "--out",
+    type=click.Path(),
+    help="Write results.md, results.csv, results.json and the figures (convergence.png, "
+    "pacing.png, lambda.png, curriculum.png: each where the runs allow) here.",
+)
 @click.option("--allow-mixed", is_flag=True, help="Tabulate runs from different stores together.")
-@click.option("--baseline", default=report_lib.BASELINE, show_default=True, help="The arm every other is compared with, paired by seed (e.g. kd).")
+@click.option(
+    "--baseline",
+    default=report_lib.BASELINE,
+    show_default=True,
+    help="The arm every other is compared with, paired by seed (e.g. kd).",
+)
 @_friendly
 def report(runs: tuple[str, ...], out: str | None, allow_mixed: bool, baseline: str) -> None:
     """Table of RUNS (run or sweep directories): per arm, mean ± std over seeds and the paired
@@ -149,21 +177,28 @@ def report(runs: tuple[str, ...], out: str | None, allow_mixed: bool, baseline: 
         report_lib.write_report(summary, out, found)
     render_results(summary)
     if out:
-        click.echo(f"wrote {out} ({', '.join(['results.md', 'results.csv', 'results.json', *summary.get('figures', [])])})", err=True)
+        click.echo(
+            f"wrote {out} ({', '.join(['results.md', 'results.csv', 'results.json', *summary.get('figures', [])])})",
+            err=True,
+        )
 
 
 @cli.command()
 @click_options(SweepConfig)
-@click_options(TrainConfig, skip={"variant", "pacing", "scorer", "views", "resume", "verify", "seed", "overwrite"})
+@click_options(TrainConfig, skip=set(with_policy(TrainConfig, "sweep", "arm", "off")))
 @_friendly
-def sweep(variants: str, seeds: str, pacing: str, scorer: str, views: str, baseline: str, overwrite: bool, **kw: Any) -> None:
+def sweep(**kw: Any) -> None:
     """Every variant x pacing x scorer x seed from one store, each in OUT/ARM-sSEED, then OUT/report.
     Rerunning it keeps finished runs made with the same options and trains the rest."""
 
-    summary = SweepConfig(variants, seeds, pacing, scorer, views, baseline, overwrite).run(TrainConfig(**kw))
+    own = {k: kw.pop(k) for k in list(kw) if k in fields_of(SweepConfig, kw)}
+    summary = SweepConfig(**own).run(TrainConfig(**kw))
     render_results(summary)
-    click.echo(f"wrote {Path(kw['out'])} (runs) and {Path(kw['out']) / 'report'} ({', '.join(['results.md', *summary.get('figures', [])])}, ...)",
-               err=True)
+    click.echo(
+        f"wrote {Path(kw['out'])} (runs) and {Path(kw['out']) / 'report'} "
+        f"({', '.join(['results.md', *summary.get('figures', [])])}, ...)",
+        err=True,
+    )
 
 
 @cli.command()
@@ -173,7 +208,7 @@ def sweep(variants: str, seeds: str, pacing: str, scorer: str, views: str, basel
 def merge(stores: tuple[str, ...], **kw: Any) -> None:
     """Combine stores of the same images from several teachers: mean logits as the KD target."""
 
-    merge_lib.run(MergeConfig(tuple(stores), **kw))
+    merge_lib.run(MergeConfig(stores=tuple(stores), **kw))
 
 
 @cli.command()
@@ -186,15 +221,23 @@ def bench(**kw: Any) -> None:
 
 
 @cli.command()
-@click.option("--out", default="demo-out", show_default=True, type=click.Path(), help="Directory for the teacher, the store and the runs.")
+@click.option(
+    "--out",
+    default="demo-out",
+    show_default=True,
+    type=click.Path(),
+    help="Directory for the teacher, the store and the runs.",
+)
 @click.option("--no-progress", is_flag=True, help="Turn off progress bars.")
 @_friendly
 def demo(out: str, no_progress: bool) -> None:
     """Teacher, cache and all six variants on the embedded digits data; prints the results."""
 
-
     render_results(demo_lib.run(out, progress=not no_progress))
-    click.echo(f"wrote {out} (the teacher, the store, and the runs with their report in {Path(out) / 'runs' / 'report'})", err=True)
+    click.echo(
+        f"wrote {out} (the teacher, the store, and the runs with their report in {Path(out) / 'runs' / 'report'})",
+        err=True,
+    )
 
 
 def main() -> None:

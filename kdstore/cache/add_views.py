@@ -1,0 +1,241 @@
+"""`kdstore cache --add-views STORE --views K2`: extend a store's views to K2 without scoring
+the first K again.
+Views are drawn view by view from their seed (views.draw_params) and sampled ids are hashed per
+(position, view, draw), so the first K views of a K2-view store are the K-view store's: only
+views K..K2-1 are stored (the teacher's forward that holds view K also holds the views of its
+group before it, inference.VIEWS_PER_FORWARD, as in a fresh cache), with the store's own augmentation,
+seed and storage (logits, top-k or
+sampled), and the result is byte-identical to a fresh cache with K2 views (tested). The store is
+replaced atomically, like every store write; its .beton files are hard-linked, not copied."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from kdstore.cache.config import CacheConfig
+from kdstore.cache.inference import (
+    VIEWS_PER_FORWARD,
+    ModelInput,
+    ScorePass,
+    chunk_paths,
+    column,
+    column_blocks,
+    keep_views,
+    score_beton,
+    views_forward,
+)
+from kdstore.data.augment import augmentation_for
+from kdstore.errors import KdstoreError
+from kdstore.models.teachers import Teacher, load_teacher
+from kdstore.runtime.console import say
+from kdstore.runtime.devices import resolve_device
+from kdstore.runtime.precision import for_device
+from kdstore.store.mixes import MixedViews, Mixing, PartnerSource, mixed_views
+from kdstore.store.store import (
+    BETONS,
+    H5_NAME,
+    Blocks,
+    Store,
+    claim,
+    link_or_copy,
+    publish,
+    staging_dir,
+    write_teacher_h5,
+)
+from kdstore.store.views import MIX_ARRAYS, STORED, Views, draw_params, storage_of
+
+
+def _storage(store: Store, cfg: CacheConfig) -> tuple[str, int, int, float, int, str, str, float]:
+    """(augmentation, topk, sample, sample_tau, seed, kind, mix, mix_alpha) of the views to extend:
+    the store's own; the command line may repeat them but not change them."""
+    v = store.train.views
+    if v is None:
+        kind = storage_of(cfg.topk, cfg.sample)
+        return (
+            augmentation_for(int(store.attrs["image_size"])),
+            cfg.topk,
+            cfg.sample,
+            cfg.sample_tau if cfg.sample else 0.0,
+            cfg.views_seed,
+            kind,
+            cfg.mix,
+            cfg.mix_alpha,
+        )
+    given = {
+        "--topk": (cfg.topk, v.topk),
+        "--sample": (cfg.sample, v.sample),
+        "--views-seed": (cfg.views_seed, v.seed),
+        "--mix": (cfg.mix if cfg.mix != "none" else "", v.mix),
+    }
+    changed = [
+        f"{name} {mine} (the store has {theirs})" for name, (mine, theirs) in given.items() if mine and mine != theirs
+    ]
+    if changed:
+        raise KdstoreError(f"--add-views keeps the store's views as they are: {', '.join(changed)}")
+    return v.augmentation, v.topk, v.sample, v.sample_tau, v.seed, v.storage, v.mix or "none", v.mix_alpha
+
+
+def _joined(old: np.ndarray | None, new: Blocks) -> Blocks:
+    """(N, K, ...) stored views and (N, K2 - K, ...) new ones as (N, K2, ...) row blocks."""
+    if old is None:
+        return new
+
+    def read() -> Iterator[np.ndarray]:
+        row = 0
+        for block in new.read():
+            yield np.concatenate([np.asarray(old[row : row + len(block)]), block.astype(old.dtype, copy=False)], 1)
+            row += len(block)
+
+    return Blocks((new.shape[0], old.shape[1] + new.shape[1], *new.shape[2:]), old.dtype, read)
+
+
+def _store_teacher(cfg: CacheConfig, store: Store) -> Teacher:
+    """The teacher given on the command line, which must be the store's own (model, input size
+    and checkpoint sha256)."""
+    attrs = store.attrs
+    spec = dataclasses.replace(
+        cfg.teacher_spec,
+        teacher=cfg.teacher or attrs["teacher"],
+        stem=cfg.stem or attrs["teacher_stem"],
+        input_size=cfg.input_size or int(attrs["input_size"]),
+    )
+    teacher = load_teacher(spec, store.num_classes, int(attrs["image_size"]))
+    if (
+        teacher.checkpoint_sha256 != attrs["checkpoint_sha256"]
+        or teacher.meta["model"] != attrs["teacher"]
+        or int(teacher.meta["input_size"]) != int(attrs["input_size"])
+    ):
+        raise KdstoreError(
+            f"--add-views: this teacher ({teacher.meta['model']}, checkpoint sha256 "
+            f"{teacher.checkpoint_sha256[:12] or 'none'}) "
+            f"is not the store's ({attrs['teacher']}, {attrs['checkpoint_sha256'][:12] or 'none'}); give its "
+            "--checkpoint"
+        )
+    return teacher
+
+
+def _joined_arrays(store: Store, paths: list[Path], kind: str, mixed: MixedViews, skip: int) -> dict[str, Any]:
+    """The store's view arrays joined with the new views' (their chunks, and the mixing arrays
+    drawn for them, less the `skip` views rescored but already stored)."""
+    if not np.array_equal(column(paths, "sample_id"), store.train.sample_id):
+        raise KdstoreError("internal error: the views pass visited the training images in another order")
+    old = store.train.views
+    arrays: dict[str, Any] = {
+        k: _joined(getattr(old, k) if old is not None else None, column_blocks(paths, k)) for k in STORED[kind]
+    }
+    for k in MIX_ARRAYS if mixed.mix else ():
+        new = getattr(mixed, k)
+        if new is not None:
+            new = np.ascontiguousarray(new[:, skip:])
+            blocks = Blocks(new.shape, new.dtype, functools.partial(iter, [new]))
+            arrays[k] = _joined(getattr(old, k) if old is not None else None, blocks)
+    return arrays
+
+
+def _new_views(cfg: CacheConfig, store: Store, teacher: Teacher, params: np.ndarray, chunks: Path) -> tuple[Views, str]:
+    """Score views `have`..K2-1 into `chunks` and join them to the stored ones: the new Views.
+
+    The teacher scores views in groups (inference.VIEWS_PER_FORWARD); the group that holds view
+    `have` is scored whole, as a fresh cache would, and its stored views dropped."""
+    old = store.train.views
+    have = old.count if old is not None else 0
+    augmentation, topk, sample, tau, seed, kind, mix, alpha = _storage(store, cfg)
+    device = resolve_device(cfg.device)
+    inp = ModelInput(
+        model=for_device(teacher.model, device),
+        mean=torch.tensor(store.attrs["normalize_mean"], device=device),
+        std=torch.tensor(store.attrs["normalize_std"], device=device),
+        input_size=int(store.attrs["input_size"]),
+        device=device,
+        amp=cfg.amp,
+    )
+    first = have - have % VIEWS_PER_FORWARD
+    keep = keep_views(topk, sample, tau, seed, first_view=have)
+    source = PartnerSource(beton=store.beton("train"), device=device, mean=inp.mean, std=inp.std, workers=cfg.workers)
+    mixed = mixed_views(
+        mix, alpha, seed, params[:, first:], augmentation, int(store.attrs["image_size"]), source, first
+    )
+    forward = views_forward(
+        inp,
+        params[:, first:],
+        augmentation,
+        keep,
+        Mixing(mixed, device, "auto", mixed.partners) if mixed.mix else None,
+        skip=have - first,
+    )
+    score_beton(
+        forward,
+        ScorePass(
+            beton=store.beton("train"),
+            batch_size=cfg.batch_size,
+            workers=cfg.workers,
+            label=f"teacher on views {have + 1}-{cfg.views}",
+            progress=cfg.progress,
+            chunk_dir=chunks,
+            positions=np.arange(len(store.train)),
+            post=lambda out, labels: dict(out),
+        ),
+    )
+    arrays = _joined_arrays(store, chunk_paths(chunks), kind, mixed, have - first)
+    return Views(
+        augmentation=augmentation,
+        seed=seed,
+        params=params,
+        sample_tau=tau,
+        mix=mixed.mix,
+        mix_alpha=mixed.mix_alpha,
+        **arrays,
+    ), kind
+
+
+def add_views(cfg: CacheConfig) -> Path:
+    """Extend cfg.add_views's views to cfg.views; returns the store's path."""
+    assert cfg.add_views is not None
+    path = claim(cfg.add_views, overwrite=True)
+    store = Store.open(path)
+    old = store.train.views
+    have = old.count if old is not None else 0
+    if cfg.views <= have:
+        raise KdstoreError(f"--add-views: the store already has {have} views; ask for more with --views K (K > {have})")
+    teacher = _store_teacher(cfg, store)
+    storage = _storage(store, cfg)
+    augmentation, seed = storage[0], storage[4]
+    params = draw_params(augmentation, len(store.train), cfg.views, int(store.attrs["image_size"]), seed)
+    if old is not None and not np.array_equal(params[:, :have], np.asarray(old.params)):
+        raise KdstoreError(
+            "--add-views: the store's views are not the draws of its seed (made by another kdstore version?)"
+        )
+    stage = staging_dir(path)
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    try:
+        views, kind = _new_views(cfg, store, teacher, params, stage / "chunks-views")
+        train = dataclasses.replace(store.train, views=views)
+        for name in BETONS.values():
+            link_or_copy(path / name, stage / name)
+        write_teacher_h5(
+            stage / H5_NAME, {"train": train, "val": store.val}, dict(store.attrs), str(store.train.logits.dtype)
+        )
+        shutil.rmtree(stage / "chunks-views")
+        publish(
+            stage,
+            path,
+            {
+                **{k: v for k, v in store.manifest.items() if k not in ("sha256", "schema_version")},
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            },
+        )
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    say(f"store {path}: views {have} -> {cfg.views} ({kind}); wrote {path / H5_NAME}")
+    return path

@@ -1,0 +1,184 @@
+"""`kdstore cache`'s options: which teacher, which data, what to store of each view."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from kdstore.config import opt
+from kdstore.errors import KdstoreError
+from kdstore.models.build import STEMS
+from kdstore.models.teachers import TeacherSpec
+from kdstore.runtime.devices import DEVICES
+from kdstore.store.store import STORES_DIR, enclosing_store
+from kdstore.store.views import MIXES
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheConfig:
+    """`kdstore cache`'s options. Each field declares its `resume` policy: whether a partial cache
+    may be continued (--resume) under a different value. recorded: no, the value is recorded in the
+    staging directory as given; resolved: no, recorded as what it resolves to (the dataset's name
+    and sizes, the teacher's model, stem and input size, the checkpoint's sha256); free: yes (how
+    and where the cache runs, not what it writes)."""
+
+    POLICIES: ClassVar[dict[str, tuple[Any, ...]]] = {"resume": ("recorded", "resolved", "free")}
+
+    dataset: str | None = opt(
+        help="digits, cifar10, cifar100 or imagefolder:PATH (not with --add-views).", resume="resolved"
+    )
+    out: str | None = opt(
+        help="Store directory to create (default: stores/DATASET-TEACHER; with only --checkpoint, the checkpoint's "
+        "directory name stands for TEACHER).",
+        path=True,
+        resume="free",
+    )
+    teacher: str | None = opt(help="timm model name (default: the checkpoint's model).", resume="resolved")
+    checkpoint: str | None = opt(
+        help="Teacher weights saved by kdstore (or a plain state dict).", path=True, resume="resolved"
+    )
+    pretrained: bool = opt(False, "Use timm's pretrained weights for the teacher.", resume="recorded")
+    pretrained_file: str | None = opt(
+        help="A local timm/torchvision weights file for --pretrained.", path=True, resume="recorded"
+    )
+    stem: str | None = opt(
+        help="Stem of a timm ResNet teacher (default: the checkpoint's, else auto).", choices=STEMS, resume="resolved"
+    )
+    input_size: int | None = opt(
+        help="Teacher input size in pixels (images are resized); default: the checkpoint's, else native.",
+        resume="resolved",
+    )
+    image_size: int | None = opt(
+        help="Size images are stored at (imagefolder); default: the first image's.", resume="recorded"
+    )
+    batch_size: int = opt(256, "Teacher batch size.", resume="recorded")
+    workers: int = opt(
+        0, "FFCV threads (writing and decoding); 0: one per core (shared among torchrun's processes).", resume="free"
+    )
+    device: str = opt("auto", "auto: cuda when available, else cpu.", choices=DEVICES, resume="free")
+    data_root: str | None = opt(
+        help="Where torchvision datasets live (default ~/.cache/kdstore/data).", path=True, resume="free"
+    )
+    logits_dtype: str = opt("float16", "dtype of the stored logits.", choices=("float16", "float32"), resume="recorded")
+    overwrite: bool = opt(
+        False, "Replace an existing store at --out (only once the new one is complete).", resume="free"
+    )
+    resume: bool = opt(False, "Continue a killed cache (same options) from its last flushed chunk.", resume="free")
+    split_part: str = opt(
+        "all",
+        "holdout: only the training samples the teacher's --split held out.",
+        choices=("all", "holdout"),
+        resume="recorded",
+    )
+    views: int = opt(
+        0, "Also store K augmented views per training image with the teacher's logits on each.", resume="recorded"
+    )
+    topk: int = opt(0, "Keep only the k largest logits of each view (0: all).", resume="recorded")
+    sample: int = opt(
+        0,
+        "Instead of logits, keep k class ids per view drawn from the teacher's softmax at --sample-tau "
+        "(with replacement): an unbiased KD target (README, 'What is computed').",
+        resume="recorded",
+    )
+    sample_tau: float = opt(4.0, "Temperature of --sample's draws; `train --tau` must equal it.", resume="recorded")
+    views_seed: int = opt(0, "Seed of the views' augmentation parameters (and of --sample's draws).", resume="recorded")
+    mix: str = opt(
+        "none",
+        "Mixed views: each view mixes its image with a seeded partner's (mixup, or cutmix), the teacher scores the "
+        "mixed image, and train replays it with the partner's label mixed into the CE term.",
+        choices=MIXES,
+        resume="recorded",
+    )
+    mix_alpha: float = opt(1.0, "Beta(alpha, alpha) of the mixing weight.", resume="recorded")
+    add_views: str | None = opt(
+        help="Extend this store's views to --views K instead (same seed and storage; the first views stay bit for "
+        "bit; give the store's teacher again). The store is replaced atomically.",
+        path=True,
+        resume="free",
+    )
+    allow_untrained: bool = opt(
+        False,
+        "Cache a teacher with random weights (no --checkpoint, --pretrained or --pretrained-file): "
+        "for speed tests only; students learn nothing from it.",
+        resume="free",
+    )
+    amp: bool = opt(True, "Run the teacher in bf16 (autocast) on CUDA; ignored on the CPU.", resume="recorded")
+    progress: bool = opt(True, "Progress bars.", resume="free")
+
+    @property
+    def out_path(self) -> Path:
+        """--out, or stores/DATASET-TEACHER."""
+        if self.out:
+            return Path(self.out)
+        if self.add_views:
+            return Path(self.add_views)
+        assert self.dataset is not None  # validate(): --dataset or --add-views
+        dataset = Path(self.dataset.split(":", 1)[1]).name if self.dataset.startswith("imagefolder:") else self.dataset
+        teacher = self.teacher or Path(self.checkpoint or "teacher").resolve().parent.name
+        return STORES_DIR / f"{dataset}-{teacher}"
+
+    @property
+    def teacher_spec(self) -> TeacherSpec:
+        return TeacherSpec(
+            teacher=self.teacher,
+            checkpoint=self.checkpoint,
+            pretrained=self.pretrained,
+            pretrained_file=self.pretrained_file,
+            stem=self.stem,
+            input_size=self.input_size,
+        )
+
+    def validate(self) -> None:
+        if (self.dataset is None) == (self.add_views is None):
+            raise KdstoreError("give --dataset (a new store) or --add-views STORE (more views for it)")
+        if self.add_views and not self.views:
+            raise KdstoreError("--add-views STORE needs --views K, the number of views the store should have")
+        if self.batch_size < 1:
+            raise KdstoreError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise KdstoreError(f"--workers must be >= 0, got {self.workers}")
+        if self.image_size is not None and self.image_size < 8:
+            raise KdstoreError(f"--image-size must be >= 8 pixels, got {self.image_size}")
+        inside = enclosing_store(self.out_path.parent)
+        if inside is not None:
+            raise KdstoreError(f"--out {self.out} lies inside the store {inside}; put stores side by side")
+        if self.input_size is not None and self.input_size < 8:
+            raise KdstoreError(f"--input-size must be >= 8 pixels, got {self.input_size}")
+        if self.logits_dtype not in ("float16", "float32"):
+            raise KdstoreError(f"--logits-dtype must be float16 or float32, got {self.logits_dtype}")
+        if self.teacher is None and self.checkpoint is None and not self.add_views:
+            raise KdstoreError("name the teacher with --teacher (and/or give --checkpoint)")
+        if not (self.checkpoint or self.pretrained or self.pretrained_file or self.allow_untrained):
+            raise KdstoreError(
+                f"teacher {self.teacher} has no trained weights: train it with `kdstore teacher --model {self.teacher} "
+                f"--dataset {self.dataset} --out runs/teacher` and pass --checkpoint runs/teacher/checkpoint.pt "
+                "(or use --pretrained); --allow-untrained caches random weights for speed tests"
+            )
+        if self.split_part not in ("all", "holdout"):
+            raise KdstoreError(f"--split-part must be all or holdout, got {self.split_part}")
+        if self.split_part == "holdout" and not self.checkpoint:
+            raise KdstoreError("--split-part holdout needs the --checkpoint of a teacher trained with --split")
+        if self.views < 0 or self.topk < 0:
+            raise KdstoreError(f"--views and --topk must be >= 0, got {self.views} and {self.topk}")
+        if self.topk and not self.views:
+            raise KdstoreError("--topk applies to stored views: give --views K too")
+        if self.sample < 0 or (self.sample and not self.views) or (self.sample and self.topk):
+            raise KdstoreError(
+                f"--sample k needs --views K and excludes --topk (got --sample {self.sample}, --views {self.views}, "
+                f"--topk {self.topk})"
+            )
+        if (
+            self.mix not in MIXES
+            or (self.mix != "none" and not self.views)
+            or not (self.mix_alpha > 0 and math.isfinite(self.mix_alpha))
+        ):
+            raise KdstoreError(
+                f"--mix must be one of {', '.join(MIXES)}, with --views K and --mix-alpha > 0 (got {self.mix}, "
+                f"--views {self.views}, --mix-alpha {self.mix_alpha})"
+            )
+        if self.sample > 65535 or not (self.sample_tau > 0 and math.isfinite(self.sample_tau)):
+            raise KdstoreError(
+                f"--sample must be <= 65535 and --sample-tau > 0, got {self.sample} and {self.sample_tau}"
+            )

@@ -1,0 +1,337 @@
+"""`kdstore cache`: run the teacher once over a dataset and write a store.
+
+The store is built in a staging directory beside --out and renamed into place only when its
+manifest has been written, so --out holds either the previous complete store or the new one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kdstore.cache.add_views import add_views
+from kdstore.cache.config import CacheConfig
+from kdstore.cache.inference import (
+    Forward,
+    ModelInput,
+    ScorePass,
+    chunk_paths,
+    clean_forward,
+    column,
+    column_blocks,
+    keep_views,
+    score_beton,
+    stored_outputs,
+    views_forward,
+)
+from kdstore.config import differing, with_policy, write_json
+from kdstore.data.augment import augmentation_for
+from kdstore.data.beton import fingerprint_beton, write_beton
+from kdstore.data.datasets import ImageDataset, ImageSplit, load_dataset
+from kdstore.data.splits import holdout
+from kdstore.errors import KdstoreError
+from kdstore.models.build import normalization
+from kdstore.models.teachers import Teacher, load_teacher
+from kdstore.runtime import distributed
+from kdstore.runtime.console import console
+from kdstore.runtime.devices import resolve_device
+from kdstore.runtime.precision import for_device
+from kdstore.store.mixes import MixedViews, Mixing, PartnerSource, mixed_views
+from kdstore.store.store import (
+    BETONS,
+    H5_NAME,
+    Split,
+    StoreAttrs,
+    build_split,
+    claim,
+    near_chance,
+    publish,
+    staging_dir,
+    write_teacher_h5,
+)
+from kdstore.store.views import MIX_ARRAYS, STORED, Views, draw_params, storage_of
+from kdstore.version import __version__
+
+CHUNK_SAMPLES = 2048  # teacher outputs are flushed to disk about this often (whole batches)
+
+
+def _stage_state(cfg: CacheConfig, meta: dict[str, Any], digest: str, dataset: ImageDataset) -> dict[str, Any]:
+    """What a partial cache depends on; --resume continues only a cache started with the same: the
+    options whose `resume` policy is `recorded` as given, those `resolved` as what they resolved to."""
+    recorded = {name: getattr(cfg, name) for name in with_policy(CacheConfig, "resume", "recorded")}
+    resolved = {
+        "dataset": dataset.name,
+        "train_size": len(dataset.train),
+        "val_size": len(dataset.val),
+        "teacher": meta,
+        "checkpoint_sha256": digest,
+        "kdstore_version": __version__,
+    }
+    return {**recorded, **resolved}
+
+
+def _prepare_stage(stage: Path, state: dict[str, Any], resume: bool) -> bool:
+    """Create (or, with resume, reopen) the staging directory; True when resuming."""
+    state_file = stage / "cache-state.json"
+    if resume and state_file.is_file():
+        recorded = json.loads(state_file.read_text())
+        if recorded != state:
+            raise KdstoreError(
+                f"--resume: the partial cache at {stage} was started with different "
+                f"{', '.join(differing(recorded, state))}; "
+                "rerun without --resume"
+            )
+        return True
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    write_json(state_file, state)
+    return False
+
+
+@dataclass(kw_only=True)
+class _Cache:
+    """One cache as it runs: its options, process group, data, teacher and staging directory."""
+
+    cfg: CacheConfig
+    ctx: distributed.Context
+    device: torch.device
+    out: Path
+    stage: Path
+    dataset: ImageDataset
+    teacher: Teacher
+    image_size: int
+
+    def chunk_dir(self, pass_name: str, rank: int) -> Path:
+        return self.stage / f"chunks-{pass_name}-r{rank}of{self.ctx.world}"
+
+    def split(self, name: str) -> ImageSplit:
+        return self.dataset.train if name == "train" else self.dataset.val
+
+
+def _start(cfg: CacheConfig, ctx: distributed.Context, device: torch.device, out: Path) -> _Cache:
+    """The dataset and the teacher (still on the host), and the staging directory (reopened by --resume)."""
+    assert cfg.dataset is not None  # validate(): --dataset, or --add-views (not here)
+    dataset = load_dataset(cfg.dataset, Path(cfg.data_root) if cfg.data_root else None, cfg.image_size)
+    image_size = int(dataset.train.get(0).shape[0])
+    if cfg.topk >= dataset.num_classes:
+        raise KdstoreError(f"--topk {cfg.topk} must be below the {dataset.num_classes} classes")
+    teacher = load_teacher(cfg.teacher_spec, dataset.num_classes, image_size)
+    if cfg.split_part == "holdout":
+        if not teacher.split:
+            raise KdstoreError(
+                f"--split-part holdout: checkpoint {cfg.checkpoint} was not trained with --split, so nothing was held "
+                "out"
+            )
+        dataset.train = holdout(dataset.train, teacher.split)
+    stage = staging_dir(out)
+    state = {**_stage_state(cfg, teacher.meta, teacher.checkpoint_sha256, dataset), "processes": ctx.world}
+    distributed.agree(ctx, "the cache's inputs", json.dumps(state, sort_keys=True))
+    if ctx.main and _prepare_stage(stage, state, cfg.resume):
+        console.print(f"resuming the partial cache in {stage}")
+    distributed.barrier(ctx)
+    return _Cache(
+        cfg=cfg, ctx=ctx, device=device, out=out, stage=stage, dataset=dataset, teacher=teacher, image_size=image_size
+    )
+
+
+def _write_betons(job: _Cache) -> None:
+    """Both .beton files (main rank; kept from an earlier run of a resumed cache), written before
+    the teacher touches the device, so FFCV's writer never forks a process that holds a device."""
+    for name in ("train", "val"):
+        beton = job.stage / BETONS[name]
+        if job.ctx.main and not beton.is_file():
+            tmp = job.stage / f".{beton.name}.tmp"
+            with console.status(f"writing {beton.name} ({len(job.split(name))} images)"):
+                write_beton(job.split(name), tmp, job.cfg.workers)
+            os.replace(tmp, beton)
+    distributed.barrier(job.ctx)
+
+
+def _passes(job: _Cache) -> tuple[dict[str, tuple[str, Forward]], MixedViews | None]:
+    """Passes over the images: each split's clean images, then (--views K) K augmented views of
+    every training image, drawn up front so that every rank and a resumed pass see the same."""
+    cfg, device = job.cfg, job.device
+    model = for_device(job.teacher.model, device)
+    mean_t, std_t = normalization(model)
+    inp = ModelInput(
+        model=model,
+        mean=torch.tensor(mean_t, device=device),
+        std=torch.tensor(std_t, device=device),
+        input_size=int(job.teacher.meta["input_size"]),
+        device=device,
+        amp=cfg.amp,
+    )
+    clean = clean_forward(inp)
+    passes = {"train": ("train", clean), "val": ("val", clean)}
+    if not cfg.views:
+        return passes, None
+    augmentation = augmentation_for(job.image_size)
+    params = draw_params(augmentation, len(job.dataset.train), cfg.views, job.image_size, cfg.views_seed)
+    keep = keep_views(cfg.topk, cfg.sample, cfg.sample_tau, cfg.views_seed)
+    source = PartnerSource(
+        beton=job.stage / BETONS["train"], device=device, mean=inp.mean, std=inp.std, workers=cfg.workers
+    )
+    mixed = mixed_views(cfg.mix, cfg.mix_alpha, cfg.views_seed, params, augmentation, job.image_size, source)
+    mixing = Mixing(mixed, device, "auto", mixed.partners) if mixed.mix else None
+    passes["views"] = ("train", views_forward(inp, params, augmentation, keep, mixing))
+    return passes, mixed
+
+
+def _score(job: _Cache, passes: dict[str, tuple[str, Forward]]) -> dict[str, float]:
+    """Every pass, each rank its shard, flushed in chunks; returns each pass's images/s."""
+    cfg, ctx = job.cfg, job.ctx
+    speed = {}
+    for pass_name, (split_name, forward) in passes.items():
+        lo, hi = distributed.shard(len(job.split(split_name)), cfg.batch_size, ctx.rank, ctx.world)
+        label = f"teacher on {split_name}" + (f" ({cfg.views} views)" if pass_name == "views" else "")
+        job_pass = ScorePass(
+            beton=job.stage / BETONS[split_name],
+            batch_size=cfg.batch_size,
+            workers=cfg.workers,
+            label=label,
+            progress=cfg.progress and ctx.main,
+            chunk_dir=job.chunk_dir(pass_name, ctx.rank),
+            positions=np.arange(lo, hi),
+            post=stored_outputs(cfg.logits_dtype),
+            chunk_samples=CHUNK_SAMPLES,
+        )
+        speed[pass_name] = score_beton(forward, job_pass)["images_per_s"] * ctx.world
+        distributed.barrier(ctx)
+    return speed
+
+
+def _splits(job: _Cache, passes: list[str], mixed: MixedViews | None) -> dict[str, Split]:
+    """The main rank joins the chunks every rank flushed, in rank order, one chunk at a time."""
+    cfg = job.cfg
+    chunks = {p: [path for r in range(job.ctx.world) for path in chunk_paths(job.chunk_dir(p, r))] for p in passes}
+    splits = {
+        name: build_split(
+            column_blocks(chunks[name], "logits"),
+            column(chunks[name], "labels"),
+            column(chunks[name], "sample_id"),
+            column(chunks[name], "confidence"),
+            column(chunks[name], "correct"),
+            with_orders=name == "train",
+        )
+        for name in ("train", "val")
+    }
+    if mixed is not None:
+        if not np.array_equal(column(chunks["views"], "sample_id"), splits["train"].sample_id):
+            raise KdstoreError("internal error: the views pass visited the training images in another order")
+        stored: dict[str, Any] = {
+            k: column_blocks(chunks["views"], k) for k in STORED[storage_of(cfg.topk, cfg.sample)]
+        }
+        mix: dict[str, Any] = {k: getattr(mixed, k) for k in ("mix", "mix_alpha", *MIX_ARRAYS)}
+        splits["train"].views = Views(
+            augmentation=mixed.augmentation,
+            seed=cfg.views_seed,
+            params=mixed.params,
+            sample_tau=cfg.sample_tau if cfg.sample else 0.0,
+            **mix,
+            **stored,
+        )
+    return splits
+
+
+def _attrs(job: _Cache, splits: dict[str, Split], fingerprint: str) -> StoreAttrs:
+    cfg, meta, split = job.cfg, job.teacher.meta, job.teacher.split
+    mean_t, std_t = normalization(job.teacher.model)
+    return StoreAttrs(
+        kdstore_version=__version__,
+        teacher=meta["model"],
+        teacher_stem=meta["stem"],
+        checkpoint_sha256=job.teacher.checkpoint_sha256,
+        pretrained=bool(cfg.pretrained or cfg.pretrained_file),
+        input_size=int(meta["input_size"]),
+        image_size=job.image_size,
+        dataset=job.dataset.name,
+        num_classes=job.dataset.num_classes,
+        class_names=list(job.dataset.class_names),
+        dataset_fingerprint=fingerprint,
+        teacher_train_acc=float(splits["train"].correct.mean()),
+        teacher_val_acc=float(splits["val"].correct.mean()),
+        normalize_mean=list(mean_t),
+        normalize_std=list(std_t),
+        split_part=cfg.split_part,
+        split_fraction=float(split["fraction"]) if split else 0.0,
+        split_seed=int(split["seed"]) if split else -1,
+        split_members_sha256=split["members_sha256"] if split else "",
+    )
+
+
+def _write_store(job: _Cache, splits: dict[str, Split], speed: dict[str, float]) -> StoreAttrs:
+    """teacher.h5, then the manifest and the rename into place (main rank)."""
+    stage = job.stage
+    with console.status("fingerprinting the images"):
+        parts = [fingerprint_beton(stage / BETONS[name]) for name in ("train", "val")]
+    fingerprint = hashlib.sha256("".join(parts).encode()).hexdigest()
+    attrs = _attrs(job, splits, fingerprint)
+    with console.status(f"writing {H5_NAME}"):
+        write_teacher_h5(stage / H5_NAME, splits, attrs.as_dict(), job.cfg.logits_dtype)
+    (stage / "cache-state.json").unlink()  # first: a kill from here on restarts cleanly instead of resuming
+    for leftover in stage.glob("chunks-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    publish(
+        stage,
+        job.out,
+        {
+            "dataset_fingerprint": fingerprint,
+            "teacher_images_per_s": speed["train"],
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    return attrs
+
+
+def run(cfg: CacheConfig) -> Path:
+    """Write the store; returns its path.
+
+    The store is built in OUT's hidden sibling `.NAME.partial`; a cache killed part-way leaves it
+    there, and `resume=True` continues from the last flushed chunk of teacher outputs.
+    """
+    cfg.validate()
+    if cfg.add_views:
+        return add_views(cfg)
+    out = claim(cfg.out_path, cfg.overwrite)
+    # Under torchrun, rank 0 writes the .beton files and the store; every rank scores a shard.
+    ctx, device = distributed.init(resolve_device(cfg.device))
+    t_start = time.perf_counter()
+    job = _start(cfg, ctx, device, out)
+    try:
+        _write_betons(job)
+        passes, mixed = _passes(job)
+        speed = _score(job, passes)
+        if not ctx.main:
+            return out
+        splits = _splits(job, list(passes), mixed)
+        attrs = _write_store(job, splits, speed)
+    except KeyboardInterrupt:
+        raise KdstoreError(
+            f"interrupted; the partial cache is kept in {job.stage}: rerun with --resume to continue"
+        ) from None
+    except BaseException:
+        if ctx.main:
+            shutil.rmtree(job.stage, ignore_errors=True)
+        raise
+    size = sum(p.stat().st_size for p in out.iterdir())
+    warning = near_chance(attrs.as_dict())
+    if warning:
+        console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
+    console.print(
+        f"[bold]store[/] {out}: teacher {attrs.teacher} train acc {attrs.teacher_train_acc:.2%}, val acc "
+        f"{attrs.teacher_val_acc:.2%}; "
+        f"{len(splits['train'])}+{len(splits['val'])} images, {size / 2**20:.1f} MiB, "
+        f"{time.perf_counter() - t_start:.1f} s",
+        soft_wrap=True,
+    )
+    return out

@@ -1,0 +1,388 @@
+"""FFCV files: writing a split to .beton and reading it back through FFCV's Loader.
+
+A .beton has three fields: `image` (RGB, raw pixels up to 64 px, JPEG above), `label` and
+`sample_id`. Row p of a split's arrays in teacher.h5 is position p of its .beton."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from kdstore.data.datasets import ImageSplit
+from kdstore.errors import KdstoreError
+
+RAW_MAX_SIZE = 64  # images up to this size are stored as raw pixels (exact); larger ones as JPEG
+PAGE_SIZE = 1 << 21  # bytes per .beton page: FFCV's minimum (2 MiB)
+
+
+def threads(workers: int) -> int:
+    """FFCV threads (and writer processes) for `--workers`: the number given, or with 0 the
+    cores this process may use, shared among the processes torchrun started on this machine."""
+    if workers >= 1:
+        return workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+WRITER_STALL_S = 30.0  # a writer with a dead worker and no progress for this long is stopped
+
+
+class _IndexedSource:
+    """The indexed dataset FFCV's writer reads: i -> (image (H, W, 3) uint8, label, sample id).
+
+    An image that cannot be read (or has the wrong shape) never reaches FFCV: it is recorded in
+    `errors` (one JSON line) and replaced by a black image, so that no writer worker dies of it;
+    write_beton then refuses the file, naming the image. `done` counts the samples handed out.
+    """
+
+    def __init__(self, split: ImageSplit, size: int, done, errors: Path) -> None:
+        self.split, self.size, self.done, self.errors = split, size, done, errors
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int, int]:
+        try:
+            image = self.split.get(i)
+            if image.shape != (self.size, self.size, 3) or image.dtype != np.uint8:
+                raise ValueError(f"shape {image.shape} {image.dtype}, expected ({self.size}, {self.size}, 3) uint8")
+        except Exception as e:  # noqa: BLE001 - any unreadable image is reported by name after the write
+            _record(self.errors, self.split.describe(i), e)
+            image = np.zeros((self.size, self.size, 3), dtype=np.uint8)
+        with self.done.get_lock():
+            self.done.value += 1
+        return image, int(self.split.labels[i]), int(self.split.sample_ids[i])
+
+
+def _record(errors: Path, image: str | None, e: BaseException) -> None:
+    """One JSON line in the errors file: an unreadable image (named), or the writer's own failure (None)."""
+    with open(errors, "a") as f:
+        f.write(json.dumps({"image": image, "error": f"{type(e).__name__}: {str(e)[:160]}"}) + "\n")
+
+
+def _write_in_child(split: ImageSplit, path: Path, workers: int, size: int, done, errors: Path) -> None:
+    """The writer process: its own process group (so that a stuck writer and its workers are
+    stopped together), FFCV's tqdm bar silenced (kdstore reports progress with rich)."""
+    os.setpgrp()
+    code = 0
+    try:
+        from ffcv.fields import IntField, RGBImageField
+        from ffcv.writer import DatasetWriter
+
+        mode = "raw" if size <= RAW_MAX_SIZE else "jpg"
+        fields = {
+            "image": RGBImageField(write_mode=mode, jpeg_quality=95),
+            "label": IntField(),
+            "sample_id": IntField(),
+        }
+        # Small pages waste less space on small datasets (each writer worker fills its own pages).
+        writer = DatasetWriter(str(path), fields, page_size=PAGE_SIZE, num_workers=threads(workers))
+        with contextlib.redirect_stderr(io.StringIO()):
+            writer.from_indexed_dataset(_IndexedSource(split, size, done, errors))
+    except BaseException as e:  # noqa: BLE001 - reported by the parent in one line
+        _record(errors, None, e)
+        code = 1
+    os._exit(code)  # no interpreter teardown in a forked child
+
+
+def _stop(proc) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.join()
+
+
+def _dead_worker(proc) -> bool:
+    """Has one of the writer's worker processes ended (a zombie that its parent has not reaped)?"""
+    import psutil
+
+    try:
+        return any(c.status() == psutil.STATUS_ZOMBIE for c in psutil.Process(proc.pid).children())
+    except psutil.Error:
+        return False
+
+
+def _disk_note(path: Path) -> str:
+    """Why a writer may have died: say so when the disk is (nearly) full."""
+    free = shutil.disk_usage(path.parent).free
+    return f", and the disk holding {path.parent} has only {free / 2**20:.1f} MiB free" if free < 64 << 20 else ""
+
+
+def write_beton(split: ImageSplit, path: Path, workers: int = 2) -> None:
+    """Write `split` to an FFCV file at `path`, in split order.
+
+    FFCV's writer waits forever for a worker that died, so it runs in a child process watched
+    from here: when a worker has ended and no image has been handed out for WRITER_STALL_S, the
+    writer and its workers are stopped with a one-line error. Unreadable images never reach
+    FFCV; they are named in one line after the write, and the file is removed."""
+    path = Path(path)
+    try:
+        size = split.get(0).shape[0]
+    except Exception as e:  # noqa: BLE001 - the first image sets the field; name it if unreadable
+        raise KdstoreError(
+            f"{split.describe(0)}: not a readable image ({type(e).__name__}: {str(e)[:120]}); remove or fix it and "
+            "rerun"
+        ) from None
+    errors = path.with_name(f".{path.name}.errors")
+    errors.unlink(missing_ok=True)
+    ctx = multiprocessing.get_context("fork")
+    done = ctx.Value("Q", 0)
+    proc = ctx.Process(target=_write_in_child, args=(split, path, workers, size, done, errors))
+    proc.start()
+    try:
+        last, last_change = 0, time.monotonic()
+        while proc.is_alive():
+            proc.join(0.2)
+            if done.value != last:
+                last, last_change = done.value, time.monotonic()
+            elif (
+                proc.is_alive()
+                and time.monotonic() - last_change > WRITER_STALL_S * (10 if last == len(split) else 1)
+                and _dead_worker(proc)
+            ):
+                # (every image handed out: the writer is finishing its tables, so it gets longer)
+                _stop(proc)
+                path.unlink(missing_ok=True)
+                raise KdstoreError(
+                    f"FFCV's writer lost a worker process (killed or crashed) while writing {path.name} "
+                    f"({last}/{len(split)} images){_disk_note(path)}; nothing was kept, rerun the command"
+                )
+    finally:
+        _stop(proc)  # Ctrl-C, an error here, or a writer that died: never leave it or its workers behind
+    problems = [json.loads(line) for line in errors.read_text().splitlines()] if errors.is_file() else []
+    errors.unlink(missing_ok=True)
+    if problems or proc.exitcode != 0:
+        path.unlink(missing_ok=True)
+        images = [p for p in problems if p["image"] is not None]
+        if not images:
+            why = problems[0]["error"] if problems else f"exit code {proc.exitcode}"
+            raise KdstoreError(
+                f"FFCV's writer failed while writing {path.name} ({why}{_disk_note(path)}); nothing was kept"
+            )
+        more = f" ({len(images)} unreadable images in all)" if len(images) > 1 else ""
+        raise KdstoreError(
+            f"{images[0]['image']}: not a readable image ({images[0]['error']}){more}; remove or fix it and rerun"
+        )
+
+
+FIELDS = {"image": "RGBImageField", "label": "IntField", "sample_id": "IntField"}  # what kdstore writes and reads
+
+
+def _shown(path: str) -> str:
+    """A held file (/proc/self/fd/N) by its real path, for messages."""
+    try:
+        return os.readlink(path) if path.startswith("/proc/self/fd/") else path
+    except OSError:
+        return path
+
+
+@functools.lru_cache(maxsize=16)
+def _checked(path: str, stamp: tuple[int, int, int]) -> tuple[int, ...]:
+    """check_beton's work, done once per file version (path, inode, size, mtime); returns the
+    image sizes found."""
+    from ffcv.fields.rgb_image import IMAGE_MODES
+    from ffcv.types import (
+        ALLOC_TABLE_TYPE,
+        CURRENT_VERSION,
+        FieldDescType,
+        HeaderType,
+        get_handlers,
+        get_metadata_type,
+    )
+    from ffcv.utils import decode_null_terminated_string
+
+    size = stamp[1]
+
+    def bad(what: str) -> KdstoreError:
+        return KdstoreError(f"{_shown(path)} is not a readable FFCV file ({what}); `kdstore verify` checks every file")
+
+    if size < HeaderType.itemsize:
+        raise bad(f"{size} bytes, shorter than its header")
+    header = np.fromfile(path, dtype=HeaderType, count=1)[0]
+    if int(header["version"]) != CURRENT_VERSION:
+        raise bad(f"format version {int(header['version'])}, FFCV reads {CURRENT_VERSION}")
+    n, n_fields, table_at = int(header["num_samples"]), int(header["num_fields"]), int(header["alloc_table_ptr"])
+    if n_fields != len(FIELDS) or n < 1:
+        raise bad(f"{n_fields} fields and {n} samples")
+    descriptors = np.fromfile(path, dtype=FieldDescType, count=n_fields, offset=HeaderType.itemsize)
+    if len(descriptors) != n_fields:
+        raise bad("truncated in its field descriptors")
+    names = [decode_null_terminated_string(d["name"]) for d in descriptors]
+    try:
+        handlers = get_handlers(descriptors)
+    except Exception:  # noqa: BLE001 - an unknown type id
+        handlers = [None] * n_fields
+    kinds = {name: type(h).__name__ for name, h in zip(names, handlers)}
+    if kinds != FIELDS:
+        raise bad(f"fields {kinds}, expected {FIELDS}")
+    meta_at = HeaderType.itemsize + descriptors.nbytes
+    meta_type = get_metadata_type(handlers)
+    if not meta_at + n * meta_type.itemsize <= table_at <= size or (size - table_at) % ALLOC_TABLE_TYPE.itemsize:
+        raise bad(f"its allocation table at byte {table_at} does not fit a file of {size} bytes")
+    meta = np.fromfile(path, dtype=meta_type, count=n, offset=meta_at)
+    table = np.fromfile(path, dtype=ALLOC_TABLE_TYPE, offset=table_at)
+    image = meta[f"f{names.index('image')}"]
+    w, h = image["width"].astype(np.int64), image["height"].astype(np.int64)
+    ptr, length = table["ptr"].astype(np.int64), table["size"].astype(np.int64)
+    if len(table) and (ptr.min() < meta_at or (ptr + length).max() > table_at):
+        raise bad("an allocation outside its data region")
+    order = np.argsort(ptr, kind="stable")
+    data_ptr = image["data_ptr"].astype(np.int64)
+    at = np.minimum(np.searchsorted(ptr[order], data_ptr), max(len(ptr) - 1, 0))
+    if not len(ptr) or (ptr[order][at] != data_ptr).any():
+        raise bad("an image pointer that matches no allocation")
+    raw = image["mode"] == IMAGE_MODES["raw"]
+    if (length[order][at][raw] < 3 * w[raw] * h[raw]).any():
+        raise bad("a raw image larger than its allocation")
+    return tuple(sorted(set(np.unique(w).tolist()) | set(np.unique(h).tolist())))
+
+
+def check_beton(path: Path, image_size: int | None = None) -> None:
+    """Refuse a .beton that FFCV's compiled reader could crash or hang on, in one line: header,
+    field names and types, metadata, allocation table and file size against each other, every
+    image pointer inside an allocation (and, given `image_size`, every image that size). Pixel
+    damage is not visible here (`kdstore verify` hashes the file). Cached per file version."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise KdstoreError(f"{_shown(str(path))} cannot be read ({e.strerror})") from None
+    sizes = _checked(str(path), (st.st_ino, st.st_size, st.st_mtime_ns))
+    if image_size is not None and sizes != (image_size,):
+        raise KdstoreError(
+            f"{_shown(str(path))} holds images of {', '.join(map(str, sizes[:4]))} px, not the {image_size} px its "
+            "store "
+            f"records (a damaged or foreign file); `kdstore verify` checks every file"
+        )
+
+
+def read_int_fields(path: Path) -> dict[str, np.ndarray]:
+    """`label` and `sample_id` of every position, read from the .beton's metadata (no decoding)."""
+    from ffcv.reader import Reader
+
+    check_beton(path)
+    try:
+        reader = Reader(str(path))
+    except (OSError, ValueError, AssertionError, IndexError) as e:
+        raise KdstoreError(
+            f"{_shown(str(path))} is not a readable FFCV file ({type(e).__name__}: {str(e)[:120]})"
+        ) from None
+    names = list(reader.handlers)
+    meta = reader.metadata
+    return {name: np.asarray(meta[f"f{names.index(name)}"]).astype(np.int64) for name in ("label", "sample_id")}
+
+
+def _epoch_order_type():
+    from ffcv.traversal_order.base import TraversalOrder
+
+    class EpochOrder(TraversalOrder):
+        """A traversal order that visits exactly `order_fn(epoch)` (positions in the .beton).
+
+        FFCV's Loader accepts an instance of a TraversalOrder and calls it with itself.
+        """
+
+        def __init__(self, order_fn: Callable[[int], np.ndarray]) -> None:  # noqa: D107 - bound later
+            self.order_fn = order_fn
+
+        def __call__(self, loader) -> "EpochOrder":
+            TraversalOrder.__init__(self, loader)
+            return self
+
+        def sample_order(self, epoch: int) -> Sequence[int]:
+            return np.asarray(self.order_fn(epoch), dtype=self.indices.dtype)  # type: ignore[return-value]  # FFCV's annotation
+
+    return EpochOrder
+
+
+def make_loader(
+    path: Path,
+    batch_size: int,
+    workers: int,
+    order_fn: Callable[[int], np.ndarray] | None = None,
+    drop_last: bool = False,
+    indices: np.ndarray | None = None,
+):
+    """An FFCV Loader yielding (images (B, H, W, 3) uint8, labels (B,), sample ids (B,)).
+
+    `order_fn(epoch)` gives the positions to visit in that epoch; None reads `indices` (default:
+    all positions) in file order. Images are not augmented here: augmentation runs batched on
+    tensors (see augment.py).
+    """
+    from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import Squeeze, ToTensor
+
+    check_beton(path)
+    order = OrderOption.SEQUENTIAL if order_fn is None else _epoch_order_type()(order_fn)
+    pipelines = {
+        "image": [SimpleRGBImageDecoder(), ToTensor()],
+        "label": [IntDecoder(), ToTensor(), Squeeze(1)],
+        "sample_id": [IntDecoder(), ToTensor(), Squeeze(1)],
+    }
+    try:
+        return Loader(
+            str(path),
+            batch_size=batch_size,
+            num_workers=threads(workers),
+            order=order,
+            pipelines=pipelines,
+            drop_last=drop_last,
+            os_cache=True,
+            indices=indices,
+        )
+    except (OSError, ValueError, AssertionError, IndexError) as e:
+        raise KdstoreError(
+            f"{_shown(str(path))} is not a readable FFCV file ({type(e).__name__}: {str(e)[:120]})"
+        ) from None
+
+
+def fingerprint_beton(path: Path) -> str:
+    """sha256 over every position's sample id, label and stored image (mode, width, height and
+    its bytes: raw pixels up to 64 px, the JPEG above), in file order. Nothing is decoded; the
+    bytes are read where each image lies, so the pages' layout (which varies with the number of
+    writer processes) does not matter: the same images give the same fingerprint."""
+    from ffcv.fields.rgb_image import IMAGE_MODES
+    from ffcv.types import (
+        ALLOC_TABLE_TYPE,
+        FieldDescType,
+        HeaderType,
+        get_handlers,
+        get_metadata_type,
+    )
+    from ffcv.utils import decode_null_terminated_string
+
+    check_beton(path)
+    header = np.fromfile(path, dtype=HeaderType, count=1)[0]
+    n, table_at = int(header["num_samples"]), int(header["alloc_table_ptr"])
+    descriptors = np.fromfile(path, dtype=FieldDescType, count=len(FIELDS), offset=HeaderType.itemsize)
+    meta = np.fromfile(
+        path,
+        dtype=get_metadata_type(get_handlers(descriptors)),
+        count=n,
+        offset=HeaderType.itemsize + descriptors.nbytes,
+    )
+    table = np.fromfile(path, dtype=ALLOC_TABLE_TYPE, offset=table_at)
+    size_at = dict(zip(table["ptr"].tolist(), table["size"].tolist()))
+    fields = read_int_fields(path)
+    names = [decode_null_terminated_string(d["name"]) for d in descriptors]
+    image = meta[f"f{names.index('image')}"]
+    h = hashlib.sha256()
+    h.update(fields["sample_id"].astype("<i8").tobytes())
+    h.update(fields["label"].astype("<i8").tobytes())
+    h.update(np.stack([image[k].astype("<i8") for k in ("mode", "width", "height")], 1).tobytes())
+    raw = 3 * image["width"].astype(np.int64) * image["height"].astype(np.int64)
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        for ptr, mode, pixels in zip(image["data_ptr"].tolist(), image["mode"].tolist(), raw.tolist()):
+            h.update(os.pread(fd, pixels if mode == IMAGE_MODES["raw"] else size_at[ptr], ptr))
+    return h.hexdigest()

@@ -1,0 +1,55 @@
+"""Per-sample distillation losses (docs/method.md, "Losses").
+
+Every function returns one value per sample, shape (B,); the caller weights and reduces them once."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def ce_per_sample(student_logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """CE(y_true, softmax(z_S)) per sample. (B, C), (B,) -> (B,)."""
+    return F.cross_entropy(student_logits, labels, reduction="none", label_smoothing=label_smoothing)
+
+
+def kd_per_sample(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """tau^2 * KL(softmax(z_T/tau) || softmax(z_S/tau)) per sample. (B, C), (B, C) -> (B,)."""
+    if tau <= 0:
+        raise ValueError(f"temperature tau must be > 0, got {tau}")
+    log_p_s = F.log_softmax(student_logits.float() / tau, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.float() / tau, dim=1)
+    # KL(p_T || p_S) = sum_k p_T,k (log p_T,k - log p_S,k); log_target avoids 0*log 0 issues.
+    kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(dim=1)
+    return (tau * tau) * kl
+
+
+def student_loss(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    lam: float,
+    tau: float,
+    label_smoothing: float = 0.0,
+    label_mix: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """L_student = (1 - lam) * L_ce + lam * L_kd, batch means; returns the named terms.
+
+    With lam == 0 (unguided, or an SR batch at the start of an epoch) no teacher logits are
+    needed and ``kd`` is reported as 0. `label_mix` = (partner labels (B,), weights w (B,)) for
+    mixed images: the CE term of a sample is w * CE(y) + (1 - w) * CE(y_partner).
+    """
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lambda must be in [0, 1], got {lam}")
+    ce = ce_per_sample(student_logits, labels, label_smoothing)
+    if label_mix is not None:
+        partner_labels, w = label_mix
+        ce = w * ce + (1.0 - w) * ce_per_sample(student_logits, partner_labels, label_smoothing)
+    ce = ce.mean()
+    if teacher_logits is None:
+        if lam != 0.0:
+            raise ValueError("a KD weight lambda > 0 needs teacher logits")
+        kd = torch.zeros((), device=student_logits.device)
+    else:
+        kd = kd_per_sample(student_logits, teacher_logits, tau).mean()
+    return {"loss": (1.0 - lam) * ce + lam * kd, "ce": ce.detach(), "kd": kd.detach()}

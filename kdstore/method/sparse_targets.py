@@ -1,0 +1,155 @@
+"""What a stored view keeps of the teacher's distribution, and the KD target rebuilt from it.
+
+With `--topk k` only the k largest logits of a view are kept (values and class ids) plus one
+`fill` logit for every other class, chosen so that at tau = 1 the kept classes have exactly
+their true probabilities and the rest of the mass is spread evenly over the other classes (as
+FKD does with its soft labels). That target is biased (Anshumann et al., ACL 2025).
+
+With `--sample k` a view keeps k class ids drawn with replacement from the teacher's softmax at
+the KD temperature, softmax(z_T / tau) (random-sampling KD): their empirical distribution q has
+E[q] = p_T, so the KD term replayed from it, tau^2 * KL(q || p_S), has the gradient of the full
+tau^2 * KL(p_T || p_S) in expectation (unbiased). The draws are a pure function of the views
+seed, the sample's position, the view and the draw index, so a resumed or extended cache draws
+the same ids."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from kdstore.runtime.transfer import upload
+
+
+def topk_compress(logits: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    """(..., C) logits -> top-k values (..., k), their class ids (..., k) and the fill logit (...)
+    with sum over the other classes of exp(fill - lse) = their true probability mass."""
+    c = logits.shape[-1]
+    values, indices = torch.topk(logits.float(), k, dim=-1)
+    lse = torch.logsumexp(logits.float(), dim=-1)
+    kept = torch.exp(values - lse[..., None]).sum(-1)
+    rest = (1.0 - kept).clamp(min=1e-30)
+    fill = lse + torch.log(rest / (c - k))
+    return {"topk_values": values, "topk_indices": indices.to(torch.int32), "fill": fill}
+
+
+def topk_expand(values: torch.Tensor, indices: torch.Tensor, fill: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Back to (B, C) logits: `fill` everywhere, the stored values at their classes."""
+    out = fill.float()[:, None].expand(len(fill), num_classes).clone()
+    return out.scatter_(1, indices.long(), values.float())
+
+
+_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix64(x: Any) -> Any:
+    """The splitmix64 finaliser, elementwise on uint64 (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        x = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK
+        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK
+        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK
+        return x ^ (x >> np.uint64(31))
+
+
+def draw_uniforms(seed: int, positions: np.ndarray, views: np.ndarray, k: int) -> np.ndarray:
+    """(B, V, k) float64 in [0, 1), one per (sample position, view, draw): a hash of the four, so
+    a draw does not depend on the batch it is computed in."""
+    with np.errstate(over="ignore"):
+        key = _splitmix64(np.uint64(seed) + np.uint64(0x5A3D))
+        key = _splitmix64(key ^ np.asarray(positions, dtype=np.uint64)[:, None, None])
+        key = _splitmix64(key ^ np.asarray(views, dtype=np.uint64)[None, :, None])
+        key = _splitmix64(key ^ np.arange(k, dtype=np.uint64)[None, None, :])
+    return (key >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def sample_classes(logits: torch.Tensor, uniforms: np.ndarray, tau: float) -> torch.Tensor:
+    """Inverse-CDF draws from softmax(logits / tau): (B, V, C) logits, (B, V, k) uniforms ->
+    (B, V, k) class ids, sorted within each view (int16, or int32 above 32,767 classes), computed
+    on the logits' device in float64 (the uniforms are uploaded without waiting)."""
+    p = torch.softmax(logits.double() / tau, dim=-1)
+    cdf = p.cumsum(-1)
+    ids = torch.searchsorted(cdf, upload(torch.from_numpy(uniforms), logits.device), right=True).clamp_(
+        max=logits.shape[-1] - 1
+    )
+    dtype = torch.int16 if logits.shape[-1] <= 32767 else torch.int32
+    return ids.sort(-1).values.to(dtype)
+
+
+FLOOR = -1.0e4  # log-probability of a class no draw hit: exp() is exactly 0 in float32
+
+
+def empirical(ids: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The empirical distribution (B, C) of k class ids per row (B, k)."""
+    ones = torch.ones(ids.shape, dtype=dtype, device=ids.device)
+    return (
+        torch.zeros(len(ids), num_classes, dtype=dtype, device=ids.device).scatter_add_(1, ids.long(), ones)
+        / ids.shape[1]
+    )
+
+
+def sampled_target(ids: torch.Tensor, num_classes: int, tau: float) -> torch.Tensor:
+    """Teacher logits for the KD term from k sampled class ids (B, k): tau * log q, where q is the
+    ids' empirical distribution, so that softmax(target / tau) = q exactly (unhit classes: 0)."""
+    q = empirical(ids, num_classes)
+    return tau * torch.where(q > 0, q.clamp_min(1e-30).log(), torch.full_like(q, FLOOR))
+
+
+def bytes_per_view(storage: str, k: int, num_classes: int, logits_bytes: int = 2) -> int:
+    """What one view costs in teacher.h5: full logits, top-k (values, int32 ids, a float32 fill), or k int16 ids."""
+    return {
+        "logits": num_classes * logits_bytes,
+        "topk": k * (logits_bytes + 4) + 4,
+        "sample": k * (2 if num_classes <= 32767 else 4),
+    }[storage]
+
+
+def at_bytes(storage: str, nbytes: int, num_classes: int, logits_bytes: int = 2) -> int:
+    """The largest k whose view costs at most `nbytes` in `storage` ("topk" or "sample"): the
+    inverse of bytes_per_view."""
+    per = bytes_per_view(storage, 1, num_classes, logits_bytes) - bytes_per_view(storage, 0, num_classes, logits_bytes)
+    return (nbytes - bytes_per_view(storage, 0, num_classes, logits_bytes)) // per
+
+
+def _kl(p: np.ndarray, log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
+    return np.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)
+
+
+def fidelity(
+    logits: np.ndarray, tau: float, topk: int, sample: int, seed: int = 0
+) -> list[dict[str, float | str | int]]:
+    """How faithfully each storage keeps the teacher's distribution p = softmax(z / tau), on rows of
+    full logits (R, C): bytes per view; `kl_view`, the mean KL(stored || p) of one stored view;
+    `bias`, KL(p || E[stored]): top-k's uniform fill is biased, sampled ids are not (E[q] = p)."""
+    z = logits.astype(np.float64) / tau
+    log_p = z - z.max(1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+    p = np.exp(log_p)
+    c = logits.shape[1]
+    t = torch.from_numpy(logits.astype(np.float64) / tau)
+    top = topk_compress(t, topk)
+    log_top = torch.log_softmax(
+        topk_expand(top["topk_values"], top["topk_indices"], top["fill"], c).double(), 1
+    ).numpy()
+    ids = sample_classes(
+        torch.from_numpy(logits)[:, None], draw_uniforms(seed, np.arange(len(logits)), np.zeros(1), sample), tau
+    )[:, 0]
+    q = empirical(ids, c, torch.float64).numpy()
+    log_q = np.log(np.where(q > 0, q, 1.0))
+    return [
+        {"storage": "full logits", "k": c, "bytes": bytes_per_view("logits", 0, c), "kl_view": 0.0, "bias": 0.0},
+        {
+            "storage": f"top-{topk} + uniform fill",
+            "k": topk,
+            "bytes": bytes_per_view("topk", topk, c),
+            "kl_view": float(_kl(np.exp(log_top), log_top, log_p).mean()),
+            "bias": float(_kl(p, log_p, log_top).mean()),
+        },
+        {
+            "storage": f"{sample} sampled ids",
+            "k": sample,
+            "bytes": bytes_per_view("sample", sample, c),
+            "kl_view": float(_kl(q, log_q, log_p).mean()),
+            "bias": 0.0,
+        },
+    ]

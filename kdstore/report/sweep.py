@@ -1,0 +1,185 @@
+"""`kdstore sweep`: every variant x pacing x scorer x seed from one store, then the report.
+
+Combinations that mean nothing are left out: pacing needs a fixed order (not a shuffled
+variant), a scorer other than the teacher needs a curriculum variant.
+Resumable: a run whose summary.json exists and whose config.json matches the sweep's options is
+finished and kept; a finished run made with other options is refused (or redone with
+--overwrite); a run without summary.json (killed part-way) is started again from scratch."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from kdstore.config import differing, fields_of, opt, to_dict, with_policy
+from kdstore.errors import KdstoreError
+from kdstore.method.orderings import SCORERS, conflict
+from kdstore.method.pacing import PACINGS
+from kdstore.method.variants import PAPER_VARIANTS, VARIANTS, get_variant
+from kdstore.report import tables as report
+from kdstore.runtime.console import clock, say
+from kdstore.train import loop as train
+from kdstore.train.config import TrainConfig
+from kdstore.train.prepare import VIEW_MODES
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepConfig:
+    """`kdstore sweep`: the arms and seeds; every other option is the base TrainConfig's."""
+
+    variants: str = opt("all", "'all', 'paper' (the six) or a comma-separated list of variants.")
+    seeds: str = opt("0,1,2", "Comma-separated seeds.")
+    pacing: str = opt("none", "Comma-separated pacing functions, each an arm.", choices=lambda: list(PACINGS))
+    scorer: str = opt("teacher", "Comma-separated scorers, each an arm.", choices=lambda: list(SCORERS))
+    views: str = opt(
+        "auto", "Comma-separated views modes (replay, clean), each an arm.", choices=lambda: list(VIEW_MODES)
+    )
+    baseline: str = opt(report.BASELINE, "The arm the report compares every other with, paired by seed.")
+    overwrite: bool = opt(
+        False, "Redo finished runs under --out that were made with other options (without it the sweep refuses them)."
+    )
+
+    def run(self, base: TrainConfig) -> dict[str, Any]:
+        return run(base, self)
+
+
+def parse_variants(spec: str) -> list[str]:
+    """`all`, `paper` (the six of the paper) or a comma-separated list (aliases allowed) -> canonical
+    names, in the given order."""
+    if spec.strip() == "all":
+        return list(VARIANTS)
+    if spec.strip() == "paper":
+        return list(PAPER_VARIANTS)
+    try:
+        names = [get_variant(v.strip()).name for v in spec.split(",") if v.strip()]
+    except ValueError as e:
+        raise KdstoreError(str(e)) from None
+    if not names:
+        raise KdstoreError("--variants names no variant")
+    return list(dict.fromkeys(names))
+
+
+def parse_choices(spec: str, known: dict, option: str) -> list[str]:
+    """A comma-separated list of registry keys, e.g. `--pacing none,linear`."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [s for s in names if s not in known]
+    if unknown or not names:
+        raise KdstoreError(f"{option}: unknown {', '.join(unknown) or 'empty list'}; known: {', '.join(known)}")
+    return list(dict.fromkeys(names))
+
+
+def parse_pacings(spec: str) -> list[str]:
+    return parse_choices(spec, PACINGS, "--pacing")
+
+
+def parse_scorers(spec: str) -> list[str]:
+    return parse_choices(spec, SCORERS, "--scorer")
+
+
+def parse_views(spec: str) -> list[str]:
+    return parse_choices(spec, dict.fromkeys(VIEW_MODES), "--views")
+
+
+def arms(
+    base: TrainConfig,
+    variants: Sequence[str],
+    pacings: Sequence[str] = ("none",),
+    scorers: Sequence[str] = ("teacher",),
+    views: Sequence[str] | None = None,
+) -> list[TrainConfig]:
+    """One config per meaningful (variant, pacing, scorer, views mode), in that nesting order."""
+    out: list[TrainConfig] = []
+    for v in variants:
+        ordering = get_variant(v).ordering
+        for p in pacings:
+            for s in scorers:
+                if conflict(ordering, p, s, v) is None:
+                    out.extend(replace(base, variant=v, pacing=p, scorer=s, views=m) for m in (views or [base.views]))
+    return out
+
+
+def parse_seeds(spec: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        raise KdstoreError(f"--seeds must be comma-separated integers, got {spec!r}") from None
+    if not seeds:
+        raise KdstoreError("--seeds names no seed")
+    return list(dict.fromkeys(seeds))
+
+
+def run_dir(out: Path, arm: str, seed: int) -> Path:
+    return Path(out) / f"{arm}-s{seed}"
+
+
+# What a finished run may have been made with and still be kept: how it ran, not what it computed
+# (train's RESUMABLE_CHANGES), where it is and its store (compared as an absolute path below), and
+# the options recorded as they ran (amp: off on the CPU).
+_KEEP_DESPITE = train.RESUMABLE_CHANGES | set(with_policy(TrainConfig, "sweep", "where", "ran"))
+
+
+def stale(cfg: TrainConfig, target: Path) -> list[str]:
+    """The options a finished run in `target` was made with that differ from `cfg` (empty: keep it)."""
+    try:
+        saved = json.loads((target / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return ["config.json (unreadable)"]
+    changed = differing(fields_of(TrainConfig, saved), to_dict(cfg), ignore=_KEEP_DESPITE)
+    if cfg.store and saved.get("store") != str(Path(cfg.store).resolve()):
+        changed.append("store")
+    return changed
+
+
+def run(base: TrainConfig, sweep: SweepConfig) -> dict[str, Any]:
+    """Train every (arm, seed) of `sweep` not finished yet under base.out, then write base.out/report."""
+    out = Path(base.out)
+    base.validate()
+    seeds, baseline, overwrite = parse_seeds(sweep.seeds), sweep.baseline, sweep.overwrite
+    configs = arms(
+        base,
+        parse_variants(sweep.variants),
+        parse_pacings(sweep.pacing),
+        parse_scorers(sweep.scorer),
+        parse_views(sweep.views),
+    )
+    if not configs:
+        raise KdstoreError(
+            "no variant takes the given --pacing/--scorer (pacing needs a fixed order, a student scorer a curriculum)"
+        )
+    jobs = [(replace(c, out=str(run_dir(out, c.arm, s)), seed=s, overwrite=True), s) for c in configs for s in seeds]
+    if baseline not in {c.arm for c, _ in jobs}:
+        say(
+            f"warning: the baseline arm {baseline!r} is not in this sweep; the report has no Δ column (pass "
+            "--baseline ARM)"
+        )
+    todo = []
+    for cfg, _ in jobs:
+        target = Path(cfg.out)
+        if (target / "summary.json").is_file():
+            changed = stale(cfg, target)
+            if changed and not overwrite:
+                raise KdstoreError(
+                    f"{target} holds a finished run made with different {', '.join(changed)}; "
+                    "pass --overwrite to redo it, or sweep into another --out"
+                )
+            if not changed:
+                continue
+        todo.append(cfg)
+    t0, done = time.perf_counter(), 0
+    for i, (cfg, _) in enumerate(jobs, 1):
+        head = f"[{i}/{len(jobs)}] {Path(cfg.out).name}"
+        if cfg not in todo:
+            say(f"{head}: finished earlier with the same options, kept")
+            continue
+        elapsed = time.perf_counter() - t0
+        eta = f", ETA {clock(elapsed / done * (len(todo) - done))}" if done else ""
+        say(f"{head} (elapsed {clock(elapsed)}{eta})")
+        train.run(cfg)
+        done += 1
+    runs = [report.load_run(Path(c.out)) for c, _ in jobs]
+    summary = report.summarize(runs, baseline=baseline)
+    report.write_report(summary, out / "report", runs)
+    return summary

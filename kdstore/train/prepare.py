@@ -1,0 +1,101 @@
+"""How a training step's images are prepared (Prepare): not augmented, augmented with fresh
+random parameters, or replaying the store's views (each sample one of its stored views, chosen
+per epoch; mixed views mixed with their partner as the teacher saw them).
+
+    Prepare(epoch, positions (B,), images (B, 3, H, W)) -> (augmented images, view index (B,) or None)
+
+positions and view indices are numpy int64 arrays on the host (.beton positions); images are
+normalised float tensors on the device. VIEW_MODES says when a run replays views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from kdstore.data.augment import AUGMENTATIONS
+from kdstore.runtime.transfer import upload
+from kdstore.store.mixes import Mixing, PartnerImages
+from kdstore.store.rows import Rows
+from kdstore.store.views import Views
+
+Prepare = Callable[[int, np.ndarray, torch.Tensor], tuple[torch.Tensor, np.ndarray | None]]
+
+
+def no_augment() -> Prepare:
+    return lambda epoch, pos, x: (x, None)
+
+
+def random_augment(
+    augmentation: str,
+    image_size: int,
+    generator: torch.Generator,
+    device: torch.device | None = None,
+    batch_sizes: Callable[[int], list[int]] | None = None,
+) -> Prepare:
+    """Fresh parameters per batch from `generator` (saved in checkpoints, so a resumed run goes on
+    with the same draws). With `batch_sizes(epoch)` (the sizes of the epoch's batches, in order),
+    the whole epoch's parameters are drawn at its first batch, batch by batch from the same
+    stream (so the draws are the same), and uploaded to `device` once; each batch then takes its
+    slice, with no copy from the host per step."""
+    aug = AUGMENTATIONS[augmentation]
+    if batch_sizes is None or device is None:
+        return lambda epoch, pos, x: (aug.apply(x, aug.draw(len(x), image_size, generator)), None)
+    state: dict[str, Any] = {"epoch": None}
+
+    def prepare(epoch: int, pos: np.ndarray, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        if state["epoch"] != epoch:
+            drawn = torch.cat([aug.draw(n, image_size, generator) for n in batch_sizes(epoch)])
+            state.update(epoch=epoch, cursor=0, params=upload(drawn, device))
+        lo = state["cursor"]
+        state["cursor"] = lo + len(x)
+        return aug.apply(x, state["params"][lo : lo + len(x)]), None
+
+    return prepare
+
+
+def replay_views(
+    views: Views, seed: int, device: torch.device, placement: str = "auto", partners: PartnerImages | None = None
+) -> Prepare:
+    """Each sample uses one of its stored views (views.choose: seeded, new every epoch) and is
+    augmented with exactly that view's parameters; a mixed view is then mixed with its partner's
+    image, augmented with the same parameters (views.mix_images), as the teacher scored it."""
+    aug = AUGMENTATIONS[views.augmentation]
+    params = Rows(views.params, device, placement)  # (N, K, P)
+    n, k = views.params.shape[:2]
+    chosen: dict[int, np.ndarray] = {}
+    mixing = Mixing(views, device, placement, partners) if views.mix else None
+
+    def prepare(epoch: int, pos: np.ndarray, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        if epoch not in chosen:
+            chosen.clear()
+            chosen[epoch] = choose(seed, epoch, n, k)
+        view = chosen[epoch][pos]
+        p = params(pos, view).long()
+        out = aug.apply(x, p)
+        return (out if mixing is None else mixing(out, pos, view, lambda px: aug.apply(px, p))), view
+
+    return prepare
+
+
+@dataclass(frozen=True)
+class ViewMode:
+    """What `train --views MODE` does with a store's views."""
+
+    replay: Callable[[bool, bool], bool]  # (the store has views, augmentation on) -> replay them?
+    needs_views: bool  # refuse a store without views
+    needs_augment: bool  # refuse --no-augment
+
+
+VIEW_MODES: dict[str, ViewMode] = {
+    "auto": ViewMode(lambda has_views, augment: has_views and augment, needs_views=False, needs_augment=False),
+    "replay": ViewMode(lambda has_views, augment: True, needs_views=True, needs_augment=True),
+    "clean": ViewMode(lambda has_views, augment: False, needs_views=False, needs_augment=False),
+}
+
+
+def choose(seed: int, epoch: int, n: int, k: int) -> np.ndarray:
+    """Which stored view each of n samples uses in `epoch`: seeded, new every epoch. (n,) int64."""
+    return np.random.default_rng([seed, epoch, 0x71E5]).integers(0, k, size=n)

@@ -1,0 +1,45 @@
+"""Helpers the tests share: a synthetic ImageFolder, a resealed store, the real CIFAR-10 images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def reseal(store: Path) -> None:
+    """Record teacher.h5's new sha256 in the manifest: a store whose files agree with its manifest
+    but whose content is wrong (as a faulty writer would make), for the checks behind the sha256."""
+    import json
+
+    from kdstore.runtime.hashing import sha256_file
+
+    manifest = json.loads((store / "MANIFEST.json").read_text())
+    manifest["sha256"]["teacher.h5"] = sha256_file(store / "teacher.h5")
+    (store / "MANIFEST.json").write_text(json.dumps(manifest))
+
+
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def make_imagefolder(
+    root: Path,
+    classes: int = 3,
+    train_per_class: int = 10,
+    val_per_class: int = 4,
+    size: int = 16,
+    val_dir: str = "test",
+) -> Path:
+    """A learnable synthetic ImageFolder: class k is a bright square at a class-specific place."""
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", train_per_class), (val_dir, val_per_class)):
+        for k in range(classes):
+            d = root / split / f"class{k}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+                o = (k * size) // (classes + 1)
+                img[o : o + size // 3, o : o + size // 3] = 255
+                Image.fromarray(img).save(d / f"{i:03d}.png")
+    return root

@@ -1,0 +1,70 @@
+"""Configs own their field policies: every field declares them, the lists commands use are derived
+from them, construction is keyword-only, and config files are read strictly."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import pytest
+
+from kdstore import BenchConfig, CacheConfig, EvalConfig, MergeConfig, SweepConfig, TeacherConfig, TrainConfig
+from kdstore.config import from_dict, opt, undeclared, with_policy
+from kdstore.errors import KdstoreError
+from kdstore.train.loop import RESUMABLE_CHANGES, RUN_RECORD, Run
+from kdstore.train.step import Step
+
+CONFIGS = [CacheConfig, TrainConfig, TeacherConfig, SweepConfig, MergeConfig, BenchConfig, EvalConfig]
+
+
+@pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.__name__)
+def test_every_config_field_declares_its_policies(cls):
+    assert undeclared(cls) == []
+
+
+def test_the_policy_check_finds_a_field_that_declares_nothing_or_a_wrong_value():
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Probe:
+        POLICIES: ClassVar[dict[str, tuple[Any, ...]]] = {"resume": ("fixed", "may_change")}
+        a: int = opt(1, "declared", resume="fixed")
+        b: int = opt(2, "not declared")
+        c: int = opt(3, "a value the policy does not take", resume="sometimes")
+        d: int = opt(4, "a policy the config does not have", resume="fixed", colour="red")
+
+    assert undeclared(Probe) == ["b: resume", "c: resume", "d: unknown policy colour"]
+
+
+def test_commands_lists_come_from_the_policies():
+    resumable = set(with_policy(TrainConfig, "resume", "may_change"))
+    assert {"workers", "device", "loader", "progress", "resume"} <= resumable
+    assert not {"epochs", "lr", "variant", "seed", "tau", "store"} & resumable
+    assert resumable <= RESUMABLE_CHANGES and not set(RUN_RECORD) & {f.name for f in dataclasses.fields(TrainConfig)}
+    offered = set(with_policy(TrainConfig, "teacher", True))
+    assert {"epochs", "lr", "out", "resume"} <= offered and not {"variant", "tau", "lam", "store", "scorer"} & offered
+    arms = set(with_policy(TrainConfig, "sweep", "arm"))
+    assert arms == {"variant", "pacing", "scorer", "views", "seed"}
+    recorded = set(with_policy(CacheConfig, "resume", "recorded", "resolved"))
+    assert {"views", "topk", "sample", "logits_dtype", "batch_size", "dataset", "checkpoint"} <= recorded
+    assert not {"workers", "device", "progress", "out"} & recorded
+
+
+def test_sweep_options_never_shadow_the_train_options_it_passes_on():
+    passed = set(with_policy(TrainConfig, "sweep", "base", "where", "ran"))
+    assert not passed & {f.name for f in dataclasses.fields(SweepConfig)}
+
+
+@pytest.mark.parametrize("cls", [*CONFIGS, Run, Step], ids=lambda c: c.__name__)
+def test_big_objects_are_built_by_keyword_only(cls):
+    with pytest.raises(TypeError, match="positional"):
+        cls("x")
+
+
+def test_from_dict_refuses_unknown_and_mistyped_keys_and_widens_ints_to_floats():
+    with pytest.raises(KdstoreError, match=r"unknown option\(s\) epoch for TrainConfig \(did you mean epochs\?\)"):
+        from_dict(TrainConfig, {"out": "r", "epoch": 3})
+    with pytest.raises(KdstoreError, match="epochs must be int, got str '3'"):
+        from_dict(TrainConfig, {"out": "r", "epochs": "3"})
+    with pytest.raises(KdstoreError, match="amp must be bool, got int 1"):
+        from_dict(TrainConfig, {"out": "r", "amp": 1})
+    cfg = from_dict(TrainConfig, {"out": "r", "lr": 1, "head_lr": None, "kind": "student"}, ignore=RUN_RECORD)
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.head_lr is None
