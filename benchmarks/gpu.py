@@ -1,5 +1,5 @@
-"""GPU benchmark (issue 13): one prepared script for one CUDA GPU (sized for an H100), in under
-8 minutes, writing only OUT/gpu.json and printing a one-screen summary.
+"""GPU benchmark: one prepared script for one CUDA GPU, one attempt of under 10 minutes (start-up
+and imports included), writing OUT/gpu.json and OUT/summary.txt after every section.
 
     bash benchmarks/gpu_bundle.sh                   # once, on a machine with `make setup` done
     python3 benchmarks/gpu.py OUT                   # on the GPU machine, from the repository root
@@ -8,21 +8,28 @@
 The GPU machine has Python 3.12 and torch but no FFCV: the script puts `.gpu-bundle/site` (FFCV
 built by gpu_bundle.sh, with its libraries) and the repository on sys.path itself. Everything
 is synthetic and needs no network: random-weight models (speed does not depend on weights) and
-seeded images. In order (each section's figures are written as soon as it ends; a section that
-would overrun --budget-s is skipped and says so):
+seeded images.
 
-  store     a CIFAR-100-shaped store (50,000 + 10,000 images of 32 px, 100 classes), cached with
-            a cifar_resnet56 teacher in bf16
-  sync      the steady-state steps of `train`'s own epoch loop (loader, id check, step, sums)
-            under torch.cuda.set_sync_debug_mode("error"): kd, kd-cl-sr and unguided
-  fit       `train` runs of 3 epochs at batch 512 (images/s of the training pass, evaluation
-            and checkpoint seconds per epoch): every student with offline KD and unguided, data
-            on the device; cifar_resnet8 offline KD with the data streamed by FFCV
-  ceiling   the same step on batches already gathered on the device, one sync at the end
-  cache224  the cache pass of resnet152 at 224 px over 224-px JPEGs, bf16 and fp32
-  bench     `kdstore bench` (batch 512, data on the device) for each student and each online
-            teacher: cifar_resnet56, resnet152 (cifar stem), resnet152 at 224 px
+First a **preflight**: every import the run needs (FFCV and its compiled library, numba, cv2,
+h5py, timm, tensorboard, kdstore) and CUDA, in seconds; a missing piece is one line and
+OUT/gpu.json says which. Then the sections, in order of value, each given at most the time left
+of --budget-s (default 360 s; the planned schedule is printed first and fits it by the sections'
+own estimates); a section that overruns is stopped and says so, and every later one still runs
+if it fits:
+
+  store       a CIFAR-100-shaped store (50,000 + 10,000 images of 32 px, 100 classes), cached with
+              a cifar_resnet56 teacher in bf16 (in a child process: no fork after CUDA here)
+  sync        the steady-state steps of `train`'s own epoch loop (loader, id check, step, sums)
+              under torch.cuda.set_sync_debug_mode("error"): kd, kd-cl-sr and unguided
   pytest_gpu  tests/train/test_gpu.py, the CUDA-only tests, in a child pytest
+  fit         `train` runs of 3 epochs at batch 512 (images/s of the training pass, synchronised
+              before its time is read; evaluation and checkpoint seconds apart): every student with
+              offline KD and unguided, data on the device; cifar_resnet8 streamed by FFCV
+  ceiling     the same step on batches already gathered on the device, one sync at the end
+  cache224    the cache pass of resnet152 at 224 px over 224-px JPEGs: bf16, and fp32 with TF32 off
+              (in child processes)
+  bench       `kdstore bench` for the pairs that carry the targets: cifar_resnet8 with a
+              cifar_resnet56 teacher, resnet18 with resnet152 at 224 px
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ import functools
 import json
 import os
 import platform
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +56,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 STUDENTS = ("cifar_resnet8", "cifar_resnet20", "resnet18")
-TEACHERS = (("cifar_resnet56", "auto", None), ("resnet152", "cifar", None), ("resnet152", "imagenet", 224))
+# bench pairs that carry the targets: offline/online against the FLOP limit, small and large teacher
+BENCH_PAIRS = (("cifar_resnet8", "cifar_resnet56", "auto", None), ("resnet18", "resnet152", "imagenet", 224))
 FULL = dict(
     device="cuda",
     n_train=50_000,
@@ -111,57 +121,132 @@ def register_datasets(p: dict) -> None:
     )
 
 
-def environment() -> dict:
-    import ffcv
-    import numba
-    import timm
+PREFLIGHT_MODULES = (
+    "ffcv",
+    "ffcv._libffcv",
+    "ffcv.writer",
+    "ffcv.loader",
+    "numba",
+    "cv2",
+    "h5py",
+    "timm",
+    "tensorboard",
+    "click",
+    "rich",
+    "matplotlib",
+    "psutil",
+    "kdstore",
+    "kdstore.data.beton",
+    "kdstore.train.loop",
+    "kdstore.cache.write",
+    "kdstore.train.bench",
+)
 
+
+def preflight(device: str) -> dict:
+    """Import everything the run needs and check the device; {"ok": False, "missing": ...} names
+    the first thing that fails, in seconds, before any section starts."""
+    import importlib
+
+    t0 = time.perf_counter()
+    versions: dict = {}
+    for name in PREFLIGHT_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - any import failure is named in one line
+            return {"ok": False, "missing": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+        versions[name] = getattr(module, "__version__", None)
+    if device == "cuda" and not torch.cuda.is_available():
+        return {"ok": False, "missing": "CUDA", "error": "torch sees no CUDA device"}
     cuda = torch.cuda.is_available()
     return {
+        "ok": True,
+        "seconds": time.perf_counter() - t0,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "timm": timm.__version__,
-        "ffcv": ffcv.__file__,
-        "numba": numba.__version__,
         "numpy": np.__version__,
+        "versions": {k: v for k, v in versions.items() if v},
+        "ffcv": sys.modules["ffcv"].__file__,
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "cuda": torch.version.cuda if cuda else None,
+        "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn_conv": torch.backends.cudnn.allow_tf32},
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "argv": sys.argv,
     }
 
 
-def cache_store(
-    work: Path, p: dict, name: str, dataset: str, teacher: str, stem: str, input_size: int | None, amp: bool, batch: int
-) -> dict:
+def cache_child(spec: str) -> None:
+    """`gpu.py --cache-child JSON`: one `kdstore cache` in a fresh process (its FFCV writer never
+    forks a process that holds CUDA), printing its figures as the last line."""
+    args = json.loads(spec)
+    p = args.pop("sizes")
+    register_datasets(p)
+    if not args["amp"] and torch.cuda.is_available():  # fp32 means fp32: no TF32 in the convolutions
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     from kdstore.cache import write as cache
     from kdstore.cache.config import CacheConfig
 
-    out = work / "stores" / name
     t0 = time.perf_counter()
-    cache.run(
-        CacheConfig(
-            dataset=dataset,
-            out=str(out),
-            teacher=teacher,
-            stem=stem,
-            input_size=input_size,
-            allow_untrained=True,
-            batch_size=batch,
-            amp=amp,
-            device=p["device"],
-            overwrite=True,
-            progress=False,
+    cache.run(CacheConfig(allow_untrained=True, device=p["device"], overwrite=True, progress=False, **args))
+    manifest = json.loads((Path(args["out"]) / "MANIFEST.json").read_text())
+    tf32 = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn_conv": torch.backends.cudnn.allow_tf32}
+    print(
+        json.dumps(
+            {
+                "path": args["out"],
+                "seconds": time.perf_counter() - t0,
+                "amp": args["amp"],
+                "tf32": tf32,
+                "teacher_images_per_s": manifest["teacher_images_per_s"],
+            }
         )
     )
-    manifest = json.loads((out / "MANIFEST.json").read_text())
-    return {
-        "path": str(out),
-        "seconds": time.perf_counter() - t0,
-        "teacher_images_per_s": manifest["teacher_images_per_s"],
+
+
+def cache_store(
+    work: Path,
+    p: dict,
+    name: str,
+    dataset: str,
+    teacher: str,
+    stem: str,
+    input_size: int | None,
+    amp: bool,
+    batch: int,
+    timeout: float = 600,
+) -> dict:
+    """A store cached by a child process (cache_child), stopped at `timeout`."""
+    import subprocess
+
+    spec = {
+        "sizes": p,
+        "dataset": dataset,
+        "out": str(work / "stores" / name),
+        "teacher": teacher,
+        "stem": stem,
+        "input_size": input_size,
+        "amp": amp,
+        "batch_size": batch,
     }
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(x for x in sys.path[:2] + [os.environ.get("PYTHONPATH", "")] if x),
+    }
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "unused", "--cache-child", json.dumps(spec)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=max(1.0, timeout),
+    )
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        return {"error": f"cache exited {proc.returncode}: {(proc.stderr.strip().splitlines() or ['-'])[-1][:300]}"}
+    return json.loads(lines[-1])
 
 
 def train_config(work: Path, p: dict, store: str, student: str, variant: str, loader: str = "device", **kw):
@@ -320,7 +405,7 @@ def bench_pair(p: dict, store: str, student: str, teacher: str, stem: str, input
     }
 
 
-def gpu_tests() -> dict:
+def gpu_tests(timeout: float = 240) -> dict:
     """tests/train/test_gpu.py (the CUDA-only tests; they skip elsewhere), in a child pytest."""
     import subprocess
 
@@ -334,7 +419,7 @@ def gpu_tests() -> dict:
         env=env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=max(1.0, timeout),
     )
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     return {
@@ -344,34 +429,62 @@ def gpu_tests() -> dict:
     }
 
 
+class SectionTimeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):  # noqa: ANN001 - signal handler
+    raise SectionTimeout
+
+
 class Sections:
-    """Runs sections in order under a time budget, writing every result as it comes."""
+    """Runs sections in order under a time budget: each is given at most the time left (a Python
+    section is stopped by SIGALRM, a child process by its timeout), and every result, with the
+    summary, is written as soon as it comes."""
 
     def __init__(self, out: Path, budget_s: float, result: dict) -> None:
-        self.out, self.deadline, self.result = out, time.perf_counter() + budget_s, result
+        self.out, self.result = out, result
         self.t0 = time.perf_counter()
+        self.deadline = self.t0 + budget_s
 
-    def run(self, key: str, estimate_s: float, fn, *args):
-        left = self.deadline - time.perf_counter()
-        if left < estimate_s:
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def run(self, key: str, estimate_s: float, fn, *args, child: bool = False):
+        """fn(*args), or fn(*args, timeout=left) for a section that runs a child process."""
+        left = self.left()
+        if left < min(estimate_s, 5.0) or left <= 1:
             self.result.setdefault("skipped", []).append(f"{key}: {left:.0f} s left, needs about {estimate_s:.0f}")
             print(f"[{time.perf_counter() - self.t0:6.1f} s] skip {key}", flush=True)
             return None
         t0 = time.perf_counter()
+        signal.signal(signal.SIGALRM, _alarm)
+        if not child:
+            signal.setitimer(signal.ITIMER_REAL, left)
         try:
-            value = fn(*args)
+            value = fn(*args, timeout=left) if child else fn(*args)
+        except (SectionTimeout, subprocess.TimeoutExpired):
+            value = {"error": f"stopped at the budget's end after {time.perf_counter() - t0:.0f} s", "timed_out": True}
         except Exception as e:  # noqa: BLE001 - one failed section must not lose the others' figures
             value = {"error": f"{type(e).__name__}: {str(e)[:300]}", "where": traceback.format_exc().splitlines()[-6:]}
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
         if isinstance(value, dict):
             value["section_seconds"] = time.perf_counter() - t0
+            value["estimate_seconds"] = estimate_s
         node = self.result
         *path, last = key.split("/")
         for part in path:
             node = node.setdefault(part, {})
         node[last] = value
-        (self.out / "gpu.json").write_text(json.dumps(self.result, indent=1, default=str))
+        self.write()
         print(f"[{time.perf_counter() - self.t0:6.1f} s] {key}: {_brief(value)}", flush=True)
         return value
+
+    def write(self) -> None:
+        self.result["elapsed_seconds"] = time.perf_counter() - self.t0
+        (self.out / "gpu.json").write_text(json.dumps(self.result, indent=1, default=str))
+        (self.out / "summary.txt").write_text("\n".join(summary(self.result)) + "\n")
 
 
 def _brief(value) -> str:
@@ -394,10 +507,10 @@ def summary(r: dict) -> list[str]:
             node = node.get(k) if isinstance(node, dict) else None
         return fmt.format(node) if isinstance(node, (int, float)) else "-"
 
+    env = r.get("preflight") or {}
     lines = [
-        f"kdstore GPU benchmark: {r['environment'].get('gpu') or 'CPU (rehearsal)'}, torch "
-        f"{r['environment']['torch']}, "
-        f"{r['environment']['date']}"
+        f"kdstore GPU benchmark: {env.get('gpu') or 'CPU (rehearsal)'}, torch {env.get('torch')}, "
+        f"{env.get('date')}; {r.get('elapsed_seconds', 0):.0f} s of the {r['schedule']['budget_s']:.0f} s budget"
     ]
     lines.append(
         f"store: {get('store', 'seconds', fmt='{:.1f}')} s, teacher pass {get('store', 'teacher_images_per_s')} img/s"
@@ -431,18 +544,16 @@ def summary(r: dict) -> list[str]:
         f"resnet152@224 cache pass: bf16 {get('cache224', 'bf16', 'teacher_images_per_s')} img/s, "
         f"fp32 {get('cache224', 'fp32', 'teacher_images_per_s')} img/s"
     )
-    for s in STUDENTS:
-        for t, stem, size in TEACHERS:
-            v = r.get("bench", {}).get(f"{s}-{t}-{stem}-{size or 'native'}")
-            if v and "modes" in v:
-                m = v["modes"]
-                lines.append(
-                    f"bench {s} / {t} {stem} {size or ''}: img/s unguided {m['unguided']['images_per_s']:,.0f} offline "
-                    f"{m['offline']['images_per_s']:,.0f} online {m['online']['images_per_s']:,.0f}; online/offline "
-                    "step time "
-                    f"{v['online_offline_ratio']:.2f} = {v['ratio_vs_flop_limit']:.2f} of the FLOP limit "
-                    f"{v['flops_per_image']['limit']:.2f}"
-                )
+    for s, t, stem, size in BENCH_PAIRS:
+        v = r.get("bench", {}).get(f"{s}-{t}-{stem}-{size or 'native'}")
+        if v and "modes" in v:
+            m = v["modes"]
+            lines.append(
+                f"bench {s} / {t} {stem} {size or ''}: img/s unguided {m['unguided']['images_per_s']:,.0f} offline "
+                f"{m['offline']['images_per_s']:,.0f} online {m['online']['images_per_s']:,.0f}; online/offline "
+                f"step time {v['online_offline_ratio']:.2f} = {v['ratio_vs_flop_limit']:.2f} of the FLOP limit "
+                f"{v['flops_per_image']['limit']:.2f}"
+            )
     lines.append(f"tests/train/test_gpu.py: {(r.get('pytest_gpu') or {}).get('result', '-')}")
     lines += [f"skipped: {s}" for s in r.get("skipped", [])]
     lines += [f"error in {k}" for k, v in _errors(r)]
@@ -457,74 +568,115 @@ def _errors(node, prefix=""):
             yield from _errors(v, f"{prefix}/{k}" if prefix else k)
 
 
+def plan(p: dict) -> list[tuple[str, float, object, tuple, bool]]:
+    """The sections in order of value: (key, estimate in seconds, function, its arguments after
+    (work, p, store), whether it runs a child process). The estimates are what `--budget-s` is
+    checked against; the store section comes first and is not listed."""
+    steps: list[tuple[str, float, object, tuple, bool]] = []
+    for variant in ("kd", "kd-cl-sr", "unguided"):
+        steps.append((f"sync/cifar_resnet8-{variant}", 10, sync_check, ("cifar_resnet8", variant), False))
+    steps.append(("pytest_gpu", 45, gpu_tests, (), True))
+    for student in STUDENTS:
+        steps.append((f"fit/{student}-kd-device", 15, fit_speed, (student, "kd", "device"), False))
+    steps.append(("fit/cifar_resnet8-kd-ffcv", 20, fit_speed, ("cifar_resnet8", "kd", "ffcv"), False))
+    for student in STUDENTS:
+        steps.append((f"fit/{student}-unguided-device", 12, fit_speed, (student, "unguided", "device"), False))
+        steps.append((f"ceiling/{student}", 8, ceiling, (student,), False))
+    for name, amp in (("bf16", True), ("fp32", False)):
+        steps.append(
+            (
+                f"cache224/{name}",
+                35,
+                cache_store,
+                (f"r152-{name}", "gpubench-224", "resnet152", "imagenet", p["size_224"], amp, p["cache_batch"]),
+                True,
+            )
+        )
+    for student, teacher, stem, size in BENCH_PAIRS:
+        scaled = size and p["size_224"] * size // 224
+        steps.append(
+            (
+                f"bench/{student}-{teacher}-{stem}-{size or 'native'}",
+                30,
+                bench_pair,
+                (student, teacher, stem, scaled),
+                False,
+            )
+        )
+    return steps
+
+
+STORE_ESTIMATE_S = 30.0
+
+
+def run_sections(s: Sections, work: Path, p: dict) -> None:
+    store = s.run(
+        "store",
+        STORE_ESTIMATE_S,
+        cache_store,
+        work,
+        p,
+        "c100",
+        "gpubench",
+        "cifar_resnet56",
+        "auto",
+        None,
+        True,
+        1024,
+        child=True,
+    )
+    if not store or "error" in store:
+        s.result["fatal"] = "no store: nothing else can run"
+        return
+    for key, estimate, fn, args, child in plan(p):
+        if fn is gpu_tests:
+            s.run(key, estimate, fn, child=True)
+        elif fn is cache_store:
+            s.run(key, estimate, fn, work, p, *args, child=True)
+        elif fn is bench_pair:
+            s.run(key, estimate, fn, p, store["path"], *args)
+        else:
+            s.run(key, estimate, fn, work, p, store["path"], *args)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("out", help="Directory for gpu.json (created; nothing else is written there).")
+    ap.add_argument("out", help="Directory for gpu.json and summary.txt (created; nothing else is written there).")
     ap.add_argument(
-        "--budget-s", type=float, default=420.0, help="Skip sections that would end after this many seconds."
+        "--budget-s", type=float, default=360.0, help="Stop sections at this many seconds after the preflight."
     )
     ap.add_argument("--rehearse", action="store_true", help="Tiny sizes on the CPU: every step, no meaningful figure.")
     ap.add_argument("--work", help="Scratch directory for stores and runs (default: a temporary one, removed).")
+    ap.add_argument("--cache-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.cache_child:
+        return cache_child(args.cache_child)
     p = REHEARSE if args.rehearse else FULL
-    if p["device"] == "cuda" and not torch.cuda.is_available():
-        sys.exit("no CUDA device here: run on the GPU machine, or rehearse with --rehearse")
-    try:
-        import distutils.log  # noqa: F401 - FFCV imports it; Python 3.12 has it only through setuptools
-    except ImportError:
-        sys.exit("FFCV needs `distutils` (Python 3.12: install setuptools)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    result: dict = {"sizes": p, "preflight": preflight(p["device"])}
+    planned = STORE_ESTIMATE_S + sum(step[1] for step in plan(p))
+    result["schedule"] = {
+        "budget_s": args.budget_s,
+        "planned_s": planned,
+        "sections": [["store", STORE_ESTIMATE_S]] + [[k, e] for k, e, *_ in plan(p)],
+    }
+    print(
+        f"schedule: {len(plan(p)) + 1} sections, {planned:.0f} s by their estimates, budget {args.budget_s:.0f} s",
+        flush=True,
+    )
+    if not result["preflight"]["ok"]:
+        (out / "gpu.json").write_text(json.dumps(result, indent=1, default=str))
+        f = result["preflight"]
+        sys.exit(f"preflight: {f['missing']} is missing ({f['error']})")
     register_datasets(p)
     with tempfile.TemporaryDirectory(prefix="kdstore-gpu-", dir=args.work) as tmp:
-        work = Path(tmp)
-        result = {"environment": environment(), "sizes": p}
         s = Sections(out, args.budget_s, result)
-        store = s.run("store", 20, cache_store, work, p, "c100", "gpubench", "cifar_resnet56", "auto", None, True, 1024)
-        if not store or "error" in store:
-            print("\n".join(summary(result)))
-            sys.exit("no store: nothing else can run")
-        path = store["path"]
-        for variant in ("kd", "kd-cl-sr", "unguided"):
-            s.run(f"sync/cifar_resnet8-{variant}", 15, sync_check, work, p, path, "cifar_resnet8", variant)
-        for student in STUDENTS:
-            s.run(f"fit/{student}-kd-device", 20, fit_speed, work, p, path, student, "kd", "device")
-        s.run("fit/cifar_resnet8-kd-ffcv", 25, fit_speed, work, p, path, "cifar_resnet8", "kd", "ffcv")
-        for student in STUDENTS:
-            s.run(f"fit/{student}-unguided-device", 20, fit_speed, work, p, path, student, "unguided", "device")
-            s.run(f"ceiling/{student}", 10, ceiling, work, p, path, student)
-        for name, amp in (("bf16", True), ("fp32", False)):
-            s.run(
-                f"cache224/{name}",
-                40,
-                cache_store,
-                work,
-                p,
-                f"r152-{name}",
-                "gpubench-224",
-                "resnet152",
-                "imagenet",
-                p["size_224"],
-                amp,
-                p["cache_batch"],
-            )
-        for student in STUDENTS:
-            for teacher, stem, size in TEACHERS:
-                scaled = size and p["size_224"] * size // 224
-                s.run(
-                    f"bench/{student}-{teacher}-{stem}-{size or 'native'}",
-                    30,
-                    bench_pair,
-                    p,
-                    path,
-                    student,
-                    teacher,
-                    stem,
-                    scaled,
-                )
-        s.run("pytest_gpu", 60, gpu_tests)
-        result["total_seconds"] = time.perf_counter() - s.t0
-        (out / "gpu.json").write_text(json.dumps(result, indent=1, default=str))
+        try:
+            run_sections(s, Path(tmp), p)
+        finally:
+            result["total_seconds"] = time.perf_counter() - s.t0
+            s.write()
     print("\n".join(summary(result)))
 
 

@@ -101,6 +101,15 @@ def _store_teacher(cfg: CacheConfig, store: Store) -> Teacher:
     """The teacher given on the command line, which must be the store's own (model, input size
     and checkpoint sha256)."""
     attrs = store.attrs
+    if not cfg.has_weights:
+        sha = attrs["checkpoint_sha256"]
+        source = f"give the checkpoint it was cached from with --checkpoint (sha256 {sha[:12]}...)"
+        if not sha:
+            source = (
+                "it was cached without a checkpoint: give --pretrained or --pretrained-file as then, "
+                "or --allow-untrained if it was cached with random weights"
+            )
+        raise KdstoreError(f"--add-views: the store's teacher is {attrs['teacher']}; {source}")
     spec = dataclasses.replace(
         cfg.teacher_spec,
         teacher=cfg.teacher or attrs["teacher"],

@@ -120,6 +120,11 @@ class CacheConfig:
         return STORES_DIR / f"{dataset}-{teacher}"
 
     @property
+    def has_weights(self) -> bool:
+        """Whether the teacher is given trained weights (or random ones were asked for)."""
+        return bool(self.checkpoint or self.pretrained or self.pretrained_file or self.allow_untrained)
+
+    @property
     def teacher_spec(self) -> TeacherSpec:
         return TeacherSpec(
             teacher=self.teacher,
@@ -150,7 +155,7 @@ class CacheConfig:
             raise KdstoreError(f"--logits-dtype must be float16 or float32, got {self.logits_dtype}")
         if self.teacher is None and self.checkpoint is None and not self.add_views:
             raise KdstoreError("name the teacher with --teacher (and/or give --checkpoint)")
-        if not (self.checkpoint or self.pretrained or self.pretrained_file or self.allow_untrained):
+        if not (self.has_weights or self.add_views):  # --add-views names the store's own teacher (add_views.py)
             raise KdstoreError(
                 f"teacher {self.teacher} has no trained weights: train it with `kdstore teacher --model {self.teacher} "
                 f"--dataset {self.dataset} --out runs/teacher` and pass --checkpoint runs/teacher/checkpoint.pt "

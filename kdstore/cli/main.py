@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -240,13 +241,26 @@ def demo(out: str, no_progress: bool) -> None:
     )
 
 
+def _terminate_like_ctrl_c() -> None:
+    """SIGTERM (from `timeout`, a scheduler, `kill`) is handled as Ctrl-C is: a cache says in one
+    line what it kept for --resume, and every command exits non-zero without a traceback."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main() -> None:
+    _terminate_like_ctrl_c()
     cli(prog_name="kdstore")
 
 
 def distill_cache() -> None:
+    _terminate_like_ctrl_c()
     cache(prog_name="distill-cache")
 
 
 def distill_train() -> None:
+    _terminate_like_ctrl_c()
     train(prog_name="distill-train")

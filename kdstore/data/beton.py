@@ -37,6 +37,20 @@ def threads(workers: int) -> int:
 
 
 WRITER_STALL_S = 30.0  # a writer with a dead worker and no progress for this long is stopped
+WRITER_HANG_S = 180.0  # a writer whose workers live but hand out no image for this long is stopped
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent ends (Linux; elsewhere nothing), so
+    that a killed `cache` never leaves FFCV's writer, or the writer its workers, behind."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
 
 
 class _IndexedSource:
@@ -49,11 +63,15 @@ class _IndexedSource:
 
     def __init__(self, split: ImageSplit, size: int, done, errors: Path) -> None:
         self.split, self.size, self.done, self.errors = split, size, done, errors
+        self.watched: int | None = None  # the pid whose worker has asked to die with its parent
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int, int]:
+        if self.watched != os.getpid():  # first call in this worker (FFCV's workers are forked from the writer)
+            _die_with_parent()
+            self.watched = os.getpid()
         try:
             image = self.split.get(i)
             if image.shape != (self.size, self.size, 3) or image.dtype != np.uint8:
@@ -76,6 +94,7 @@ def _write_in_child(split: ImageSplit, path: Path, workers: int, size: int, done
     """The writer process: its own process group (so that a stuck writer and its workers are
     stopped together), FFCV's tqdm bar silenced (kdstore reports progress with rich)."""
     os.setpgrp()
+    _die_with_parent()
     code = 0
     try:
         from ffcv.fields import IntField, RGBImageField
@@ -119,12 +138,41 @@ def _disk_note(path: Path) -> str:
     return f", and the disk holding {path.parent} has only {free / 2**20:.1f} MiB free" if free < 64 << 20 else ""
 
 
+def _watch(proc: multiprocessing.process.BaseProcess, done, n: int, path: Path) -> None:
+    """Wait for the writer; stop it when it stalls: no image handed out for WRITER_STALL_S and a
+    worker dead, or for WRITER_HANG_S with every worker alive (a deadlock). Once every image is
+    handed out the writer is finishing its tables, so both allowances grow tenfold."""
+    last, last_change = 0, time.monotonic()
+    while proc.is_alive():
+        proc.join(0.2)
+        if done.value != last:
+            last, last_change = done.value, time.monotonic()
+            continue
+        idle = time.monotonic() - last_change
+        grace = 10 if last == n else 1
+        dead = idle > WRITER_STALL_S * grace and _dead_worker(proc)
+        if not proc.is_alive() or not (dead or idle > WRITER_HANG_S * grace):
+            continue
+        _stop(proc)
+        path.unlink(missing_ok=True)
+        why = (
+            "lost a worker process (killed or crashed)"
+            if dead
+            else f"stalled ({idle:.0f} s without an image, its workers alive)"
+        )
+        raise KdstoreError(
+            f"FFCV's writer {why} while writing {path.name} ({last}/{n} images){_disk_note(path)}; "
+            "nothing was kept, rerun the command"
+        )
+
+
 def write_beton(split: ImageSplit, path: Path, workers: int = 2) -> None:
     """Write `split` to an FFCV file at `path`, in split order.
 
     FFCV's writer waits forever for a worker that died, so it runs in a child process watched
-    from here: when a worker has ended and no image has been handed out for WRITER_STALL_S, the
-    writer and its workers are stopped with a one-line error. Unreadable images never reach
+    from here (`_watch`): a writer that stalls, with a dead worker or with all of them alive, is
+    stopped with its workers and a one-line error. The writer and its workers die with this
+    process (PR_SET_PDEATHSIG), so a killed `cache` leaves none of them writing. Unreadable images never reach
     FFCV; they are named in one line after the write, and the file is removed."""
     path = Path(path)
     try:
@@ -141,23 +189,7 @@ def write_beton(split: ImageSplit, path: Path, workers: int = 2) -> None:
     proc = ctx.Process(target=_write_in_child, args=(split, path, workers, size, done, errors))
     proc.start()
     try:
-        last, last_change = 0, time.monotonic()
-        while proc.is_alive():
-            proc.join(0.2)
-            if done.value != last:
-                last, last_change = done.value, time.monotonic()
-            elif (
-                proc.is_alive()
-                and time.monotonic() - last_change > WRITER_STALL_S * (10 if last == len(split) else 1)
-                and _dead_worker(proc)
-            ):
-                # (every image handed out: the writer is finishing its tables, so it gets longer)
-                _stop(proc)
-                path.unlink(missing_ok=True)
-                raise KdstoreError(
-                    f"FFCV's writer lost a worker process (killed or crashed) while writing {path.name} "
-                    f"({last}/{len(split)} images){_disk_note(path)}; nothing was kept, rerun the command"
-                )
+        _watch(proc, done, len(split), path)
     finally:
         _stop(proc)  # Ctrl-C, an error here, or a writer that died: never leave it or its workers behind
     problems = [json.loads(line) for line in errors.read_text().splitlines()] if errors.is_file() else []

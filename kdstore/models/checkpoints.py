@@ -4,6 +4,7 @@ loads with torch.load(weights_only=True); `meta` says how to rebuild the model. 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from kdstore.errors import KdstoreError
+from kdstore.runtime.files import writing
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -19,9 +21,11 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed save
         stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    kept = "the previous checkpoint is kept" if path.is_file() else ""
     try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        with writing(path, kept):
+            torch.save(payload, tmp)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -32,7 +36,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise KdstoreError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings about a refused pickle: the one-line error says it
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise KdstoreError(f"checkpoint {path} cannot be loaded safely (weights_only=True): {first[:200]}") from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from kdstore.errors import KdstoreError
@@ -10,6 +12,9 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(device: str) -> torch.device:
+    """The torch device for --device. Asking whether CUDA is there goes through NVML, which does
+    not initialise CUDA in this process: FFCV's writer, forked later, never inherits a CUDA state."""
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():

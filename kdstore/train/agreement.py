@@ -10,7 +10,7 @@ a fixed teacher rather than its function (Beyer et al. 2022)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -41,11 +41,17 @@ def fixed_subset(n: int, size: int, seed: int) -> np.ndarray:
 
 
 def beton_batches(beton: Path, workers: int, batch_size: int = 512) -> Batches:
-    """Batches read from a .beton by FFCV."""
+    """Batches read from a .beton by FFCV. The loader (and its compiled pipeline) is built once
+    per set of positions and reused: a run asks for the same subset every epoch."""
+    loaders: dict[bytes, Any] = {}
 
     def batches(positions: np.ndarray) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        key = np.asarray(positions, dtype=np.int64).tobytes()
+        if key not in loaders:
+            loaders.clear()
+            loaders[key] = make_loader(beton, batch_size, workers, indices=positions)
         done = 0
-        for images, _, _ in make_loader(beton, batch_size, workers, indices=positions):
+        for images, _, _ in loaders[key]:
             yield images, positions[done : done + len(images)]
             done += len(images)
 

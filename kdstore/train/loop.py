@@ -49,6 +49,7 @@ from kdstore.runtime import distributed
 from kdstore.runtime.console import clock, images_progress, say
 from kdstore.runtime.devices import resolve_device
 from kdstore.runtime.distributed import Context, all_reduce_sum
+from kdstore.runtime.files import writing
 from kdstore.runtime.precision import for_device
 from kdstore.runtime.transfer import upload
 from kdstore.store.mixes import LabelMix, resident_partners, view_label_mix
@@ -146,6 +147,11 @@ class Run:
     hook: BatchHook | None = None
     val_rows: Rows | None = None  # the teacher's validation logits (agreement on val, measured in `evaluate`)
     history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """What its log lines call the run: the arm of a student, `teacher` for a teacher."""
+        return self.kind if self.kind in NAMED_KINDS else self.cfg.arm
 
     @property
     def out(self) -> Path:
@@ -495,6 +501,8 @@ def train_epoch(run: Run, epoch: int, lambdas: np.ndarray, bar, task) -> dict[st
         sums += torch.stack([terms["loss"] * n, terms["ce"] * n, terms["kd"] * n, terms["correct"]]).double()
         bar.update(task, completed=n_seen)  # a number only: no sync with the device
         t_wait = time.perf_counter()
+    if run.device.type == "cuda":  # the epoch's queued work counts as training time, not evaluation's
+        torch.cuda.synchronize(run.device)
     seconds = time.perf_counter() - t0
     totals = all_reduce_sum(
         torch.cat([sums, torch.tensor([float(n_seen)], dtype=torch.float64, device=run.device)]), run.ctx
@@ -604,7 +612,7 @@ def epoch_line(run: Run, row: dict[str, Any], elapsed: float, epochs_timed: int)
     left = run.cfg.epochs - row["epoch"]
     eta = clock(elapsed / max(epochs_timed, 1) * left)
     return (
-        f"{run.cfg.arm} seed {run.cfg.seed} epoch {row['epoch']}/{run.cfg.epochs}: loss {row['train_loss']:.4f} "
+        f"{run.label} seed {run.cfg.seed} epoch {row['epoch']}/{run.cfg.epochs}: loss {row['train_loss']:.4f} "
         f"(ce {row['train_ce']:.4f}, kd {row['train_kd']:.4f}), train acc {row['train_acc']:.2%}, val acc "
         f"{row['val_acc']:.2%}, "
         f"val loss {row['val_loss']:.4f}, "
@@ -617,7 +625,7 @@ def epoch_line(run: Run, row: dict[str, Any], elapsed: float, epochs_timed: int)
 def save_epoch(run: Run, row: dict[str, Any]) -> None:
     """After an epoch (main rank): its metrics line, a student scorer's curriculum, the checkpoint."""
     out = run.out
-    with open(out / "metrics.jsonl", "a") as f:
+    with writing(out / "metrics.jsonl"), open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
     if run.schedule.scores.computed:  # the store holds the teacher's scores; save the run's own
         _save_scores(out, row["epoch"], run.schedule.scores, run.sample_id)
@@ -668,9 +676,10 @@ def summarize(run: Run, model_name: str, seconds: float) -> dict[str, Any]:
         "views": run.views_used,
     }
     if run.ctx.main:
-        write_json(run.out / "summary.json", summary)
+        with writing(run.out / "summary.json"):
+            write_json(run.out / "summary.json", summary)
         say(
-            f"{run.cfg.arm} {model_name}: val acc {summary['final_val_acc']:.2%} (best {summary['best_val_acc']:.2%}), "
+            f"{run.label} {model_name}: val acc {summary['final_val_acc']:.2%} (best {summary['best_val_acc']:.2%}), "
             f"{seconds:.1f} s; wrote {run.out}"
         )
     return summary
@@ -699,8 +708,10 @@ def fit(
             run.schedule.set_scores(saved)
     if run.ctx.main:
         run.out.mkdir(parents=True, exist_ok=True)
-        write_json(run.out / "config.json", run.config)
-        (run.out / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in run.history))
+        with writing(run.out / "config.json"):
+            write_json(run.out / "config.json", run.config)
+        with writing(run.out / "metrics.jsonl"):
+            (run.out / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in run.history))
     events = EventLog(run.out) if cfg.tensorboard and run.ctx.main else None
     t0 = time.perf_counter()
     with images_progress(cfg.progress and run.ctx.main) as bar:
@@ -766,7 +777,12 @@ def _scores_path(out: Path, epoch: int) -> Path:
 def _save_scores(out: Path, epoch: int, scores: Scores, sample_id: np.ndarray) -> None:
     """orders/epoch-NNN.npz: the curriculum (sample ids) and confidences (by .beton position) used in epoch NNN."""
     path = _scores_path(out, epoch)
-    path.parent.mkdir(exist_ok=True)
+    with writing(path):
+        path.parent.mkdir(exist_ok=True)
+        _savez(path, sample_id, scores)
+
+
+def _savez(path: Path, sample_id: np.ndarray, scores: Scores) -> None:
     np.savez(
         path,
         curriculum=sample_id[scores.curriculum_positions],
@@ -793,6 +809,8 @@ def _split_head(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter
     ids = {id(p) for p in head}
     return head, [p for p in model.parameters() if id(p) not in ids]
 
+
+NAMED_KINDS = ("teacher",)  # runs whose log lines carry their kind rather than their arm
 
 # What config.json records beside train's options (build_run): how the run went and what it ran with.
 RUN_RECORD = ("loader_used", "kind", "model", "data", "views_used", *PROVENANCE_KEYS)

@@ -11,6 +11,8 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
+from kdstore.runtime.files import writing
+
 # metrics.jsonl key -> TensorBoard tag (grouped into panels); numbers not named here go under "other/".
 TAGS = {
     "train_loss": "train/loss",
@@ -49,9 +51,16 @@ class EventLog:
     """One run's event files, in the run directory."""
 
     def __init__(self, out: Path) -> None:
-        self.writer = SummaryWriter(log_dir=str(out))
+        self.out = Path(out)
+        with writing(self.out / "events.out.tfevents.*"):
+            self.writer = SummaryWriter(log_dir=str(out))
 
     def epoch(self, row: dict[str, Any]) -> None:
+        """The epoch's scalars, flushed (a full disk is one line naming the event files)."""
+        with writing(self.out / "events.out.tfevents.*"):
+            self._write(row)
+
+    def _write(self, row: dict[str, Any]) -> None:
         epoch = int(row["epoch"])
         for tag, value in scalars(row).items():
             self.writer.add_scalar(tag, value, epoch)
@@ -63,4 +72,5 @@ class EventLog:
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        with writing(self.out / "events.out.tfevents.*"):
+            self.writer.close()

@@ -1,5 +1,6 @@
 """Bad input: one line naming the problem, a non-zero exit, no traceback, nothing half-written."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -294,3 +295,58 @@ def test_a_config_file_with_a_misspelled_or_mistyped_key_fails_in_one_line(tmp_p
     config = tmp_path / "config.json"
     config.write_text(content)
     _fails(["train", "--config", str(config), "--out", str(tmp_path / "r"), "--store", str(tmp_path)], needle)
+
+
+def _cli(*args, timeout=300):
+    exe = os.path.join(os.path.dirname(sys.executable), "kdstore")
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_add_views_without_weights_names_the_stores_teacher(small_store):
+    proc = _cli("cache", "--add-views", small_store, "--views", "4")
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1, err
+    assert (
+        "the store's teacher is cifar_resnet8; give the checkpoint it was cached from with --checkpoint (sha256 " in err
+    )
+    assert "None" not in err
+
+
+@pytest.mark.slow
+def test_a_refused_pickle_checkpoint_leaks_no_warning(tmp_path):
+    import argparse
+
+    import torch
+
+    path = tmp_path / "pickle.pt"
+    torch.save({"state_dict": {}, "meta": argparse.Namespace(model="cifar_resnet8")}, path)
+    proc = _cli("cache", "--dataset", "digits", "--checkpoint", path, "--out", tmp_path / "s")
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, err
+    assert err.splitlines() == [err.splitlines()[0]] and "cannot be loaded safely (weights_only=True)" in err, err
+
+
+@pytest.mark.slow
+def test_teacher_log_lines_say_teacher(synthetic_folder, tmp_path):
+    proc = _cli(
+        "teacher",
+        "--model",
+        "cifar_resnet8",
+        "--dataset",
+        f"imagefolder:{synthetic_folder}",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "10",
+        "--workers",
+        "1",
+        "--no-progress",
+        "--out",
+        tmp_path / "t",
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert any(line.startswith("teacher seed 0 epoch 1/1: loss") for line in lines), lines
+    assert any(line.startswith("teacher cifar_resnet8: val acc") for line in lines), lines
+    assert not any(line.startswith("unguided") for line in lines), lines

@@ -347,7 +347,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
             )
         assert os.listdir(small) == []
     finally:
-        subprocess.run(["umount", str(small)])
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
 
 
 def test_a_killed_checkpoint_write_leaves_nothing_behind(tmp_path):

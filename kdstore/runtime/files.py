@@ -1,0 +1,37 @@
+"""Writing a file so that a full or read-only disk is one line naming the file and the space left,
+not a traceback (torch.save reports a full disk as a RuntimeError from its zip writer)."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+from kdstore.errors import KdstoreError
+
+
+def free_mib(path: Path) -> float:
+    """Free space, in MiB, on the file system that holds `path` (or its nearest existing parent)."""
+    for p in (Path(path), *Path(path).parents):
+        if p.exists():
+            return shutil.disk_usage(p).free / 2**20
+    return float("nan")
+
+
+@contextlib.contextmanager
+def writing(path: Path, kept: str = "") -> Iterator[None]:
+    """Inside: code that writes `path`. An OSError or RuntimeError raised there becomes one
+    KdstoreError that names the file, the reason, the free space, and what was `kept`."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        reason = (e.strerror if isinstance(e, OSError) else None) or (
+            str(e).strip().splitlines() or [type(e).__name__]
+        )[0]
+        free = free_mib(Path(path).parent)
+        full = "the disk is full: " if free < 64 or "No space" in reason or "unexpected pos" in reason else ""
+        raise KdstoreError(
+            f"{path}: could not be written ({full}{reason[:160]}; {free:.1f} MiB free there)"
+            + (f"; {kept}" if kept else "")
+        ) from None
