@@ -31,8 +31,9 @@ $(STAMP): pyproject.toml | sysdeps
 demo: $(STAMP)
 	$(VENV)/bin/kdstore demo --out $(DEMO_DIR)
 
+# Two workers: most tests wait on subprocesses, FFCV's writer or files (see the README's Tests).
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # The fast tier: no trained digits teacher, no subprocesses (under a minute on 2 cores).
 test-fast: $(STAMP)

@@ -18,10 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import WORK, cifar10_subset
+from common import WORK, cifar10_subset, speed_store
 
-from kdstore.cache import write as cache
-from kdstore.cache.config import CacheConfig
 from kdstore.store.store import Store
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
@@ -38,17 +36,7 @@ def main() -> None:
     args = ap.parse_args()
     root = cifar10_subset(args.train_per_class, 200)
     store = WORK / f"loaders-{args.train_per_class}" / "store"
-    if not (store / "MANIFEST.json").is_file():  # speed does not depend on the teacher's weights
-        cache.run(
-            CacheConfig(
-                dataset=f"imagefolder:{root}",
-                out=str(store),
-                teacher="cifar_resnet20",
-                allow_untrained=True,
-                overwrite=True,
-                progress=False,
-            )
-        )
+    speed_store(root, store)
     load_before = os.getloadavg()
     runs = []
     for i, loader in enumerate(("ffcv", "device", "device", "ffcv")):

@@ -42,35 +42,6 @@ class TeacherConfig:
         return replace(self.training, student=self.model, variant="unguided")
 
 
-# The training options that mean something for a teacher (the rest concern distillation from a store).
-TRAINING_OPTIONS = (
-    "out",
-    "stem",
-    "pretrained",
-    "pretrained_file",
-    "input_size",
-    "epochs",
-    "batch_size",
-    "lr",
-    "head_lr",
-    "freeze_epochs",
-    "momentum",
-    "weight_decay",
-    "label_smoothing",
-    "seed",
-    "workers",
-    "device",
-    "augment",
-    "amp",
-    "overwrite",
-    "resume",
-    "progress",
-    "tensorboard",
-    "loader",
-    "compile",
-)
-
-
 def run(teacher: TeacherConfig) -> dict[str, Any]:
     """Train model `teacher.model` as a teacher on its dataset; the checkpoint feeds `kdstore cache`.
 

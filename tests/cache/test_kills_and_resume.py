@@ -7,11 +7,9 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import h5py
 import numpy as np
-import psutil
 import pytest
 
 from kdstore.cache import write as cache
@@ -270,76 +268,3 @@ def test_two_train_processes_read_one_store_at_once(digits_store, tmp_path):
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
     assert (tmp_path / "kd" / "summary.json").is_file() and (tmp_path / "kd-cl-sr" / "summary.json").is_file()
-
-
-def _cache_cli(out, folder, *extra):
-    exe = os.path.join(os.path.dirname(sys.executable), "kdstore")
-    args = [
-        exe,
-        "cache",
-        "--allow-untrained",
-        "--dataset",
-        f"imagefolder:{folder}",
-        "--teacher",
-        "cifar_resnet8",
-        "--out",
-        str(out),
-        "--batch-size",
-        "8",
-        "--no-progress",
-        *extra,
-    ]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-@pytest.fixture(scope="module")
-def writing_folder(tmp_path_factory):
-    """An imagefolder whose .beton takes a few seconds to write (so a kill lands inside the write)."""
-    from tests.helpers import make_imagefolder
-
-    return make_imagefolder(tmp_path_factory.mktemp("big"), classes=4, train_per_class=400, val_per_class=20, size=48)
-
-
-def test_a_cache_killed_while_writing_leaves_no_writer_and_a_rerun_is_byte_identical(writing_folder, tmp_path):
-    """SIGKILL `cache` while FFCV writes train.beton; rerun at once with --workers 1: the bytes equal
-    a clean --workers 1 cache's, and no writer or worker of the killed run is left."""
-    clean = _cache_cli(tmp_path / "clean", writing_folder, "--workers", "1")
-    assert clean.wait(timeout=300) == 0, clean.stderr.read()
-    out = tmp_path / "store"
-    killed = _cache_cli(out, writing_folder, "--workers", "2")
-    tmp = tmp_path / ".store.partial" / ".train.beton.tmp"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (tmp.is_file() and tmp.stat().st_size > 0):
-        time.sleep(0.02)
-    assert tmp.is_file(), "the cache never started writing train.beton"
-    family = psutil.Process(killed.pid).children(recursive=True)
-    os.kill(killed.pid, signal.SIGKILL)
-    killed.wait()
-    _, alive = psutil.wait_procs(family, timeout=5)
-    assert alive == [], [p.cmdline() for p in alive]
-    rerun = _cache_cli(out, writing_folder, "--workers", "1", "--overwrite")
-    assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
-    for name in ("train.beton", "val.beton", "teacher.h5"):
-        assert (out / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
-
-
-def test_sigterm_during_a_cache_says_what_was_kept_and_resumes(writing_folder, tmp_path):
-    """`timeout`, a scheduler or `kill` sends SIGTERM: one line saying the partial cache is kept for
-    --resume, a non-zero exit, and --resume finishes the store."""
-    out = tmp_path / "store"
-    proc = _cache_cli(out, writing_folder, "--workers", "1")
-    partial = tmp_path / ".store.partial"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (partial / "train.beton").is_file():
-        time.sleep(0.05)
-    time.sleep(0.5)  # into the teacher's pass
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    err = err.strip()
-    assert proc.returncode == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    assert "interrupted; the partial cache is kept in" in err and "--resume" in err, err
-    assert partial.is_dir() and not out.exists()
-    resumed = _cache_cli(out, writing_folder, "--workers", "1", "--resume")
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
-    assert verify(out) == []
