@@ -177,6 +177,13 @@ def preflight(device: str) -> dict:
     }
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a child process: this one's, with the repository and the bundle first on
+    PYTHONPATH (as this script put them on sys.path)."""
+    path = os.pathsep.join(p for p in sys.path[:2] + [os.environ.get("PYTHONPATH", "")] if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
 def cache_child(spec: str) -> None:
     """`gpu.py --cache-child JSON`: one `kdstore cache` in a fresh process (its FFCV writer never
     forks a process that holds CUDA), printing its figures as the last line."""
@@ -231,10 +238,7 @@ def cache_store(
         "amp": amp,
         "batch_size": batch,
     }
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(x for x in sys.path[:2] + [os.environ.get("PYTHONPATH", "")] if x),
-    }
+    env = child_env()
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "unused", "--cache-child", json.dumps(spec)],
         cwd=ROOT,
@@ -409,10 +413,7 @@ def gpu_tests(timeout: float = 240) -> dict:
     """tests/train/test_gpu.py (the CUDA-only tests; they skip elsewhere), in a child pytest."""
     import subprocess
 
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(p for p in sys.path[:2] + [os.environ.get("PYTHONPATH", "")] if p),
-    }
+    env = child_env()
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/train/test_gpu.py"],
         cwd=ROOT,

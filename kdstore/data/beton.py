@@ -12,7 +12,6 @@ import io
 import json
 import multiprocessing
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 
 from kdstore.data.datasets import ImageSplit
 from kdstore.errors import KdstoreError
+from kdstore.runtime.files import NEARLY_FULL_MIB, free_mib
 
 RAW_MAX_SIZE = 64  # images up to this size are stored as raw pixels (exact); larger ones as JPEG
 PAGE_SIZE = 1 << 21  # bytes per .beton page: FFCV's minimum (2 MiB)
@@ -134,8 +134,8 @@ def _dead_worker(proc) -> bool:
 
 def _disk_note(path: Path) -> str:
     """Why a writer may have died: say so when the disk is (nearly) full."""
-    free = shutil.disk_usage(path.parent).free
-    return f", and the disk holding {path.parent} has only {free / 2**20:.1f} MiB free" if free < 64 << 20 else ""
+    free = free_mib(path.parent)
+    return f", and the disk holding {path.parent} has only {free:.1f} MiB free" if free < NEARLY_FULL_MIB else ""
 
 
 def _watch(proc: multiprocessing.process.BaseProcess, done, n: int, path: Path) -> None:

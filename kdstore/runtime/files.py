@@ -10,6 +10,8 @@ from typing import Iterator
 
 from kdstore.errors import KdstoreError
 
+NEARLY_FULL_MIB = 64  # a disk with less free space than this is said to be full
+
 
 def free_mib(path: Path) -> float:
     """Free space, in MiB, on the file system that holds `path` (or its nearest existing parent)."""
@@ -30,7 +32,9 @@ def writing(path: Path, kept: str = "") -> Iterator[None]:
             str(e).strip().splitlines() or [type(e).__name__]
         )[0]
         free = free_mib(Path(path).parent)
-        full = "the disk is full: " if free < 64 or "No space" in reason or "unexpected pos" in reason else ""
+        full = (
+            "the disk is full: " if free < NEARLY_FULL_MIB or "No space" in reason or "unexpected pos" in reason else ""
+        )
         raise KdstoreError(
             f"{path}: could not be written ({full}{reason[:160]}; {free:.1f} MiB free there)"
             + (f"; {kept}" if kept else "")
