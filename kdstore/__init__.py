@@ -1,12 +1,14 @@
 """kdstore: offline knowledge distillation from a cached teacher (FFCV images + HDF5 logits).
 
 The public API is what this module exports (`__all__`): the configs and run functions of every
-command, the store, and the error type. Everything else may move between releases."""
+command, the store, the loader over a store for any training loop (StoreLoader, its Batch and
+Target, kd_loss), and the error type. Everything else may move between releases."""
 
 from kdstore import cache, train
 from kdstore import models as _models  # noqa: F401 - registers the CIFAR networks in timm
 from kdstore.cache import CacheConfig
 from kdstore.errors import KdstoreError
+from kdstore.loader import Batch, LoaderConfig, LossTerms, StoreLoader, Target, kd_loss
 from kdstore.report import sweep
 from kdstore.report.sweep import SweepConfig
 from kdstore.store import Store, merge, verify
@@ -22,6 +24,12 @@ __all__ = [
     "KdstoreError",
     "Store",
     "verify",
+    "StoreLoader",
+    "LoaderConfig",
+    "Batch",
+    "Target",
+    "LossTerms",
+    "kd_loss",
     "cache",
     "train",
     "teacher",

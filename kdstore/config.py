@@ -94,6 +94,15 @@ def opt(
     return dataclasses.field(default=default, metadata=meta)
 
 
+def opt_from(cls: type, name: str, **policies: Any) -> Any:
+    """Field `name` of config `cls` (its default, help and choices) as a field of another config,
+    with that config's own `policies`: one option, written once, shared by two configs (e.g.
+    `train`'s data options are the public loader's, kdstore.loader.LoaderConfig)."""
+    source = {f.name: f for f in dataclasses.fields(cls)}[name]
+    meta = {**source.metadata, "policies": policies}
+    return dataclasses.field(default=source.default, metadata=meta)
+
+
 def with_policy(cls: type, policy: str, *values: Any) -> tuple[str, ...]:
     """The names of `cls`'s fields whose `policy` is one of `values`, in field order."""
     allowed = getattr(cls, "POLICIES", {}).get(policy)

@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("kdstore.models",)),  # timm models, checkpoints, teachers
     ("store", ("kdstore.store",)),  # teacher.h5 + .betons: open, write, rows, views, merge
     ("cache", ("kdstore.cache",)),  # the teacher pass
+    ("loader", ("kdstore.loader",)),  # a store in any training loop: batches, targets, lambda, kd_loss
     ("train", ("kdstore.train",)),  # the training loop and its commands
     ("report", ("kdstore.report",)),  # sweeps, tables, figures, the demo
     ("cli", ("kdstore.cli", "kdstore.__main__")),  # the command line

@@ -120,7 +120,7 @@ class ResidentLoader:
         self.next_epoch += 1
         host = torch.from_numpy(order)
         on_device = upload(host, self.split.device)
-        for b in range(len(self)):
+        for b in range(len(batch_sizes(len(order), self.batch_size, self.drop_last))):
             lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, len(order))
             idx = on_device[lo:hi]
             yield self.split.images[idx], self.split.labels[idx], self.split.sample_id[host[lo:hi]]

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from kdstore.config import differing, fields_of, opt, to_dict, with_policy
 from kdstore.errors import KdstoreError
+from kdstore.loader.prepare import VIEW_MODES
 from kdstore.method.orderings import SCORERS, conflict
 from kdstore.method.pacing import PACINGS
 from kdstore.method.variants import PAPER_VARIANTS, VARIANTS, get_variant
@@ -23,7 +24,6 @@ from kdstore.report import tables as report
 from kdstore.runtime.console import clock, say
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
-from kdstore.train.prepare import VIEW_MODES
 
 
 @dataclass(frozen=True, kw_only=True)

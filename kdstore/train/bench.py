@@ -28,14 +28,15 @@ from kdstore.config import opt, to_dict, write_json
 from kdstore.data.beton import make_loader, read_int_fields
 from kdstore.data.in_memory import LOADERS
 from kdstore.errors import KdstoreError
+from kdstore.loader.source import TrainData, data_from_store
+from kdstore.loader.teacher_targets import online_teacher
 from kdstore.models.build import STEMS, build_model
 from kdstore.models.teachers import Teacher, TeacherSpec, load_teacher
 from kdstore.runtime.devices import DEVICES, resolve_device
 from kdstore.runtime.precision import for_device
 from kdstore.store.store import Store
 from kdstore.train.config import TrainConfig
-from kdstore.train.loop import TrainData, build_run, data_from_store
-from kdstore.train.teacher_targets import online_teacher
+from kdstore.train.loop import build_run
 
 MODES = ("unguided", "offline", "online")
 
@@ -166,13 +167,17 @@ class _Runner:
         self.lam = cfg.lam
 
     def step(self, epoch: int, pos: np.ndarray, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.run.step(epoch, pos, images, labels, self.lam)
+        """One step of the run on a raw batch: its assembly by the run's loader (augmentation,
+        teacher targets), then the optimiser step."""
+        self.run.step(self.run.loader.assemble(epoch, 0, pos, images, labels, self.lam))
 
     def batches(self) -> Iterator[tuple[int, np.ndarray, torch.Tensor, torch.Tensor]]:
         """(epoch, positions, images, labels) of this run's loader, epoch after epoch, forever."""
+        inner = self.run.loader.inner  # the raw batches: each mode assembles its own
         for epoch in itertools.count():
-            order, size = self.run.rank_order(epoch), self.run.train_loader.batch_size
-            for b, (images, labels, _) in enumerate(self.run.train_loader):
+            order, size = self.run.rank_order(epoch), self.run.loader.batch_size
+            inner.next_epoch = epoch
+            for b, (images, labels, _) in enumerate(inner):
                 yield epoch, order[b * size : b * size + len(labels)], images, labels
 
 

@@ -15,13 +15,14 @@ from kdstore.data.beton import write_beton
 from kdstore.data.datasets import load_dataset
 from kdstore.data.splits import split_record, subset
 from kdstore.errors import KdstoreError
+from kdstore.loader.source import TrainData
 from kdstore.models.build import normalization_for, offline_weights
 from kdstore.runtime import distributed
 from kdstore.runtime.console import console
 from kdstore.runtime.devices import resolve_device
 from kdstore.store.store import BETONS
 from kdstore.train.config import TrainConfig
-from kdstore.train.loop import TrainData, fit
+from kdstore.train.loop import fit
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,9 +26,9 @@ def _run(store, out, loader, monkeypatch, **kw):
     fed = []
     real = step_module.Step.__call__
 
-    def recording(self, epoch, pos, images, labels, lam):
-        fed.append((images.clone(), labels.clone()))
-        return real(self, epoch, pos, images, labels, lam)
+    def recording(self, batch):
+        fed.append((batch.images.clone(), batch.labels.clone()))
+        return real(self, batch)
 
     monkeypatch.setattr(step_module.Step, "__call__", recording)
     train.run(TrainConfig(out=str(out), store=str(store), loader=loader, progress=False, tensorboard=False, **kw))

@@ -17,9 +17,9 @@ from kdstore.method.losses import student_loss
 from kdstore.store.mixes import draw_mix
 from kdstore.store.store import Store, verify
 from kdstore.train import loop as train
-from kdstore.train import step as step_module
+from kdstore.loader import batch as batch_module
 from kdstore.train.config import TrainConfig
-from kdstore.train.prepare import choose
+from kdstore.loader.prepare import choose
 
 pytestmark = pytest.mark.slow  # caches, trains or kills processes: the full suite only
 
@@ -90,7 +90,7 @@ def test_mixed_views_replay_the_pixels_the_teacher_scored(mix, synthetic_folder,
     v = Store.open(out).train.views
     assert v.mix == mix and v.mix_partner.shape == (30, 2) and (v.mix_box is not None) == (mix == "cutmix")
     seen_inputs, seen_ids, mixes = [], [], []
-    real_build, real_loss = train.build_model, step_module.student_loss
+    real_build, real_loss = train.build_model, batch_module.student_loss
 
     def recording_build(*args, **kwargs):
         model, meta = real_build(*args, **kwargs)
@@ -98,7 +98,7 @@ def test_mixed_views_replay_the_pixels_the_teacher_scored(mix, synthetic_folder,
         return model, meta
 
     monkeypatch.setattr(train, "build_model", recording_build)
-    monkeypatch.setattr(step_module, "student_loss", lambda *a: mixes.append(a[6]) or real_loss(*a))
+    monkeypatch.setattr(batch_module, "student_loss", lambda *a: mixes.append(a[6]) or real_loss(*a))
     summary = train.run(
         TrainConfig(
             out=str(tmp_path / "run"),

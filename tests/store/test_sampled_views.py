@@ -25,9 +25,9 @@ from kdstore.method.sparse_targets import (
 )
 from kdstore.store.store import Store, verify
 from kdstore.train import loop as train
-from kdstore.train import step as step_module
+from kdstore.loader import batch as batch_module
 from kdstore.train.config import TrainConfig
-from kdstore.train.prepare import choose
+from kdstore.loader.prepare import choose
 
 
 def test_draws_follow_the_softmax_at_tau_and_ignore_the_batch():
@@ -117,9 +117,9 @@ def test_a_sampled_store_replays_its_ids_as_targets(sampled_store, tmp_path, mon
             TrainConfig(out=str(tmp_path / "bad"), store=str(sampled_store), epochs=1, batch_size=8, progress=False)
         )
     targets, seen = [], []
-    real_loss = step_module.student_loss
+    real_loss = batch_module.student_loss
     monkeypatch.setattr(
-        step_module, "student_loss", lambda s, y, t, *a: targets.append(t.clone()) or real_loss(s, y, t, *a)
+        batch_module, "student_loss", lambda s, y, t, *a: targets.append(t.clone()) or real_loss(s, y, t, *a)
     )
     summary = train.run(
         TrainConfig(

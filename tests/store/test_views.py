@@ -20,9 +20,9 @@ from kdstore.method.variants import VARIANTS
 from kdstore.store.store import Store, verify, write_manifest
 from kdstore.store.views import draw_params
 from kdstore.train import loop as train
-from kdstore.train import step as step_module
+from kdstore.loader import batch as batch_module
 from kdstore.train.config import TrainConfig
-from kdstore.train.prepare import choose
+from kdstore.loader.prepare import choose
 
 K = 3
 
@@ -153,9 +153,9 @@ def test_topk_store_trains_with_expanded_targets(synthetic_folder, views_store, 
         assert "logits" not in f["train/views"] and f["train/views"].attrs["topk"] == 2
     # The KD target of every batch is the expanded top-k logits of the view each sample replayed.
     targets, seen = [], []
-    real_loss = step_module.student_loss
+    real_loss = batch_module.student_loss
     monkeypatch.setattr(
-        step_module, "student_loss", lambda s, y, t, *a: targets.append(t.clone()) or real_loss(s, y, t, *a)
+        batch_module, "student_loss", lambda s, y, t, *a: targets.append(t.clone()) or real_loss(s, y, t, *a)
     )
     summary = train.run(
         TrainConfig(

@@ -99,13 +99,14 @@ def _trains_and_follows_its_order(variant, small_store, tmp_path, monkeypatch):
 
 
 def test_a_batch_whose_teacher_rows_are_not_its_images_is_refused(small_store, tmp_path, monkeypatch):
-    """The loop checks every batch's positions against the sample ids FFCV returned."""
+    """The loader checks every batch's positions against the sample ids FFCV returned."""
     from kdstore.errors import KdstoreError
+    from kdstore.loader.store_loader import StoreLoader
 
-    real = train.Run.rank_order
+    real = StoreLoader._inner_order
     monkeypatch.setattr(
-        train.Run, "rank_order", lambda self, epoch: real(self, epoch)[::-1].copy()
-    )  # rows of other images
+        StoreLoader, "_inner_order", lambda self, epoch: real(self, epoch)[::-1].copy()
+    )  # the images read are not those of the positions the targets are looked up for
     with pytest.raises(KdstoreError, match="holds other samples than its teacher rows"):
         train.run(
             TrainConfig(

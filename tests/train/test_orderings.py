@@ -19,7 +19,7 @@ from kdstore.store import merge
 from kdstore.store.store import Store, build_split
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
-from kdstore.train.prepare import VIEW_MODES
+from kdstore.loader.prepare import VIEW_MODES
 
 BATCH = 4  # small_store: 30 training images -> 8 batches an epoch
 

@@ -10,7 +10,7 @@ normalised float tensors on the device. VIEW_MODES says when a run replays views
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,32 +28,42 @@ def no_augment() -> Prepare:
     return lambda epoch, pos, x: (x, None)
 
 
-def random_augment(
-    augmentation: str,
-    image_size: int,
-    generator: torch.Generator,
-    device: torch.device | None = None,
-    batch_sizes: Callable[[int], list[int]] | None = None,
-) -> Prepare:
-    """Fresh parameters per batch from `generator` (saved in checkpoints, so a resumed run goes on
-    with the same draws). With `batch_sizes(epoch)` (the sizes of the epoch's batches, in order),
-    the whole epoch's parameters are drawn at its first batch, batch by batch from the same
-    stream (so the draws are the same), and uploaded to `device` once; each batch then takes its
-    slice, with no copy from the host per step."""
-    aug = AUGMENTATIONS[augmentation]
-    if batch_sizes is None or device is None:
-        return lambda epoch, pos, x: (aug.apply(x, aug.draw(len(x), image_size, generator)), None)
-    state: dict[str, Any] = {"epoch": None}
+class RandomAugment:
+    """Fresh augmentation parameters per batch from `generator` (its state is saved with a run or
+    a loader, so a resumed run goes on with the same draws). With `batch_sizes(epoch)` (the sizes
+    of the epoch's batches, in order) and `device`, the whole epoch's parameters are drawn at its
+    first batch, batch by batch from the same stream (so the draws are the same), and uploaded
+    once; each batch then takes its slice, with no copy from the host per step."""
 
-    def prepare(epoch: int, pos: np.ndarray, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        if state["epoch"] != epoch:
-            drawn = torch.cat([aug.draw(n, image_size, generator) for n in batch_sizes(epoch)])
-            state.update(epoch=epoch, cursor=0, params=upload(drawn, device))
-        lo = state["cursor"]
-        state["cursor"] = lo + len(x)
-        return aug.apply(x, state["params"][lo : lo + len(x)]), None
+    def __init__(
+        self,
+        augmentation: str,
+        image_size: int,
+        generator: torch.Generator,
+        device: torch.device | None = None,
+        batch_sizes: Callable[[int], list[int]] | None = None,
+    ) -> None:
+        self.aug, self.image_size, self.generator = AUGMENTATIONS[augmentation], image_size, generator
+        self.device, self.batch_sizes = device, batch_sizes
+        self.epoch: int | None = None
+        self.cursor = self.start = 0
+        self.params: torch.Tensor | None = None
 
-    return prepare
+    def resume_at(self, images_done: int) -> None:
+        """The next epoch drawn starts `images_done` images in (an epoch resumed mid-way; the
+        generator is back at the state it had when that epoch began)."""
+        self.epoch, self.start = None, images_done
+
+    def __call__(self, epoch: int, pos: np.ndarray, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        if self.batch_sizes is None or self.device is None:
+            return self.aug.apply(x, self.aug.draw(len(x), self.image_size, self.generator)), None
+        if self.epoch != epoch:
+            drawn = torch.cat([self.aug.draw(n, self.image_size, self.generator) for n in self.batch_sizes(epoch)])
+            self.epoch, self.cursor, self.start, self.params = epoch, self.start, 0, upload(drawn, self.device)
+        assert self.params is not None
+        lo = self.cursor
+        self.cursor = lo + len(x)
+        return self.aug.apply(x, self.params[lo : lo + len(x)]), None
 
 
 def replay_views(

@@ -1,0 +1,48 @@
+"""A plain PyTorch loop on a kdstore store: the model, optimiser and loop are the reader's own.
+Every default is `kdstore train`'s, so its metrics.jsonl matches train's line by line (tested)."""
+
+import argparse
+import json
+from pathlib import Path
+
+import timm
+import torch
+
+import kdstore
+
+d = kdstore.TrainConfig(out="")  # kdstore train's defaults
+p = argparse.ArgumentParser(description=__doc__)
+p.add_argument("--store", required=True)
+p.add_argument("--out", required=True)
+p.add_argument("--variant", default=d.variant)
+p.add_argument("--pacing", default=d.pacing)
+p.add_argument("--epochs", type=int, default=d.epochs)
+p.add_argument("--seed", type=int, default=d.seed)
+a = p.parse_args()
+
+loader = kdstore.StoreLoader(a.store, variant=a.variant, pacing=a.pacing, epochs=a.epochs, seed=a.seed)
+val = loader.val()
+torch.manual_seed(a.seed)
+model = timm.create_model(d.student, num_classes=loader.num_classes).to(loader.device)
+opt = torch.optim.SGD(model.parameters(), lr=d.lr, momentum=d.momentum, weight_decay=d.weight_decay, nesterov=True)
+sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=a.epochs * len(loader))
+Path(a.out).mkdir(parents=True, exist_ok=True)
+with open(Path(a.out) / "metrics.jsonl", "w") as log:
+    for epoch in range(a.epochs):
+        if loader.rescore_due(epoch):  # --scorer student: reorder by the student's own confidence
+            loader.rescore(model)
+        model.train()
+        total = seen = 0
+        for batch in loader:
+            loss = kdstore.kd_loss(model(batch.images), batch, tau=d.tau).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total, seen = total + loss.item() * len(batch), seen + len(batch)
+        model.eval()
+        with torch.no_grad():
+            right = sum((model(b.images).argmax(1) == b.labels).sum().item() for b in val)
+        row = {"epoch": epoch + 1, "train_loss": total / seen, "val_acc": right / len(val.labels)}
+        log.write(json.dumps(row) + "\n")
+        print(row, flush=True)

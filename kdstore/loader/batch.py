@@ -1,0 +1,106 @@
+"""What a StoreLoader yields (Batch, with its teacher Target) and the loss that reads it (kd_loss).
+
+A Batch is ready for the student: images normalised, augmented and on the device; labels on the
+device; the teacher's target for exactly those pixels; the batch's lambda. `kd_loss` is the loss
+of docs/method.md on it, whatever the store kept (full logits, top-k with fill, sampled ids, mixed
+views). Both are public: `from kdstore import Batch, Target, kd_loss`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from kdstore.method.losses import student_loss
+
+# Target.kind: where a batch's teacher logits come from
+TARGET_KINDS = {
+    "none": "no teacher term (unguided, or a split without teacher logits)",
+    "logits": "the stored logits (the clean images', or the replayed view's)",
+    "topk": "the view's stored top-k logits, the other classes at the stored fill value",
+    "sampled": "tau * log of the empirical distribution of the view's sampled class ids",
+    "online": "a live teacher's logits on the batch's images (the online-KD baseline)",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """The teacher's target of a batch, as the KD term reads it.
+
+    logits: (B, C) float32 on the device, dense whatever the storage (top-k rows are expanded,
+    sampled ids become tau * log of their empirical distribution); None when kind is "none".
+    partner_labels, label_weight: for mixed views, each sample's partner label and the weight
+    w of its own label in the CE term (w * CE(y) + (1 - w) * CE(y_partner)); None otherwise.
+    tau: for sampled ids, the temperature they were drawn at (the KD term must use it)."""
+
+    kind: str
+    logits: torch.Tensor | None = None
+    partner_labels: torch.Tensor | None = None
+    label_weight: torch.Tensor | None = None
+    tau: float | None = None
+
+    @property
+    def mix(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.partner_labels is None or self.label_weight is None:
+            return None
+        return self.partner_labels, self.label_weight
+
+
+@dataclass(kw_only=True)
+class Batch:
+    """One batch of a StoreLoader, on its device.
+
+    images: (B, 3, H, W) float, normalised and augmented (channels_last on CUDA).
+    labels: (B,) int64. ids: (B,) int64 sample ids (host). positions: (B,) int64 row positions
+    in the split (host). lam: the batch's KD weight lambda (0 on a validation split).
+    target: the teacher's target. epoch, index: where the batch sits in the run."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    ids: np.ndarray
+    positions: np.ndarray
+    lam: float
+    target: Target
+    epoch: int
+    index: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class LossTerms(NamedTuple):
+    """kd_loss's result: the loss to backpropagate, and its CE and KD terms (detached batch means)."""
+
+    loss: torch.Tensor
+    ce: torch.Tensor
+    kd: torch.Tensor
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    batch: Batch,
+    *,
+    tau: float = 4.0,
+    lam: float | None = None,
+    label_smoothing: float = 0.0,
+) -> LossTerms:
+    """(1 - lam) * CE + lam * tau^2 * KL(softmax(z_T / tau) || softmax(z_S / tau)), batch means
+    (docs/method.md). lam defaults to the batch's; a batch without a teacher term trains on CE
+    alone. For mixed views the CE term mixes the two labels by the stored weight. A target of
+    sampled ids must be read at the temperature it was drawn at (a mismatch is an error)."""
+    target = batch.target
+    if target.tau is not None and tau != target.tau:
+        raise ValueError(f"this batch's targets were sampled at tau {target.tau}; kd_loss got tau {tau}")
+    weight = batch.lam if lam is None else lam
+    terms = student_loss(
+        student_logits.float(),
+        batch.labels,
+        target.logits,
+        weight if target.logits is not None else 0.0,
+        tau,
+        label_smoothing,
+        target.mix,
+    )
+    return LossTerms(terms["loss"], terms["ce"], terms["kd"])

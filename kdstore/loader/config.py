@@ -1,0 +1,110 @@
+"""The public loader's options (LoaderConfig): which samples each epoch visits, in which order,
+augmented how, with which teacher target and lambda. `kdstore train` takes these same options
+(its TrainConfig declares them from here, `config.opt_from`), so their defaults are train's."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from kdstore.config import opt
+from kdstore.data.in_memory import LOADERS
+from kdstore.errors import KdstoreError
+from kdstore.loader.prepare import VIEW_MODES
+from kdstore.method.orderings import SCORERS, conflict
+from kdstore.method.pacing import PACINGS, PacingParams
+from kdstore.method.variants import ALIASES, VARIANTS, get_variant
+from kdstore.runtime.devices import DEVICES
+from kdstore.store.rows import PLACEMENTS
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoaderConfig:
+    """How a StoreLoader feeds a split; every field is keyword-only and defaults as `kdstore train`."""
+
+    variant: str = opt(
+        "kd",
+        "The variant (docs/method.md); random-cl is the control.",
+        choices=lambda: list(VARIANTS) + list(ALIASES),
+    )
+    epochs: int = opt(30, "Epochs.")
+    batch_size: int = opt(128, "Global batch size (split across torchrun processes).")
+    lam: float = opt(0.9, "KD weight of the fixed-lambda variants.")
+    tau: float = opt(4.0, "KD temperature.")
+    pacing: str = opt("none", "Draw each batch from the easiest g(t) of the order.", choices=lambda: list(PACINGS))
+    pacing_a: float = opt(PacingParams.a, "Fraction of training after which all data is used.")
+    pacing_b: float = opt(PacingParams.b, "Fraction of the order used at the start.")
+    pacing_growth: float = opt(PacingParams.growth, "fixed-exp: growth factor per stair.")
+    pacing_step_length: int | None = opt(help="fixed-exp: steps per stair (default: reach all data at a).")
+    scorer: str = opt(
+        "teacher", "Who scores the curriculum (student: its own snapshots).", choices=lambda: list(SCORERS)
+    )
+    rescore_every: int = opt(1, "With --scorer student: rebuild the curriculum every E epochs.")
+    seed: int = opt(0, "Model init, shuffling, augmentation.")
+    workers: int = opt(0, "FFCV decoding threads; 0: one per core (shared among torchrun's processes).")
+    device: str = opt("auto", "auto: cuda when available, else cpu.", choices=DEVICES)
+    augment: bool = opt(True, "Random crop + flip.")
+    views: str = opt(
+        "auto",
+        "replay: augment with the store's views and distil from their logits; clean: the clean-image logits; "
+        "auto: replay when the store has views.",
+        choices=lambda: list(VIEW_MODES),
+    )
+    loader: str = opt(
+        "auto",
+        "device: decode the images once into device memory (host memory on the CPU) and gather batches there; "
+        "ffcv: stream them through FFCV's Loader; auto: device when they fit half the free memory. Batches are "
+        "identical either way.",
+        choices=LOADERS,
+    )
+    teacher_rows: str = opt(
+        "auto",
+        "Where teacher rows are gathered: device (the table uploaded once), mapped (read from the store file); "
+        "auto: device on CUDA when the table fits a quarter of free memory, else mapped. Results are identical.",
+        choices=PLACEMENTS,
+    )
+
+    @property
+    def pacing_params(self) -> PacingParams:
+        return PacingParams(self.pacing_a, self.pacing_b, self.pacing_growth, self.pacing_step_length)
+
+    def _value_checks(self) -> list[tuple[bool, str]]:
+        """(holds, the one-line error when it does not) for every option with a range."""
+        return [
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (
+                self.batch_size >= 2,
+                f"--batch-size must be >= 2 (BatchNorm cannot train on one sample), got {self.batch_size}",
+            ),
+            (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
+            (self.tau > 0 and math.isfinite(self.tau), f"--tau must be > 0, got {self.tau}"),
+            (0.0 <= self.lam <= 1.0, f"--lam must be in [0, 1], got {self.lam}"),
+            (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            (self.loader in LOADERS, f"--loader must be one of {', '.join(LOADERS)}, got {self.loader!r}"),
+            (
+                self.teacher_rows in PLACEMENTS,
+                f"--teacher-rows must be one of {', '.join(PLACEMENTS)}, got {self.teacher_rows!r}",
+            ),
+            (self.views in VIEW_MODES, f"--views must be one of {', '.join(VIEW_MODES)}, got {self.views!r}"),
+            (self.pacing in PACINGS, f"unknown --pacing {self.pacing!r}; known: {', '.join(PACINGS)}"),
+            (self.scorer in SCORERS, f"unknown --scorer {self.scorer!r}; known: {', '.join(SCORERS)}"),
+            (self.rescore_every >= 1, f"--rescore-every must be >= 1, got {self.rescore_every}"),
+        ]
+
+    def validate(self) -> None:
+        """Refuse, in one line, an option out of range or a combination the variant cannot take."""
+        for ok, message in self._value_checks():
+            if not ok:
+                raise KdstoreError(message)
+        try:
+            variant = get_variant(self.variant)
+        except ValueError as e:
+            raise KdstoreError(str(e)) from None
+        if VIEW_MODES[self.views].needs_augment and not self.augment:
+            raise KdstoreError("--views replay augments with the stored views; it contradicts --no-augment")
+        problems = self.pacing_params.problems()
+        if problems:
+            raise KdstoreError(problems[0])
+        problem = conflict(variant.ordering, self.pacing, self.scorer, variant.name)
+        if problem:
+            raise KdstoreError(problem)
