@@ -1,5 +1,5 @@
 # Set-up and entry points. `make demo` and `make test` install what is missing first:
-# the system packages FFCV builds against, a .venv, and kdstore with its dev extras.
+# the system packages FFCV builds against, a .venv, and kdstore with its dev and lightning extras.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -25,7 +25,7 @@ sysdeps:
 $(STAMP): pyproject.toml | sysdeps
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,lightning]'
 	touch $(STAMP)
 
 demo: $(STAMP)

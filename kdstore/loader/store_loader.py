@@ -111,6 +111,7 @@ class StoreLoader:
         self._reading: list[int] | None = None  # [epoch, batches yielded] of the iteration under way
         self._skip: tuple[int, int] | None = None  # (epoch, batches) the loader underneath starts after
         self.aug: torch.Generator | None = None
+        self.schedule: Schedule | None = None  # the training split's order of each epoch
         self._aug_at_epoch: torch.Tensor | None = None
         if split == "train":
             self._set_up_train(teacher)

@@ -13,13 +13,13 @@ from kdstore.cache.write import load_teacher
 from kdstore.data.augment import AUGMENTATIONS, normalize
 from kdstore.data.beton import make_loader
 from kdstore.errors import KdstoreError
+from kdstore.loader import batch as batch_module
+from kdstore.loader.prepare import choose
 from kdstore.method.losses import student_loss
 from kdstore.store.mixes import draw_mix
 from kdstore.store.store import Store, verify
 from kdstore.train import loop as train
-from kdstore.loader import batch as batch_module
 from kdstore.train.config import TrainConfig
-from kdstore.loader.prepare import choose
 
 pytestmark = pytest.mark.slow  # caches, trains or kills processes: the full suite only
 

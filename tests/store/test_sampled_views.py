@@ -13,6 +13,8 @@ from kdstore.cache import write as cache
 from kdstore.cache.config import CacheConfig
 from kdstore.cli.main import cli
 from kdstore.errors import KdstoreError
+from kdstore.loader import batch as batch_module
+from kdstore.loader.prepare import choose
 from kdstore.method.losses import kd_per_sample
 from kdstore.method.sparse_targets import (
     bytes_per_view,
@@ -25,9 +27,7 @@ from kdstore.method.sparse_targets import (
 )
 from kdstore.store.store import Store, verify
 from kdstore.train import loop as train
-from kdstore.loader import batch as batch_module
 from kdstore.train.config import TrainConfig
-from kdstore.loader.prepare import choose
 
 
 def test_draws_follow_the_softmax_at_tau_and_ignore_the_batch():

@@ -15,14 +15,14 @@ from kdstore.cache.config import CacheConfig
 from kdstore.cache.write import load_teacher
 from kdstore.data.augment import AUGMENTATIONS, normalize
 from kdstore.data.beton import make_loader
+from kdstore.loader import batch as batch_module
+from kdstore.loader.prepare import choose
 from kdstore.method.sparse_targets import topk_compress, topk_expand
 from kdstore.method.variants import VARIANTS
 from kdstore.store.store import Store, verify, write_manifest
 from kdstore.store.views import draw_params
 from kdstore.train import loop as train
-from kdstore.loader import batch as batch_module
 from kdstore.train.config import TrainConfig
-from kdstore.loader.prepare import choose
 
 K = 3
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from kdstore.errors import KdstoreError
+from kdstore.loader.prepare import VIEW_MODES
 from kdstore.method.kd_weight import POLICIES
 from kdstore.method.orderings import ORDERINGS, SCORERS
 from kdstore.method.pacing import PACINGS, PacingParams, fractions, prefix_lengths
@@ -19,7 +20,6 @@ from kdstore.store import merge
 from kdstore.store.store import Store, build_split
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
-from kdstore.loader.prepare import VIEW_MODES
 
 BATCH = 4  # small_store: 30 training images -> 8 batches an epoch
 
