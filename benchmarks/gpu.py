@@ -353,17 +353,17 @@ def ceiling(work: Path, p: dict, store: str, student: str) -> dict:
     run = train.build_run(cfg, train.data_from_store(Store.open(store)), student, "student")
     order, local = run.rank_order(0), run.train_loader.batch_size
     batches = [
-        (order[b * local : (b + 1) * local], x, y) for b, (x, y, _) in enumerate(run.train_loader) if len(y) == local
+        (order[b * local : (b + 1) * local], x, y) for b, (x, y, _) in enumerate(run.loader.inner) if len(y) == local
     ]
     run.step.model.train()
     warm = 3
     for pos, x, y in batches[:warm]:
-        run.step(0, pos, x, y, cfg.lam)
+        run.raw_step(0, pos, x, y, cfg.lam)
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     sync()
     t0 = time.perf_counter()
     for pos, x, y in batches[warm:]:
-        run.step(0, pos, x, y, cfg.lam)
+        run.raw_step(0, pos, x, y, cfg.lam)
     sync()
     seconds = time.perf_counter() - t0
     return {"images_per_s": (len(batches) - warm) * local / seconds, "steps": len(batches) - warm}

@@ -54,7 +54,7 @@ def step_profile(work: Path, p: dict, store: str, variant: str, compile: bool) -
     run = train.build_run(cfg, train.data_from_store(Store.open(store)), cfg.student, "student")
     order, local = run.rank_order(0), run.train_loader.batch_size
     batches = [
-        (order[b * local : (b + 1) * local], x, y) for b, (x, y, _) in enumerate(run.train_loader) if len(y) == local
+        (order[b * local : (b + 1) * local], x, y) for b, (x, y, _) in enumerate(run.loader.inner) if len(y) == local
     ]
     run.step.model.train()
     warm, timed, profiled = (20, 60, 20) if torch.cuda.is_available() else (2, 4, 2)
@@ -62,17 +62,17 @@ def step_profile(work: Path, p: dict, store: str, variant: str, compile: bool) -
     # augmentation parameters are drawn for exactly its batches)
     steps = [(i // len(batches), *batches[i % len(batches)]) for i in range(warm + timed + profiled)]
     for epoch, pos, x, y in steps[:warm]:
-        run.step(epoch, pos, x, y, cfg.lam)
+        run.raw_step(epoch, pos, x, y, cfg.lam)
     _sync()
     t0 = time.perf_counter()
     for epoch, pos, x, y in steps[warm : warm + timed]:
-        run.step(epoch, pos, x, y, cfg.lam)
+        run.raw_step(epoch, pos, x, y, cfg.lam)
     _sync()
     seconds = time.perf_counter() - t0
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=activities) as prof:
         for epoch, pos, x, y in steps[warm + timed :]:
-            run.step(epoch, pos, x, y, cfg.lam)
+            run.raw_step(epoch, pos, x, y, cfg.lam)
         _sync()
     events = prof.key_averages()
     on_device = [e for e in events if getattr(e, "self_device_time_total", 0) > 0]

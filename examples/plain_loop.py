@@ -3,6 +3,7 @@ Every default is `kdstore train`'s, so its metrics.jsonl matches train's line by
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import timm
@@ -14,10 +15,8 @@ d = kdstore.TrainConfig(out="")  # kdstore train's defaults
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--store", required=True)
 p.add_argument("--out", required=True)
-p.add_argument("--variant", default=d.variant)
-p.add_argument("--pacing", default=d.pacing)
-p.add_argument("--epochs", type=int, default=d.epochs)
-p.add_argument("--seed", type=int, default=d.seed)
+for name in ("variant", "pacing", "epochs", "seed"):
+    p.add_argument(f"--{name}", type=type(getattr(d, name)), default=getattr(d, name))
 a = p.parse_args()
 
 loader = kdstore.StoreLoader(a.store, variant=a.variant, pacing=a.pacing, epochs=a.epochs, seed=a.seed)
@@ -32,7 +31,7 @@ with open(Path(a.out) / "metrics.jsonl", "w") as log:
         if loader.rescore_due(epoch):  # --scorer student: reorder by the student's own confidence
             loader.rescore(model)
         model.train()
-        total = seen = 0
+        total, seen, t0 = 0.0, 0, time.perf_counter()
         for batch in loader:
             loss = kdstore.kd_loss(model(batch.images), batch, tau=d.tau).loss
             opt.zero_grad()
@@ -40,9 +39,10 @@ with open(Path(a.out) / "metrics.jsonl", "w") as log:
             opt.step()
             sched.step()
             total, seen = total + loss.item() * len(batch), seen + len(batch)
+        seconds = time.perf_counter() - t0
         model.eval()
         with torch.no_grad():
             right = sum((model(b.images).argmax(1) == b.labels).sum().item() for b in val)
-        row = {"epoch": epoch + 1, "train_loss": total / seen, "val_acc": right / len(val.labels)}
+        row = {"epoch": epoch + 1, "train_loss": total / seen, "val_acc": right / len(val.labels), "seconds": seconds}
         log.write(json.dumps(row) + "\n")
         print(row, flush=True)

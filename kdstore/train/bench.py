@@ -169,7 +169,7 @@ class _Runner:
     def step(self, epoch: int, pos: np.ndarray, images: torch.Tensor, labels: torch.Tensor) -> None:
         """One step of the run on a raw batch: its assembly by the run's loader (augmentation,
         teacher targets), then the optimiser step."""
-        self.run.step(self.run.loader.assemble(epoch, 0, pos, images, labels, self.lam))
+        self.run.raw_step(epoch, pos, images, labels, self.lam)
 
     def batches(self) -> Iterator[tuple[int, np.ndarray, torch.Tensor, torch.Tensor]]:
         """(epoch, positions, images, labels) of this run's loader, epoch after epoch, forever."""

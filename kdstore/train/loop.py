@@ -93,6 +93,12 @@ class Run:
     def rank_order(self, epoch: int) -> np.ndarray:
         return self.loader.rank_order(epoch)
 
+    def raw_step(self, epoch: int, pos: np.ndarray, images: torch.Tensor, labels: torch.Tensor, lam: float) -> Any:
+        """One step on a raw batch (uint8 images at positions `pos`, as the loader underneath
+        reads them): its assembly by the run's loader (augmentation, targets), then the step.
+        What `bench` and the GPU benchmarks time."""
+        return self.step(self.loader.assemble(epoch, 0, pos, images, labels, lam))
+
 
 def _check_run(cfg: TrainConfig, ctx: Context) -> None:
     """The checks of a run's own (the loader checks its data)."""

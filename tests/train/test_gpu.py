@@ -28,7 +28,7 @@ def test_steady_state_step_makes_no_host_sync(variant, digits_store, tmp_path):
     )
     run = train.build_run(cfg, train.data_from_store(Store.open(digits_store)), cfg.student, "student")
     order, local = run.rank_order(0), run.train_loader.batch_size
-    batches = list(run.train_loader)  # the epoch's gathers are queued here, outside the checked steps
+    batches = list(run.loader.inner)  # the epoch's raw gathers are queued here, outside the checked steps
     run.step.model.train()
     try:
         for b, (images, labels, _) in enumerate(batches):
@@ -36,7 +36,7 @@ def test_steady_state_step_makes_no_host_sync(variant, digits_store, tmp_path):
             if b == 2:  # warm-up done (allocator, cuDNN autotuning): from here on no step may wait for the device
                 torch.cuda.synchronize()
                 torch.cuda.set_sync_debug_mode("error")
-            terms = run.step(0, pos, images, labels, 0.5)
+            terms = run.raw_step(0, pos, images, labels, 0.5)  # the loader's assembly, then the step
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert b >= 4 and np.isfinite(terms["loss"].item())
