@@ -2,11 +2,11 @@
 same store, options and seed, on the real CIFAR-10 images (issue 24).
 
 Each run is its own process (`kdstore train ...` and `python examples/plain_loop.py ...`),
-alternating plain/train/train/plain per variant; images/s is each run's training pass (train's
+alternating plain/train/train/plain (`--rounds` times) per variant; images/s is each run's training pass (train's
 `seconds`, the example's own `seconds`) over its epochs after the first, on an idle machine.
 Both logs are also compared line by line (train_loss and val_acc must be equal).
 
-    .venv/bin/python benchmarks/any_loop.py [--train-per-class 1000] [--epochs 3] [--json F]
+    .venv/bin/python benchmarks/any_loop.py [--train-per-class 1000] [--epochs 3] [--rounds 1] [--json F]
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train-per-class", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1, help="ABBA rounds per variant.")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "any_loop.json"))
     args = ap.parse_args()
     root = cifar10_subset(args.train_per_class, 100)
@@ -51,7 +52,7 @@ def main() -> None:
     load_before = os.getloadavg()
     runs = []
     for variant in VARIANTS:
-        for i, who in enumerate(("plain", "train", "train", "plain")):
+        for i, who in enumerate(("plain", "train", "train", "plain") * args.rounds):
             rows = run(who, store, variant, args.epochs, work / f"{variant}-{who}-{i}")
             rates = [n / r["seconds"] for r in rows]
             runs.append({"variant": variant, "who": who, "per_epoch": rates, "steady": float(np.median(rates[1:]))})
@@ -62,10 +63,10 @@ def main() -> None:
         mine = [r for r in runs if r["variant"] == variant]
         train_ = np.mean([r["steady"] for r in mine if r["who"] == "train"])
         plain = np.mean([r["steady"] for r in mine if r["who"] == "plain"])
-        same = all(r["metrics"] == mine[0]["metrics"] for r in mine)
+        same = all(r["metrics"] == mine[0]["metrics"] for r in mine)  # every run, plain or train
         summary[variant] = {"train": float(train_), "plain": float(plain), "plain/train": float(plain / train_)}
         summary[variant]["identical_metrics"] = same
-        print(f"{variant}: plain/train = {plain / train_:.3f}, identical metrics in all 4 runs: {same}")
+        print(f"{variant}: plain/train = {plain / train_:.3f}, identical metrics in all {len(mine)} runs: {same}")
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": platform.processor() or platform.machine(),

@@ -5,12 +5,14 @@ ordering (so every variant), pacing, scorer and views mode."""
 import json
 
 import pytest
+import timm
 import torch
 
 from kdstore.cache import write as cache
 from kdstore.cache.config import CacheConfig
 from kdstore.data.beton import make_loader
 from kdstore.data.in_memory import ResidentLoader, ResidentSplit
+from kdstore.loader import StoreLoader
 from kdstore.store.store import Store
 from kdstore.train import loop as train
 from kdstore.train import step as step_module
@@ -56,14 +58,26 @@ ARMS = [
 @pytest.mark.parametrize(
     "arm", ARMS, ids=lambda a: "+".join(str(v) for k, v in a.items() if k not in ("epochs", "rescore_every"))
 )
-def test_device_and_ffcv_loaders_feed_identical_batches(arm, digits_store, tmp_path, monkeypatch):
-    kw = dict(batch_size=256, seed=3, agreement_samples=0, **arm)
-    ffcv_rows, ffcv_fed = _run(digits_store, tmp_path / "ffcv", "ffcv", monkeypatch, **kw)
-    dev_rows, dev_fed = _run(digits_store, tmp_path / "dev", "device", monkeypatch, **kw)
-    assert len(ffcv_fed) == len(dev_fed) > 0
-    for (a_img, a_lab), (b_img, b_lab) in zip(ffcv_fed, dev_fed):
-        assert torch.equal(a_img, b_img) and torch.equal(a_lab.long(), b_lab.long())
-    assert ffcv_rows == dev_rows
+def test_device_and_ffcv_loaders_feed_identical_batches(arm, digits_store):
+    """Through the public loader that `train` runs on: every batch of every epoch (images after
+    augmentation, labels, ids, lambda, teacher targets) is the same whichever reads the images;
+    a student scorer rescoring between epochs with the same model reorders both alike."""
+    arm = dict(arm)
+    arm.pop("rescore_every", None)
+    loaders = [StoreLoader(digits_store, batch_size=256, seed=3, loader=r, **arm) for r in ("ffcv", "device")]
+    assert [x.loader_used for x in loaders] == ["ffcv", "device"]
+    torch.manual_seed(0)
+    scorer = timm.create_model("cifar_resnet8", num_classes=10)
+    n = 0
+    for epoch in range(arm["epochs"]):
+        for loader in loaders:
+            if loader.rescore_due(epoch):
+                loader.rescore(scorer)
+        for a, b in zip(*loaders, strict=True):
+            assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and a.lam == b.lam
+            assert (a.ids == b.ids).all() and torch.equal(a.target.logits, b.target.logits)
+            n += 1
+    assert n == arm["epochs"] * len(loaders[0]) > 0
 
 
 @pytest.mark.parametrize("views", ["replay", "clean"])

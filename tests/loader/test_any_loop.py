@@ -42,7 +42,7 @@ def _rows(path: Path) -> list[dict]:
 
 ARMS = [
     {"variant": "kd", "epochs": 2},
-    {"variant": "kd-cl", "pacing": "exp", "epochs": 2},
+    {"variant": "kd-cl", "pacing": "exp", "epochs": 1},
     {"variant": "kd-cl-sr", "epochs": 1},
     {"variant": "kd", "epochs": 1, "views": True},
 ]
