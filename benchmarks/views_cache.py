@@ -6,7 +6,8 @@ the weights) in eval and inference mode over the training images decoded once in
 tensor, normalised, in batches of the cache's batch size: 1 + K passes over the training split
 and one over the validation split, nothing else. The cache: `kdstore cache --views K` of the same
 images, timed whole (its .beton writing included) and pass by pass (each teacher pass's own
-seconds). Alternating bare / cache / cache / bare; each figure is scored images per second
+seconds); `cache-8` is the same cache scoring 8 views per forward, as it did before. Alternating
+bare / cache / cache-8 / bare / cache-8 / cache; each figure is scored images per second
 (N_train x (1 + K) + N_val over the seconds).
 
     .venv/bin/python benchmarks/views_cache.py [--train-per-class 1000] [--views 8] [--json F]
@@ -27,6 +28,7 @@ import torch
 from common import WORK, cifar10_subset
 
 import kdstore.models  # noqa: F401 - registers cifar_resnet20 in timm's registry
+from kdstore.cache import inference
 from kdstore.cache import write as cache
 from kdstore.cache.config import CacheConfig
 from kdstore.data.augment import normalize
@@ -50,10 +52,14 @@ def bare(images: dict[str, torch.Tensor], passes: dict[str, int], batch: int) ->
     return time.perf_counter() - t0
 
 
-def cached(root: Path, out: Path, views: int, batch: int) -> dict[str, float]:
-    """Seconds of `cache --views K`, whole and per teacher pass."""
+def cached(root: Path, out: Path, views: int, batch: int, group: int | None = None) -> dict[str, float]:
+    """Seconds of `cache --views K`, whole and per teacher pass (with `group` views per forward on
+    the CPU instead of kdstore's own choice: the figure before issue 26's change was 8)."""
     passes: list[float] = []
     real = cache.score_beton
+    own = dict(inference.VIEWS_PER_FORWARD)
+    if group is not None:
+        inference.VIEWS_PER_FORWARD["cpu"] = group
 
     def timed(forward, job):
         t0 = time.perf_counter()
@@ -79,6 +85,7 @@ def cached(root: Path, out: Path, views: int, batch: int) -> dict[str, float]:
         total = time.perf_counter() - t0
     finally:
         cache.score_beton = real
+        inference.VIEWS_PER_FORWARD.update(own)
     return {"total": total, "passes": sum(passes), "per_pass": passes}
 
 
@@ -98,18 +105,21 @@ def main() -> None:
     scored = sum(len(images[s]) * counts[s] for s in images)
     load_before = os.getloadavg()
     runs = []
-    for who in ("bare", "cache", "cache", "bare"):
+    for who in ("bare", "cache", "cache-8", "bare", "cache-8", "cache"):
         if who == "bare":
             seconds = {"total": bare(images, counts, args.batch_size)}
             seconds["passes"] = seconds["total"]
         else:
-            seconds = cached(root, work / "store", args.views, args.batch_size)
+            group = 8 if who == "cache-8" else None
+            seconds = cached(root, work / "store", args.views, args.batch_size, group)
         runs.append({"who": who, **seconds, "scored_per_s": scored / seconds["passes"]})
-        print(f"{who:5} {scored / seconds['passes']:8,.0f} scored img/s in its passes, {seconds['total']:.1f} s whole")
+        print(f"{who:7} {scored / seconds['passes']:8,.0f} scored img/s in its passes, {seconds['total']:.1f} s whole")
     bare_rate = np.mean([r["scored_per_s"] for r in runs if r["who"] == "bare"])
     passes_rate = np.mean([r["scored_per_s"] for r in runs if r["who"] == "cache"])
     whole_rate = np.mean([scored / r["total"] for r in runs if r["who"] == "cache"])
+    before = np.mean([r["scored_per_s"] for r in runs if r["who"] == "cache-8"])
     summary = {
+        "cache_8_per_forward_passes_scored_per_s": float(before),
         "bare_scored_per_s": float(bare_rate),
         "cache_passes_scored_per_s": float(passes_rate),
         "cache_whole_scored_per_s": float(whole_rate),

@@ -3,7 +3,7 @@ the first K again.
 Views are drawn view by view from their seed (views.draw_params) and sampled ids are hashed per
 (position, view, draw), so the first K views of a K2-view store are the K-view store's: only
 views K..K2-1 are stored (the teacher's forward that holds view K also holds the views of its
-group before it, inference.VIEWS_PER_FORWARD, as in a fresh cache), with the store's own augmentation,
+group before it, inference.views_per_forward, as in a fresh cache), with the store's own augmentation,
 seed and storage (logits, top-k or
 sampled), and the result is byte-identical to a fresh cache with K2 views (tested). The store is
 replaced atomically, like every store write; its .beton files are hard-linked, not copied."""
@@ -22,7 +22,6 @@ import torch
 
 from kdstore.cache.config import CacheConfig
 from kdstore.cache.inference import (
-    VIEWS_PER_FORWARD,
     ModelInput,
     ScorePass,
     chunk_paths,
@@ -31,6 +30,7 @@ from kdstore.cache.inference import (
     keep_views,
     score_beton,
     views_forward,
+    views_per_forward,
 )
 from kdstore.data.augment import augmentation_for
 from kdstore.errors import KdstoreError
@@ -152,7 +152,7 @@ def _joined_arrays(store: Store, paths: list[Path], kind: str, mixed: MixedViews
 def _new_views(cfg: CacheConfig, store: Store, teacher: Teacher, params: np.ndarray, chunks: Path) -> tuple[Views, str]:
     """Score views `have`..K2-1 into `chunks` and join them to the stored ones: the new Views.
 
-    The teacher scores views in groups (inference.VIEWS_PER_FORWARD); the group that holds view
+    The teacher scores views in groups (inference.views_per_forward); the group that holds view
     `have` is scored whole, as a fresh cache would, and its stored views dropped."""
     old = store.train.views
     have = old.count if old is not None else 0
@@ -166,7 +166,7 @@ def _new_views(cfg: CacheConfig, store: Store, teacher: Teacher, params: np.ndar
         device=device,
         amp=cfg.amp,
     )
-    first = have - have % VIEWS_PER_FORWARD
+    first = have - have % views_per_forward(device)
     keep = keep_views(topk, sample, tau, seed, first_view=have)
     source = PartnerSource(beton=store.beton("train"), device=device, mean=inp.mean, std=inp.std, workers=cfg.workers)
     mixed = mixed_views(

@@ -31,8 +31,8 @@ from kdstore.store.mixes import Mixing
 @dataclass(frozen=True, kw_only=True)
 class ModelInput:
     """A model and how it is given a batch of (B, H, W, 3) uint8 images: normalised with mean and
-    std (each (3,) on `device`), resized to `input_size`, in the device layout (channels_last on
-    CUDA, as precision.for_device put the model), under bf16 autocast when `amp` (CUDA only)."""
+    std (each (3,) on `device`), resized to `input_size`, in the device layout (channels_last,
+    as precision.for_device put the model), under bf16 autocast when `amp` (CUDA only)."""
 
     model: torch.nn.Module
     mean: torch.Tensor
@@ -80,7 +80,15 @@ def keep_views(topk: int = 0, sample: int = 0, tau: float = 1.0, seed: int = 0, 
     return lambda logits, pos: {"logits": logits}
 
 
-VIEWS_PER_FORWARD = 8  # views of a batch the teacher scores in one forward (at most batch size x this many images)
+# Views of a batch the teacher scores in one forward, by device type (at most batch size x this
+# many images). A GPU wants large forwards; on the CPU a forward of 2,048 images ran 1.75x slower
+# per image than one of 256 (cifar_resnet20, 2 cores: 600 against 1,055 img/s), so a CPU scores
+# one view per forward (benchmarks/RESULTS.md, "The views cache at the speed of its forwards").
+VIEWS_PER_FORWARD = {"cuda": 8, "cpu": 1}
+
+
+def views_per_forward(device: torch.device) -> int:
+    return VIEWS_PER_FORWARD.get(device.type, 1)
 
 
 def views_forward(
@@ -90,13 +98,14 @@ def views_forward(
     made exactly as `train` replays them: normalise, then augment with the stored parameters,
     (mixed views) mix with the partner augmented alike, then resize to the teacher's input.
 
-    Views 0-7, 8-15, ... of `params` go through the teacher together, one forward each; a store
-    extended with --add-views starts `params` at such a boundary and scores, but does not keep,
-    its first `skip` views, so that every forward holds the images a fresh cache's would."""
+    Views 0-7, 8-15, ... of `params` (on CUDA; one by one on the CPU: views_per_forward) go
+    through the teacher together, one forward each; a store extended with --add-views starts
+    `params` at such a boundary and scores, but does not keep, its first `skip` views, so that
+    every forward holds the images a fresh cache's would."""
     inp.model.eval()
     aug = AUGMENTATIONS[augmentation]
     table = upload(torch.from_numpy(params).long(), inp.device)  # (N, K, P)
-    count = params.shape[1]
+    count, group = params.shape[1], views_per_forward(inp.device)
 
     def view(x: torch.Tensor, pos: np.ndarray, p: torch.Tensor, k: int) -> torch.Tensor:
         def augment(images: torch.Tensor) -> torch.Tensor:
@@ -109,8 +118,8 @@ def views_forward(
         x = normalize(upload(images, inp.device), inp.mean, inp.std)
         p = table[upload(torch.from_numpy(pos), inp.device)]
         groups = []
-        for lo in range(0, count, VIEWS_PER_FORWARD):
-            views = [view(x, pos, p, k) for k in range(lo, min(lo + VIEWS_PER_FORWARD, count))]
+        for lo in range(0, count, group):
+            views = [view(x, pos, p, k) for k in range(lo, min(lo + group, count))]
             out = inp.logits(torch.cat(views))
             groups.append(out.reshape(len(views), len(pos), -1).transpose(0, 1))  # view-major -> (B, views, C)
         return keep(torch.cat(groups, 1)[:, skip:], pos)

@@ -49,12 +49,8 @@ def crop_flip(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.T
     cols = dx.to(dev)[:, None] + torch.arange(w, device=dev)  # (B, W)
     cols = torch.where(flip.to(dev)[:, None].bool(), cols.flip(1), cols)  # a flip reverses the columns
     bidx = torch.arange(b, device=dev)[:, None, None]
-    out = padded.permute(0, 2, 3, 1)[bidx, rows[:, :, None], cols[:, None, :]].permute(
-        0, 3, 1, 2
-    )  # (B, H, W, C) in memory
-    return (
-        out if out.is_cuda else out.contiguous()
-    )  # on CUDA that is channels_last, the layout the model takes (no copy)
+    # (B, H, W, C) in memory: channels_last, the layout the model takes (precision.device_layout), no copy
+    return padded.permute(0, 2, 3, 1)[bidx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 def resized_crop_params(n: int, size: int, generator: torch.Generator) -> torch.Tensor:

@@ -52,7 +52,7 @@ class Target:
 class Batch:
     """One batch of a StoreLoader, on its device.
 
-    images: (B, 3, H, W) float, normalised and augmented (channels_last on CUDA).
+    images: (B, 3, H, W) float, normalised and augmented, in channels_last memory layout.
     labels: (B,) int64. ids: (B,) int64 sample ids (host). positions: (B,) int64 row positions
     in the split (host). lam: the batch's KD weight lambda (0 on a validation split).
     target: the teacher's target. epoch, index: where the batch sits in the run."""

@@ -505,7 +505,7 @@ def _restore(path: Path, run: Run) -> tuple[int, list[dict[str, Any]]]:
     """Load a per-epoch checkpoint into the run's model, optimiser, schedule and loader; refuses
     one from a different run. Returns the epoch to start from and the history so far."""
     ckpt = load_checkpoint(path)
-    needed = {"config", "state_dict", "optimizer", "scheduler", "epoch", "rng", "loader"}
+    needed = {"config", "state_dict", "optimizer", "scheduler", "epoch", "rng"}
     if not isinstance(ckpt, dict) or not needed <= set(ckpt):
         raise KdstoreError(f"--resume: {path} is not a per-epoch checkpoint of `kdstore train` (a bare state dict?)")
     saved = ckpt.get("config", {})
@@ -521,7 +521,11 @@ def _restore(path: Path, run: Run) -> tuple[int, list[dict[str, Any]]]:
             f"--resume: {path} holds other weights than this run's model ({str(e).splitlines()[0][:120]})"
         ) from None
     torch.set_rng_state(ckpt["rng"]["torch"])
-    run.loader.load_state_dict(ckpt["loader"])
+    state = ckpt.get("loader")
+    if state is None:  # saved before the loader kept its own state: the epoch and augmentation's
+        state = {**run.loader.state_dict(), "epoch": int(ckpt["epoch"]), "batch": 0}
+        state.update(augment=ckpt["rng"].get("augment"), scores=None)
+    run.loader.load_state_dict(state)
     return int(ckpt["epoch"]), list(ckpt.get("history", []))
 
 

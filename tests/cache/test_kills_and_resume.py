@@ -11,6 +11,7 @@ import textwrap
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from kdstore.cache import write as cache
 from kdstore.cache.config import CacheConfig
@@ -225,14 +226,21 @@ def test_killed_and_resumed_training_matches_uninterrupted(digits_store, tmp_pat
     with pytest.raises(KeyboardInterrupt):
         train.run(killed, hook=die_in_epoch_2)
     assert not (tmp_path / "killed" / "summary.json").exists()
+    # the same checkpoint as kdstore wrote it before the loader kept its own state (rng.augment)
+    shutil.copytree(tmp_path / "killed", tmp_path / "legacy")
+    ckpt = torch.load(tmp_path / "legacy" / "checkpoint.pt", weights_only=True)
+    ckpt["rng"]["augment"] = ckpt.pop("loader")["augment"]
+    torch.save(ckpt, tmp_path / "legacy" / "checkpoint.pt")
+    legacy = train.run(TrainConfig(**{**killed.__dict__, "out": str(tmp_path / "legacy"), "resume": True}))
     resumed = train.run(TrainConfig(**{**killed.__dict__, "resume": True}))
     a = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
-    assert len(b) == 2  # epoch 1 from the killed run, epoch 2 from the resumed one
-    for ra, rb in zip(a, b):
+    c = [json.loads(x) for x in (tmp_path / "legacy" / "metrics.jsonl").read_text().splitlines()]
+    assert len(b) == len(c) == 2  # epoch 1 from the killed run, epoch 2 from the resumed one
+    for ra, rb in [*zip(a, b), *zip(a, c)]:
         for key in ("train_loss", "train_ce", "train_kd", "val_acc", "val_loss", "lam_mean"):
             assert ra[key] == rb[key], key
-    assert resumed["final_val_acc"] == straight["final_val_acc"]
+    assert resumed["final_val_acc"] == straight["final_val_acc"] == legacy["final_val_acc"]
     with pytest.raises(KdstoreError, match="different epochs"):
         train.run(TrainConfig(**{**killed.__dict__, "resume": True, "overwrite": True, "epochs": 5}))
 

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from kdstore.cache import add_views as extend
 from kdstore.cache import inference
 from kdstore.cache import write as cache
 from kdstore.cache.config import CacheConfig
@@ -132,10 +131,8 @@ def test_mixed_views_replay_the_pixels_the_teacher_scored(mix, synthetic_folder,
 
 
 def test_add_views_extends_mixed_views_byte_identically(synthetic_folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(
-        inference, "VIEWS_PER_FORWARD", 2
-    )  # view 1 is scored with (mixed) view 0, whose stored result is kept
-    monkeypatch.setattr(extend, "VIEWS_PER_FORWARD", 2)
+    # view 1 is scored with (mixed) view 0, whose stored result is kept
+    monkeypatch.setattr(inference, "VIEWS_PER_FORWARD", {"cpu": 2})
     spec = dict(allow_untrained=True, teacher="cifar_resnet8", batch_size=8, progress=False)
     data = f"imagefolder:{synthetic_folder}"
     cache.run(CacheConfig(dataset=data, out=str(tmp_path / "grown"), views=1, mix="cutmix", **spec))

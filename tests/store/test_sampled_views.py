@@ -7,7 +7,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from kdstore.cache import add_views as extend
 from kdstore.cache import inference
 from kdstore.cache import write as cache
 from kdstore.cache.config import CacheConfig
@@ -162,8 +161,7 @@ def test_sample_options_are_checked(tmp_path, synthetic_folder):
 def test_add_views_is_byte_identical_to_a_fresh_cache_with_more_views(storage, tmp_path, synthetic_folder, monkeypatch):
     """Views go through the teacher 2 to a forward here, so growing 3 views to 5 rescored view 2
     with view 3 (dropping the stored one) and view 4 alone, as the fresh cache did."""
-    monkeypatch.setattr(inference, "VIEWS_PER_FORWARD", 2)
-    monkeypatch.setattr(extend, "VIEWS_PER_FORWARD", 2)
+    monkeypatch.setattr(inference, "VIEWS_PER_FORWARD", {"cpu": 2})
     base = dict(allow_untrained=True, teacher="cifar_resnet8", batch_size=8, progress=False)
     data = f"imagefolder:{synthetic_folder}"
     cache.run(CacheConfig(dataset=data, out=str(tmp_path / "grown"), views=3, **base, **storage))
