@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from common import WORK, cifar10_subset, speed_store
+from common import WORK, cifar10_subset, machine_record, speed_store
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("kd", "kd-cl-sr")
@@ -68,13 +65,7 @@ def main() -> None:
         summary[variant]["identical_metrics"] = same
         print(f"{variant}: plain/train = {plain / train_:.3f}, identical metrics in all {len(mine)} runs: {same}")
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "load_before": load_before,
-        "load_after": os.getloadavg(),
+        **machine_record(load_before),
         "images": n,
         "epochs": args.epochs,
         "runs": runs,

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from kdstore.cache import write as cache
 from kdstore.cache.config import CacheConfig
@@ -73,3 +78,17 @@ def speed_store(root: Path, store: Path) -> Path:
             )
         )
     return store
+
+
+def machine_record(load_before: tuple[float, float, float]) -> dict[str, Any]:
+    """What every CPU figure is recorded with: when, where, the torch threads and version, and the
+    load averages before the measurement and now (after it)."""
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+    }

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from common import WORK, cifar10_subset, speed_store
+from common import WORK, cifar10_subset, machine_record, speed_store
 from PIL import Image
 
 import kdstore.models  # noqa: F401 - registers cifar_resnet8 in timm's registry (model building only)
@@ -158,13 +157,7 @@ def main() -> None:
         }
         print(f"{variant}: kdstore/plain = {summary[variant]['ratio']:.3f}", flush=True)
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "load_before": load_before,
-        "load_after": os.getloadavg(),
+        **machine_record(load_before),
         "images": len(labels),
         "epochs": args.epochs,
         "runs": runs,

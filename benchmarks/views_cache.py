@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import timm
 import torch
-from common import WORK, cifar10_subset
+from common import WORK, cifar10_subset, machine_record
 
 import kdstore.models  # noqa: F401 - registers cifar_resnet20 in timm's registry
 from kdstore.cache import inference
@@ -135,13 +134,7 @@ def main() -> None:
     }
     print(json.dumps(summary, indent=1))
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "load_before": load_before,
-        "load_after": os.getloadavg(),
+        **machine_record(load_before),
         "train_images": len(images["train"]),
         "val_images": len(images["val"]),
         "views": args.views,
