@@ -18,7 +18,7 @@ from tests.helpers import make_imagefolder  # noqa: E402
 
 # A test that needs one of these trains a teacher on the digits data first (about 30 s on 2 cores,
 # once per session): it belongs to the slow tier whatever it does itself.
-SLOW_FIXTURES = {"digits_teacher", "digits_store"}
+SLOW_FIXTURES = {"digits_teacher", "digits_store", "digits_views_store"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -41,19 +41,29 @@ def digits_teacher(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def digits_store(tmp_path_factory, digits_teacher) -> Path:
-    out = tmp_path_factory.mktemp("stores") / "digits"
+def _cache_digits(out: Path, teacher_dir: Path, **options) -> Path:
     cache.run(
         CacheConfig(
             dataset="digits",
             out=str(out),
-            checkpoint=str(digits_teacher / "checkpoint.pt"),
+            checkpoint=str(teacher_dir / "checkpoint.pt"),
             batch_size=200,
             progress=False,
+            **options,
         )
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def digits_store(tmp_path_factory, digits_teacher) -> Path:
+    return _cache_digits(tmp_path_factory.mktemp("stores") / "digits", digits_teacher)
+
+
+@pytest.fixture(scope="session")
+def digits_views_store(tmp_path_factory, digits_teacher) -> Path:
+    """The digits teacher's store with 2 augmented views of every training image."""
+    return _cache_digits(tmp_path_factory.mktemp("views") / "digits", digits_teacher, views=2)
 
 
 @pytest.fixture(scope="session")

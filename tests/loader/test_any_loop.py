@@ -13,27 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from kdstore import CacheConfig, Store, StoreLoader, TrainConfig, cache, kd_loss
+from kdstore import Store, StoreLoader, TrainConfig, kd_loss
 from kdstore.method.losses import kd_per_sample
 from kdstore.train import loop as train
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-@pytest.fixture(scope="module")
-def digits_views_store(tmp_path_factory, digits_teacher) -> Path:
-    out = tmp_path_factory.mktemp("views") / "digits"
-    cache.run(
-        CacheConfig(
-            dataset="digits",
-            out=str(out),
-            checkpoint=str(digits_teacher / "checkpoint.pt"),
-            views=2,
-            batch_size=200,
-            progress=False,
-        )
-    )
-    return out
 
 
 def _rows(path: Path) -> list[dict]:
