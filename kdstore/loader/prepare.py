@@ -49,9 +49,10 @@ class RandomAugment:
         self.cursor = self.start = 0
         self.params: torch.Tensor | None = None
 
-    def resume_at(self, images_done: int) -> None:
-        """The next epoch drawn starts `images_done` images in (an epoch resumed mid-way; the
-        generator is back at the state it had when that epoch began)."""
+    def begin(self, images_done: int = 0) -> None:
+        """A pass over an epoch starts: its parameters are drawn afresh from the generator at its
+        first batch, which is `images_done` images in (an epoch resumed mid-way, the generator
+        back at the state it had when that epoch began)."""
         self.epoch, self.start = None, images_done
 
     def __call__(self, epoch: int, pos: np.ndarray, x: torch.Tensor) -> tuple[torch.Tensor, None]:

@@ -272,7 +272,9 @@ class StoreLoader:
         return self.data.num_classes
 
     def set_epoch(self, epoch: int) -> None:
-        """Read `epoch` next, from its first batch (iteration otherwise goes on to the next epoch)."""
+        """Read `epoch` next, from its first batch (iteration otherwise goes on to the next epoch).
+        Its order, views and lambdas are those of `epoch`; random augmentation goes on drawing from
+        its generator (load_state_dict, not set_epoch, restores its draws exactly)."""
         self.epoch, self._resume_batch, self._reading = epoch, 0, None
 
     # ---- the student scorer ------------------------------------------------------------------
@@ -337,6 +339,8 @@ class StoreLoader:
         self._skip = (epoch, skip) if skip else None
         if not skip and self.aug is not None:
             self._aug_at_epoch = self.aug.get_state()  # a state saved mid-epoch resumes from here
+        if isinstance(self.prepare, RandomAugment):
+            self.prepare.begin(skip * self.local)
         order, lams = self.rank_order(epoch), self.lambdas(epoch)
         self.inner.next_epoch = epoch
         for b, (images, labels, ids) in enumerate(self.inner, start=skip):
@@ -384,8 +388,6 @@ class StoreLoader:
         if self.aug is not None and state.get("augment") is not None:
             self.aug.set_state(state["augment"])
             self._aug_at_epoch = state["augment"]
-        if isinstance(self.prepare, RandomAugment):
-            self.prepare.resume_at(self._resume_batch * self.local)
         if state.get("scores") is not None and self.schedule is not None:
             saved = state["scores"]
             self.schedule.set_scores(

@@ -95,6 +95,23 @@ def test_set_epoch_rereads_an_epoch(small_store):
         _same(x, y)
 
 
+def test_an_epoch_read_again_or_abandoned_keeps_augmenting_whole_batches(small_store):
+    """Random augmentation after set_epoch to an epoch already read, and after a pass left
+    half-way: every batch is augmented whole, with its own slice of the epoch's draws."""
+    loader = _loader(small_store, variant="kd", seed=2)
+    first = list(loader)
+    loader.set_epoch(0)
+    again = list(loader)  # epoch 0 once more
+    assert [len(b) for b in again] == [len(b) for b in first]
+    for a, b in zip(first, again):
+        assert a.images.shape == b.images.shape and (a.ids == b.ids).all()  # the same order, fresh draws
+    assert any(not torch.equal(a.images, b.images) for a, b in zip(first, again))
+    it = iter(loader)
+    next(it)  # epoch 1 left after one batch
+    loader.set_epoch(1)
+    assert [len(b) for b in loader] == [len(b) for b in first]
+
+
 def test_bad_input_is_one_line(small_store):
     n = len(Store.open(small_store).train)
     cases = [
