@@ -104,11 +104,10 @@ class ResidentLoader:
         batch_size: int,
         order_fn: Callable[[int], np.ndarray] | None = None,
         drop_last: bool = False,
-        indices: np.ndarray | None = None,
     ) -> None:
         self.split, self.batch_size, self.drop_last = split, batch_size, drop_last
-        fixed = np.arange(len(split)) if indices is None else np.asarray(indices)
-        self.order_fn = order_fn or (lambda epoch: fixed)
+        every = np.arange(len(split))
+        self.order_fn = order_fn or (lambda epoch: every)
         self.next_epoch = 0
         self.length = len(self.order_fn(0))
 

@@ -165,6 +165,7 @@ class StoreLoader:
             seed=cfg.seed,
             scores=scores,
         )
+        self._batches = len(batch_sizes(len(self.rank_order(0)), self.local, self.drop_last))
         self.inner, self.resident, self.loader_used = self._inner(self.data.train_beton, self._inner_order)
         self.aug = torch.Generator().manual_seed(cfg.seed + 1_000_003 * ctx.rank) if cfg.augment else None
         self.prepare, self.label_mix = self._prepare(replay)
@@ -177,6 +178,7 @@ class StoreLoader:
         cfg, ctx, data = self.config, self.ctx, self.data
         self.local, self.drop_last, self.schedule = cfg.batch_size, False, None
         self.positions = np.arange(ctx.rank, len(self.sample_id), ctx.world)
+        self._batches = len(batch_sizes(len(self.positions), self.local, self.drop_last))
         self.inner, self.resident, self.loader_used = self._inner(data.val_beton, lambda epoch: self.positions)
         self.prepare, self.label_mix, self.views_used = no_augment(), None, {"mode": "clean"}
         logits = data.val_teacher_logits
@@ -259,8 +261,8 @@ class StoreLoader:
         return lams[: len(self)]
 
     def __len__(self) -> int:
-        """Batches per epoch on this rank."""
-        return len(batch_sizes(len(self.rank_order(0)), self.local, self.drop_last))
+        """Batches per epoch on this rank (the same every epoch: counted once, at set-up)."""
+        return self._batches
 
     @property
     def batch_size(self) -> int:

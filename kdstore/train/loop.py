@@ -42,7 +42,6 @@ from kdstore.runtime.devices import resolve_device
 from kdstore.runtime.distributed import Context, all_reduce_sum
 from kdstore.runtime.files import writing
 from kdstore.runtime.precision import for_device
-from kdstore.runtime.transfer import upload
 from kdstore.store.rows import Rows
 from kdstore.store.store import Store, default_store, verify
 from kdstore.train import agreement
@@ -288,7 +287,7 @@ def val_metrics(inp: ModelInput, loader: Any, ctx: Context = Context()) -> dict[
     n, with_teacher = 0, False
     for batch in loader:
         logits = inp.logits(batch.images)
-        y = upload(batch.labels, device)
+        y = batch.labels  # on the device already
         loss += nn.functional.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
         if batch.target.logits is not None:
