@@ -26,19 +26,22 @@ from kdstore.cache.inference import (
     ScorePass,
     chunk_paths,
     column,
-    column_blocks,
     keep_views,
     score_beton,
+    stored_column,
+    stored_outputs,
     views_forward,
     views_per_forward,
 )
 from kdstore.data.augment import augmentation_for
 from kdstore.errors import KdstoreError
 from kdstore.models.teachers import Teacher, load_teacher
+from kdstore.runtime.blocks import LargeArray
 from kdstore.runtime.console import say
 from kdstore.runtime.devices import resolve_device
 from kdstore.runtime.precision import for_device
 from kdstore.store.mixes import MixedViews, Mixing, PartnerSource, mixed_views
+from kdstore.store.quantized import Quantized, stored_dtype
 from kdstore.store.store import (
     BETONS,
     H5_NAME,
@@ -83,10 +86,13 @@ def _storage(store: Store, cfg: CacheConfig) -> tuple[str, int, int, float, int,
     return v.augmentation, v.topk, v.sample, v.sample_tau, v.seed, v.storage, v.mix or "none", v.mix_alpha
 
 
-def _joined(old: np.ndarray | None, new: Blocks) -> Blocks:
-    """(N, K, ...) stored views and (N, K2 - K, ...) new ones as (N, K2, ...) row blocks."""
+def _joined(old: LargeArray | None, new: LargeArray) -> LargeArray:
+    """(N, K, ...) stored views and (N, K2 - K, ...) new ones as (N, K2, ...) row blocks (int8
+    logits: each of their parts joined alike)."""
     if old is None:
         return new
+    if isinstance(old, Quantized):
+        return Quantized(*(_joined(o, n) for o, n in zip(old.parts, new.parts)))
 
     def read() -> Iterator[np.ndarray]:
         row = 0
@@ -138,7 +144,7 @@ def _joined_arrays(store: Store, paths: list[Path], kind: str, mixed: MixedViews
         raise KdstoreError("internal error: the views pass visited the training images in another order")
     old = store.train.views
     arrays: dict[str, Any] = {
-        k: _joined(getattr(old, k) if old is not None else None, column_blocks(paths, k)) for k in STORED[kind]
+        k: _joined(getattr(old, k) if old is not None else None, stored_column(paths, k)) for k in STORED[kind]
     }
     for k in MIX_ARRAYS if mixed.mix else ():
         new = getattr(mixed, k)
@@ -190,7 +196,7 @@ def _new_views(cfg: CacheConfig, store: Store, teacher: Teacher, params: np.ndar
             progress=cfg.progress,
             chunk_dir=chunks,
             positions=np.arange(len(store.train)),
-            post=lambda out, labels: dict(out),
+            post=stored_outputs(stored_dtype(store.train.logits), scores=False),
         ),
     )
     arrays = _joined_arrays(store, chunk_paths(chunks), kind, mixed, have - first)
@@ -232,7 +238,7 @@ def add_views(cfg: CacheConfig) -> Path:
         for name in BETONS.values():
             link_or_copy(path / name, stage / name)
         write_teacher_h5(
-            stage / H5_NAME, {"train": train, "val": store.val}, dict(store.attrs), str(store.train.logits.dtype)
+            stage / H5_NAME, {"train": train, "val": store.val}, dict(store.attrs), stored_dtype(store.train.logits)
         )
         shutil.rmtree(stage / "chunks-views")
         publish(

@@ -12,7 +12,7 @@ from kdstore.errors import KdstoreError
 from kdstore.models.build import STEMS
 from kdstore.models.teachers import TeacherSpec
 from kdstore.runtime.devices import DEVICES
-from kdstore.store.store import STORES_DIR, enclosing_store
+from kdstore.store.store import LOGITS_DTYPES, STORES_DIR, enclosing_store
 from kdstore.store.views import MIXES
 
 
@@ -61,7 +61,13 @@ class CacheConfig:
     data_root: str | None = opt(
         help="Where torchvision datasets live (default ~/.cache/kdstore/data).", path=True, resume="free"
     )
-    logits_dtype: str = opt("float16", "dtype of the stored logits.", choices=("float16", "float32"), resume="recorded")
+    logits_dtype: str = opt(
+        "float16",
+        "dtype of the stored logits (clean, views' and top-k values); int8: codes with a float32 scale and offset "
+        "per row, C + 8 bytes a row (README, 'int8 logits').",
+        choices=LOGITS_DTYPES,
+        resume="recorded",
+    )
     overwrite: bool = opt(
         False, "Replace an existing store at --out (only once the new one is complete).", resume="free"
     )
@@ -151,8 +157,8 @@ class CacheConfig:
             raise KdstoreError(f"--out {self.out} lies inside the store {inside}; put stores side by side")
         if self.input_size is not None and self.input_size < 8:
             raise KdstoreError(f"--input-size must be >= 8 pixels, got {self.input_size}")
-        if self.logits_dtype not in ("float16", "float32"):
-            raise KdstoreError(f"--logits-dtype must be float16 or float32, got {self.logits_dtype}")
+        if self.logits_dtype not in LOGITS_DTYPES:
+            raise KdstoreError(f"--logits-dtype must be one of {', '.join(LOGITS_DTYPES)}, got {self.logits_dtype}")
         if self.teacher is None and self.checkpoint is None and not self.add_views:
             raise KdstoreError("name the teacher with --teacher (and/or give --checkpoint)")
         if not (self.has_weights or self.add_views):  # --add-views names the store's own teacher (add_views.py)

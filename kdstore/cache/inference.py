@@ -20,12 +20,14 @@ import torch
 from kdstore.data.augment import AUGMENTATIONS, normalize, resize
 from kdstore.data.beton import make_loader, read_int_fields
 from kdstore.method.curriculum import confidence_and_correct
+from kdstore.method.int8 import quantize
 from kdstore.method.sparse_targets import draw_uniforms, sample_classes, topk_compress
-from kdstore.runtime.blocks import Blocks
+from kdstore.runtime.blocks import Blocks, LargeArray
 from kdstore.runtime.console import images_progress
 from kdstore.runtime.precision import autocast, device_layout
 from kdstore.runtime.transfer import download, upload
 from kdstore.store.mixes import Mixing
+from kdstore.store.quantized import SUFFIXES, Quantized
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,16 +133,19 @@ def views_forward(
 Post = Callable[[dict[str, np.ndarray], np.ndarray], dict[str, np.ndarray]]
 
 
-def stored_outputs(logits_dtype: str) -> Post:
-    """What a store keeps of a batch: logits in the stored dtype and, for clean images, each
-    sample's confidence and correctness computed from the float32 logits first."""
+def stored_outputs(logits_dtype: str, scores: bool = True) -> Post:
+    """What a store keeps of a batch: logits in the stored dtype (int8: codes, NAME_scale and
+    NAME_offset, quantized.py) and, for clean images (with `scores`), each sample's confidence
+    and correctness computed from the float32 logits first."""
 
     def post(out: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, np.ndarray]:
         kept = dict(out)
-        if "logits" in out and out["logits"].ndim == 2:
+        if scores and "logits" in out and out["logits"].ndim == 2:
             kept["confidence"], kept["correct"] = confidence_and_correct(out["logits"], labels)
         for key in ("logits", "topk_values"):
-            if key in kept:
+            if key in kept and logits_dtype == "int8":
+                kept.update(zip((key + s for s in SUFFIXES), quantize(kept[key])))
+            elif key in kept:
                 kept[key] = kept[key].astype(logits_dtype)
         return kept
 
@@ -192,6 +197,16 @@ def column_blocks(paths: list[Path], key: str) -> Blocks:
                 yield z[key]
 
     return Blocks((n, *shape), dtype, read)
+
+
+def stored_column(paths: list[Path], key: str) -> LargeArray:
+    """A stored output over all chunks as blocks: int8 logits (KEY_scale beside KEY in the
+    chunks) as a Quantized of their three columns."""
+    with np.load(paths[0]) as z:
+        quantized = key + SUFFIXES[1] in z.files
+    if not quantized:
+        return column_blocks(paths, key)
+    return Quantized(*(column_blocks(paths, key + s) for s in SUFFIXES))
 
 
 def _cat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

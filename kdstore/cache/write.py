@@ -27,9 +27,9 @@ from kdstore.cache.inference import (
     chunk_paths,
     clean_forward,
     column,
-    column_blocks,
     keep_views,
     score_beton,
+    stored_column,
     stored_outputs,
     views_forward,
 )
@@ -216,7 +216,7 @@ def _splits(job: _Cache, passes: list[str], mixed: MixedViews | None) -> dict[st
     chunks = {p: [path for r in range(job.ctx.world) for path in chunk_paths(job.chunk_dir(p, r))] for p in passes}
     splits = {
         name: build_split(
-            column_blocks(chunks[name], "logits"),
+            stored_column(chunks[name], "logits"),
             column(chunks[name], "labels"),
             column(chunks[name], "sample_id"),
             column(chunks[name], "confidence"),
@@ -229,7 +229,7 @@ def _splits(job: _Cache, passes: list[str], mixed: MixedViews | None) -> dict[st
         if not np.array_equal(column(chunks["views"], "sample_id"), splits["train"].sample_id):
             raise KdstoreError("internal error: the views pass visited the training images in another order")
         stored: dict[str, Any] = {
-            k: column_blocks(chunks["views"], k) for k in STORED[storage_of(cfg.topk, cfg.sample)]
+            k: stored_column(chunks["views"], k) for k in STORED[storage_of(cfg.topk, cfg.sample)]
         }
         mix: dict[str, Any] = {k: getattr(mixed, k) for k in ("mix", "mix_alpha", *MIX_ARRAYS)}
         splits["train"].views = Views(

@@ -11,6 +11,7 @@ from kdstore.cache.config import CacheConfig
 from kdstore.method.sparse_targets import at_bytes, bytes_per_view, fidelity
 from kdstore.report.tables import table_rows
 from kdstore.runtime.console import console
+from kdstore.store.quantized import stored_dtype
 from kdstore.store.store import Store, near_chance
 
 
@@ -28,6 +29,10 @@ def render_store(store: Store) -> None:
         ("checkpoint sha256", a["checkpoint_sha256"] or "-"),
         ("dataset fingerprint", a["dataset_fingerprint"][:16] + "…"),
         ("store size", f"{size / 2**20:.1f} MiB"),
+        (
+            "logits",
+            f"{stored_dtype(store.train.logits)} ({store.train.logits.nbytes / max(1, len(store.train)):,.0f} B each)",
+        ),
         ("created", store.manifest.get("created") or a.get("created", "-")),
         ("kdstore", a["kdstore_version"]),
     ]
@@ -75,13 +80,14 @@ def render_fidelity(store: Store) -> None:
         sample, tau = max(1, at_bytes("sample", bytes_per_view("topk", topk, c), c)), CacheConfig.sample_tau
     rows = np.asarray(store.train.logits[: min(FIDELITY_ROWS, len(store.train))], dtype=np.float32)
     table = Table(
-        title=f"what a view keeps of the teacher's softmax at τ = {tau:g} (measured on {len(rows)} clean training rows)"
+        title=f"what a view keeps of the teacher's softmax at τ = {tau:g} (measured on {len(rows)} clean training "
+        f"rows, as stored: {stored_dtype(store.train.logits)})"
     )
     for col in ("storage", "bytes / view", "KL(stored ‖ full), one view", "bias: KL(full ‖ E\\[stored])"):
         table.add_column(col, justify="left" if col == "storage" else "right")
     for r in fidelity(rows, tau, topk, sample):
-        bias = "0 (E\\[q] = p)" if str(r["storage"]).endswith("sampled ids") else f"{r['bias']:.4f}"
-        table.add_row(str(r["storage"]), str(r["bytes"]), f"{r['kl_view']:.4f}", bias)
+        bias = "0 (E\\[q] = p)" if str(r["storage"]).endswith("sampled ids") else f"{r['bias']:.2g}"
+        table.add_row(str(r["storage"]), str(r["bytes"]), f"{r['kl_view']:.2g}", bias)
     console.print(table)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kdstore.method.int8 import dequantize, quantize
 from kdstore.runtime.transfer import upload
 
 
@@ -95,24 +96,45 @@ def sampled_target(ids: torch.Tensor, num_classes: int, tau: float) -> torch.Ten
     return tau * torch.where(q > 0, q.clamp_min(1e-30).log(), torch.full_like(q, FLOOR))
 
 
-def bytes_per_view(storage: str, k: int, num_classes: int, logits_bytes: int = 2) -> int:
-    """What one view costs in teacher.h5: full logits, top-k (values, int32 ids, a float32 fill), or k int16 ids."""
+LOGIT_BYTES = {"float32": 4, "float16": 2, "int8": 1}  # bytes of one stored logit, by --logits-dtype
+ROW_BYTES = {"float32": 0, "float16": 0, "int8": 8}  # and of each row of them (int8: a float32 scale and offset)
+
+
+def bytes_per_view(storage: str, k: int, num_classes: int, logits_dtype: str = "float16") -> int:
+    """What one view (or one sample's clean row, storage "logits") costs in teacher.h5: full
+    logits, top-k (values, int32 ids, a float32 fill), or k int16 ids."""
+    b, row = LOGIT_BYTES[logits_dtype], ROW_BYTES[logits_dtype]
     return {
-        "logits": num_classes * logits_bytes,
-        "topk": k * (logits_bytes + 4) + 4,
+        "logits": num_classes * b + row,
+        "topk": k * (b + 4) + 4 + row,
         "sample": k * (2 if num_classes <= 32767 else 4),
     }[storage]
 
 
-def at_bytes(storage: str, nbytes: int, num_classes: int, logits_bytes: int = 2) -> int:
+def at_bytes(storage: str, nbytes: int, num_classes: int, logits_dtype: str = "float16") -> int:
     """The largest k whose view costs at most `nbytes` in `storage` ("topk" or "sample"): the
     inverse of bytes_per_view."""
-    per = bytes_per_view(storage, 1, num_classes, logits_bytes) - bytes_per_view(storage, 0, num_classes, logits_bytes)
-    return (nbytes - bytes_per_view(storage, 0, num_classes, logits_bytes)) // per
+    base = bytes_per_view(storage, 0, num_classes, logits_dtype)
+    return (nbytes - base) // (bytes_per_view(storage, 1, num_classes, logits_dtype) - base)
 
 
 def _kl(p: np.ndarray, log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
     return np.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+FULL_DTYPES = ("float32", "float16", "int8")
+
+
+def stored_as(logits: np.ndarray, dtype: str) -> np.ndarray:
+    """Rows of logits as a store of `dtype` gives them back (float32)."""
+    if dtype == "int8":
+        return dequantize(*quantize(logits))
+    return logits.astype(dtype).astype(np.float32)
 
 
 def fidelity(
@@ -120,10 +142,10 @@ def fidelity(
 ) -> list[dict[str, float | str | int]]:
     """How faithfully each storage keeps the teacher's distribution p = softmax(z / tau), on rows of
     full logits (R, C): bytes per view; `kl_view`, the mean KL(stored || p) of one stored view;
-    `bias`, KL(p || E[stored]): top-k's uniform fill is biased, sampled ids are not (E[q] = p)."""
-    z = logits.astype(np.float64) / tau
-    log_p = z - z.max(1, keepdims=True)
-    log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+    `bias`, KL(p || E[stored]): top-k's uniform fill is biased, sampled ids are not (E[q] = p).
+    Full logits in each of FULL_DTYPES (rounded to float16, or quantised to int8 and back), top-k
+    values in float16."""
+    log_p = _log_softmax(logits.astype(np.float64) / tau)
     p = np.exp(log_p)
     c = logits.shape[1]
     t = torch.from_numpy(logits.astype(np.float64) / tau)
@@ -136,8 +158,18 @@ def fidelity(
     )[:, 0]
     q = empirical(ids, c, torch.float64).numpy()
     log_q = np.log(np.where(q > 0, q, 1.0))
+    full = [
+        {
+            "storage": f"full logits, {dtype}",
+            "k": c,
+            "bytes": bytes_per_view("logits", 0, c, dtype),
+            "kl_view": float(_kl(np.exp(log_s), log_s, log_p).mean()),
+            "bias": float(_kl(p, log_p, log_s).mean()),
+        }
+        for dtype, log_s in ((d, _log_softmax(stored_as(logits, d).astype(np.float64) / tau)) for d in FULL_DTYPES)
+    ]
     return [
-        {"storage": "full logits", "k": c, "bytes": bytes_per_view("logits", 0, c), "kl_view": 0.0, "bias": 0.0},
+        *full,
         {
             "storage": f"top-{topk} + uniform fill",
             "k": topk,

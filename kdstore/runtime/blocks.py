@@ -24,8 +24,8 @@ def row_blocks(array: LargeArray, block_bytes: int = BLOCK_BYTES) -> Iterator[tu
 def release_pages(array: LargeArray) -> None:
     """Drop this process's mapping of a memory-mapped array's pages (they stay in the page cache,
     shared with every other reader). Bounds the resident memory of a reader that walks a large
-    table; a no-op for arrays in memory."""
-    base: Any = array
+    table; a no-op for arrays in memory. (A store's int8 logits map their parts from one file.)"""
+    base: Any = array.parts[0] if hasattr(array, "parts") else array
     while base is not None and not isinstance(base, mmap.mmap):
         base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
     if base is not None and hasattr(mmap, "MADV_DONTNEED"):

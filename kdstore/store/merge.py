@@ -23,9 +23,11 @@ from kdstore.errors import KdstoreError
 from kdstore.method.curriculum import softmax
 from kdstore.runtime.blocks import release_pages, row_blocks
 from kdstore.runtime.console import console
+from kdstore.store.quantized import stored_dtype
 from kdstore.store.store import (
     BETONS,
     H5_NAME,
+    LOGITS_DTYPES,
     SPLITS,
     Blocks,
     Split,
@@ -115,7 +117,10 @@ class MergeConfig:
     stores: tuple[str, ...] = ()  # the stores to merge (the command's arguments)
     out: str = opt(help="The merged store to create.", required=True, path=True)
     confidence: str = opt("mean", "Curriculum from the mean confidence, or from store N's (0, 1, ...).")
-    logits_dtype: str = opt("float16", "dtype of the stored logits.", choices=("float16", "float32"))
+    logits_dtype: str | None = opt(
+        help="dtype of the stored logits (default: the stores' own when they share one, else float16).",
+        choices=LOGITS_DTYPES,
+    )
     overwrite: bool = opt(False, "Replace an existing store at --out (only once the new one is complete).")
 
 
@@ -135,6 +140,9 @@ def run(cfg: MergeConfig) -> Path:
     out_path = claim(out, overwrite)
     stores = [Store.open(p) for p in paths]
     _check_compatible(stores)
+    if logits_dtype is None:
+        kept = {stored_dtype(s.train.logits) for s in stores}
+        logits_dtype = kept.pop() if len(kept) == 1 else "float16"
     first = stores[0]
     splits = {name: merge_split([getattr(s, name) for s in stores], confidence, name == "train") for name in SPLITS}
     splits["train"].views = merge_views(stores)

@@ -11,9 +11,11 @@ import numpy as np
 import psutil
 import torch
 
+from kdstore.method.int8 import dequantize
 from kdstore.runtime.blocks import LargeArray, release_pages, row_blocks
 from kdstore.runtime.transfer import upload
 from kdstore.store.file_rows import file_rows
+from kdstore.store.quantized import Quantized
 
 DEVICE_TABLE_FRACTION = 0.25  # of free CUDA memory: a teacher table up to this size lives on the device
 PLACEMENTS = ("auto", "device", "mapped")
@@ -27,25 +29,34 @@ class Rows:
     placement `auto`: on the device when the table fits (CUDA only), else `mapped`: read on the
     host from the store file with pread (store.FileRows; measured faster than gathering from the
     memory map, and the process's resident memory does not grow with the rows read), then pinned
-    and copied asynchronously on CUDA. Both give the same values in the stored dtype."""
+    and copied asynchronously on CUDA. Both give the same values in the stored dtype (int8
+    logits: their float32 values, dequantised on the device after the gather)."""
 
     def __init__(self, array: LargeArray, device: torch.device, placement: str = "auto") -> None:
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
         self.array, self.device = array, device
-        if placement == "auto":
+        # int8 logits: codes, scales and offsets gathered alike, dequantised on the device (C + 8 bytes a row)
+        self.parts: list[Rows] | None = (
+            [Rows(p, device, placement) for p in array.parts] if isinstance(array, Quantized) else None
+        )
+        if self.parts is not None:
+            placement = str(self.parts[0].placement)
+        elif placement == "auto":
             placement = (
                 "device"
                 if device.type == "cuda" and array.nbytes <= DEVICE_TABLE_FRACTION * torch.cuda.mem_get_info(device)[0]
                 else "mapped"
             )
-        self.placement = placement
-        self.table = _upload(array, device) if placement == "device" else None
+        self.placement: str = placement
+        self.table = _upload(array, device) if placement == "device" and self.parts is None else None
         self.file = file_rows(array) if self.table is None else None
         if self.file is not None and array.nbytes < PREFETCH_FRACTION * psutil.virtual_memory().available:
             self.file.prefetch(array.nbytes)  # the epoch reads every row: have the kernel load them ahead
 
     def __call__(self, *index: np.ndarray | None) -> torch.Tensor:
+        if self.parts is not None:
+            return dequantize(*(part(*index) for part in self.parts))
         if self.table is not None:
             return self.table[
                 tuple(upload(torch.from_numpy(np.asarray(i, dtype=np.int64)), self.device) for i in index)

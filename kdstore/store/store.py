@@ -3,6 +3,8 @@
 teacher.h5 (schema version 2), readable with plain h5py:
 
     /train/logits      (N, C) float16 (or float32)   teacher logits, tau = 1        [contiguous]
+                       or int8 codes with /train/logits_scale and /train/logits_offset (N,) float32:
+                       logits = codes * scale + offset per row (quantized.py; schema version 3)
     /train/labels      (N,)   int64                  true labels
     /train/sample_id   (N,)   int64                  id of row i; row i is position i of train.beton
     /train/confidence  (N,)   float32                max softmax probability
@@ -17,6 +19,7 @@ Optional, written by `cache --views K` (see views.py), for the training split on
     /train/views/params        (N, K, P) int32    augmentation parameters of each view  [contiguous]
     /train/views/logits        (N, K, C) float16  teacher logits on each view, or with --topk k:
     /train/views/topk_values   (N, K, k) float16  the k largest logits of each view
+                               (int8 logits and top-k values: NAME_scale, NAME_offset (N, K) float32)
     /train/views/topk_indices  (N, K, k) int32    their class ids
     /train/views/fill          (N, K)    float32  the logit of every other class
                                or with --sample k:
@@ -53,11 +56,16 @@ from kdstore.method.curriculum import confidence_and_correct, curriculum, invers
 from kdstore.runtime.blocks import Blocks, LargeArray, release_pages, row_blocks
 from kdstore.runtime.hashing import sha256_file, sha256_stream
 from kdstore.store.file_rows import FileRows, remember
+from kdstore.store.quantized import SUFFIXES, Quantized, quantized_blocks
+from kdstore.store.quantized import problems as quantized_problems
 from kdstore.store.views import Views
 from kdstore.store.views import problems as view_problems
 from kdstore.store.views import value_problems as view_value_problems
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 2  # written for stores without int8 logits (readable by every kdstore since schema 2)
+INT8_SCHEMA_VERSION = 3  # schema 2 + int8 logits (NAME, NAME_scale, NAME_offset): older readers refuse it
+READABLE_SCHEMAS = (SCHEMA_VERSION, INT8_SCHEMA_VERSION)
+LOGITS_DTYPES = ("float32", "float16", "int8")
 MANIFEST = "MANIFEST.json"
 H5_NAME = "teacher.h5"
 BETONS = {"train": "train.beton", "val": "val.beton"}
@@ -195,8 +203,17 @@ def build_split(
     return split
 
 
-def _write_large(g, name: str, data: np.ndarray | Blocks, dtype: str | np.dtype) -> None:
-    """A contiguous, unfiltered dataset (mappable by readers), written one row block at a time."""
+def _write_large(g, name: str, data: LargeArray, dtype: str | np.dtype) -> None:
+    """A contiguous, unfiltered dataset (mappable by readers), written one row block at a time;
+    int8 logits as three: NAME (codes), NAME_scale and NAME_offset (quantized.py), quantised
+    here unless they already are."""
+    if (
+        np.dtype(dtype) == np.int8 and np.dtype(data.dtype) != np.int8
+    ):  # logits into int8 (a Quantized reads as float32)
+        quantized = data if isinstance(data, Quantized) else quantized_blocks(data)
+        for suffix, part in zip(SUFFIXES, quantized.parts):
+            _write_large(g, name + suffix, part, part.dtype)
+        return
     dset = g.create_dataset(name, shape=tuple(data.shape), dtype=np.dtype(dtype))
     blocks = data.read() if isinstance(data, Blocks) else (data[lo:hi] for lo, hi in row_blocks(data))
     row = 0
@@ -215,6 +232,9 @@ def write_teacher_h5(
     missing = [a for a in ROOT_ATTRS if a not in attrs]
     if missing:
         raise ValueError(f"missing store attributes: {missing}")
+    if logits_dtype not in LOGITS_DTYPES:
+        raise KdstoreError(f"logits dtype must be one of {', '.join(LOGITS_DTYPES)}, got {logits_dtype}")
+    attrs = {**attrs, "schema_version": INT8_SCHEMA_VERSION if logits_dtype == "int8" else SCHEMA_VERSION}
     with h5py.File(path, "w") as f:
         for key in sorted(attrs):  # one order, however the attributes were gathered (same store, same bytes)
             f.attrs[key] = attrs[key]
@@ -371,10 +391,10 @@ class Store:
                 )
             with h5py.File(mapped.file, "r") as f:
                 attrs = {k: _attr(v) for k, v in f.attrs.items()}
-                if attrs.get("schema_version") != SCHEMA_VERSION:
+                if attrs.get("schema_version") not in READABLE_SCHEMAS:
                     raise KdstoreError(
                         f"store {path} has schema version {attrs.get('schema_version')}, this kdstore reads "
-                        f"{SCHEMA_VERSION}: cache it again with `kdstore cache`"
+                        f"{' and '.join(map(str, READABLE_SCHEMAS))}: cache it again with `kdstore cache`"
                     )
                 splits = {name: _read_split(f, name, mapped, path) for name in SPLITS}
         except OSError as e:
@@ -417,6 +437,9 @@ class Store:
             for field in ("sample_id", "confidence", "correct"):
                 if getattr(s, field).shape != (n,):
                     raise KdstoreError(f"{where} {field} has shape {getattr(s, field).shape}, expected ({n},)")
+            found = quantized_problems(s.logits, f"{name}/logits", full)
+            if found:
+                raise KdstoreError(f"store {self.path}: {found[0]}")
             if full:
                 bad = 0
                 for lo, hi in row_blocks(s.logits):
@@ -467,9 +490,16 @@ def _read_split(f, name: str, mapped: _MappedH5, path: Path) -> Split:
             sample_tau=float(v.attrs.get("sample_tau", 0.0)),
             mix=_attr(v.attrs.get("mix", "")),
             mix_alpha=float(v.attrs.get("mix_alpha", 0.0)),
-            **{k: mapped.array(v[k]) for k in VIEW_ARRAYS if k in v},
+            **{k: _mapped_values(v, k, mapped) for k in VIEW_ARRAYS if k in v},
         )
-    return Split(logits=mapped.array(g["logits"]), **arrays, views=views)
+    return Split(logits=_mapped_values(g, "logits", mapped), **arrays, views=views)
+
+
+def _mapped_values(g, name: str, mapped: _MappedH5) -> LargeArray:
+    """A large dataset as a memory map; int8 logits with their scales and offsets as a Quantized."""
+    if f"{name}_scale" not in g:
+        return mapped.array(g[name])
+    return Quantized(*(mapped.array(g[name + suffix]) for suffix in SUFFIXES))
 
 
 def write_manifest(directory: Path, info: dict[str, Any]) -> None:

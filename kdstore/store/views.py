@@ -16,6 +16,7 @@ import torch
 
 from kdstore.data.augment import AUGMENTATIONS
 from kdstore.runtime.blocks import LargeArray, release_pages, row_blocks
+from kdstore.store.quantized import problems as quantized_problems
 
 
 @dataclass(kw_only=True)
@@ -27,7 +28,7 @@ class Views:
     params: LargeArray  # (N, K, P) int32
     # The arrays below are read-only memory maps in an opened store, and may be store.Blocks
     # (written block by block) in one being built.
-    logits: LargeArray | None = None  # (N, K, C) full logits (float16 or float32); None with top-k
+    logits: LargeArray | None = None  # (N, K, C) full logits (float16, float32 or quantized.Quantized); None with top-k
     topk_values: LargeArray | None = None  # (N, K, k) the k largest logits
     topk_indices: LargeArray | None = None  # (N, K, k) int32 their class ids
     fill: LargeArray | None = None  # (N, K) float32 logit of every class outside the top k
@@ -124,12 +125,18 @@ def problems(views: Views, n: int, num_classes: int, image_size: int) -> list[st
                 f"views top-k arrays have shapes {views.topk_values.shape}, {views.topk_indices.shape}, "
                 f"{views.fill.shape}"
             )
+    for name in ("logits", "topk_values"):
+        out += quantized_problems(getattr(views, name), f"views/{name}")
     return out
 
 
 def value_problems(views: Views, num_classes: int) -> list[str]:
     """Non-finite logits and class ids out of range, read block by block (arrays.row_blocks; the
     pages of each block are dropped before the next, so memory stays bounded)."""
+    for name in ("logits", "topk_values"):
+        found = quantized_problems(getattr(views, name), f"views/{name}", full=True)
+        if found:
+            return found
     large = [
         a for a in (views.logits, views.topk_values, views.topk_indices, views.fill, views.sample_ids) if a is not None
     ]

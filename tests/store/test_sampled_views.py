@@ -24,6 +24,7 @@ from kdstore.method.sparse_targets import (
     topk_compress,
     topk_expand,
 )
+from kdstore.store.quantized import stored_dtype
 from kdstore.store.store import Store, verify
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
@@ -71,14 +72,17 @@ def test_sampled_target_is_the_empirical_distribution_and_its_kd_gradient_is_unb
 
 def test_fidelity_table_bytes_and_bias():
     rows = fidelity(np.random.default_rng(0).normal(0, 3, (500, 100)).astype(np.float32), tau=4.0, topk=10, sample=32)
-    by = {r["storage"].split()[0]: r for r in rows}
+    by = {r["storage"].split()[-1] if r["storage"].startswith("full") else r["storage"].split()[0]: r for r in rows}
     assert (
-        by["full"]["bytes"] == 200
+        by["float32"]["bytes"] == 400
+        and by["float16"]["bytes"] == 200
+        and by["int8"]["bytes"] == 108 == bytes_per_view("logits", 0, 100, "int8")
         and by["top-10"]["bytes"] == 64 == bytes_per_view("topk", 10, 100)
         and by["32"]["bytes"] == 64
     )
-    assert by["full"]["bias"] == by["full"]["kl_view"] == 0.0 and by["32"]["bias"] == 0.0
-    assert by["top-10"]["bias"] > 0 and by["top-10"]["kl_view"] > 0 and by["32"]["kl_view"] > 0
+    assert by["float32"]["bias"] == by["float32"]["kl_view"] == 0.0 and by["32"]["bias"] == 0.0
+    assert 0 < by["float16"]["kl_view"] < by["int8"]["kl_view"] < 1e-3 < by["top-10"]["kl_view"]
+    assert by["top-10"]["bias"] > 0 and by["32"]["kl_view"] > 0
 
 
 @pytest.fixture(scope="module")
@@ -156,8 +160,13 @@ def test_sample_options_are_checked(tmp_path, synthetic_folder):
 
 
 @pytest.mark.slow
-# top-k takes the path of full logits in --add-views (the same concatenation of stored arrays)
-@pytest.mark.parametrize("storage", [{}, {"sample": 5, "sample_tau": 2.0}], ids=["logits", "sample"])
+# full logits take the path of top-k's indices and fill in --add-views (the same concatenation of
+# stored arrays); int8 top-k values join their codes, scales and offsets alike
+@pytest.mark.parametrize(
+    "storage",
+    [{"topk": 2, "logits_dtype": "int8"}, {"sample": 5, "sample_tau": 2.0}],
+    ids=["int8-topk", "sample"],
+)
 def test_add_views_is_byte_identical_to_a_fresh_cache_with_more_views(storage, tmp_path, synthetic_folder, monkeypatch):
     """Views go through the teacher 2 to a forward here, so growing 3 views to 5 rescored view 2
     with view 3 (dropping the stored one) and view 4 alone, as the fresh cache did."""
@@ -171,6 +180,10 @@ def test_add_views_is_byte_identical_to_a_fresh_cache_with_more_views(storage, t
     assert (tmp_path / "grown" / "teacher.h5").read_bytes() == (tmp_path / "fresh" / "teacher.h5").read_bytes()
     assert {n: (tmp_path / "grown" / n).stat().st_ino for n in betons} == betons  # hard-linked, not rewritten
     assert verify(tmp_path / "grown") == [] and Store.open(tmp_path / "grown").train.views.count == 5
+    grown = Store.open(tmp_path / "grown")
+    assert stored_dtype(grown.train.logits) == storage.get("logits_dtype", "float16")
+    if "topk" in storage:
+        assert stored_dtype(grown.train.views.topk_values) == "int8"
     assert not list(tmp_path.glob(".grown*"))  # no staging left behind
 
 

@@ -1,0 +1,107 @@
+"""int8 logits in a store: a Quantized array (codes, scales and offsets, method/int8.py) that
+reads as float32 logits, the datasets it is written as, and the checks `verify` runs on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kdstore.method.int8 import dequantize, quantize
+from kdstore.runtime.blocks import Blocks, LargeArray, release_pages, row_blocks
+
+SUFFIXES = ("", "_scale", "_offset")  # teacher.h5 datasets of one quantised array: NAME, NAME_scale, NAME_offset
+
+
+def _nbytes(array: LargeArray) -> int:
+    return int(np.prod(array.shape, dtype=np.int64)) * np.dtype(array.dtype).itemsize
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """A large array of int8 logits in a store: reads as float32 logits (`q[rows]` dequantises
+    the rows it reads), written and gathered part by part (store.Rows dequantises on the device
+    after the gather). Its parts are memory maps in an opened store, Blocks in one being written."""
+
+    codes: LargeArray  # (..., C) int8
+    scale: LargeArray  # (...) float32
+    offset: LargeArray  # (...) float32
+
+    stored_dtype = "int8"
+    dtype = np.dtype(np.float32)  # what a read returns
+
+    @property
+    def parts(self) -> tuple[LargeArray, LargeArray, LargeArray]:
+        return self.codes, self.scale, self.offset
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.codes.shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes stored (codes, scales and offsets)."""
+        return sum(_nbytes(p) for p in self.parts)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return dequantize(*(np.asarray(p[index]) for p in self.parts))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        parts = [np.asarray(p) for p in self.parts]
+        return dequantize(*parts).astype(dtype or np.float32, copy=False)
+
+
+def quantized_blocks(data: LargeArray) -> Quantized:
+    """Float logits (an array or Blocks) as a Quantized of Blocks, each part quantising the
+    source block by block as it is read (a merge or a rewrite into int8)."""
+    shape = tuple(data.shape)
+
+    def blocks():
+        if isinstance(data, Blocks):
+            yield from data.read()
+        else:
+            for lo, hi in row_blocks(data):
+                yield data[lo:hi]
+
+    def part(i: int):
+        return lambda: (quantize(block)[i] for block in blocks())
+
+    return Quantized(
+        Blocks(shape, np.dtype(np.int8), part(0)),
+        Blocks(shape[:-1], np.dtype(np.float32), part(1)),
+        Blocks(shape[:-1], np.dtype(np.float32), part(2)),
+    )
+
+
+def stored_dtype(array: LargeArray) -> str:
+    """How a store keeps a logits array: int8, float16 or float32."""
+    return str(getattr(array, "stored_dtype", None) or np.dtype(array.dtype).name)
+
+
+def problems(array: LargeArray, name: str, full: bool = False) -> list[str]:
+    """What is wrong with a quantised array's scales and offsets (none for other arrays): their
+    shape always; with `full`, finite values and scales >= 0, read block by block."""
+    if not isinstance(array, Quantized):
+        return []
+    rows = array.shape[:-1]
+    if array.scale.shape != rows or array.offset.shape != rows:
+        return [
+            f"{name}_scale and {name}_offset have shapes {array.scale.shape}, {array.offset.shape}, expected {rows}"
+        ]
+    if not full:
+        return []
+    for lo, hi in row_blocks(array.scale):
+        scale, offset = np.asarray(array.scale[lo:hi]), np.asarray(array.offset[lo:hi])
+        release_pages(array.scale)
+        release_pages(array.offset)
+        if not (np.isfinite(scale).all() and np.isfinite(offset).all() and (scale >= 0).all()):
+            return [f"{name}_scale or {name}_offset hold NaN, inf or negative scales (int8 logits cannot be read)"]
+    return []
