@@ -111,6 +111,12 @@ class CacheConfig:
         resume="free",
     )
     amp: bool = opt(True, "Run the teacher in bf16 (autocast) on CUDA; ignored on the CPU.", resume="recorded")
+    dry_run: bool = opt(
+        False,
+        "Print what the cache would cost (the store's size by part, its wall time from the teacher timed on a few "
+        "batches, the free space at --out) and write nothing; refused in one line when it cannot fit the disk.",
+        resume="free",
+    )
     progress: bool = opt(True, "Progress bars.", resume="free")
 
     @property

@@ -22,9 +22,11 @@ from kdstore.data.beton import make_loader, read_int_fields
 from kdstore.method.curriculum import confidence_and_correct
 from kdstore.method.int8 import quantize
 from kdstore.method.sparse_targets import draw_uniforms, sample_classes, topk_compress
+from kdstore.models.build import normalization
+from kdstore.models.teachers import Teacher
 from kdstore.runtime.blocks import Blocks, LargeArray
 from kdstore.runtime.console import images_progress
-from kdstore.runtime.precision import autocast, device_layout
+from kdstore.runtime.precision import autocast, device_layout, for_device
 from kdstore.runtime.transfer import download, upload
 from kdstore.store.mixes import Mixing
 from kdstore.store.quantized import SUFFIXES, Quantized
@@ -51,6 +53,20 @@ class ModelInput:
         """Logits (B, C) float32 of normalised images (B, 3, H, W) already on the device."""
         with autocast(self.device, self.amp):
             return self.model(device_layout(resize(x, self.input_size))).float()
+
+
+def teacher_input(teacher: Teacher, device: torch.device, amp: bool) -> ModelInput:
+    """The teacher on `device` (in its layout), given images as its passes give them."""
+    model = for_device(teacher.model, device)
+    mean, std = normalization(model)
+    return ModelInput(
+        model=model,
+        mean=torch.tensor(mean, device=device),
+        std=torch.tensor(std, device=device),
+        input_size=int(teacher.meta["input_size"]),
+        device=device,
+        amp=amp,
+    )
 
 
 # forward(images (B, H, W, 3) uint8, their .beton positions (B,)) -> named outputs, each (B, ...)

@@ -20,6 +20,7 @@ import torch
 
 from kdstore.cache.add_views import add_views
 from kdstore.cache.config import CacheConfig
+from kdstore.cache.estimate import Estimate, estimate, real_sizes, show, with_teacher
 from kdstore.cache.inference import (
     Forward,
     ModelInput,
@@ -31,6 +32,7 @@ from kdstore.cache.inference import (
     score_beton,
     stored_column,
     stored_outputs,
+    teacher_input,
     views_forward,
 )
 from kdstore.config import differing, with_policy, write_json
@@ -42,9 +44,8 @@ from kdstore.errors import KdstoreError
 from kdstore.models.build import normalization
 from kdstore.models.teachers import Teacher, load_teacher
 from kdstore.runtime import distributed
-from kdstore.runtime.console import console
+from kdstore.runtime.console import console, say
 from kdstore.runtime.devices import resolve_device
-from kdstore.runtime.precision import for_device
 from kdstore.store.mixes import MixedViews, Mixing, PartnerSource, mixed_views
 from kdstore.store.store import (
     BETONS,
@@ -118,8 +119,12 @@ class _Cache:
         return self.dataset.train if name == "train" else self.dataset.val
 
 
-def _start(cfg: CacheConfig, ctx: distributed.Context, device: torch.device, out: Path) -> _Cache:
-    """The dataset and the teacher (still on the host), and the staging directory (reopened by --resume)."""
+Inputs = tuple[ImageDataset, Teacher, int]  # the dataset, the teacher (on the host), the stored image size
+
+
+def _inputs(cfg: CacheConfig) -> Inputs:
+    """The dataset (its held-out part with --split-part holdout), the teacher (on the host) and
+    the stored image size."""
     assert cfg.dataset is not None  # validate(): --dataset, or --add-views (not here)
     dataset = load_dataset(cfg.dataset, Path(cfg.data_root) if cfg.data_root else None, cfg.image_size)
     image_size = int(dataset.train.get(0).shape[0])
@@ -133,6 +138,18 @@ def _start(cfg: CacheConfig, ctx: distributed.Context, device: torch.device, out
                 "out"
             )
         dataset.train = holdout(dataset.train, teacher.split)
+    return dataset, teacher, image_size
+
+
+def _start(
+    cfg: CacheConfig,
+    ctx: distributed.Context,
+    device: torch.device,
+    out: Path,
+    inputs: Inputs,
+) -> _Cache:
+    """The staging directory (reopened by --resume) for the dataset and teacher of `inputs`."""
+    dataset, teacher, image_size = inputs
     stage = staging_dir(out)
     state = {**_stage_state(cfg, teacher.meta, teacher.checkpoint_sha256, dataset), "processes": ctx.world}
     distributed.agree(ctx, "the cache's inputs", json.dumps(state, sort_keys=True))
@@ -157,20 +174,10 @@ def _write_betons(job: _Cache) -> None:
     distributed.barrier(job.ctx)
 
 
-def _passes(job: _Cache) -> tuple[dict[str, tuple[str, Forward]], MixedViews | None]:
+def _passes(job: _Cache, inp: ModelInput) -> tuple[dict[str, tuple[str, Forward]], MixedViews | None]:
     """Passes over the images: each split's clean images, then (--views K) K augmented views of
     every training image, drawn up front so that every rank and a resumed pass see the same."""
     cfg, device = job.cfg, job.device
-    model = for_device(job.teacher.model, device)
-    mean_t, std_t = normalization(model)
-    inp = ModelInput(
-        model=model,
-        mean=torch.tensor(mean_t, device=device),
-        std=torch.tensor(std_t, device=device),
-        input_size=int(job.teacher.meta["input_size"]),
-        device=device,
-        amp=cfg.amp,
-    )
     clean = clean_forward(inp)
     passes = {"train": ("train", clean), "val": ("val", clean)}
     if not cfg.views:
@@ -293,6 +300,40 @@ def _write_store(job: _Cache, splits: dict[str, Split], speed: dict[str, float])
     return attrs
 
 
+def _sizes(dataset: ImageDataset) -> tuple[int, int]:
+    return len(dataset.train), len(dataset.val)
+
+
+def _estimate(cfg: CacheConfig, device: torch.device, inputs: Inputs, setup_s: float, timed: bool) -> Estimate:
+    """The cache's estimate (estimate.py), printed; a cache that cannot fit the disk is refused.
+    `timed`: with the teacher timed here (a cache on CUDA times it once its .beton files are
+    written, so that FFCV's writer never forks a process that holds CUDA)."""
+    dataset, teacher, image_size = inputs
+    est = estimate(cfg, dataset, image_size, setup_s, teacher if timed else None, device)
+    show(
+        est,
+        f"{'dry run (nothing written)' if cfg.dry_run else 'estimate'}: {dataset.name} "
+        f"({len(dataset.train)}+{len(dataset.val)} images) through {teacher.meta['model']} on {device.type} "
+        f"into {cfg.out_path}",
+    )
+    refusal = est.refusal(cfg.out_path)
+    if refusal:
+        raise KdstoreError(refusal)
+    return est
+
+
+def dry_run(cfg: CacheConfig) -> Estimate:
+    """`cache --dry-run`: the estimate of the cache `cfg` asks for, with the teacher timed on its
+    device, and nothing written; refused in one line when it cannot fit the disk."""
+    out = cfg.out_path
+    if out.exists() and not cfg.overwrite:
+        raise KdstoreError(f"{out} already exists; pass --overwrite to replace it")
+    device = resolve_device(cfg.device)
+    t0 = time.perf_counter()
+    inputs = _inputs(cfg)
+    return _estimate(cfg, device, inputs, time.perf_counter() - t0, timed=True)
+
+
 def run(cfg: CacheConfig) -> Path:
     """Write the store; returns its path.
 
@@ -302,14 +343,26 @@ def run(cfg: CacheConfig) -> Path:
     cfg.validate()
     if cfg.add_views:
         return add_views(cfg)
+    if cfg.dry_run:
+        dry_run(cfg)
+        return cfg.out_path
     out = claim(cfg.out_path, cfg.overwrite)
     # Under torchrun, rank 0 writes the .beton files and the store; every rank scores a shard.
     ctx, device = distributed.init(resolve_device(cfg.device))
     t_start = time.perf_counter()
-    job = _start(cfg, ctx, device, out)
+    inputs = _inputs(cfg)
+    est = _estimate(cfg, device, inputs, time.perf_counter() - t_start, device.type != "cuda") if ctx.main else None
+    job = _start(cfg, ctx, device, out, inputs)
     try:
         _write_betons(job)
-        passes, mixed = _passes(job)
+        inp = teacher_input(job.teacher, device, cfg.amp)
+        if est is not None and "teacher" not in est.seconds:  # CUDA: timed now that the .beton files are written
+            est = with_teacher(est, inp, job.stage / BETONS["train"], cfg, job.image_size, _sizes(job.dataset))
+            say(
+                f"estimate: the teacher's passes {est.seconds['teacher'] + est.seconds.get('views', 0):,.1f} s, "
+                f"the whole cache {est.wall:,.1f} s ({est.teacher_images_per_s:,.0f} img/s)"
+            )
+        passes, mixed = _passes(job, inp)
         speed = _score(job, passes)
         if not ctx.main:
             return out
@@ -324,6 +377,8 @@ def run(cfg: CacheConfig) -> Path:
             shutil.rmtree(job.stage, ignore_errors=True)
         raise
     size = sum(p.stat().st_size for p in out.iterdir())
+    if est is not None:
+        show(est, f"store {out}: estimated and real", {**real_sizes(out), "seconds": time.perf_counter() - t_start})
     warning = near_chance(attrs.as_dict())
     if warning:
         console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
