@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from kdstore.cache.budget import parse_budget
 from kdstore.config import opt
 from kdstore.errors import KdstoreError
 from kdstore.models.build import STEMS
@@ -61,10 +62,9 @@ class CacheConfig:
     data_root: str | None = opt(
         help="Where torchvision datasets live (default ~/.cache/kdstore/data).", path=True, resume="free"
     )
-    logits_dtype: str = opt(
-        "float16",
-        "dtype of the stored logits (clean, views' and top-k values); int8: codes with a float32 scale and offset "
-        "per row, C + 8 bytes a row (README, 'int8 logits').",
+    logits_dtype: str | None = opt(
+        help="dtype of the stored logits (clean, views' and top-k values; default float16, or what --budget "
+        "chooses); int8: codes with a float32 scale and offset per row, C + 8 bytes a row (README, 'int8 logits').",
         choices=LOGITS_DTYPES,
         resume="recorded",
     )
@@ -117,6 +117,13 @@ class CacheConfig:
         "batches, the free space at --out) and write nothing; refused in one line when it cannot fit the disk.",
         resume="free",
     )
+    budget: str | None = opt(
+        help="A byte budget for the whole store (20GB, 1.5GiB) or per training sample (4KB/sample): the storage of "
+        "the logits (dtype, full, top-k or sampled, and k) that keeps the teacher's softmax best within it, measured "
+        "on the teacher's logits of a sample of training images; --views is lowered only if no storage fits; "
+        "--logits-dtype, --topk and --sample, when given, are kept.",
+        resume="recorded",
+    )
     progress: bool = opt(True, "Progress bars.", resume="free")
 
     @property
@@ -163,7 +170,9 @@ class CacheConfig:
             raise KdstoreError(f"--out {self.out} lies inside the store {inside}; put stores side by side")
         if self.input_size is not None and self.input_size < 8:
             raise KdstoreError(f"--input-size must be >= 8 pixels, got {self.input_size}")
-        if self.logits_dtype not in LOGITS_DTYPES:
+        if self.budget is not None:
+            parse_budget(self.budget)
+        if self.logits_dtype is not None and self.logits_dtype not in LOGITS_DTYPES:
             raise KdstoreError(f"--logits-dtype must be one of {', '.join(LOGITS_DTYPES)}, got {self.logits_dtype}")
         if self.teacher is None and self.checkpoint is None and not self.add_views:
             raise KdstoreError("name the teacher with --teacher (and/or give --checkpoint)")

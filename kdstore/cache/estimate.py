@@ -14,18 +14,22 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from rich.table import Table
 
+from kdstore.cache.budget import BUDGET_SAMPLE, Choice, Layout, parse_budget, plan, record
 from kdstore.cache.config import CacheConfig
 from kdstore.cache.inference import (
     ModelInput,
+    ScorePass,
     clean_forward,
     keep_views,
+    score_beton,
     teacher_input,
     views_forward,
     views_per_forward,
@@ -33,7 +37,6 @@ from kdstore.cache.inference import (
 from kdstore.data.augment import augmentation_for
 from kdstore.data.beton import JPEG_QUALITY, RAW_MAX_SIZE, beton_bytes, make_loader, threads, write_beton
 from kdstore.data.datasets import ImageDataset, ImageSplit
-from kdstore.method.sparse_targets import bytes_per_view
 from kdstore.models.teachers import Teacher
 from kdstore.runtime.console import console
 from kdstore.runtime.files import free_mib
@@ -56,7 +59,10 @@ class Estimate:
     seconds: dict[str, float]  # setup and estimate (measured), betons, teacher, views, finish
     staging: float  # bytes held beside the store until it is complete (the teacher's output chunks)
     free: float  # bytes free on --out's file system
+    image_bytes: float  # one image in a .beton (JPEG: the sample's mean)
     teacher_images_per_s: float = float("nan")
+    choices: dict[str, Any] = field(default_factory=dict)  # what --budget chose: logits_dtype, views, topk, sample
+    plan: str = ""  # --budget's plan as teacher.h5 records it (budget.record)
 
     @property
     def size(self) -> float:
@@ -146,25 +152,36 @@ def teacher_seconds(
     return out, 1 / per_image["teacher"]
 
 
+def layout(cfg: CacheConfig, dataset: ImageDataset, image_bytes: float, image_size: int) -> Layout:
+    """What the store's bytes are made of besides its storage of logits (budget.Layout)."""
+    n_train, n_val = len(dataset.train), len(dataset.val)
+    betons = beton_bytes(n_train, image_bytes, cfg.workers) + beton_bytes(n_val, image_bytes, cfg.workers)
+    params = draw_params(augmentation_for(image_size), 1, 1, image_size, 0).shape[-1]
+    return Layout(
+        fixed=betons + (n_train + n_val) * PER_SAMPLE_BYTES + n_train * ORDER_BYTES + H5_OVERHEAD,
+        clean_rows=n_train + n_val,
+        view_rows=n_train,
+        classes=dataset.num_classes,
+        per_view_extra=4 * params + {"none": 0, "mixup": 8, "cutmix": 24}[cfg.mix],  # partner, weight (and box)
+    )
+
+
 def store_bytes(cfg: CacheConfig, dataset: ImageDataset, image_bytes: float, image_size: int) -> dict[str, float]:
     """Bytes of each part of the store: the two .beton files, teacher.h5's clean logits and
     per-sample arrays, its views."""
-    c, n_train, n_val = dataset.num_classes, len(dataset.train), len(dataset.val)
-    clean = bytes_per_view("logits", 0, c, cfg.logits_dtype) + PER_SAMPLE_BYTES
+    n_train, n_val = len(dataset.train), len(dataset.val)
+    lay = layout(cfg, dataset, image_bytes, image_size)
+    storage, k, dtype = storage_of(cfg.topk, cfg.sample), cfg.topk or cfg.sample, cfg.logits_dtype or "float16"
+    logits = lay.bytes(0, storage, k, dtype)
     parts = {
         "train.beton": beton_bytes(n_train, image_bytes, cfg.workers),
         "val.beton": beton_bytes(n_val, image_bytes, cfg.workers),
-        "logits": float((n_train + n_val) * clean + n_train * ORDER_BYTES + H5_OVERHEAD),
-        "views": 0.0,
     }
-    if cfg.views:
-        params = draw_params(augmentation_for(image_size), 1, 1, image_size, 0).shape[-1]
-        mix = {"none": 0, "mixup": 8, "cutmix": 24}[cfg.mix]  # partner, weight (and box)
-        per_view = 4 * params + bytes_per_view(
-            storage_of(cfg.topk, cfg.sample), cfg.topk or cfg.sample, c, cfg.logits_dtype
-        )
-        parts["views"] = float(n_train * cfg.views * (per_view + mix))
-    return parts
+    return {
+        **parts,
+        "logits": logits - sum(parts.values()),
+        "views": lay.bytes(cfg.views, storage, k, dtype) - logits,
+    }
 
 
 def _hash_rate() -> float:
@@ -191,7 +208,7 @@ def estimate(
 
     per_image, image_bytes = image_cost(dataset.train)
     parts = store_bytes(cfg, dataset, image_bytes, image_size)
-    n = min(len(dataset.train), (TIMED_BATCHES + 1) * cfg.batch_size)
+    n = min(len(dataset.train), max((TIMED_BATCHES + 1) * cfg.batch_size, BUDGET_SAMPLE if cfg.budget else 0))
     with tempfile.TemporaryDirectory(prefix="kdstore-estimate-") as tmp:
         beton = Path(tmp) / "sample.beton"
         t0 = time.perf_counter()
@@ -206,23 +223,72 @@ def estimate(
             seconds=seconds,
             staging=parts["logits"] + parts["views"],
             free=free_mib(cfg.out_path) * 2**20,
+            image_bytes=image_bytes,
         )
         if teacher is not None:
-            inp = teacher_input(teacher, device, cfg.amp)
-            est = with_teacher(est, inp, beton, cfg, image_size, (len(dataset.train), len(dataset.val)))
+            est = with_teacher(est, teacher_input(teacher, device, cfg.amp), beton, cfg, dataset, image_size)
     return replace(est, seconds={**est.seconds, "estimate": time.perf_counter() - t_start})
 
 
 def with_teacher(
-    est: Estimate, inp: ModelInput, beton: Path, cfg: CacheConfig, image_size: int, sizes: tuple[int, int]
+    est: Estimate, inp: ModelInput, beton: Path, cfg: CacheConfig, dataset: ImageDataset, image_size: int
 ) -> Estimate:
-    """`est` with the teacher's passes timed on `beton`'s first images, and the final checks
-    (the time this takes is added to `estimate`: the cache spends it too)."""
+    """`est` with the teacher run on `beton`'s first images: with --budget, the plan (the
+    teacher's clean logits of BUDGET_SAMPLE images measure every candidate) and the sizes it
+    gives; the passes timed; the final checks. The time this takes is added to `estimate` (the
+    cache spends it too)."""
     t0 = time.perf_counter()
-    seconds, rate = teacher_seconds(inp, beton, cfg, image_size, *sizes)
+    if cfg.budget:
+        est = _planned(est, inp, beton, cfg, dataset, image_size)
+        cfg = replace(cfg, **est.choices)
+    seconds, rate = teacher_seconds(inp, beton, cfg, image_size, len(dataset.train), len(dataset.val))
     seconds["finish"] = CHECK_PASSES * est.size / _hash_rate()
     seconds["estimate"] = est.seconds.get("estimate", 0.0) + time.perf_counter() - t0
     return replace(est, seconds={**est.seconds, **seconds}, teacher_images_per_s=rate)
+
+
+def _planned(
+    est: Estimate, inp: ModelInput, beton: Path, cfg: CacheConfig, dataset: ImageDataset, image_size: int
+) -> Estimate:
+    """`est` with --budget's plan (budget.py), printed, and the sizes of the storage it chose."""
+    assert cfg.budget is not None
+    total, per_sample = parse_budget(cfg.budget)
+    budget = total * len(dataset.train) if per_sample else total
+    n = min(len(dataset.train), BUDGET_SAMPLE)
+    job = ScorePass(beton=beton, batch_size=cfg.batch_size, workers=cfg.workers, progress=False, positions=np.arange(n))
+    rows = score_beton(clean_forward(inp), replace(job, post=lambda out, labels: dict(out)))["logits"]
+    given = {"logits_dtype": cfg.logits_dtype, "topk": cfg.topk, "sample": cfg.sample}
+    chosen, candidates = plan(
+        layout(cfg, dataset, est.image_bytes, image_size), budget, cfg.views, given, rows, cfg.sample_tau
+    )
+    show_plan(cfg.budget, budget, chosen, candidates, len(rows), cfg.sample_tau)
+    choices: dict[str, Any] = {
+        "logits_dtype": chosen.dtype,
+        "views": chosen.views,
+        "topk": chosen.k if chosen.storage == "topk" else 0,
+        "sample": chosen.k if chosen.storage == "sample" else 0,
+    }
+    parts = store_bytes(replace(cfg, **choices), dataset, est.image_bytes, image_size)
+    return replace(
+        est,
+        parts=parts,
+        staging=parts["logits"] + parts["views"],
+        choices=choices,
+        plan=record(cfg.budget, chosen, candidates),
+    )
+
+
+def show_plan(text: str, budget: float, chosen: Choice, candidates: list[Choice], rows: int, tau: float) -> None:
+    """--budget's candidates as a table, the chosen one marked."""
+    table = Table(
+        title=f"--budget {text} ({_size(budget)}): storages that fit, measured on the teacher's logits of {rows} "
+        f"training images at τ = {tau:g}"
+    )
+    for col in ("", "storage", "store", "KL(stored ‖ full), one view"):
+        table.add_column(col, justify="left" if col in ("", "storage") else "right")
+    for c in sorted(candidates, key=lambda c: (c.kl, c.bytes)):
+        table.add_row("→" if c == chosen else "", c.describe(), _size(c.bytes), f"{c.kl:.2g}")
+    console.print(table)
 
 
 def show(est: Estimate, title: str, real: dict[str, float] | None = None) -> None:

@@ -5,6 +5,7 @@ manifest has been written, so --out holds either the previous complete store or 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -111,6 +112,7 @@ class _Cache:
     dataset: ImageDataset
     teacher: Teacher
     image_size: int
+    plan: str = ""  # --budget's plan, recorded in teacher.h5 (budget.record)
 
     def chunk_dir(self, pass_name: str, rank: int) -> Path:
         return self.stage / f"chunks-{pass_name}-r{rank}of{self.ctx.world}"
@@ -209,7 +211,7 @@ def _score(job: _Cache, passes: dict[str, tuple[str, Forward]]) -> dict[str, flo
             progress=cfg.progress and ctx.main,
             chunk_dir=job.chunk_dir(pass_name, ctx.rank),
             positions=np.arange(lo, hi),
-            post=stored_outputs(cfg.logits_dtype),
+            post=stored_outputs(cfg.logits_dtype or "float16"),
             chunk_samples=CHUNK_SAMPLES,
         )
         speed[pass_name] = score_beton(forward, job_pass)["images_per_s"] * ctx.world
@@ -283,8 +285,9 @@ def _write_store(job: _Cache, splits: dict[str, Split], speed: dict[str, float])
         parts = [fingerprint_beton(stage / BETONS[name]) for name in ("train", "val")]
     fingerprint = hashlib.sha256("".join(parts).encode()).hexdigest()
     attrs = _attrs(job, splits, fingerprint)
+    extra = {"budget_plan": job.plan} if job.plan else {}
     with console.status(f"writing {H5_NAME}"):
-        write_teacher_h5(stage / H5_NAME, splits, attrs.as_dict(), job.cfg.logits_dtype)
+        write_teacher_h5(stage / H5_NAME, splits, {**attrs.as_dict(), **extra}, job.cfg.logits_dtype or "float16")
     (stage / "cache-state.json").unlink()  # first: a kill from here on restarts cleanly instead of resuming
     for leftover in stage.glob("chunks-*"):
         shutil.rmtree(leftover, ignore_errors=True)
@@ -298,10 +301,6 @@ def _write_store(job: _Cache, splits: dict[str, Split], speed: dict[str, float])
         },
     )
     return attrs
-
-
-def _sizes(dataset: ImageDataset) -> tuple[int, int]:
-    return len(dataset.train), len(dataset.val)
 
 
 def _estimate(cfg: CacheConfig, device: torch.device, inputs: Inputs, setup_s: float, timed: bool) -> Estimate:
@@ -343,6 +342,8 @@ def run(cfg: CacheConfig) -> Path:
     cfg.validate()
     if cfg.add_views:
         return add_views(cfg)
+    if not cfg.budget:
+        cfg = dataclasses.replace(cfg, logits_dtype=cfg.logits_dtype or "float16")
     if cfg.dry_run:
         dry_run(cfg)
         return cfg.out_path
@@ -351,13 +352,24 @@ def run(cfg: CacheConfig) -> Path:
     ctx, device = distributed.init(resolve_device(cfg.device))
     t_start = time.perf_counter()
     inputs = _inputs(cfg)
+    if cfg.budget and ctx.world > 1:
+        raise KdstoreError(
+            "--budget plans in one process: run `kdstore cache --budget ... --dry-run` and give the storage it chose "
+            "(--logits-dtype, --topk or --sample, --views) to the cache under torchrun"
+        )
     est = _estimate(cfg, device, inputs, time.perf_counter() - t_start, device.type != "cuda") if ctx.main else None
+    cfg = dataclasses.replace(cfg, **est.choices) if est is not None else cfg
     job = _start(cfg, ctx, device, out, inputs)
+    job.plan = est.plan if est is not None else ""
     try:
         _write_betons(job)
         inp = teacher_input(job.teacher, device, cfg.amp)
         if est is not None and "teacher" not in est.seconds:  # CUDA: timed now that the .beton files are written
-            est = with_teacher(est, inp, job.stage / BETONS["train"], cfg, job.image_size, _sizes(job.dataset))
+            est = with_teacher(est, inp, job.stage / BETONS["train"], cfg, job.dataset, job.image_size)
+            job.cfg, job.plan = dataclasses.replace(cfg, **est.choices), est.plan
+            refusal = est.refusal(out)
+            if refusal:
+                raise KdstoreError(refusal)
             say(
                 f"estimate: the teacher's passes {est.seconds['teacher'] + est.seconds.get('views', 0):,.1f} s, "
                 f"the whole cache {est.wall:,.1f} s ({est.teacher_images_per_s:,.0f} img/s)"

@@ -14,6 +14,7 @@ the same ids."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -27,11 +28,13 @@ def topk_compress(logits: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
     """(..., C) logits -> top-k values (..., k), their class ids (..., k) and the fill logit (...)
     with sum over the other classes of exp(fill - lse) = their true probability mass."""
     c = logits.shape[-1]
-    values, indices = torch.topk(logits.float(), k, dim=-1)
-    lse = torch.logsumexp(logits.float(), dim=-1)
-    kept = torch.exp(values - lse[..., None]).sum(-1)
-    rest = (1.0 - kept).clamp(min=1e-30)
-    fill = lse + torch.log(rest / (c - k))
+    z = logits.float()
+    values, indices = torch.topk(z, k, dim=-1)
+    lse = torch.logsumexp(z, dim=-1)
+    # the other classes' mass summed directly (1 - kept cancels in float32: a confident teacher's
+    # tail came out ~1e-7 instead of e^-40, and at tau = 4 the fill then took a large share), floored at 1e-30
+    log_rest = torch.logsumexp(z.scatter(-1, indices, float("-inf")), dim=-1) - lse
+    fill = lse + log_rest.clamp(min=math.log(1e-30)) - math.log(c - k)
     return {"topk_values": values, "topk_indices": indices.to(torch.int32), "fill": fill}
 
 
@@ -185,3 +188,24 @@ def fidelity(
             "bias": 0.0,
         },
     ]
+
+
+def view_kl(logits: np.ndarray, tau: float, storage: str, k: int, dtype: str, seed: int = 0) -> float:
+    """Mean KL(stored || full) at `tau` of one view kept as `storage` (full logits in `dtype`,
+    top-k with `dtype` values and a float32 fill, or k sampled ids at `tau`), measured on rows of
+    full logits (R, C) exactly as a store keeps them: top-k is taken of the logits and their fill
+    set at tau = 1, then the expanded row is divided by tau, as `train` replays it."""
+    log_p = _log_softmax(logits.astype(np.float64) / tau)
+    c = logits.shape[1]
+    if storage == "sample":
+        uniforms = draw_uniforms(seed, np.arange(len(logits)), np.zeros(1), k)
+        q = empirical(sample_classes(torch.from_numpy(logits)[:, None], uniforms, tau)[:, 0], c, torch.float64).numpy()
+        return float(_kl(q, np.log(np.where(q > 0, q, 1.0)), log_p).mean())
+    if storage == "topk":
+        top = topk_compress(torch.from_numpy(logits.astype(np.float32)), k)
+        values = torch.from_numpy(stored_as(top["topk_values"].numpy(), dtype))
+        stored = topk_expand(values, top["topk_indices"], top["fill"], c).double().numpy()
+    else:
+        stored = stored_as(logits, dtype).astype(np.float64)
+    log_s = _log_softmax(stored / tau)
+    return float(_kl(np.exp(log_s), log_s, log_p).mean())
