@@ -102,13 +102,16 @@ def image_cost(split: ImageSplit, n: int = SAMPLE_IMAGES) -> tuple[float, float]
     n = min(n, len(split))
     t0, sizes = time.perf_counter(), []
     for i in range(n):
-        image = split.get(i)
+        try:
+            image = split.get(i)
+        except Exception:  # noqa: BLE001 - an unreadable image is named by the .beton writer, in one line
+            continue
         if image.shape[0] <= RAW_MAX_SIZE:
             sizes.append(image.nbytes)
         else:
             ok, encoded = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             sizes.append(len(encoded))
-    return (time.perf_counter() - t0) / max(n, 1), float(np.mean(sizes))
+    return (time.perf_counter() - t0) / max(n, 1), float(np.mean(sizes)) if sizes else 0.0
 
 
 def teacher_seconds(

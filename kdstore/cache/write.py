@@ -350,13 +350,13 @@ def run(cfg: CacheConfig) -> Path:
     out = claim(cfg.out_path, cfg.overwrite)
     # Under torchrun, rank 0 writes the .beton files and the store; every rank scores a shard.
     ctx, device = distributed.init(resolve_device(cfg.device))
-    t_start = time.perf_counter()
-    inputs = _inputs(cfg)
     if cfg.budget and ctx.world > 1:
         raise KdstoreError(
             "--budget plans in one process: run `kdstore cache --budget ... --dry-run` and give the storage it chose "
             "(--logits-dtype, --topk or --sample, --views) to the cache under torchrun"
         )
+    t_start = time.perf_counter()
+    inputs = _inputs(cfg)
     est = _estimate(cfg, device, inputs, time.perf_counter() - t_start, device.type != "cuda") if ctx.main else None
     cfg = dataclasses.replace(cfg, **est.choices) if est is not None else cfg
     job = _start(cfg, ctx, device, out, inputs)
@@ -365,15 +365,7 @@ def run(cfg: CacheConfig) -> Path:
         _write_betons(job)
         inp = teacher_input(job.teacher, device, cfg.amp)
         if est is not None and "teacher" not in est.seconds:  # CUDA: timed now that the .beton files are written
-            est = with_teacher(est, inp, job.stage / BETONS["train"], cfg, job.dataset, job.image_size)
-            job.cfg, job.plan = dataclasses.replace(cfg, **est.choices), est.plan
-            refusal = est.refusal(out)
-            if refusal:
-                raise KdstoreError(refusal)
-            say(
-                f"estimate: the teacher's passes {est.seconds['teacher'] + est.seconds.get('views', 0):,.1f} s, "
-                f"the whole cache {est.wall:,.1f} s ({est.teacher_images_per_s:,.0f} img/s)"
-            )
+            est = _timed_now(job, est, inp)
         passes, mixed = _passes(job, inp)
         speed = _score(job, passes)
         if not ctx.main:
@@ -388,17 +380,35 @@ def run(cfg: CacheConfig) -> Path:
         if ctx.main:
             shutil.rmtree(job.stage, ignore_errors=True)
         raise
+    _report(out, attrs, splits, est, time.perf_counter() - t_start)
+    return out
+
+
+def _timed_now(job: _Cache, est: Estimate, inp: ModelInput) -> Estimate:
+    """A cache on CUDA: the teacher timed (and --budget planned) on the .beton files just written."""
+    est = with_teacher(est, inp, job.stage / BETONS["train"], job.cfg, job.dataset, job.image_size)
+    job.cfg, job.plan = dataclasses.replace(job.cfg, **est.choices), est.plan
+    refusal = est.refusal(job.out)
+    if refusal:
+        raise KdstoreError(refusal)
+    say(
+        f"estimate: the teacher's passes {est.seconds['teacher'] + est.seconds.get('views', 0):,.1f} s, "
+        f"the whole cache {est.wall:,.1f} s ({est.teacher_images_per_s:,.0f} img/s)"
+    )
+    return est
+
+
+def _report(out: Path, attrs: StoreAttrs, splits: dict[str, Split], est: Estimate | None, seconds: float) -> None:
+    """The real figures beside the estimate, then the store's one line."""
     size = sum(p.stat().st_size for p in out.iterdir())
     if est is not None:
-        show(est, f"store {out}: estimated and real", {**real_sizes(out), "seconds": time.perf_counter() - t_start})
+        show(est, f"store {out}: estimated and real", {**real_sizes(out), "seconds": seconds})
     warning = near_chance(attrs.as_dict())
     if warning:
         console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
     console.print(
         f"[bold]store[/] {out}: teacher {attrs.teacher} train acc {attrs.teacher_train_acc:.2%}, val acc "
         f"{attrs.teacher_val_acc:.2%}; "
-        f"{len(splits['train'])}+{len(splits['val'])} images, {size / 2**20:.1f} MiB, "
-        f"{time.perf_counter() - t_start:.1f} s",
+        f"{len(splits['train'])}+{len(splits['val'])} images, {size / 2**20:.1f} MiB, {seconds:.1f} s",
         soft_wrap=True,
     )
-    return out

@@ -112,6 +112,12 @@ def merge_views(stores: list[Store]) -> Views | None:
     )
 
 
+def _shared_dtype(stores: list[Store]) -> str:
+    """The stores' logits dtype when they share one, else float16."""
+    kept = {stored_dtype(s.train.logits) for s in stores}
+    return kept.pop() if len(kept) == 1 else "float16"
+
+
 @dataclass(frozen=True, kw_only=True)
 class MergeConfig:
     stores: tuple[str, ...] = ()  # the stores to merge (the command's arguments)
@@ -126,13 +132,7 @@ class MergeConfig:
 
 def run(cfg: MergeConfig) -> Path:
     """Write the merged store to cfg.out (atomically, like `cache`); returns its path."""
-    paths, out, confidence, logits_dtype, overwrite = (
-        list(cfg.stores),
-        cfg.out,
-        cfg.confidence,
-        cfg.logits_dtype,
-        cfg.overwrite,
-    )
+    paths, out, confidence, overwrite = list(cfg.stores), cfg.out, cfg.confidence, cfg.overwrite
     if len(paths) < 2:
         raise KdstoreError("merge needs at least two stores")
     if confidence != "mean" and not (confidence.isdigit() and int(confidence) < len(paths)):
@@ -140,9 +140,7 @@ def run(cfg: MergeConfig) -> Path:
     out_path = claim(out, overwrite)
     stores = [Store.open(p) for p in paths]
     _check_compatible(stores)
-    if logits_dtype is None:
-        kept = {stored_dtype(s.train.logits) for s in stores}
-        logits_dtype = kept.pop() if len(kept) == 1 else "float16"
+    logits_dtype = cfg.logits_dtype or _shared_dtype(stores)
     first = stores[0]
     splits = {name: merge_split([getattr(s, name) for s in stores], confidence, name == "train") for name in SPLITS}
     splits["train"].views = merge_views(stores)

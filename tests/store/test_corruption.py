@@ -19,6 +19,7 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
+from kdstore.cache import estimate as estimate_mod
 from kdstore.cache import write as cache
 from kdstore.cache.config import CacheConfig
 from kdstore.cli.main import cli
@@ -328,13 +329,16 @@ def test_train_verify_option_and_one_store_file_held(two_digit_stores, tmp_path)
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
-    """A cache onto a 3 MB filesystem: FFCV's writer dies of it, the error names the full disk."""
+    """A cache onto a 3 MB filesystem: FFCV's writer dies of it, the error names the full disk.
+    (The cache's estimate refuses such a cache before it writes, tests/cache/test_estimate.py;
+    here it is told the disk is large, so that the writer meets the full disk itself.)"""
     small = tmp_path / "small"
     small.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(small)], capture_output=True).returncode:
         pytest.skip("this machine does not let the tests mount a small tmpfs")
     try:
         monkeypatch.setattr(ffcv_files, "WRITER_STALL_S", 3.0)
+        monkeypatch.setattr(estimate_mod, "free_mib", lambda path: 1e6)
         with pytest.raises(KdstoreError, match="disk holding .* MiB free"):
             cache.run(
                 CacheConfig(
