@@ -4,6 +4,7 @@ alternating float16 / int8 each round; and the teacher-row gather alone (store.R
 512 random rows, as `train` gathers them), for 10 classes and for rows tiled to 1,000.
 
     .venv/bin/python benchmarks/int8_speed.py [--rounds 4] [--epochs 3]
+    .venv/bin/python benchmarks/int8_speed.py --only-data-path --json benchmarks/results/int8_data_path.json
 
 Results: benchmarks/results/int8_speed.json."""
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from common import WORK, machine_record
 
+from kdstore import StoreLoader
 from kdstore.method.int8 import quantize
 from kdstore.store.file_rows import FileRows, remember
 from kdstore.store.quantized import Quantized
@@ -74,13 +76,35 @@ def gathers(classes: int, n: int = 200_000) -> dict[str, float]:
     return out
 
 
+def data_path(rounds: int = 6) -> dict[str, list[float]]:
+    """Images/s of the loader alone (StoreLoader epochs, `kd`, batch 128, no model), alternating."""
+    loaders = {d: StoreLoader(ROOT / f"store-{d}", variant="kd", batch_size=128) for d in ("float16", "int8")}
+    out: dict[str, list[float]] = {d: [] for d in loaders}
+    for r in range(rounds):
+        for d in ("float16", "int8") if r % 2 == 0 else ("int8", "float16"):
+            t0, n = time.perf_counter(), 0
+            for batch in loaders[d]:
+                n += len(batch.labels)
+                batch.target.logits.sum()
+            out[d].append(n / (time.perf_counter() - t0))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--only-data-path", action="store_true", help="only the loader's data path (no training)")
     p.add_argument("--json", default=str(HERE / "results" / "int8_speed.json"))
     args = p.parse_args()
     load_before = os.getloadavg()
+    if args.only_data_path:
+        path = data_path()
+        result = {"data_path_images_per_s": path, "median": {k: float(np.median(v)) for k, v in path.items()}}
+        result.update(machine_record(load_before), command=" ".join(sys.argv))
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=1))
+        return
     speed: dict[str, list[float]] = {"float16": [], "int8": []}
     for r in range(args.rounds):
         for dtype in ("float16", "int8") if r % 2 == 0 else ("int8", "float16"):

@@ -157,6 +157,10 @@ class CacheConfig:
     def validate(self) -> None:
         if (self.dataset is None) == (self.add_views is None):
             raise KdstoreError("give --dataset (a new store) or --add-views STORE (more views for it)")
+        if self.add_views and (self.budget or self.dry_run):
+            raise KdstoreError(
+                "--budget and --dry-run apply to a new cache, not to --add-views (it keeps the store's storage)"
+            )
         if self.add_views and not self.views:
             raise KdstoreError("--add-views STORE needs --views K, the number of views the store should have")
         if self.batch_size < 1:

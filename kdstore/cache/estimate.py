@@ -44,7 +44,7 @@ from kdstore.store.store import BETONS, H5_NAME
 from kdstore.store.views import draw_params, storage_of
 
 SAMPLE_IMAGES = 64  # images read and encoded to time the .beton writes (and to size JPEG images)
-TIMED_BATCHES = 3  # teacher batches timed after the first
+TIMED_BATCHES = 2  # teacher batches timed after the first
 H5_OVERHEAD = 64 << 10  # HDF5's own structures in teacher.h5 (B-trees, attributes), about
 PER_SAMPLE_BYTES = 8 + 8 + 4 + 1  # labels, sample_id, confidence, correct (each split)
 ORDER_BYTES = 8 + 8  # curriculum, inverse (training split)

@@ -207,9 +207,8 @@ def _write_large(g, name: str, data: LargeArray, dtype: str | np.dtype) -> None:
     """A contiguous, unfiltered dataset (mappable by readers), written one row block at a time;
     int8 logits as three: NAME (codes), NAME_scale and NAME_offset (quantized.py), quantised
     here unless they already are."""
-    if (
-        np.dtype(dtype) == np.int8 and np.dtype(data.dtype) != np.int8
-    ):  # logits into int8 (a Quantized reads as float32)
+    # float logits into int8 (a Quantized reads as float32; its int8 codes are written as they are)
+    if np.dtype(dtype) == np.int8 and np.dtype(data.dtype) != np.int8:
         quantized = data if isinstance(data, Quantized) else quantized_blocks(data)
         for suffix, part in zip(SUFFIXES, quantized.parts):
             _write_large(g, name + suffix, part, part.dtype)

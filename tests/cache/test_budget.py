@@ -33,6 +33,10 @@ def test_budgets_are_read_in_decimal_and_binary_units_and_per_sample():
     for bad in ("lots", "-3GB", "3XB", "0"):
         with pytest.raises(KdstoreError, match="--budget"):
             parse_budget(bad)
+    with pytest.raises(KdstoreError, match="--budget"):
+        CacheConfig(dataset="digits", checkpoint="t.pt", budget="20 furlongs").validate()
+    with pytest.raises(KdstoreError, match="not to --add-views"):
+        CacheConfig(add_views="stores/s", views=4, budget="1GB").validate()
 
 
 def test_a_teacher_sure_of_two_classes_is_kept_whole_by_top_2():
