@@ -3,7 +3,8 @@
 A budget (the whole store, or bytes per training sample) leaves, after the .beton files and the
 per-sample arrays, so many bytes for logits. Every storage that fits is a candidate: full logits
 in float32, float16 or int8, top-k with the largest k that fits (float16 or int8 values), k
-sampled ids with the largest k that fits; each is measured on the teacher's own clean logits of
+sampled ids with the largest k that fits (up to an int8 row's bytes, beyond which full int8
+logits keep more for less); each is measured on the teacher's own clean logits of
 a sample of training images (sparse_targets.view_kl: the mean KL(stored || full) of one view at
 the KD temperature, --sample-tau) and the most faithful one is chosen (fewer bytes on a tie).
 The views count is what --views asks for: more views are more augmentation, which the KL does
@@ -57,7 +58,14 @@ class Layout:
         clean = self.clean_rows * bytes_per_view("logits", 0, self.classes, dtype)
         per_view = (budget - self.fixed - clean) / max(1, self.view_rows * views) - self.per_view_extra
         k = at_bytes(storage, int(per_view), self.classes, dtype)
-        return max(0, min(k, self.classes - 1 if storage == "topk" else MAX_SAMPLE))
+        return max(0, min(k, self.classes - 1 if storage == "topk" else self.max_sample))
+
+    @property
+    def max_sample(self) -> int:
+        """The most sampled ids a plan offers: no more bytes than an int8 row, which keeps more for less."""
+        return min(
+            MAX_SAMPLE, bytes_per_view("logits", 0, self.classes, "int8") // bytes_per_view("sample", 1, self.classes)
+        )
 
 
 @dataclass(frozen=True)

@@ -360,7 +360,7 @@ def run(cfg: CacheConfig) -> Path:
     est = _estimate(cfg, device, inputs, time.perf_counter() - t_start, device.type != "cuda") if ctx.main else None
     cfg = dataclasses.replace(cfg, **est.choices) if est is not None else cfg
     job = _start(cfg, ctx, device, out, inputs)
-    job.plan = est.plan if est is not None else ""
+    _keep_plan(job, est.plan if est is not None else "")
     try:
         _write_betons(job)
         inp = teacher_input(job.teacher, device, cfg.amp)
@@ -384,10 +384,26 @@ def run(cfg: CacheConfig) -> Path:
     return out
 
 
+def _keep_plan(job: _Cache, plan: str) -> None:
+    """--budget's plan, kept in the staging directory: a resumed cache whose plan came out
+    otherwise (its teacher outputs flushed in another storage) is refused."""
+    job.plan = plan
+    if not plan:
+        return
+    kept = job.stage / "budget-plan.json"
+    if kept.is_file() and json.loads(kept.read_text())["chosen"] != json.loads(plan)["chosen"]:
+        raise KdstoreError(
+            f"--resume: --budget chose another storage than the partial cache at {job.stage} was flushed in; "
+            "rerun without --resume"
+        )
+    kept.write_text(plan)
+
+
 def _timed_now(job: _Cache, est: Estimate, inp: ModelInput) -> Estimate:
     """A cache on CUDA: the teacher timed (and --budget planned) on the .beton files just written."""
     est = with_teacher(est, inp, job.stage / BETONS["train"], job.cfg, job.dataset, job.image_size)
-    job.cfg, job.plan = dataclasses.replace(job.cfg, **est.choices), est.plan
+    job.cfg = dataclasses.replace(job.cfg, **est.choices)
+    _keep_plan(job, est.plan)
     refusal = est.refusal(job.out)
     if refusal:
         raise KdstoreError(refusal)
