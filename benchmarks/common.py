@@ -35,31 +35,40 @@ def cifar10_subset(train_per_class: int, test_per_class: int) -> Path:
     return root
 
 
-def teacher_and_store(
-    root: Path, spec: str, model: str, epochs: int, seed: int = 0, views: int = 0
-) -> tuple[Path, float, float]:
-    """Train `model` with `kdstore teacher` under root/teacher and cache it to root/store (each
-    once: finished steps are reused). Returns the store path and the seconds each step took now."""
-    t0 = time.perf_counter()
+def train_teacher(root: Path, spec: str, model: str, epochs: int, seed: int = 0, progress: bool = True) -> Path:
+    """Train `model` with `kdstore teacher` under root/teacher, once (a finished run is reused);
+    returns its checkpoint."""
     if not (root / "teacher" / "summary.json").is_file():
         teacher.run(
             TeacherConfig(
                 model=model,
                 dataset=spec,
                 training=TrainConfig(
-                    out=str(root / "teacher"), epochs=epochs, batch_size=128, lr=0.1, seed=seed, overwrite=True
+                    out=str(root / "teacher"),
+                    epochs=epochs,
+                    batch_size=128,
+                    lr=0.1,
+                    seed=seed,
+                    overwrite=True,
+                    progress=progress,
                 ),
             )
         )
+    return root / "teacher" / "checkpoint.pt"
+
+
+def teacher_and_store(
+    root: Path, spec: str, model: str, epochs: int, seed: int = 0, views: int = 0
+) -> tuple[Path, float, float]:
+    """Train `model` with `kdstore teacher` under root/teacher and cache it to root/store (each
+    once: finished steps are reused). Returns the store path and the seconds each step took now."""
+    t0 = time.perf_counter()
+    checkpoint = train_teacher(root, spec, model, epochs, seed)
     teacher_s = time.perf_counter() - t0
     store = root / "store"
     t0 = time.perf_counter()
     if not (store / "MANIFEST.json").is_file():
-        cache.run(
-            CacheConfig(
-                dataset=spec, out=str(store), checkpoint=str(root / "teacher" / "checkpoint.pt"), overwrite=True
-            )
-        )
+        cache.run(CacheConfig(dataset=spec, out=str(store), checkpoint=str(checkpoint), overwrite=True))
     return store, teacher_s, time.perf_counter() - t0
 
 

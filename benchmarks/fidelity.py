@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from common import WORK, cifar10_subset
+from common import WORK, cifar10_subset, train_teacher
 
 from kdstore.cache import write as cache
 from kdstore.cache.config import CacheConfig
@@ -29,9 +29,7 @@ from kdstore.method.sparse_targets import at_bytes, bytes_per_view
 from kdstore.report.tables import t_critical_95
 from kdstore.store.store import Store
 from kdstore.train import loop as train
-from kdstore.train import teacher
 from kdstore.train.config import TrainConfig
-from kdstore.train.teacher import TeacherConfig
 
 
 def _views_bytes(store: Path) -> float:
@@ -70,22 +68,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     spec = f"imagefolder:{cifar10_subset(args.train_per_class, args.test_per_class)}"
     root = WORK / f"fidelity-{args.train_per_class}-{args.test_per_class}-t{args.teacher_epochs}"
-    if not (root / "teacher" / "summary.json").is_file():
-        teacher.run(
-            TeacherConfig(
-                model="cifar_resnet20",
-                dataset=spec,
-                training=TrainConfig(
-                    out=str(root / "teacher"),
-                    epochs=args.teacher_epochs,
-                    batch_size=128,
-                    lr=0.1,
-                    overwrite=True,
-                    progress=False,
-                ),
-            )
-        )
-    checkpoint = str(root / "teacher" / "checkpoint.pt")
+    checkpoint = str(train_teacher(root, spec, "cifar_resnet20", args.teacher_epochs, progress=False))
     sample = at_bytes("sample", bytes_per_view("topk", args.topk, 10), 10)  # sampled ids at top-k's bytes
     stores = {
         "full-logit views": {"views": args.views},

@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from common import WORK, cifar10_subset, machine_record
+from common import WORK, cifar10_subset, machine_record, train_teacher
 from fidelity import paired
 
 from kdstore.cache import write as cache
@@ -33,9 +33,7 @@ from kdstore.cache.config import CacheConfig
 from kdstore.method.sparse_targets import bytes_per_view, view_kl
 from kdstore.store.store import Store
 from kdstore.train import loop as train
-from kdstore.train import teacher
 from kdstore.train.config import TrainConfig
-from kdstore.train.teacher import TeacherConfig
 
 HERE = Path(__file__).resolve().parent
 STORAGES = {  # name: (storage, k, dtype)
@@ -98,17 +96,7 @@ def main() -> None:
     load_before = os.getloadavg()
     spec = f"imagefolder:{cifar10_subset(args.train_per_class, args.test_per_class)}"
     root = WORK / f"bytes-{args.train_per_class}-{args.test_per_class}-t{args.teacher_epochs}"
-    if not (root / "teacher" / "summary.json").is_file():
-        teacher.run(
-            TeacherConfig(
-                model="cifar_resnet20",
-                dataset=spec,
-                training=TrainConfig(
-                    out=str(root / "teacher"), epochs=args.teacher_epochs, batch_size=128, lr=0.1, overwrite=True
-                ),
-            )
-        )
-    checkpoint = str(root / "teacher" / "checkpoint.pt")
+    checkpoint = str(train_teacher(root, spec, "cifar_resnet20", args.teacher_epochs))
     base = CacheConfig(dataset=spec, checkpoint=checkpoint, overwrite=True, progress=False)
     stores = {}
     for dtype in ("float32", "float16", "int8"):

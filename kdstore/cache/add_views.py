@@ -1,11 +1,12 @@
 """`kdstore cache --add-views STORE --views K2`: extend a store's views to K2 without scoring
 the first K again.
 Views are drawn view by view from their seed (views.draw_params) and sampled ids are hashed per
-(position, view, draw), so the first K views of a K2-view store are the K-view store's: only
-views K..K2-1 are stored (the teacher's forward that holds view K also holds the views of its
-group before it, inference.views_per_forward, as in a fresh cache), with the store's own augmentation,
-seed and storage (logits, top-k or
-sampled), and the result is byte-identical to a fresh cache with K2 views (tested). The store is
+(position, view, draw), so the first K views of a K2-view store are the K-view store's: the
+teacher scores views F..K2-1, where F is the first view of the forward group that holds view K
+(inference.views_per_forward), so that every forward holds the images of a fresh cache's (a
+forward's results may depend on its batch: oneDNN's kernels do on some CPUs); those scores
+replace the stored views F..K-1. The store's own augmentation, seed and storage (logits, top-k or
+sampled) are kept, and the result is byte-identical to a fresh cache with K2 views (tested). The store is
 replaced atomically, like every store write; its .beton files are hard-linked, not copied."""
 
 from __future__ import annotations
@@ -86,21 +87,22 @@ def _storage(store: Store, cfg: CacheConfig) -> tuple[str, int, int, float, int,
     return v.augmentation, v.topk, v.sample, v.sample_tau, v.seed, v.storage, v.mix or "none", v.mix_alpha
 
 
-def _joined(old: LargeArray | None, new: LargeArray) -> LargeArray:
-    """(N, K, ...) stored views and (N, K2 - K, ...) new ones as (N, K2, ...) row blocks (int8
-    logits: each of their parts joined alike)."""
-    if old is None:
+def _joined(old: LargeArray | None, new: LargeArray, first: int) -> LargeArray:
+    """The first `first` of (N, K, ...) stored views and (N, K2 - first, ...) new ones as (N, K2,
+    ...) row blocks (int8 logits: each of their parts joined alike)."""
+    if old is None or first == 0:
         return new
     if isinstance(old, Quantized):
-        return Quantized(*(_joined(o, n) for o, n in zip(old.parts, new.parts)))
+        return Quantized(*(_joined(o, n, first) for o, n in zip(old.parts, new.parts)))
 
     def read() -> Iterator[np.ndarray]:
         row = 0
         for block in new.read():
-            yield np.concatenate([np.asarray(old[row : row + len(block)]), block.astype(old.dtype, copy=False)], 1)
+            kept = np.asarray(old[row : row + len(block), :first])
+            yield np.concatenate([kept, block.astype(old.dtype, copy=False)], 1)
             row += len(block)
 
-    return Blocks((new.shape[0], old.shape[1] + new.shape[1], *new.shape[2:]), old.dtype, read)
+    return Blocks((new.shape[0], first + new.shape[1], *new.shape[2:]), old.dtype, read)
 
 
 def _store_teacher(cfg: CacheConfig, store: Store) -> Teacher:
@@ -137,29 +139,28 @@ def _store_teacher(cfg: CacheConfig, store: Store) -> Teacher:
     return teacher
 
 
-def _joined_arrays(store: Store, paths: list[Path], kind: str, mixed: MixedViews, skip: int) -> dict[str, Any]:
-    """The store's view arrays joined with the new views' (their chunks, and the mixing arrays
-    drawn for them, less the `skip` views rescored but already stored)."""
+def _joined_arrays(store: Store, paths: list[Path], kind: str, mixed: MixedViews, first: int) -> dict[str, Any]:
+    """The store's first `first` view arrays joined with the new views' (their chunks, and the
+    mixing arrays drawn for them)."""
     if not np.array_equal(column(paths, "sample_id"), store.train.sample_id):
         raise KdstoreError("internal error: the views pass visited the training images in another order")
     old = store.train.views
     arrays: dict[str, Any] = {
-        k: _joined(getattr(old, k) if old is not None else None, stored_column(paths, k)) for k in STORED[kind]
+        k: _joined(getattr(old, k) if old is not None else None, stored_column(paths, k), first) for k in STORED[kind]
     }
     for k in MIX_ARRAYS if mixed.mix else ():
         new = getattr(mixed, k)
         if new is not None:
-            new = np.ascontiguousarray(new[:, skip:])
             blocks = Blocks(new.shape, new.dtype, functools.partial(iter, [new]))
-            arrays[k] = _joined(getattr(old, k) if old is not None else None, blocks)
+            arrays[k] = _joined(getattr(old, k) if old is not None else None, blocks, first)
     return arrays
 
 
 def _new_views(cfg: CacheConfig, store: Store, teacher: Teacher, params: np.ndarray, chunks: Path) -> tuple[Views, str]:
-    """Score views `have`..K2-1 into `chunks` and join them to the stored ones: the new Views.
+    """Score views F..K2-1 into `chunks` and join them to the stored views 0..F-1: the new Views.
 
     The teacher scores views in groups (inference.views_per_forward); the group that holds view
-    `have` is scored whole, as a fresh cache would, and its stored views dropped."""
+    `have` (from view F) is scored whole, as a fresh cache would, and its stored views dropped."""
     old = store.train.views
     have = old.count if old is not None else 0
     augmentation, topk, sample, tau, seed, kind, mix, alpha = _storage(store, cfg)
@@ -173,7 +174,7 @@ def _new_views(cfg: CacheConfig, store: Store, teacher: Teacher, params: np.ndar
         amp=cfg.amp,
     )
     first = have - have % views_per_forward(device)
-    keep = keep_views(topk, sample, tau, seed, first_view=have)
+    keep = keep_views(topk, sample, tau, seed, first_view=first)
     source = PartnerSource(beton=store.beton("train"), device=device, mean=inp.mean, std=inp.std, workers=cfg.workers)
     mixed = mixed_views(
         mix, alpha, seed, params[:, first:], augmentation, int(store.attrs["image_size"]), source, first
@@ -184,7 +185,6 @@ def _new_views(cfg: CacheConfig, store: Store, teacher: Teacher, params: np.ndar
         augmentation,
         keep,
         Mixing(mixed, device, "auto", mixed.partners) if mixed.mix else None,
-        skip=have - first,
     )
     score_beton(
         forward,
@@ -192,14 +192,14 @@ def _new_views(cfg: CacheConfig, store: Store, teacher: Teacher, params: np.ndar
             beton=store.beton("train"),
             batch_size=cfg.batch_size,
             workers=cfg.workers,
-            label=f"teacher on views {have + 1}-{cfg.views}",
+            label=f"teacher on views {first + 1}-{cfg.views}",
             progress=cfg.progress,
             chunk_dir=chunks,
             positions=np.arange(len(store.train)),
             post=stored_outputs(stored_dtype(store.train.logits), scores=False),
         ),
     )
-    arrays = _joined_arrays(store, chunk_paths(chunks), kind, mixed, have - first)
+    arrays = _joined_arrays(store, chunk_paths(chunks), kind, mixed, first)
     return Views(
         augmentation=augmentation,
         seed=seed,

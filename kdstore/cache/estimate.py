@@ -57,7 +57,6 @@ class Estimate:
 
     parts: dict[str, float]  # bytes: train.beton, val.beton, logits (teacher.h5 without views), views
     seconds: dict[str, float]  # setup and estimate (measured), betons, teacher, views, finish
-    staging: float  # bytes held beside the store until it is complete (the teacher's output chunks)
     free: float  # bytes free on --out's file system
     image_bytes: float  # one image in a .beton (JPEG: the sample's mean)
     teacher_images_per_s: float = float("nan")
@@ -71,6 +70,11 @@ class Estimate:
     @property
     def wall(self) -> float:
         return sum(self.seconds.values())
+
+    @property
+    def staging(self) -> float:
+        """Bytes held beside the store until it is complete (the teacher's output chunks)."""
+        return self.parts["logits"] + self.parts["views"]
 
     @property
     def peak(self) -> float:
@@ -109,7 +113,7 @@ def image_cost(split: ImageSplit, n: int = SAMPLE_IMAGES) -> tuple[float, float]
         if image.shape[0] <= RAW_MAX_SIZE:
             sizes.append(image.nbytes)
         else:
-            ok, encoded = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            _, encoded = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             sizes.append(len(encoded))
     return (time.perf_counter() - t0) / max(n, 1), float(np.mean(sizes)) if sizes else 0.0
 
@@ -224,7 +228,6 @@ def estimate(
         est = Estimate(
             parts=parts,
             seconds=seconds,
-            staging=parts["logits"] + parts["views"],
             free=free_mib(cfg.out_path) * 2**20,
             image_bytes=image_bytes,
         )
@@ -275,7 +278,6 @@ def _planned(
     return replace(
         est,
         parts=parts,
-        staging=parts["logits"] + parts["views"],
         choices=choices,
         plan=record(cfg.budget, chosen, candidates),
     )

@@ -110,7 +110,7 @@ def views_per_forward(device: torch.device) -> int:
 
 
 def views_forward(
-    inp: ModelInput, params: np.ndarray, augmentation: str, keep: Keep, mixing: Mixing | None = None, skip: int = 0
+    inp: ModelInput, params: np.ndarray, augmentation: str, keep: Keep, mixing: Mixing | None = None
 ) -> Forward:
     """Logits of every stored view of each image: (B, K, C), kept as `keep` says. The views are
     made exactly as `train` replays them: normalise, then augment with the stored parameters,
@@ -118,8 +118,7 @@ def views_forward(
 
     Views 0-7, 8-15, ... of `params` (on CUDA; one by one on the CPU: views_per_forward) go
     through the teacher together, one forward each; a store extended with --add-views starts
-    `params` at such a boundary and scores, but does not keep, its first `skip` views, so that
-    every forward holds the images a fresh cache's would."""
+    `params` at such a boundary, so that every forward holds the images a fresh cache's would."""
     inp.model.eval()
     aug = AUGMENTATIONS[augmentation]
     table = upload(torch.from_numpy(params).long(), inp.device)  # (N, K, P)
@@ -140,7 +139,7 @@ def views_forward(
             views = [view(x, pos, p, k) for k in range(lo, min(lo + group, count))]
             out = inp.logits(torch.cat(views))
             groups.append(out.reshape(len(views), len(pos), -1).transpose(0, 1))  # view-major -> (B, views, C)
-        return keep(torch.cat(groups, 1)[:, skip:], pos)
+        return keep(torch.cat(groups, 1), pos)
 
     return forward
 

@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from kdstore.method.int8 import dequantize, quantize
-from kdstore.runtime.blocks import Blocks, LargeArray, release_pages, row_blocks
+from kdstore.method.int8 import dequantize
+from kdstore.runtime.blocks import LargeArray, release_pages, row_blocks
 
 SUFFIXES = ("", "_scale", "_offset")  # teacher.h5 datasets of one quantised array: NAME, NAME_scale, NAME_offset
+QUANTIZED_DTYPES = ("int8", "float32", "float32")  # their dtypes
 
 
 def _nbytes(array: LargeArray) -> int:
@@ -57,28 +58,6 @@ class Quantized:
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         parts = [np.asarray(p) for p in self.parts]
         return dequantize(*parts).astype(dtype or np.float32, copy=False)
-
-
-def quantized_blocks(data: LargeArray) -> Quantized:
-    """Float logits (an array or Blocks) as a Quantized of Blocks, each part quantising the
-    source block by block as it is read (a merge or a rewrite into int8)."""
-    shape = tuple(data.shape)
-
-    def blocks():
-        if isinstance(data, Blocks):
-            yield from data.read()
-        else:
-            for lo, hi in row_blocks(data):
-                yield data[lo:hi]
-
-    def part(i: int):
-        return lambda: (quantize(block)[i] for block in blocks())
-
-    return Quantized(
-        Blocks(shape, np.dtype(np.int8), part(0)),
-        Blocks(shape[:-1], np.dtype(np.float32), part(1)),
-        Blocks(shape[:-1], np.dtype(np.float32), part(2)),
-    )
 
 
 def stored_dtype(array: LargeArray) -> str:

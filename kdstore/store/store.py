@@ -53,10 +53,11 @@ from kdstore.data.beton import check_beton, read_int_fields
 from kdstore.errors import KdstoreError
 from kdstore.indices import Positions, SampleIds
 from kdstore.method.curriculum import confidence_and_correct, curriculum, inverse
+from kdstore.method.int8 import quantize
 from kdstore.runtime.blocks import Blocks, LargeArray, release_pages, row_blocks
 from kdstore.runtime.hashing import sha256_file, sha256_stream
 from kdstore.store.file_rows import FileRows, remember
-from kdstore.store.quantized import SUFFIXES, Quantized, quantized_blocks
+from kdstore.store.quantized import QUANTIZED_DTYPES, SUFFIXES, Quantized
 from kdstore.store.quantized import problems as quantized_problems
 from kdstore.store.views import Views
 from kdstore.store.views import problems as view_problems
@@ -206,21 +207,42 @@ def build_split(
 def _write_large(g, name: str, data: LargeArray, dtype: str | np.dtype) -> None:
     """A contiguous, unfiltered dataset (mappable by readers), written one row block at a time;
     int8 logits as three: NAME (codes), NAME_scale and NAME_offset (quantized.py), quantised
-    here unless they already are."""
-    # float logits into int8 (a Quantized reads as float32; its int8 codes are written as they are)
-    if np.dtype(dtype) == np.int8 and np.dtype(data.dtype) != np.int8:
-        quantized = data if isinstance(data, Quantized) else quantized_blocks(data)
-        for suffix, part in zip(SUFFIXES, quantized.parts):
-            _write_large(g, name + suffix, part, part.dtype)
+    here, in one pass over the source, unless they already are."""
+    import h5py
+
+    if np.dtype(dtype) != np.int8 or np.dtype(data.dtype) == np.int8:
+        dset = g.create_dataset(name, shape=tuple(data.shape), dtype=np.dtype(dtype))
+        _fill(name, [dset], ((np.asarray(block).astype(dtype, copy=False),) for block in _blocks_of(data)))
         return
-    dset = g.create_dataset(name, shape=tuple(data.shape), dtype=np.dtype(dtype))
-    blocks = data.read() if isinstance(data, Blocks) else (data[lo:hi] for lo, hi in row_blocks(data))
+    # int8: the three datasets' space is allocated as they are created, so the file's layout is
+    # the same whether they are then written together (float logits quantised here) or one by one
+    rows = tuple(data.shape[:-1])
+    dsets = []
+    for suffix, shape, part_dtype in zip(SUFFIXES, (tuple(data.shape), rows, rows), QUANTIZED_DTYPES):
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        dsets.append(g.create_dataset(name + suffix, shape=shape, dtype=np.dtype(part_dtype), dcpl=dcpl))
+    if isinstance(data, Quantized):  # its int8 codes, scales and offsets are written as they are
+        for dset, part in zip(dsets, data.parts):
+            _fill(name, [dset], ((np.asarray(block),) for block in _blocks_of(part)))
+    else:
+        _fill(name, dsets, (quantize(block) for block in _blocks_of(data)))
+
+
+def _blocks_of(data: LargeArray):
+    """A large array's rows, block by block (Blocks as they are produced)."""
+    return data.read() if isinstance(data, Blocks) else (data[lo:hi] for lo, hi in row_blocks(data))
+
+
+def _fill(name: str, dsets: list, blocks) -> None:
+    """Datasets filled row block by row block, each block a tuple of one part per dataset."""
     row = 0
-    for block in blocks:
-        dset[row : row + len(block)] = np.asarray(block).astype(dtype, copy=False)
-        row += len(block)
-    if row != data.shape[0]:
-        raise KdstoreError(f"internal error: {name} received {row} rows for {data.shape[0]}")
+    for parts in blocks:
+        for dset, part in zip(dsets, parts):
+            dset[row : row + len(part)] = part
+        row += len(parts[0])
+    if row != dsets[0].shape[0]:
+        raise KdstoreError(f"internal error: {name} received {row} rows for {dsets[0].shape[0]}")
 
 
 def write_teacher_h5(
