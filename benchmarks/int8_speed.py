@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import WORK, machine_record
+from common import machine_record
+from stores_by_the_byte import build_stores
 
 from kdstore import StoreLoader
 from kdstore.method.int8 import quantize
@@ -30,7 +31,6 @@ from kdstore.store.quantized import Quantized
 from kdstore.store.rows import Rows
 
 HERE = Path(__file__).resolve().parent
-ROOT = WORK / "bytes-1000-100-t10"  # stores_by_the_byte.py's default stores
 
 
 def _train(store: Path, out: Path, epochs: int) -> list[float]:
@@ -76,9 +76,9 @@ def gathers(classes: int, n: int = 200_000) -> dict[str, float]:
     return out
 
 
-def data_path(rounds: int = 6) -> dict[str, list[float]]:
+def data_path(stores: dict[str, Path], rounds: int = 6) -> dict[str, list[float]]:
     """Images/s of the loader alone (StoreLoader epochs, `kd`, batch 128, no model), alternating."""
-    loaders = {d: StoreLoader(ROOT / f"store-{d}", variant="kd", batch_size=128) for d in ("float16", "int8")}
+    loaders = {d: StoreLoader(stores[d], variant="kd", batch_size=128) for d in ("float16", "int8")}
     out: dict[str, list[float]] = {d: [] for d in loaders}
     for r in range(rounds):
         for d in ("float16", "int8") if r % 2 == 0 else ("int8", "float16"):
@@ -97,9 +97,10 @@ def main() -> None:
     p.add_argument("--only-data-path", action="store_true", help="only the loader's data path (no training)")
     p.add_argument("--json", default=str(HERE / "results" / "int8_speed.json"))
     args = p.parse_args()
+    root, _, stores = build_stores()  # stores_by_the_byte.py's default stores (made if missing)
     load_before = os.getloadavg()
     if args.only_data_path:
-        path = data_path()
+        path = data_path(stores)
         result = {"data_path_images_per_s": path, "median": {k: float(np.median(v)) for k, v in path.items()}}
         result.update(machine_record(load_before), command=" ".join(sys.argv))
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -108,7 +109,7 @@ def main() -> None:
     speed: dict[str, list[float]] = {"float16": [], "int8": []}
     for r in range(args.rounds):
         for dtype in ("float16", "int8") if r % 2 == 0 else ("int8", "float16"):
-            speed[dtype] += _train(ROOT / f"store-{dtype}", ROOT / "speed" / f"{dtype}-{r}", args.epochs)
+            speed[dtype] += _train(stores[dtype], root / "speed" / f"{dtype}-{r}", args.epochs)
     result = {
         "train_images_per_s": speed,
         "train_median": {k: float(np.median(v)) for k, v in speed.items()},

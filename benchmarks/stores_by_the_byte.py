@@ -83,6 +83,23 @@ def _cache_child(cfg: CacheConfig, dry: bool) -> dict:
     return json.loads(line[len("RESULT ") :])
 
 
+def build_stores(
+    train_per_class: int = 1000, test_per_class: int = 100, teacher_epochs: int = 10
+) -> tuple[Path, CacheConfig, dict[str, Path]]:
+    """The teacher (cifar_resnet20 on real CIFAR-10 images) and its float32, float16 and int8
+    stores, each made once: (their root, the cache's options, the stores by dtype)."""
+    spec = f"imagefolder:{cifar10_subset(train_per_class, test_per_class)}"
+    root = WORK / f"bytes-{train_per_class}-{test_per_class}-t{teacher_epochs}"
+    checkpoint = str(train_teacher(root, spec, "cifar_resnet20", teacher_epochs))
+    base = CacheConfig(dataset=spec, checkpoint=checkpoint, overwrite=True, progress=False)
+    stores = {}
+    for dtype in ("float32", "float16", "int8"):
+        stores[dtype] = root / f"store-{dtype}"
+        if not (stores[dtype] / "MANIFEST.json").is_file():
+            cache.run(replace(base, out=str(stores[dtype]), logits_dtype=dtype))
+    return root, base, stores
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--train-per-class", type=int, default=1000)
@@ -94,15 +111,7 @@ def main() -> None:
     p.add_argument("--json", default=str(HERE / "results" / "stores_by_the_byte.json"))
     args = p.parse_args()
     load_before = os.getloadavg()
-    spec = f"imagefolder:{cifar10_subset(args.train_per_class, args.test_per_class)}"
-    root = WORK / f"bytes-{args.train_per_class}-{args.test_per_class}-t{args.teacher_epochs}"
-    checkpoint = str(train_teacher(root, spec, "cifar_resnet20", args.teacher_epochs))
-    base = CacheConfig(dataset=spec, checkpoint=checkpoint, overwrite=True, progress=False)
-    stores = {}
-    for dtype in ("float32", "float16", "int8"):
-        stores[dtype] = root / f"store-{dtype}"
-        if not (stores[dtype] / "MANIFEST.json").is_file():
-            cache.run(replace(base, out=str(stores[dtype]), logits_dtype=dtype))
+    root, base, stores = build_stores(args.train_per_class, args.test_per_class, args.teacher_epochs)
     z = np.asarray(Store.open(stores["float32"]).train.logits, dtype=np.float32)
     result: dict = {
         "teacher_val_acc": Store.open(stores["float32"]).attrs["teacher_val_acc"],

@@ -21,6 +21,11 @@ def row_blocks(array: LargeArray, block_bytes: int = BLOCK_BYTES) -> Iterator[tu
         yield lo, min(n, lo + step)
 
 
+def nbytes(array: LargeArray) -> int:
+    """Bytes of an array, a map or Blocks, from its shape and dtype."""
+    return int(np.prod(array.shape, dtype=np.int64)) * np.dtype(array.dtype).itemsize
+
+
 def release_pages(array: LargeArray) -> None:
     """Drop this process's mapping of a memory-mapped array's pages (they stay in the page cache,
     shared with every other reader). Bounds the resident memory of a reader that walks a large

@@ -9,14 +9,10 @@ from typing import Any
 import numpy as np
 
 from kdstore.method.int8 import dequantize
-from kdstore.runtime.blocks import LargeArray, release_pages, row_blocks
+from kdstore.runtime.blocks import LargeArray, nbytes, release_pages, row_blocks
 
 SUFFIXES = ("", "_scale", "_offset")  # teacher.h5 datasets of one quantised array: NAME, NAME_scale, NAME_offset
 QUANTIZED_DTYPES = ("int8", "float32", "float32")  # their dtypes
-
-
-def _nbytes(array: LargeArray) -> int:
-    return int(np.prod(array.shape, dtype=np.int64)) * np.dtype(array.dtype).itemsize
 
 
 @dataclass(frozen=True)
@@ -47,7 +43,7 @@ class Quantized:
     @property
     def nbytes(self) -> int:
         """Bytes stored (codes, scales and offsets)."""
-        return sum(_nbytes(p) for p in self.parts)
+        return sum(nbytes(p) for p in self.parts)
 
     def __len__(self) -> int:
         return self.shape[0]

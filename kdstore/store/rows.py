@@ -12,7 +12,7 @@ import psutil
 import torch
 
 from kdstore.method.int8 import dequantize
-from kdstore.runtime.blocks import LargeArray, release_pages, row_blocks
+from kdstore.runtime.blocks import LargeArray, nbytes, release_pages, row_blocks
 from kdstore.runtime.transfer import upload
 from kdstore.store.file_rows import file_rows
 from kdstore.store.quantized import Quantized
@@ -20,6 +20,7 @@ from kdstore.store.quantized import Quantized
 DEVICE_TABLE_FRACTION = 0.25  # of free CUDA memory: a teacher table up to this size lives on the device
 PLACEMENTS = ("auto", "device", "mapped")
 PREFETCH_FRACTION = 0.5  # of available memory: a table up to this size is read into the page cache ahead
+SCALES_IN_MEMORY = 256 * 2**20  # int8 logits: scales and offsets up to this size (each) are read into memory
 
 
 class Rows:
@@ -38,7 +39,7 @@ class Rows:
         self.array, self.device = array, device
         # int8 logits: codes, scales and offsets gathered alike, dequantised on the device (C + 8 bytes a row)
         self.parts: list[Rows] | None = (
-            [Rows(p, device, placement) for p in array.parts] if isinstance(array, Quantized) else None
+            [Rows(p, device, placement) for p in _held(array.parts)] if isinstance(array, Quantized) else None
         )
         if self.parts is not None:
             placement = str(self.parts[0].placement)
@@ -69,6 +70,14 @@ class Rows:
         else:
             rows = torch.from_numpy(self.array[tuple(index)])  # an array in memory: a gather copies
         return upload(rows, self.device)
+
+
+def _held(parts: tuple[LargeArray, ...]) -> list[LargeArray]:
+    """int8 logits' codes, scales and offsets, the scales and offsets read into memory when they
+    are small (4 bytes a row each: 5 MB for ImageNet's 1.28M rows), so that a row is one pread
+    of its codes, not three preads."""
+    codes, *small = parts
+    return [codes, *(np.array(p) if nbytes(p) <= SCALES_IN_MEMORY else p for p in small)]
 
 
 def _upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
