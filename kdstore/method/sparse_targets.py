@@ -144,63 +144,46 @@ def fidelity(
     logits: np.ndarray, tau: float, topk: int, sample: int, seed: int = 0
 ) -> list[dict[str, float | str | int]]:
     """How faithfully each storage keeps the teacher's distribution p = softmax(z / tau), on rows of
-    full logits (R, C): bytes per view; `kl_view`, the mean KL(stored || p) of one stored view;
-    `bias`, KL(p || E[stored]): top-k's uniform fill is biased, sampled ids are not (E[q] = p).
-    Full logits in each of FULL_DTYPES (rounded to float16, or quantised to int8 and back), top-k
-    values in float16."""
+    full logits (R, C), each measured as a store keeps it (stored_log_probs): bytes per view;
+    `kl_view`, the mean KL(stored || p) of one stored view; `bias`, KL(p || E[stored]): top-k's
+    uniform fill is biased, sampled ids are not (E[q] = p). Full logits in each of FULL_DTYPES,
+    top-k values in float16."""
     log_p = _log_softmax(logits.astype(np.float64) / tau)
     p = np.exp(log_p)
     c = logits.shape[1]
-    t = torch.from_numpy(logits.astype(np.float64) / tau)
-    top = topk_compress(t, topk)
-    log_top = torch.log_softmax(
-        topk_expand(top["topk_values"], top["topk_indices"], top["fill"], c).double(), 1
-    ).numpy()
-    ids = sample_classes(
-        torch.from_numpy(logits)[:, None], draw_uniforms(seed, np.arange(len(logits)), np.zeros(1), sample), tau
-    )[:, 0]
-    q = empirical(ids, c, torch.float64).numpy()
-    log_q = np.log(np.where(q > 0, q, 1.0))
-    full = [
-        {
-            "storage": f"full logits, {dtype}",
-            "k": c,
-            "bytes": bytes_per_view("logits", 0, c, dtype),
-            "kl_view": float(_kl(np.exp(log_s), log_s, log_p).mean()),
-            "bias": float(_kl(p, log_p, log_s).mean()),
-        }
-        for dtype, log_s in ((d, _log_softmax(stored_as(logits, d).astype(np.float64) / tau)) for d in FULL_DTYPES)
+    kinds = [("logits", c, d, f"full logits, {d}") for d in FULL_DTYPES]
+    kinds += [
+        ("topk", topk, "float16", f"top-{topk} + uniform fill"),
+        ("sample", sample, "float16", f"{sample} sampled ids"),
     ]
-    return [
-        *full,
-        {
-            "storage": f"top-{topk} + uniform fill",
-            "k": topk,
-            "bytes": bytes_per_view("topk", topk, c),
-            "kl_view": float(_kl(np.exp(log_top), log_top, log_p).mean()),
-            "bias": float(_kl(p, log_p, log_top).mean()),
-        },
-        {
-            "storage": f"{sample} sampled ids",
-            "k": sample,
-            "bytes": bytes_per_view("sample", sample, c),
-            "kl_view": float(_kl(q, log_q, log_p).mean()),
-            "bias": 0.0,
-        },
-    ]
+    rows: list[dict[str, float | str | int]] = []
+    for storage, k, dtype, name in kinds:
+        q, log_q = stored_log_probs(logits, tau, storage, k, dtype, seed)
+        rows.append(
+            {
+                "storage": name,
+                "k": k,
+                "bytes": bytes_per_view(storage, k, c, dtype),
+                "kl_view": float(_kl(q, log_q, log_p).mean()),
+                "bias": 0.0 if storage == "sample" else float(_kl(p, log_p, log_q).mean()),
+            }
+        )
+    return rows
 
 
-def view_kl(logits: np.ndarray, tau: float, storage: str, k: int, dtype: str, seed: int = 0) -> float:
-    """Mean KL(stored || full) at `tau` of one view kept as `storage` (full logits in `dtype`,
-    top-k with `dtype` values and a float32 fill, or k sampled ids at `tau`), measured on rows of
-    full logits (R, C) exactly as a store keeps them: top-k is taken of the logits and their fill
-    set at tau = 1, then the expanded row is divided by tau, as `train` replays it."""
-    log_p = _log_softmax(logits.astype(np.float64) / tau)
+def stored_log_probs(
+    logits: np.ndarray, tau: float, storage: str, k: int, dtype: str, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(q, log q) at `tau` of one view of rows of full logits (R, C) kept as `storage` (full
+    logits in `dtype`, top-k with `dtype` values and a float32 fill, or k sampled ids drawn at
+    `tau`), exactly as a store keeps them: top-k is taken of the logits and its fill set at
+    tau = 1, then the expanded row is divided by tau, as `train` replays it (log q of a class no
+    sampled id hit is 0; its q is 0)."""
     c = logits.shape[1]
     if storage == "sample":
         uniforms = draw_uniforms(seed, np.arange(len(logits)), np.zeros(1), k)
         q = empirical(sample_classes(torch.from_numpy(logits)[:, None], uniforms, tau)[:, 0], c, torch.float64).numpy()
-        return float(_kl(q, np.log(np.where(q > 0, q, 1.0)), log_p).mean())
+        return q, np.log(np.where(q > 0, q, 1.0))
     if storage == "topk":
         top = topk_compress(torch.from_numpy(logits.astype(np.float32)), k)
         values = torch.from_numpy(stored_as(top["topk_values"].numpy(), dtype))
@@ -208,4 +191,11 @@ def view_kl(logits: np.ndarray, tau: float, storage: str, k: int, dtype: str, se
     else:
         stored = stored_as(logits, dtype).astype(np.float64)
     log_s = _log_softmax(stored / tau)
-    return float(_kl(np.exp(log_s), log_s, log_p).mean())
+    return np.exp(log_s), log_s
+
+
+def view_kl(logits: np.ndarray, tau: float, storage: str, k: int, dtype: str, seed: int = 0) -> float:
+    """Mean KL(stored || full) at `tau` of one view kept as `storage` (stored_log_probs), on rows
+    of full logits (R, C)."""
+    q, log_q = stored_log_probs(logits, tau, storage, k, dtype, seed)
+    return float(_kl(q, log_q, _log_softmax(logits.astype(np.float64) / tau)).mean())
