@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network here: fail fast instead of retrying
 
@@ -29,15 +30,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def digits_teacher(tmp_path_factory) -> Path:
-    """A cifar_resnet8 teacher trained for 4 epochs on digits; returns its run directory."""
-    out = tmp_path_factory.mktemp("teacher")
-    teacher.run(
-        TeacherConfig(
-            model="cifar_resnet8",
-            dataset="digits",
-            training=TrainConfig(out=str(out), epochs=4, batch_size=64, lr=0.1, progress=False),
-        )
-    )
+    """A cifar_resnet8 teacher trained for 4 epochs on digits; returns its run directory. Trained
+    once for all of a session's pytest-xdist workers (the first to ask trains it under a file lock,
+    the others wait and read it): tests only read it."""
+    base = tmp_path_factory.getbasetemp()
+    out = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "digits-teacher"
+    with FileLock(f"{out}.lock"):
+        if not (out / "summary.json").is_file():
+            teacher.run(
+                TeacherConfig(
+                    model="cifar_resnet8",
+                    dataset="digits",
+                    training=TrainConfig(out=str(out), epochs=4, batch_size=64, lr=0.1, progress=False, overwrite=True),
+                )
+            )
     return out
 
 
