@@ -77,7 +77,14 @@ def _held(parts: tuple[LargeArray, ...]) -> list[LargeArray]:
     are small (4 bytes a row each: 5 MB for ImageNet's 1.28M rows), so that a row is one pread
     of its codes, not three preads."""
     codes, *small = parts
-    return [codes, *(np.array(p) if nbytes(p) <= SCALES_IN_MEMORY else p for p in small)]
+    return [codes, *(_in_memory(p) if nbytes(p) <= SCALES_IN_MEMORY else p for p in small)]
+
+
+def _in_memory(array: LargeArray) -> np.ndarray:
+    """A copy in this process's memory (the mapped pages it read are dropped: they stay in the page cache)."""
+    copy = np.array(array)
+    release_pages(array)
+    return copy
 
 
 def _upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
