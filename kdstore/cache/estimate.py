@@ -37,6 +37,7 @@ from kdstore.cache.inference import (
 from kdstore.data.augment import augmentation_for
 from kdstore.data.beton import JPEG_QUALITY, RAW_MAX_SIZE, beton_bytes, make_loader, threads, write_beton
 from kdstore.data.datasets import ImageDataset, ImageSplit
+from kdstore.errors import KdstoreError
 from kdstore.models.teachers import Teacher
 from kdstore.runtime.console import console
 from kdstore.runtime.files import free_mib
@@ -80,14 +81,13 @@ class Estimate:
     def peak(self) -> float:
         return self.size + self.staging
 
-    def refusal(self, out: Path) -> str | None:
-        """Why the cache cannot fit the disk at `out` (None when it can)."""
-        if not self.peak > self.free:
-            return None
-        return (
-            f"the cache needs about {_size(self.peak)} at {out} (a store of {_size(self.size)} and "
-            f"{_size(self.staging)} of teacher outputs while it runs) but {_size(self.free)} is free there"
-        )
+    def check_fits(self, out: Path) -> None:
+        """Refuse, in one line, a cache that cannot fit the disk at `out`."""
+        if self.peak > self.free:
+            raise KdstoreError(
+                f"the cache needs about {_size(self.peak)} at {out} (a store of {_size(self.size)} and "
+                f"{_size(self.staging)} of teacher outputs while it runs) but {_size(self.free)} is free there"
+            )
 
 
 def _size(nbytes: float) -> str:

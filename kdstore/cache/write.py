@@ -315,9 +315,7 @@ def _estimate(cfg: CacheConfig, device: torch.device, inputs: Inputs, setup_s: f
         f"({len(dataset.train)}+{len(dataset.val)} images) through {teacher.meta['model']} on {device.type} "
         f"into {cfg.out_path}",
     )
-    refusal = est.refusal(cfg.out_path)
-    if refusal:
-        raise KdstoreError(refusal)
+    est.check_fits(cfg.out_path)
     return est
 
 
@@ -404,9 +402,7 @@ def _timed_now(job: _Cache, est: Estimate, inp: ModelInput) -> Estimate:
     est = with_teacher(est, inp, job.stage / BETONS["train"], job.cfg, job.dataset, job.image_size)
     job.cfg = dataclasses.replace(job.cfg, **est.choices)
     _keep_plan(job, est.plan)
-    refusal = est.refusal(job.out)
-    if refusal:
-        raise KdstoreError(refusal)
+    est.check_fits(job.out)
     say(
         f"estimate: the teacher's passes {est.seconds['teacher'] + est.seconds.get('views', 0):,.1f} s, "
         f"the whole cache {est.wall:,.1f} s ({est.teacher_images_per_s:,.0f} img/s)"
