@@ -49,6 +49,7 @@ from kdstore.store.store import (
     Blocks,
     Store,
     claim,
+    fresh_stage,
     link_or_copy,
     publish,
     staging_dir,
@@ -220,6 +221,11 @@ def add_views(cfg: CacheConfig) -> Path:
     have = old.count if old is not None else 0
     if cfg.views <= have:
         raise KdstoreError(f"--add-views: the store already has {have} views; ask for more with --views K (K > {have})")
+    kept = stored_dtype(store.train.logits)
+    if cfg.logits_dtype is not None and cfg.logits_dtype != kept:
+        raise KdstoreError(
+            f"--add-views keeps the store's views as they are: --logits-dtype {cfg.logits_dtype} (the store has {kept})"
+        )
     teacher = _store_teacher(cfg, store)
     storage = _storage(store, cfg)
     augmentation, seed = storage[0], storage[4]
@@ -229,9 +235,7 @@ def add_views(cfg: CacheConfig) -> Path:
             "--add-views: the store's views are not the draws of its seed (made by another kdstore version?)"
         )
     stage = staging_dir(path)
-    if stage.exists():
-        shutil.rmtree(stage)
-    stage.mkdir(parents=True)
+    fresh_stage(stage)
     try:
         views, kind = _new_views(cfg, store, teacher, params, stage / "chunks-views")
         train = dataclasses.replace(store.train, views=views)

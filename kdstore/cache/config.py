@@ -139,6 +139,13 @@ class CacheConfig:
         return STORES_DIR / f"{dataset}-{teacher}"
 
     @property
+    def read_paths(self) -> tuple[str | None, ...]:
+        """What the cache reads from disk (--checkpoint, --pretrained-file, the dataset): an --out
+        that would replace one of them is refused (store.check_out)."""
+        folder = self.dataset.split(":", 1)[1] if self.dataset and self.dataset.startswith("imagefolder:") else None
+        return (self.checkpoint, self.pretrained_file, folder, self.data_root)
+
+    @property
     def has_weights(self) -> bool:
         """Whether the teacher is given trained weights (or random ones were asked for)."""
         return bool(self.checkpoint or self.pretrained or self.pretrained_file or self.allow_untrained)

@@ -54,7 +54,9 @@ from kdstore.store.store import (
     Split,
     StoreAttrs,
     build_split,
+    check_out,
     claim,
+    fresh_stage,
     near_chance,
     publish,
     staging_dir,
@@ -93,9 +95,7 @@ def _prepare_stage(stage: Path, state: dict[str, Any], resume: bool) -> bool:
                 "rerun without --resume"
             )
         return True
-    if stage.exists():
-        shutil.rmtree(stage)
-    stage.mkdir(parents=True)
+    fresh_stage(stage)
     write_json(state_file, state)
     return False
 
@@ -322,9 +322,7 @@ def _estimate(cfg: CacheConfig, device: torch.device, inputs: Inputs, setup_s: f
 def dry_run(cfg: CacheConfig) -> Estimate:
     """`cache --dry-run`: the estimate of the cache `cfg` asks for, with the teacher timed on its
     device, and nothing written; refused in one line when it cannot fit the disk."""
-    out = cfg.out_path
-    if out.exists() and not cfg.overwrite:
-        raise KdstoreError(f"{out} already exists; pass --overwrite to replace it")
+    check_out(cfg.out_path, cfg.overwrite, cfg.read_paths)
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     inputs = _inputs(cfg)
@@ -345,7 +343,7 @@ def run(cfg: CacheConfig) -> Path:
     if cfg.dry_run:
         dry_run(cfg)
         return cfg.out_path
-    out = claim(cfg.out_path, cfg.overwrite)
+    out = claim(cfg.out_path, cfg.overwrite, cfg.read_paths)
     # Under torchrun, rank 0 writes the .beton files and the store; every rank scores a shard.
     ctx, device = distributed.init(resolve_device(cfg.device))
     if cfg.budget and ctx.world > 1:

@@ -35,6 +35,7 @@ from kdstore.store.store import (
     StoreAttrs,
     build_split,
     claim,
+    fresh_stage,
     link_or_copy,
     mean_blocks,
     publish,
@@ -161,9 +162,7 @@ def run(cfg: MergeConfig) -> Path:
         ),
     }
     stage = staging_dir(out_path)
-    if stage.exists():
-        shutil.rmtree(stage)
-    stage.mkdir(parents=True)
+    fresh_stage(stage)
     try:
         for name in BETONS.values():
             link_or_copy(first.path / name, stage / name)

@@ -13,6 +13,7 @@ from kdstore.runtime.blocks import LargeArray, nbytes, release_pages, row_blocks
 
 SUFFIXES = ("", "_scale", "_offset")  # teacher.h5 datasets of one quantised array: NAME, NAME_scale, NAME_offset
 QUANTIZED_DTYPES = ("int8", "float32", "float32")  # their dtypes
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,11 @@ def stored_dtype(array: LargeArray) -> str:
     return str(getattr(array, "stored_dtype", None) or np.dtype(array.dtype).name)
 
 
-def problems(array: LargeArray, name: str, full: bool = False) -> list[str]:
+def problems(array: LargeArray, name: str) -> list[str]:
     """What is wrong with a quantised array's scales and offsets (none for other arrays): their
-    shape always; with `full`, finite values and scales >= 0, read block by block."""
+    shapes, and their values (finite, scales >= 0, and codes * scale + offset within float32's
+    range), read block by block. They are a few bytes per row, so every open checks them: a NaN
+    or negative scale would train on NaN losses or on nonsense."""
     if not isinstance(array, Quantized):
         return []
     rows = array.shape[:-1]
@@ -71,12 +74,14 @@ def problems(array: LargeArray, name: str, full: bool = False) -> list[str]:
         return [
             f"{name}_scale and {name}_offset have shapes {array.scale.shape}, {array.offset.shape}, expected {rows}"
         ]
-    if not full:
-        return []
     for lo, hi in row_blocks(array.scale):
-        scale, offset = np.asarray(array.scale[lo:hi]), np.asarray(array.offset[lo:hi])
+        scale = np.asarray(array.scale[lo:hi], dtype=np.float64)
+        offset = np.asarray(array.offset[lo:hi], dtype=np.float64)
         release_pages(array.scale)
         release_pages(array.offset)
-        if not (np.isfinite(scale).all() and np.isfinite(offset).all() and (scale >= 0).all()):
+        with np.errstate(invalid="ignore", over="ignore"):
+            reach = np.abs(offset) + 128 * scale  # the largest |logit| a row's codes can read as
+            fine = np.isfinite(reach) & (scale >= 0) & (reach <= FLOAT32_MAX)
+        if not fine.all():
             return [f"{name}_scale or {name}_offset hold NaN, inf or negative scales (int8 logits cannot be read)"]
     return []

@@ -74,6 +74,7 @@ SPLITS = ("train", "val")
 PER_SAMPLE = ("logits", "labels", "sample_id", "confidence", "correct")
 SMALL = ("labels", "sample_id", "confidence", "correct")  # read whole on open; the rest is mapped
 ORDERS = ("curriculum", "inverse")
+LOGIT_ARRAYS = ("logits", "topk_values")  # stored in --logits-dtype (int8: quantized.py)
 VIEW_ARRAYS = (
     "params",
     "logits",
@@ -458,7 +459,7 @@ class Store:
             for field in ("sample_id", "confidence", "correct"):
                 if getattr(s, field).shape != (n,):
                     raise KdstoreError(f"{where} {field} has shape {getattr(s, field).shape}, expected ({n},)")
-            found = quantized_problems(s.logits, f"{name}/logits", full)
+            found = quantized_problems(s.logits, f"{name}/logits")
             if found:
                 raise KdstoreError(f"store {self.path}: {found[0]}")
             if full:
@@ -493,7 +494,7 @@ class Store:
             raise KdstoreError(f"store {self.path}: train/inverse is not train/curriculum reversed")
 
 
-def _read_split(f, name: str, mapped: _MappedH5, path: Path) -> Split:
+def _split_arrays(f, name: str, mapped: _MappedH5, path: Path) -> Split:
     if name not in f:
         raise KdstoreError(f"store {path}: {H5_NAME} has no '{name}' group")
     g = f[name]
@@ -516,10 +517,32 @@ def _read_split(f, name: str, mapped: _MappedH5, path: Path) -> Split:
     return Split(logits=_mapped_values(g, "logits", mapped), **arrays, views=views)
 
 
+def _read_split(f, name: str, mapped: _MappedH5, path: Path) -> Split:
+    """One split's arrays (see `_split_arrays`), a problem named with the store's path."""
+    try:
+        return _split_arrays(f, name, mapped, path)
+    except KdstoreError as e:
+        text = str(e)
+        raise KdstoreError(text if text.startswith("store ") else f"store {path}: {text}") from None
+
+
 def _mapped_values(g, name: str, mapped: _MappedH5) -> LargeArray:
-    """A large dataset as a memory map; int8 logits with their scales and offsets as a Quantized."""
-    if f"{name}_scale" not in g:
+    """A large dataset as a memory map; int8 logits with their scales and offsets as a Quantized.
+    A quantised array must have every part, with its dtype (int8 codes read without their scales
+    would pass for logits)."""
+    present = [name + suffix in g for suffix in SUFFIXES]
+    if not any(present[1:]) and (name not in LOGIT_ARRAYS or g[name].dtype != np.int8):
         return mapped.array(g[name])
+    where = f"{g.name.strip('/')}/{name}"
+    if not all(present):
+        absent = ", ".join(f"{where}{s}" for s, p in zip(SUFFIXES, present) if not p)
+        raise KdstoreError(f"{where} is stored as int8 codes but {absent} is missing (the logits cannot be read)")
+    dtypes = [g[name + suffix].dtype for suffix in SUFFIXES]
+    if dtypes != [np.dtype(d) for d in QUANTIZED_DTYPES]:
+        raise KdstoreError(
+            f"{where}, _scale and _offset have dtypes {', '.join(map(str, dtypes))}, expected "
+            f"{', '.join(QUANTIZED_DTYPES)}"
+        )
     return Quantized(*(mapped.array(g[name + suffix]) for suffix in SUFFIXES))
 
 
@@ -574,6 +597,7 @@ def publish(stage: Path, out: Path, info: dict[str, Any]) -> None:
     manifest, then every check a reader and `verify` run, then the rename to `out`."""
     write_manifest(stage, info)
     Store.open(stage, full=True)
+    (stage / STAGE_MARKER).unlink(missing_ok=True)  # a complete store is marked by its MANIFEST
     commit_dir(stage, out)
 
 
@@ -630,14 +654,71 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
-def claim(out: Path | str, overwrite: bool) -> Path:
-    """Where a new store goes: an interrupted replacement is repaired first (`recover`); an
-    existing store is refused unless `overwrite`."""
+STAGE_MARKER = ".kdstore-staging"  # in every staging directory: what kdstore may delete and rebuild
+
+
+def _holds(directory: Path) -> str:
+    """What a directory holds, for a message: a few of its entries' names."""
+    names = sorted(p.name for p in directory.iterdir())
+    shown = ", ".join(names[:3])
+    return f"{shown} and {len(names) - 3} more" if len(names) > 3 else shown
+
+
+def check_out(out: Path | str, overwrite: bool, keep: tuple[str | None, ...] = (), option: str = "--out") -> Path:
+    """Where a new store may go, or a one-line error: an existing `out` is refused unless
+    `overwrite`, and even then unless it is a kdstore store (its MANIFEST) or an empty directory:
+    --overwrite never deletes what kdstore did not write. `keep`: paths the command reads (its
+    checkpoint, its dataset), refused when `out` would replace them. Nothing is changed."""
+    out = Path(out)
+    if out.is_symlink() and not out.exists():
+        raise KdstoreError(f"{option} {out} is a broken symlink or a symlink loop; name a directory")
+    stage = staging_dir(out)
+    if (stage.exists() or stage.is_symlink()) and not _is_stage(stage):
+        raise KdstoreError(f"{stage} is in the way of {option} {out}'s staging directory and was not made by kdstore")
+    for given in filter(None, keep):
+        kept = Path(given).expanduser().resolve()
+        if kept == out.resolve() or out.resolve() in kept.parents:
+            raise KdstoreError(f"{option} {out} contains {given}, which this command reads; choose another {option}")
+    if not out.exists():
+        return out
+    if not overwrite:
+        raise KdstoreError(f"{out} already exists; pass --overwrite to replace it")
+    if not out.is_dir():
+        raise KdstoreError(f"{option} {out} is a file, not a kdstore store; --overwrite replaces only a store")
+    if not (out / MANIFEST).is_file() and not (out / STAGE_MARKER).is_file() and any(out.iterdir()):
+        raise KdstoreError(
+            f"{option} {out} is not a kdstore store (it holds {_holds(out)}); --overwrite replaces only a store "
+            "(a directory with MANIFEST.json): choose another --out or remove it yourself"
+        )
+    return out
+
+
+def claim(out: Path | str, overwrite: bool, keep: tuple[str | None, ...] = (), option: str = "--out") -> Path:
+    """Where a new store goes: an interrupted replacement is repaired first (`recover`), then
+    `check_out`'s refusals."""
     out = Path(out)
     recover(out)
-    if out.exists() and not overwrite:
-        raise KdstoreError(f"{out} already exists; pass --overwrite to replace it")
-    return out
+    return check_out(out, overwrite, keep, option)
+
+
+def fresh_stage(stage: Path) -> None:
+    """An empty staging directory with kdstore's marker. A leftover one is removed first, only if it
+    is kdstore's (the marker, or a partial cache's state from before it); anything else there is
+    refused in one line."""
+    if stage.is_symlink() or stage.exists():
+        if not _is_stage(stage):
+            raise KdstoreError(f"{stage} is in the way of the staging directory and was not made by kdstore")
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    (stage / STAGE_MARKER).touch()
+
+
+def _is_stage(stage: Path) -> bool:
+    """A directory kdstore staged a store in (its marker, or the files an older kdstore left there)."""
+    if stage.is_symlink() or not stage.is_dir():
+        return False
+    known = (STAGE_MARKER, "cache-state.json", MANIFEST, H5_NAME, *BETONS.values())
+    return any((stage / name).exists() for name in known) or not any(stage.iterdir())
 
 
 def recover(out: Path) -> None:

@@ -132,11 +132,8 @@ def problems(views: Views, n: int, num_classes: int, image_size: int) -> list[st
 
 def value_problems(views: Views, num_classes: int) -> list[str]:
     """Non-finite logits and class ids out of range, read block by block (arrays.row_blocks; the
-    pages of each block are dropped before the next, so memory stays bounded)."""
-    for name in ("logits", "topk_values"):
-        found = quantized_problems(getattr(views, name), f"views/{name}", full=True)
-        if found:
-            return found
+    pages of each block are dropped before the next, so memory stays bounded). The int8 parts'
+    scales are `problems`'s, which runs first."""
     large = [
         a for a in (views.logits, views.topk_values, views.topk_indices, views.fill, views.sample_ids) if a is not None
     ]
