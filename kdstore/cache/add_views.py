@@ -46,6 +46,7 @@ from kdstore.store.quantized import Quantized, stored_dtype
 from kdstore.store.store import (
     BETONS,
     H5_NAME,
+    STAGE_MARKER,
     Blocks,
     Store,
     claim,
@@ -237,14 +238,14 @@ def add_views(cfg: CacheConfig) -> Path:
     stage = staging_dir(path)
     fresh_stage(stage)
     try:
-        views, kind = _new_views(cfg, store, teacher, params, stage / "chunks-views")
+        views, kind = _new_views(cfg, store, teacher, params, stage / STAGE_MARKER / "chunks-views")
         train = dataclasses.replace(store.train, views=views)
         for name in BETONS.values():
             link_or_copy(path / name, stage / name)
         write_teacher_h5(
             stage / H5_NAME, {"train": train, "val": store.val}, dict(store.attrs), stored_dtype(store.train.logits)
         )
-        shutil.rmtree(stage / "chunks-views")
+        shutil.rmtree(stage / STAGE_MARKER / "chunks-views")
         publish(
             stage,
             path,

@@ -25,7 +25,9 @@ from kdstore.method.sparse_targets import draw_uniforms, sample_classes, topk_co
 from kdstore.models.build import normalization
 from kdstore.models.teachers import Teacher
 from kdstore.runtime.blocks import Blocks, LargeArray
-from kdstore.runtime.console import images_progress
+from kdstore.runtime.console import images_progress, say
+from kdstore.runtime.files import writing
+from kdstore.runtime.hashing import sha256_file
 from kdstore.runtime.precision import autocast, device_layout, for_device
 from kdstore.runtime.transfer import download, upload
 from kdstore.store.mixes import Mixing
@@ -181,10 +183,31 @@ def chunk_paths(chunk_dir: Path) -> list[Path]:
     return paths
 
 
+def reusable_chunks(chunk_dir: Path) -> list[Path]:
+    """`chunk_paths`, each checked against the sha256 recorded beside it when it was flushed: from
+    the first that differs (a damaged file), the chunks are removed, saying so, and scored again."""
+    paths = chunk_paths(chunk_dir)
+    for i, path in enumerate(paths):
+        seal = path.with_suffix(".sha256")
+        if seal.is_file() and seal.read_text().strip() == sha256_file(path):
+            continue
+        say(
+            f"--resume: chunk {path.name} of {chunk_dir.name} differs from the sha256 recorded when it was flushed "
+            "(damaged?); scoring again from it"
+        )
+        for later in paths[i:]:
+            later.unlink()
+        return paths[:i]
+    return paths
+
+
 def _save_chunk(chunk_dir: Path, index: int, chunk: dict[str, np.ndarray]) -> None:
-    tmp = chunk_dir / f".{index:06d}.tmp.npz"
-    np.savez(tmp, **chunk)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
-    os.replace(tmp, chunk_dir / f"{index:06d}.npz")  # atomic: a chunk file is whole or absent
+    """A chunk file, whole or absent, with its sha256 beside it (NNNNNN.sha256, written first)."""
+    tmp, final = chunk_dir / f".{index:06d}.tmp.npz", chunk_dir / f"{index:06d}.npz"
+    with writing(final):
+        np.savez(tmp, **chunk)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
+        final.with_suffix(".sha256").write_text(sha256_file(tmp) + "\n")
+        os.replace(tmp, final)  # atomic: a chunk file is whole or absent
 
 
 def column(paths: list[Path], key: str) -> np.ndarray:
@@ -300,7 +323,7 @@ def score_beton(forward: Forward, job: ScorePass) -> dict[str, Any]:
     done: list[Path] = []
     if job.chunk_dir is not None:
         job.chunk_dir.mkdir(exist_ok=True)
-        done = chunk_paths(job.chunk_dir)
+        done = reusable_chunks(job.chunk_dir)
     start = len(column(done, "labels")) if done else 0
     batches_per_chunk = max(1, job.chunk_samples // job.batch_size)
     chunks = _Chunks(job, len(done))

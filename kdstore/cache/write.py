@@ -36,22 +36,25 @@ from kdstore.cache.inference import (
     teacher_input,
     views_forward,
 )
+from kdstore.cache.staging import STATE, Staging
 from kdstore.config import differing, with_policy, write_json
 from kdstore.data.augment import augmentation_for
 from kdstore.data.beton import fingerprint_beton, write_beton
 from kdstore.data.datasets import ImageDataset, ImageSplit, load_dataset
 from kdstore.data.splits import holdout
-from kdstore.errors import KdstoreError
+from kdstore.errors import DiskError, KdstoreError
 from kdstore.models.build import normalization
 from kdstore.models.teachers import Teacher, load_teacher
 from kdstore.runtime import distributed
 from kdstore.runtime.console import console, say
 from kdstore.runtime.devices import resolve_device
+from kdstore.runtime.files import free_mib
 from kdstore.store.mixes import MixedViews, Mixing, PartnerSource, mixed_views
 from kdstore.store.store import (
     BETONS,
     H5_NAME,
     Split,
+    Store,
     StoreAttrs,
     build_split,
     check_out,
@@ -83,20 +86,23 @@ def _stage_state(cfg: CacheConfig, meta: dict[str, Any], digest: str, dataset: I
     return {**recorded, **resolved}
 
 
-def _prepare_stage(stage: Path, state: dict[str, Any], resume: bool) -> bool:
-    """Create (or, with resume, reopen) the staging directory; True when resuming."""
-    state_file = stage / "cache-state.json"
-    if resume and state_file.is_file():
-        recorded = json.loads(state_file.read_text())
-        if recorded != state:
-            raise KdstoreError(
-                f"--resume: the partial cache at {stage} was started with different "
-                f"{', '.join(differing(recorded, state))}; "
-                "rerun without --resume"
-            )
-        return True
+def _prepare_stage(staging: Staging, state: dict[str, Any], resume: bool) -> bool:
+    """Create (or, with resume, reopen) the staging directory; True when resuming. A resume that
+    cannot continue says in one line why it starts again."""
+    stage = staging.root
+    if resume:
+        recorded = staging.state() if stage.is_dir() else None
+        if recorded is not None:
+            if recorded != state:
+                raise KdstoreError(
+                    f"--resume: the partial cache at {stage} was started with different "
+                    f"{', '.join(differing(recorded, state))}; rerun without --resume"
+                )
+            return True
+        why = "there is none" if not stage.exists() else "it holds no record of its options (an older kdstore's?)"
+        say(f"--resume: no partial cache to continue at {stage} ({why}); starting from the beginning")
     fresh_stage(stage)
-    write_json(state_file, state)
+    write_json(staging.books / STATE, state)
     return False
 
 
@@ -114,8 +120,12 @@ class _Cache:
     image_size: int
     plan: str = ""  # --budget's plan, recorded in teacher.h5 (budget.record)
 
+    @property
+    def staging(self) -> Staging:
+        return Staging(self.stage)
+
     def chunk_dir(self, pass_name: str, rank: int) -> Path:
-        return self.stage / f"chunks-{pass_name}-r{rank}of{self.ctx.world}"
+        return self.staging.books / f"chunks-{pass_name}-r{rank}of{self.ctx.world}"
 
     def split(self, name: str) -> ImageSplit:
         return self.dataset.train if name == "train" else self.dataset.val
@@ -155,7 +165,7 @@ def _start(
     stage = staging_dir(out)
     state = {**_stage_state(cfg, teacher.meta, teacher.checkpoint_sha256, dataset), "processes": ctx.world}
     distributed.agree(ctx, "the cache's inputs", json.dumps(state, sort_keys=True))
-    if ctx.main and _prepare_stage(stage, state, cfg.resume):
+    if ctx.main and _prepare_stage(Staging(stage), state, cfg.resume):
         console.print(f"resuming the partial cache in {stage}")
     distributed.barrier(ctx)
     return _Cache(
@@ -168,11 +178,12 @@ def _write_betons(job: _Cache) -> None:
     the teacher touches the device, so FFCV's writer never forks a process that holds a device."""
     for name in ("train", "val"):
         beton = job.stage / BETONS[name]
-        if job.ctx.main and not beton.is_file():
+        if job.ctx.main and not job.staging.reusable(beton):
             tmp = job.stage / f".{beton.name}.tmp"
             with console.status(f"writing {beton.name} ({len(job.split(name))} images)"):
                 write_beton(job.split(name), tmp, job.cfg.workers)
             os.replace(tmp, beton)
+            job.staging.seal(beton)
     distributed.barrier(job.ctx)
 
 
@@ -278,8 +289,9 @@ def _attrs(job: _Cache, splits: dict[str, Split], fingerprint: str) -> StoreAttr
     )
 
 
-def _write_store(job: _Cache, splits: dict[str, Split], speed: dict[str, float]) -> StoreAttrs:
-    """teacher.h5, then the manifest and the rename into place (main rank)."""
+def _write_h5(job: _Cache, splits: dict[str, Split], speed: dict[str, float]) -> None:
+    """teacher.h5 in the staging directory (main rank), sealed, with what the manifest will record
+    of the pass: a cache killed from here on resumes by publishing it."""
     stage = job.stage
     with console.status("fingerprinting the images"):
         parts = [fingerprint_beton(stage / BETONS[name]) for name in ("train", "val")]
@@ -288,19 +300,15 @@ def _write_store(job: _Cache, splits: dict[str, Split], speed: dict[str, float])
     extra = {"budget_plan": job.plan} if job.plan else {}
     with console.status(f"writing {H5_NAME}"):
         write_teacher_h5(stage / H5_NAME, splits, {**attrs.as_dict(), **extra}, job.cfg.logits_dtype or "float16")
-    (stage / "cache-state.json").unlink()  # first: a kill from here on restarts cleanly instead of resuming
-    for leftover in stage.glob("chunks-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
-    publish(
-        stage,
-        job.out,
-        {
-            "dataset_fingerprint": fingerprint,
-            "teacher_images_per_s": speed["train"],
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        },
-    )
-    return attrs
+    job.staging.seal(stage / H5_NAME)
+    job.staging.finish({"dataset_fingerprint": fingerprint, "teacher_images_per_s": speed["train"]})
+
+
+def _publish(job: _Cache, finished: dict[str, Any]) -> Store:
+    """The manifest, every check, and the rename into place (main rank; the books and the teacher
+    outputs' chunks go just before the rename)."""
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return publish(job.stage, job.out, {**finished, "created": created})
 
 
 def _estimate(cfg: CacheConfig, device: torch.device, inputs: Inputs, setup_s: float, timed: bool) -> Estimate:
@@ -344,6 +352,8 @@ def run(cfg: CacheConfig) -> Path:
         dry_run(cfg)
         return cfg.out_path
     out = claim(cfg.out_path, cfg.overwrite, cfg.read_paths)
+    if cfg.resume and staging_dir(out).is_dir():
+        Staging(staging_dir(out)).state()  # a record that cannot be read is refused before any work
     # Under torchrun, rank 0 writes the .beton files and the store; every rank scores a shard.
     ctx, device = distributed.init(resolve_device(cfg.device))
     if cfg.budget and ctx.world > 1:
@@ -357,27 +367,52 @@ def run(cfg: CacheConfig) -> Path:
     cfg = dataclasses.replace(cfg, **est.choices) if est is not None else cfg
     job = _start(cfg, ctx, device, out, inputs)
     _keep_plan(job, est.plan if est is not None else "")
+    kept = f"the partial cache is kept in {job.stage}"
     try:
-        _write_betons(job)
-        inp = teacher_input(job.teacher, device, cfg.amp)
-        if est is not None and "teacher" not in est.seconds:  # CUDA: timed now that the .beton files are written
-            est = _timed_now(job, est, inp)
-        passes, mixed = _passes(job, inp)
-        speed = _score(job, passes)
+        finished = _finished(job)
+        if finished is None:
+            _write_betons(job)
+            inp = teacher_input(job.teacher, device, cfg.amp)
+            if est is not None and "teacher" not in est.seconds:  # CUDA: timed now that the .beton files are written
+                est = _timed_now(job, est, inp)
+            passes, mixed = _passes(job, inp)
+            speed = _score(job, passes)
+            if not ctx.main:
+                return out
+            _write_h5(job, _splits(job, list(passes), mixed), speed)
+            finished = job.staging.finished()
+            assert finished is not None
         if not ctx.main:
             return out
-        splits = _splits(job, list(passes), mixed)
-        attrs = _write_store(job, splits, speed)
+        store = _publish(job, finished)
     except KeyboardInterrupt:
-        raise KdstoreError(
-            f"interrupted; the partial cache is kept in {job.stage}: rerun with --resume to continue"
+        raise KdstoreError(f"interrupted; {kept}: rerun with --resume to continue") from None
+    except DiskError as e:
+        raise DiskError(f"{e}; {kept}: free space there and rerun with --resume") from None
+    except OSError as e:
+        where = e.filename or job.stage
+        raise DiskError(
+            f"{where}: could not be written ({e.strerror or e}; {free_mib(Path(where)):.1f} MiB free there); {kept}: "
+            "rerun with --resume once it can be"
         ) from None
     except BaseException:
         if ctx.main:
             shutil.rmtree(job.stage, ignore_errors=True)
         raise
-    _report(out, attrs, splits, est, time.perf_counter() - t_start)
+    _report(out, store, est, time.perf_counter() - t_start)
     return out
+
+
+def _finished(job: _Cache) -> dict[str, Any] | None:
+    """A resumed cache whose teacher.h5 was written (and is intact): what its manifest records
+    (on ranks other than the main one, {}), so that every rank skips the passes; else None."""
+    finished = job.staging.finished() if job.ctx.main and job.staging.reusable(job.stage / H5_NAME) else None
+    flag = torch.tensor([float(finished is not None)], device=job.device)
+    if not distributed.all_reduce_sum(flag, job.ctx).item():
+        return None
+    if job.ctx.main:
+        say(f"--resume: {H5_NAME} in {job.stage} is written and intact; publishing it")
+    return finished if finished is not None else {}
 
 
 def _keep_plan(job: _Cache, plan: str) -> None:
@@ -386,7 +421,7 @@ def _keep_plan(job: _Cache, plan: str) -> None:
     job.plan = plan
     if not plan:
         return
-    kept = job.stage / "budget-plan.json"
+    kept = job.staging.books / "budget-plan.json"
     if kept.is_file() and json.loads(kept.read_text())["chosen"] != json.loads(plan)["chosen"]:
         raise KdstoreError(
             f"--resume: --budget chose another storage than the partial cache at {job.stage} was flushed in; "
@@ -408,17 +443,18 @@ def _timed_now(job: _Cache, est: Estimate, inp: ModelInput) -> Estimate:
     return est
 
 
-def _report(out: Path, attrs: StoreAttrs, splits: dict[str, Split], est: Estimate | None, seconds: float) -> None:
+def _report(out: Path, store: Store, est: Estimate | None, seconds: float) -> None:
     """The real figures beside the estimate, then the store's one line."""
     size = sum(p.stat().st_size for p in out.iterdir())
     if est is not None:
         show(est, f"store {out}: estimated and real", {**real_sizes(out), "seconds": seconds})
-    warning = near_chance(attrs.as_dict())
+    attrs = StoreAttrs.of(store.attrs)
+    warning = near_chance(store.attrs)
     if warning:
         console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
     console.print(
         f"[bold]store[/] {out}: teacher {attrs.teacher} train acc {attrs.teacher_train_acc:.2%}, val acc "
         f"{attrs.teacher_val_acc:.2%}; "
-        f"{len(splits['train'])}+{len(splits['val'])} images, {size / 2**20:.1f} MiB, {seconds:.1f} s",
+        f"{len(store.train)}+{len(store.val)} images, {size / 2**20:.1f} MiB, {seconds:.1f} s",
         soft_wrap=True,
     )

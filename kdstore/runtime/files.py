@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from kdstore.errors import KdstoreError
+from kdstore.errors import DiskError
 
 NEARLY_FULL_MIB = 64  # a disk with less free space than this is said to be full
 
@@ -24,7 +24,7 @@ def free_mib(path: Path) -> float:
 @contextlib.contextmanager
 def writing(path: Path, kept: str = "") -> Iterator[None]:
     """Inside: code that writes `path`. An OSError or RuntimeError raised there becomes one
-    KdstoreError that names the file, the reason, the free space, and what was `kept`."""
+    DiskError that names the file, the reason, the free space, and what was `kept`."""
     try:
         yield
     except (OSError, RuntimeError) as e:
@@ -35,7 +35,7 @@ def writing(path: Path, kept: str = "") -> Iterator[None]:
         full = (
             "the disk is full: " if free < NEARLY_FULL_MIB or "No space" in reason or "unexpected pos" in reason else ""
         )
-        raise KdstoreError(
+        raise DiskError(
             f"{path}: could not be written ({full}{reason[:160]}; {free:.1f} MiB free there)"
             + (f"; {kept}" if kept else "")
         ) from None

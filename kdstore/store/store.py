@@ -592,13 +592,15 @@ def near_chance(attrs: dict[str, Any]) -> str | None:
     )
 
 
-def publish(stage: Path, out: Path, info: dict[str, Any]) -> None:
+def publish(stage: Path, out: Path, info: dict[str, Any]) -> Store:
     """Finish a store built in `stage` (its .beton files and teacher.h5 already there): the
-    manifest, then every check a reader and `verify` run, then the rename to `out`."""
+    manifest, then every check a reader and `verify` run, then kdstore's books removed (a complete
+    store is marked by its MANIFEST) and the rename to `out`. Returns the store as opened."""
     write_manifest(stage, info)
-    Store.open(stage, full=True)
-    (stage / STAGE_MARKER).unlink(missing_ok=True)  # a complete store is marked by its MANIFEST
+    store = Store.open(stage, full=True)
+    shutil.rmtree(stage / STAGE_MARKER, ignore_errors=True)
     commit_dir(stage, out)
+    return store
 
 
 def enclosing_store(path: Path) -> Path | None:
@@ -654,7 +656,7 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
-STAGE_MARKER = ".kdstore-staging"  # in every staging directory: what kdstore may delete and rebuild
+STAGE_MARKER = ".kdstore-staging"  # kdstore's books in a staging directory, and its mark (cache/staging.py)
 
 
 def _holds(directory: Path) -> str:
@@ -685,7 +687,7 @@ def check_out(out: Path | str, overwrite: bool, keep: tuple[str | None, ...] = (
         raise KdstoreError(f"{out} already exists; pass --overwrite to replace it")
     if not out.is_dir():
         raise KdstoreError(f"{option} {out} is a file, not a kdstore store; --overwrite replaces only a store")
-    if not (out / MANIFEST).is_file() and not (out / STAGE_MARKER).is_file() and any(out.iterdir()):
+    if not (out / MANIFEST).is_file() and not (out / STAGE_MARKER).is_dir() and any(out.iterdir()):
         raise KdstoreError(
             f"{option} {out} is not a kdstore store (it holds {_holds(out)}); --overwrite replaces only a store "
             "(a directory with MANIFEST.json): choose another --out or remove it yourself"
@@ -709,8 +711,7 @@ def fresh_stage(stage: Path) -> None:
         if not _is_stage(stage):
             raise KdstoreError(f"{stage} is in the way of the staging directory and was not made by kdstore")
         shutil.rmtree(stage)
-    stage.mkdir(parents=True)
-    (stage / STAGE_MARKER).touch()
+    (stage / STAGE_MARKER).mkdir(parents=True)
 
 
 def _is_stage(stage: Path) -> bool:

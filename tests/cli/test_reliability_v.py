@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -15,7 +16,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from kdstore.cache import estimate as estimate_mod
+from kdstore.cache import inference
+from kdstore.cache import write as cache_write
 from kdstore.cli.main import cli
+from kdstore.store.store import verify as verify_store
 from tests.helpers import reseal
 
 UNTRAINED = ["cache", "--allow-untrained", "--teacher", "cifar_resnet8", "--batch-size", "200", "--no-progress"]
@@ -28,12 +33,15 @@ def _run(args) -> tuple[int, str]:
     return result.exit_code, result.output.strip()
 
 
-def _refused(args, needle: str) -> str:
+def _refused(args, needle: str, after_estimate: bool = False) -> str:
+    """A non-zero exit with one line naming the problem (after the estimate's table, if it was
+    printed), and no traceback; returns that line."""
     code, text = _run(args)
-    assert code != 0, text
-    assert "Traceback" not in text and len(text.splitlines()) == 1, text
-    assert needle.lower() in text.lower(), text
-    return text
+    assert code != 0 and "Traceback" not in text, text
+    lines = text.splitlines()
+    assert len(lines) == 1 or (after_estimate and lines[0].startswith("estimate:")), text
+    assert lines[-1].startswith("error: ") and needle.lower() in lines[-1].lower(), text
+    return lines[-1]
 
 
 # --- 1. --overwrite replaces only a store -----------------------------------------------------
@@ -130,3 +138,139 @@ def test_add_views_refuses_another_logits_dtype(int8_store, tmp_path):
     _refused([*args, "--logits-dtype", "float16"], "--logits-dtype float16 (the store has int8)")
     assert json.loads((copy / "MANIFEST.json").read_text()) == json.loads((int8_store / "MANIFEST.json").read_text())
     assert not os.path.exists(tmp_path / ".s.partial")
+
+
+# --- 3, 4. a resume continues from what it can check, and redoes what it cannot ---------------
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """A digits cache of the untrained teacher, uninterrupted."""
+    out = tmp_path_factory.mktemp("reference") / "s"
+    code, text = _run([*UNTRAINED, "--dataset", "digits", "--out", out])
+    assert code == 0, text
+    return out
+
+
+@pytest.fixture(scope="module")
+def killed_before_h5(tmp_path_factory) -> Path:
+    """The staging directory of the same cache, killed (Ctrl-C) once its passes were flushed."""
+    root = tmp_path_factory.mktemp("killed")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cache_write, "_write_h5", _interrupt)
+        code, text = _run([*UNTRAINED, "--dataset", "digits", "--out", root / "s"])
+    assert code != 0 and "rerun with --resume" in text, text
+    return root / ".s.partial"
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def _resume(partial: Path, tmp_path: Path) -> tuple[int, str, Path]:
+    shutil.copytree(partial, tmp_path / ".s.partial")
+    code, text = _run([*UNTRAINED, "--dataset", "digits", "--out", tmp_path / "s", "--resume"])
+    return code, text, tmp_path / "s"
+
+
+def _identity(store: Path) -> str:
+    from kdstore.store.store import Store
+
+    assert verify_store(store) == []
+    return Store.open(store).identity()
+
+
+def test_a_cache_killed_after_teacher_h5_resumes_by_publishing_it(reference, tmp_path):
+    stage = tmp_path / "k" / ".s.partial"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cache_write, "_publish", _interrupt)
+        code, text = _run([*UNTRAINED, "--dataset", "digits", "--out", stage.parent / "s"])
+    assert code != 0 and "rerun with --resume to continue" in text and (stage / "teacher.h5").is_file(), text
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cache_write, "_score", _interrupt)  # the passes are not run again
+        code, text, store = _resume(stage, tmp_path)
+    assert code == 0 and "teacher.h5 in" in text and "is written and intact; publishing it" in text, text
+    assert _identity(store) == _identity(reference)
+    assert not (tmp_path / ".s.partial").exists() and not (store / ".kdstore-staging").exists()
+
+
+def test_a_damaged_beton_in_a_partial_cache_is_written_again(killed_before_h5, reference, tmp_path):
+    damaged = tmp_path / "d"
+    shutil.copytree(killed_before_h5, damaged)
+    data = bytearray((damaged / "train.beton").read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # pixels, in the middle of the data pages
+    (damaged / "train.beton").write_bytes(bytes(data))
+    code, text, store = _resume(damaged, tmp_path)
+    assert code == 0 and "train.beton in the partial cache differs from the sha256 recorded" in text, text
+    assert _identity(store) == _identity(reference)
+
+
+def test_a_flipped_bit_in_a_chunk_is_scored_again(killed_before_h5, reference, tmp_path):
+    damaged = tmp_path / "d"
+    shutil.copytree(killed_before_h5, damaged)
+    (chunk,) = (damaged / ".kdstore-staging").glob("chunks-train-*/000000.npz")
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    chunk.write_bytes(bytes(data))
+    code, text, store = _resume(damaged, tmp_path)
+    assert code == 0 and "chunk 000000.npz of chunks-train-r0of1 differs from the sha256" in text, text
+    assert _identity(store) == _identity(reference)
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", "\xff\xfe"])
+def test_a_corrupt_cache_state_is_one_line(killed_before_h5, tmp_path, content):
+    damaged = tmp_path / "d"
+    shutil.copytree(killed_before_h5, damaged)
+    (damaged / ".kdstore-staging" / "cache-state.json").write_text(content, encoding="latin-1")
+    shutil.copytree(damaged, tmp_path / ".s.partial")
+    _refused([*UNTRAINED, "--dataset", "digits", "--out", tmp_path / "s", "--resume"], "cache-state.json")
+    assert (tmp_path / ".s.partial" / "train.beton").is_file()  # the partial is kept
+
+
+def test_a_resume_that_cannot_continue_says_it_starts_again(killed_before_h5, tmp_path):
+    damaged = tmp_path / "d"
+    shutil.copytree(killed_before_h5, damaged)
+    (damaged / ".kdstore-staging" / "cache-state.json").unlink()
+    code, text, _ = _resume(damaged, tmp_path)
+    assert code == 0 and "no record of its options" in text and "starting from the beginning" in text, text
+
+
+# --- 5. a disk filled during the views pass keeps the partial, names the file ------------------
+
+
+def test_a_disk_filled_during_the_views_pass_keeps_the_partial(tmp_path, monkeypatch):
+    disk = tmp_path / "small"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20M", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("this machine does not let the tests mount a small tmpfs")
+    try:
+        monkeypatch.setattr(estimate_mod, "free_mib", lambda path: 1e6)  # the writer meets the full disk itself
+        save, filled = inference._save_chunk, []
+
+        def fill_then_save(chunk_dir, index, chunk):
+            if chunk_dir.name.startswith("chunks-views") and not filled:
+                filled.append(_fill(disk / "filler"))
+            save(chunk_dir, index, chunk)
+
+        monkeypatch.setattr(inference, "_save_chunk", fill_then_save)
+        args = [*UNTRAINED, "--dataset", "digits", "--views", "2", "--out", disk / "s"]
+        text = _refused(args, "000000.npz: could not be written (the disk is full", after_estimate=True)
+        assert "the partial cache is kept in" in text and "rerun with --resume" in text, text
+        assert (disk / ".s.partial" / "train.beton").is_file() and not (disk / "s").exists()
+        (disk / "filler").unlink()
+        code, text = _run([*args, "--resume"])
+        assert code == 0 and "resuming the partial cache" in text, text
+        assert verify_store(disk / "s") == []
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def _fill(path: Path) -> None:
+    """A real (not sparse) file filling the disk."""
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 16))
+                f.flush()
+        except OSError:
+            pass
