@@ -9,7 +9,10 @@ import argparse
 import lightning.pytorch as pl
 import timm
 
+from kdstore import one_line_errors
 from kdstore.integrations.lightning import DistillationModule, StoreDataModule
+
+one_line_errors()  # a KdstoreError (a bad --store, say) in one line, as kdstore's commands print it
 
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--store", required=True)

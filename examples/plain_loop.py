@@ -11,6 +11,8 @@ import torch
 
 import kdstore
 
+kdstore.one_line_errors()  # a KdstoreError (a bad --store, say) in one line, as kdstore's commands print it
+
 d = kdstore.TrainConfig(out="")  # kdstore train's defaults
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--store", required=True)

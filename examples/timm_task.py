@@ -12,6 +12,8 @@ import torch
 import kdstore
 from kdstore.integrations.timm import OfflineDistillationTask
 
+kdstore.one_line_errors()  # a KdstoreError (a bad --store, say) in one line, as kdstore's commands print it
+
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--store", required=True)
 p.add_argument("--student", default="cifar_resnet8")

@@ -2,12 +2,13 @@
 
 The public API is what this module exports (`__all__`): the configs and run functions of every
 command, the store, the loader over a store for any training loop (StoreLoader, its Batch and
-Target, kd_loss), and the error type. Everything else may move between releases."""
+Target, kd_loss), and the error type (`one_line_errors` prints it in one line from a script of
+one's own). Everything else may move between releases."""
 
 from kdstore import cache, train
 from kdstore import models as _models  # noqa: F401 - registers the CIFAR networks in timm
 from kdstore.cache import CacheConfig
-from kdstore.errors import KdstoreError
+from kdstore.errors import KdstoreError, one_line_errors
 from kdstore.loader import Batch, LoaderConfig, LossTerms, StoreLoader, Target, kd_loss
 from kdstore.report import sweep
 from kdstore.report.sweep import SweepConfig
@@ -22,6 +23,7 @@ from kdstore.version import __version__
 __all__ = [
     "__version__",
     "KdstoreError",
+    "one_line_errors",
     "Store",
     "verify",
     "StoreLoader",

@@ -142,6 +142,54 @@ def _base_type(f: dataclasses.Field) -> type:
     return _BASE_TYPES.get(_type_name(f), str)
 
 
+def type_problems(cfg: Any) -> list[str]:
+    """One line per field of config dataclass `cfg` whose value is not of the field's type (an int
+    field given 2.5 or "x", a bool given "no", None where the field takes none), naming the option
+    as the command line spells it: the Python API is checked as the CLI's parser checks."""
+    out = []
+    for f in dataclasses.fields(cfg):
+        value, name = getattr(cfg, f.name), _type_name(f)
+        if name not in _BASE_TYPES:
+            continue
+        if value is None:
+            if "None" not in str(f.type):
+                out.append(f"--{f.name.replace('_', '-')} must be {_A_TYPE[name]}, got None")
+            continue
+        want = _BASE_TYPES[name]
+        ok = (
+            isinstance(value, bool)
+            if want is bool
+            else isinstance(value, (int, float) if want is float else want) and not isinstance(value, bool)
+        )
+        if not ok:
+            out.append(f"--{f.name.replace('_', '-')} must be {_A_TYPE[name]}, got {value!r}")
+    return out
+
+
+def path_problems(cfg: Any) -> list[str]:
+    """One line per path option of `cfg` that no file can be made at or read from: a name that is
+    not valid UTF-8 (undecodable bytes, which logs and TensorBoard cannot write), a symlink loop."""
+    out = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not f.metadata.get("path") or not isinstance(value, str):
+            continue
+        option = f"--{f.name.replace('_', '-')}"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            out.append(f"{option} {value!r} is not valid UTF-8 (undecodable bytes in the name); name it in UTF-8")
+            continue
+        try:
+            Path(value).expanduser().resolve()
+        except (RuntimeError, OSError) as e:
+            out.append(f"{option} {value} cannot be resolved ({getattr(e, 'strerror', None) or e}: a symlink loop?)")
+    return out
+
+
+_A_TYPE = {"int": "an integer", "float": "a number", "bool": "True or False", "str": "a string"}
+
+
 def click_options(
     cls: type, skip: Iterable[str] = (), only: Iterable[str] | None = None
 ) -> Callable[[Callable], Callable]:

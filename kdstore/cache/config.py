@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from kdstore.cache.budget import parse_budget
-from kdstore.config import opt
+from kdstore.config import opt, path_problems, type_problems
+from kdstore.data.beton import workers_problem
 from kdstore.errors import KdstoreError
 from kdstore.models.build import STEMS
 from kdstore.models.teachers import TeacherSpec
@@ -162,6 +163,9 @@ class CacheConfig:
         )
 
     def validate(self) -> None:
+        wrong = type_problems(self) + path_problems(self)
+        if wrong:
+            raise KdstoreError(wrong[0])
         if (self.dataset is None) == (self.add_views is None):
             raise KdstoreError("give --dataset (a new store) or --add-views STORE (more views for it)")
         if self.add_views and (self.budget or self.dry_run):
@@ -172,8 +176,8 @@ class CacheConfig:
             raise KdstoreError("--add-views STORE needs --views K, the number of views the store should have")
         if self.batch_size < 1:
             raise KdstoreError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise KdstoreError(f"--workers must be >= 0, got {self.workers}")
+        if workers_problem(self.workers):
+            raise KdstoreError(workers_problem(self.workers))
         if self.image_size is not None and self.image_size < 8:
             raise KdstoreError(f"--image-size must be >= 8 pixels, got {self.image_size}")
         inside = enclosing_store(self.out_path.parent)
@@ -197,6 +201,10 @@ class CacheConfig:
             raise KdstoreError(f"--split-part must be all or holdout, got {self.split_part}")
         if self.split_part == "holdout" and not self.checkpoint:
             raise KdstoreError("--split-part holdout needs the --checkpoint of a teacher trained with --split")
+        self._check_views()
+
+    def _check_views(self) -> None:
+        """--views and what each view stores (--topk, --sample, --mix) in one line each."""
         if self.views < 0 or self.topk < 0:
             raise KdstoreError(f"--views and --topk must be >= 0, got {self.views} and {self.topk}")
         if self.topk and not self.views:

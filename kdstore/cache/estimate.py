@@ -35,7 +35,7 @@ from kdstore.cache.inference import (
     views_per_forward,
 )
 from kdstore.data.augment import augmentation_for
-from kdstore.data.beton import JPEG_QUALITY, RAW_MAX_SIZE, beton_bytes, make_loader, threads, write_beton
+from kdstore.data.beton import JPEG_QUALITY, RAW_MAX_SIZE, beton_bytes, epoch_of, make_loader, threads, write_beton
 from kdstore.data.datasets import ImageDataset, ImageSplit
 from kdstore.errors import KdstoreError
 from kdstore.models.teachers import Teacher
@@ -136,8 +136,9 @@ def teacher_seconds(
         forwards["views"] = views_forward(inp, params, augmentation, keep)
     spent, seen, first, first_images = dict.fromkeys(forwards, 0.0), 0, 0.0, 0
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        for b, (images, _, _) in enumerate(make_loader(beton, cfg.batch_size, cfg.workers, indices=np.arange(n))):
+    loader = make_loader(beton, cfg.batch_size, cfg.workers, indices=np.arange(n))
+    with torch.inference_mode(), epoch_of(loader) as batches:
+        for b, (images, _, _) in enumerate(batches):
             for name, forward in forwards.items():
                 t = time.perf_counter()
                 outputs = forward(images, np.arange(b * cfg.batch_size, b * cfg.batch_size + len(images)))

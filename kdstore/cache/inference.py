@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from kdstore.data.augment import AUGMENTATIONS, normalize, resize
-from kdstore.data.beton import make_loader, read_int_fields
+from kdstore.data.beton import epoch_of, make_loader, read_int_fields
 from kdstore.method.curriculum import confidence_and_correct
 from kdstore.method.int8 import quantize
 from kdstore.method.sparse_targets import draw_uniforms, sample_classes, topk_compress
@@ -332,12 +332,13 @@ def score_beton(forward: Forward, job: ScorePass) -> dict[str, Any]:
         task = bar.add_task(job.label, total=len(positions), completed=start, info="resumed" if start else "")
         if start < len(positions):
             loader = make_loader(job.beton, job.batch_size, job.workers, indices=positions[start:])
-            for b, (images, y, sid) in enumerate(loader, 1):  # images: (B, H, W, 3) uint8
-                chunks.add(forward(images, positions[start + n : start + n + len(y)]), y, sid)
-                n += len(y)
-                bar.update(task, advance=len(y))
-                if b % batches_per_chunk == 0:
-                    chunks.flush(last=False)
+            with epoch_of(loader) as batches:
+                for b, (images, y, sid) in enumerate(batches, 1):  # images: (B, H, W, 3) uint8
+                    chunks.add(forward(images, positions[start + n : start + n + len(y)]), y, sid)
+                    n += len(y)
+                    bar.update(task, advance=len(y))
+                    if b % batches_per_chunk == 0:
+                        chunks.flush(last=False)
         chunks.flush(last=True)
     seconds = time.perf_counter() - t0
     result: dict[str, Any] = _cat(chunks.kept) if chunks.kept else {}

@@ -369,22 +369,7 @@ def run(cfg: CacheConfig) -> Path:
     _keep_plan(job, est.plan if est is not None else "")
     kept = f"the partial cache is kept in {job.stage}"
     try:
-        finished = _finished(job)
-        if finished is None:
-            _write_betons(job)
-            inp = teacher_input(job.teacher, device, cfg.amp)
-            if est is not None and "teacher" not in est.seconds:  # CUDA: timed now that the .beton files are written
-                est = _timed_now(job, est, inp)
-            passes, mixed = _passes(job, inp)
-            speed = _score(job, passes)
-            if not ctx.main:
-                return out
-            _write_h5(job, _splits(job, list(passes), mixed), speed)
-            finished = job.staging.finished()
-            assert finished is not None
-        if not ctx.main:
-            return out
-        store = _publish(job, finished)
+        store, est = _build(job, est)
     except KeyboardInterrupt:
         raise KdstoreError(f"interrupted; {kept}: rerun with --resume to continue") from None
     except DiskError as e:
@@ -399,8 +384,29 @@ def run(cfg: CacheConfig) -> Path:
         if ctx.main:
             shutil.rmtree(job.stage, ignore_errors=True)
         raise
-    _report(out, store, est, time.perf_counter() - t_start)
+    if store is not None:
+        _report(out, store, est, time.perf_counter() - t_start)
     return out
+
+
+def _build(job: _Cache, est: Estimate | None) -> tuple[Store | None, Estimate | None]:
+    """The passes (unless a resumed cache's teacher.h5 is written and intact), teacher.h5, and the
+    store published; returns it (None on ranks other than the main one) and the estimate (timed
+    here on CUDA)."""
+    finished = _finished(job)
+    if finished is None:
+        _write_betons(job)
+        inp = teacher_input(job.teacher, job.device, job.cfg.amp)
+        if est is not None and "teacher" not in est.seconds:  # CUDA: timed now that the .beton files are written
+            est = _timed_now(job, est, inp)
+        passes, mixed = _passes(job, inp)
+        speed = _score(job, passes)
+        if job.ctx.main:
+            _write_h5(job, _splits(job, list(passes), mixed), speed)
+            finished = job.staging.finished()
+    if not job.ctx.main or finished is None:
+        return None, est
+    return _publish(job, finished), est
 
 
 def _finished(job: _Cache) -> dict[str, Any] | None:

@@ -57,6 +57,9 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+CONFIG_MAX_BYTES = 1 << 20  # a run's config.json is a few KiB
+
+
 def _train_config(values: dict[str, Any], config_file: str | None = None) -> TrainConfig:
     """A TrainConfig from the command line; with --config, a run's config.json (or any JSON file of
     train's options) gives every option the command line does not set. An unknown or misspelled
@@ -64,8 +67,14 @@ def _train_config(values: dict[str, Any], config_file: str | None = None) -> Tra
     if config_file is None:
         return TrainConfig(**values)
     try:
-        saved = json.loads(Path(config_file).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        with open(config_file, "rb") as f:
+            text = f.read(CONFIG_MAX_BYTES + 1)  # bounded: /dev/zero or a huge file is refused, not read
+        if len(text) > CONFIG_MAX_BYTES:
+            raise KdstoreError(
+                f"--config {config_file} is larger than {CONFIG_MAX_BYTES // 2**20} MiB: not a run's config.json"
+            )
+        saved = json.loads(text.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise KdstoreError(f"--config {config_file} cannot be read ({type(e).__name__})") from None
     if not isinstance(saved, dict):
         raise KdstoreError(f"--config {config_file} is not a JSON object of train's options")

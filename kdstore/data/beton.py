@@ -37,6 +37,20 @@ def threads(workers: int) -> int:
     return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
+def max_workers() -> int:
+    """The most FFCV threads (and writer processes) this machine runs: numba's thread count, its
+    cores unless NUMBA_NUM_THREADS says otherwise."""
+    return int(os.environ.get("NUMBA_NUM_THREADS") or os.cpu_count() or 1)
+
+
+def workers_problem(workers: int) -> str | None:
+    """--workers out of the range FFCV accepts here, in one line (None when it is in range)."""
+    most = max_workers()
+    if 0 <= workers <= most:
+        return None
+    return f"--workers must be in 0..{most} (0: one per core; this machine runs at most {most} threads), got {workers}"
+
+
 WRITER_STALL_S = 30.0  # a writer with a dead worker and no progress for this long is stopped
 WRITER_HANG_S = 180.0  # a writer whose workers live but hand out no image for this long is stopped
 PR_SET_PDEATHSIG = 1
@@ -369,6 +383,25 @@ def _epoch_order_type():
             return np.asarray(self.order_fn(epoch), dtype=self.indices.dtype)  # type: ignore[return-value]  # FFCV's annotation
 
     return EpochOrder
+
+
+STOP_S = 30.0  # the longest an FFCV reader thread is waited for once told to stop
+
+
+@contextlib.contextmanager
+def epoch_of(loader: Any) -> Any:
+    """One pass over a loader (FFCV's, or any iterable); when the pass ends, done or not (an
+    exception, Ctrl-C, SIGTERM, a break), FFCV's reader thread is told to stop and joined. A
+    thread left decoding in numba's parallel region as Python exits aborts the process
+    ("terminate called without an active exception", SIGABRT) instead of exiting cleanly."""
+    batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        stop = getattr(batches, "terminate_event", None)
+        if stop is not None and batches.is_alive():
+            stop.set()  # it exits once its queue is full and a put times out (0.5 s)
+            batches.join(STOP_S)
 
 
 def make_loader(

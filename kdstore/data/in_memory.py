@@ -16,7 +16,7 @@ import numpy as np
 import psutil
 import torch
 
-from kdstore.data.beton import make_loader, read_int_fields
+from kdstore.data.beton import epoch_of, make_loader, read_int_fields
 from kdstore.runtime.transfer import upload
 
 LOADERS = ("auto", "device", "ffcv")
@@ -63,11 +63,12 @@ class ResidentSplit:
         self.device = device
         images = None
         row = 0
-        for batch, _, _ in make_loader(beton, batch_size, workers):  # file order
-            if images is None:
-                images = torch.empty((len(self.sample_id), *batch.shape[1:]), dtype=torch.uint8, device=device)
-            images[row : row + len(batch)].copy_(batch)  # FFCV reuses its buffer: copied before the next batch
-            row += len(batch)
+        with epoch_of(make_loader(beton, batch_size, workers)) as batches:
+            for batch, _, _ in batches:  # file order
+                if images is None:
+                    images = torch.empty((len(self.sample_id), *batch.shape[1:]), dtype=torch.uint8, device=device)
+                images[row : row + len(batch)].copy_(batch)  # FFCV reuses its buffer: copied before the next batch
+                row += len(batch)
         self.images = images if images is not None else torch.empty((0, 1, 1, 3), dtype=torch.uint8, device=device)
 
     def __len__(self) -> int:

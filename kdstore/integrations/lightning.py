@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from kdstore.errors import KdstoreError
-from kdstore.loader.batch import Batch, kd_loss
+from kdstore.loader.batch import Batch, check_tau, kd_loss
 from kdstore.loader.config import LoaderConfig
 from kdstore.loader.store_loader import StoreLoader
 from kdstore.store.store import Store
@@ -86,6 +86,7 @@ class DistillationModule(pl.LightningModule):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
+        check_tau(tau, "DistillationModule")
         self.model = model
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.tau, self.label_smoothing = tau, label_smoothing

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from timm.task import TrainingTask
 
-from kdstore.loader.batch import Batch, kd_loss
+from kdstore.loader.batch import Batch, check_tau, kd_loss
 
 
 class OfflineDistillationTask(TrainingTask):
@@ -28,6 +28,7 @@ class OfflineDistillationTask(TrainingTask):
         verbose: bool = False,
     ) -> None:
         super().__init__(device=device, verbose=verbose)
+        check_tau(temperature, "OfflineDistillationTask")
         self.trainable_module: Any = student_model
         self.temperature, self.lam, self.label_smoothing = temperature, lam, label_smoothing
 

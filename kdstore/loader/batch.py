@@ -7,12 +7,14 @@ views). Both are public: `from kdstore import Batch, Target, kd_loss`."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from kdstore.errors import KdstoreError
 from kdstore.method.losses import student_loss
 
 # Target.kind: where a batch's teacher logits come from
@@ -91,8 +93,10 @@ def kd_loss(
     alone. For mixed views the CE term mixes the two labels by the stored weight. A target of
     sampled ids must be read at the temperature it was drawn at (a mismatch is an error)."""
     target = batch.target
+    check_tau(tau, "kd_loss")
     if target.tau is not None and tau != target.tau:
-        raise ValueError(f"this batch's targets were sampled at tau {target.tau}; kd_loss got tau {tau}")
+        raise KdstoreError(f"this batch's targets were sampled at tau {target.tau}; kd_loss got tau {tau}")
+    _check_logits(student_logits, batch)
     weight = batch.lam if lam is None else lam
     terms = student_loss(
         student_logits.float(),
@@ -104,3 +108,22 @@ def kd_loss(
         target.mix,
     )
     return LossTerms(terms["loss"], terms["ce"], terms["kd"])
+
+
+def check_tau(tau: object, where: str) -> None:
+    """A KD temperature must be a finite number > 0 (NaN or inf would train on NaN losses)."""
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not (math.isfinite(tau) and tau > 0):
+        raise KdstoreError(f"{where}: tau must be a finite number > 0, got {tau!r}")
+
+
+def _check_logits(student_logits: torch.Tensor, batch: Batch) -> None:
+    """The student's logits must be (B, C) for the batch's B samples and the store's C classes."""
+    shape = tuple(student_logits.shape)
+    classes = batch.target.logits.shape[-1] if batch.target.logits is not None else None
+    if len(shape) != 2 or shape[0] != len(batch):
+        raise KdstoreError(f"kd_loss: student logits of shape {shape} for a batch of {len(batch)} samples")
+    if classes is not None and shape[1] != classes:
+        raise KdstoreError(
+            f"kd_loss: the student gives {shape[1]} classes, the store's teacher {classes}: build the student with "
+            f"num_classes={classes}"
+        )

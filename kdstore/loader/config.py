@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from kdstore.config import opt
+from kdstore.config import opt, type_problems
+from kdstore.data.beton import workers_problem
 from kdstore.data.in_memory import LOADERS
 from kdstore.errors import KdstoreError
 from kdstore.loader.prepare import VIEW_MODES
@@ -76,10 +77,10 @@ class LoaderConfig:
                 self.batch_size >= 2,
                 f"--batch-size must be >= 2 (BatchNorm cannot train on one sample), got {self.batch_size}",
             ),
-            (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
+            (0 <= self.seed < 2**32, f"--seed must be in [0, 2**32), got {self.seed}"),
             (self.tau > 0 and math.isfinite(self.tau), f"--tau must be > 0, got {self.tau}"),
             (0.0 <= self.lam <= 1.0, f"--lam must be in [0, 1], got {self.lam}"),
-            (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            (workers_problem(self.workers) is None, workers_problem(self.workers) or ""),
             (self.loader in LOADERS, f"--loader must be one of {', '.join(LOADERS)}, got {self.loader!r}"),
             (
                 self.teacher_rows in PLACEMENTS,
@@ -92,7 +93,11 @@ class LoaderConfig:
         ]
 
     def validate(self) -> None:
-        """Refuse, in one line, an option out of range or a combination the variant cannot take."""
+        """Refuse, in one line, an option of the wrong type, out of range, or a combination the
+        variant cannot take (the CLI's messages, naming the option)."""
+        wrong = type_problems(self)
+        if wrong:
+            raise KdstoreError(wrong[0])
         for ok, message in self._value_checks():
             if not ok:
                 raise KdstoreError(message)

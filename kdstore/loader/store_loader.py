@@ -26,7 +26,7 @@ import torch
 from kdstore.cache.inference import ModelInput
 from kdstore.config import to_dict
 from kdstore.data.augment import augmentation_for, normalize
-from kdstore.data.beton import make_loader, read_int_fields
+from kdstore.data.beton import epoch_of, make_loader, read_int_fields
 from kdstore.data.in_memory import (
     ResidentLoader,
     ResidentSplit,
@@ -277,7 +277,9 @@ class StoreLoader:
         """Read `epoch` next, from its first batch (iteration otherwise goes on to the next epoch).
         Its order, views and lambdas are those of `epoch`; random augmentation goes on drawing from
         its generator (load_state_dict, not set_epoch, restores its draws exactly)."""
-        self.epoch, self._resume_batch, self._reading = epoch, 0, None
+        if not _is_int(epoch) or epoch < 0:
+            raise KdstoreError(f"set_epoch: the epoch must be an integer >= 0, got {epoch!r}")
+        self.epoch, self._resume_batch, self._reading = int(epoch), 0, None
 
     # ---- the student scorer ------------------------------------------------------------------
 
@@ -345,15 +347,16 @@ class StoreLoader:
             self.prepare.begin(skip * self.local)
         order, lams = self.rank_order(epoch), self.lambdas(epoch)
         self.inner.next_epoch = epoch
-        for b, (images, labels, ids) in enumerate(self.inner, start=skip):
-            pos = order[b * self.local : b * self.local + len(ids)]
-            if not np.array_equal(self.sample_id[pos], ids.numpy()):
-                raise KdstoreError(
-                    f"internal error: batch {b} of epoch {epoch + 1} holds other samples than its teacher rows"
-                )
-            batch = self.assemble(epoch, b, pos, images, labels, float(lams[b]))
-            reading[1] = b + 1
-            yield batch
+        with epoch_of(self.inner) as batches:
+            for b, (images, labels, ids) in enumerate(batches, start=skip):
+                pos = order[b * self.local : b * self.local + len(ids)]
+                if not np.array_equal(self.sample_id[pos], ids.numpy()):
+                    raise KdstoreError(
+                        f"internal error: batch {b} of epoch {epoch + 1} holds other samples than its teacher rows"
+                    )
+                batch = self.assemble(epoch, b, pos, images, labels, float(lams[b]))
+                reading[1] = b + 1
+                yield batch
         self._reading = None
 
     # ---- resuming ----------------------------------------------------------------------------
@@ -379,8 +382,11 @@ class StoreLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue where `state` (state_dict() of a loader over the same data, split and options)
         stood: the next iteration reads its epoch from its next batch."""
+        problem = self._state_problem(state)
+        if problem:
+            raise KdstoreError(f"this loader state {problem}")
         mine = self.state_dict()
-        changed = sorted(k for k in mine["options"] if state.get("options", {}).get(k) != mine["options"][k])
+        changed = sorted(k for k in mine["options"] if state["options"].get(k) != mine["options"][k])
         if state.get("split") != self.split or state.get("data") != self.data.identity:
             raise KdstoreError("this loader state was saved over other data (another store or split)")
         if changed:
@@ -401,9 +407,29 @@ class StoreLoader:
                 )
             )
 
+    def _state_problem(self, state: Any) -> str | None:
+        """What makes `state` unloadable here, said after "this loader state" (None when nothing)."""
+        if not isinstance(state, dict):
+            return f"is a {type(state).__name__}, not the dict StoreLoader.state_dict() returns"
+        missing = [k for k in ("epoch", "batch", "split", "data", "options") if k not in state]
+        if missing:
+            return f"lacks {', '.join(missing)} (it is not a StoreLoader.state_dict())"
+        epoch, batch = state["epoch"], state["batch"]
+        if not _is_int(epoch) or not 0 <= epoch <= self.config.epochs:
+            return f"has epoch {epoch!r}, outside 0..{self.config.epochs}"
+        if not _is_int(batch) or not 0 <= batch < max(1, len(self)):
+            return f"has batch {batch!r}, outside 0..{len(self) - 1} (an epoch has {len(self)} batches)"
+        if not isinstance(state["options"], dict):
+            return "has no options (it is not a StoreLoader.state_dict())"
+        return None
+
     def val(self) -> "StoreLoader":
         """The validation split of the same store, with these options (batches of EVAL_BATCH per process)."""
         return StoreLoader(self.data, "val", dataclasses.replace(self.config, batch_size=EVAL_BATCH))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _epoch_batch_sizes(loader: StoreLoader, local: int, drop_last: bool, epoch: int) -> list[int]:

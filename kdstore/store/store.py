@@ -682,9 +682,11 @@ def check_out(out: Path | str, overwrite: bool, keep: tuple[str | None, ...] = (
         if kept == out.resolve() or out.resolve() in kept.parents:
             raise KdstoreError(f"{option} {out} contains {given}, which this command reads; choose another {option}")
     if not out.exists():
+        _check_writable(out, option)
         return out
     if not overwrite:
         raise KdstoreError(f"{out} already exists; pass --overwrite to replace it")
+    _check_writable(out, option)
     if not out.is_dir():
         raise KdstoreError(f"{option} {out} is a file, not a kdstore store; --overwrite replaces only a store")
     if not (out / MANIFEST).is_file() and not (out / STAGE_MARKER).is_dir() and any(out.iterdir()):
@@ -693,6 +695,14 @@ def check_out(out: Path | str, overwrite: bool, keep: tuple[str | None, ...] = (
             "(a directory with MANIFEST.json): choose another --out or remove it yourself"
         )
     return out
+
+
+def _check_writable(out: Path, option: str) -> None:
+    """The directory a store is staged and renamed in (out's nearest existing parent) must take new
+    entries: a read-only one is refused before any work (a dry run included), not minutes later."""
+    parent = next((p for p in Path(out).absolute().parents if p.exists()), None)
+    if parent is not None and not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+        raise KdstoreError(f"{option} {out}: {parent} is not a writable directory (read-only, or not yours)")
 
 
 def claim(out: Path | str, overwrite: bool, keep: tuple[str | None, ...] = (), option: str = "--out") -> Path:

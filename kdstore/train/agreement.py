@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from kdstore.cache.inference import ModelInput, clean_forward
-from kdstore.data.beton import make_loader
+from kdstore.data.beton import epoch_of, make_loader
 from kdstore.runtime import distributed
 from kdstore.runtime.distributed import Context, all_reduce_sum
 from kdstore.runtime.transfer import upload
@@ -51,9 +51,10 @@ def beton_batches(beton: Path, workers: int, batch_size: int = 512) -> Batches:
             loaders.clear()
             loaders[key] = make_loader(beton, batch_size, workers, indices=positions)
         done = 0
-        for images, _, _ in loaders[key]:
-            yield images, positions[done : done + len(images)]
-            done += len(images)
+        with epoch_of(loaders[key]) as batches:
+            for images, _, _ in batches:
+                yield images, positions[done : done + len(images)]
+                done += len(images)
 
     return batches
 

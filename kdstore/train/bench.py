@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from kdstore.cache.inference import ModelInput
 from kdstore.config import opt, to_dict, write_json
-from kdstore.data.beton import make_loader, read_int_fields
+from kdstore.data.beton import epoch_of, make_loader, read_int_fields, workers_problem
 from kdstore.data.in_memory import LOADERS
 from kdstore.errors import KdstoreError
 from kdstore.loader.source import TrainData, data_from_store
@@ -66,7 +66,9 @@ class BenchConfig:
     json: str | None = opt(help="Write every figure as JSON here.", path=True)
 
     def validate(self) -> None:
-        for name, least in (("batch_size", 1), ("steps", 1), ("sweep_epochs", 1), ("workers", 0), ("block", 1)):
+        if workers_problem(self.workers):
+            raise KdstoreError(workers_problem(self.workers))
+        for name, least in (("batch_size", 1), ("steps", 1), ("sweep_epochs", 1), ("block", 1)):
             if getattr(self, name) < least:
                 raise KdstoreError(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(self, name)}")
         if self.warmup < 0:
@@ -280,8 +282,7 @@ def measure_cache(
     size = int(store.attrs["image_size"])
     fixed = torch.randint(0, 256, (cfg.batch_size, size, size, 3), dtype=torch.uint8, device=device)
     pass_s, bare_s = [], []
-    batches = iter(loader)
-    with torch.inference_mode():
+    with torch.inference_mode(), epoch_of(loader) as batches:
         # Interleaved: a cache-pass batch (read from the .beton, as `cache` does), then a bare
         # forward of a batch already on the device.
         for step in range(len(loader)):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from kdstore.config import opt, opt_from
+from kdstore.config import opt, opt_from, path_problems, type_problems
 from kdstore.errors import KdstoreError
 from kdstore.loader.config import LoaderConfig
 from kdstore.method.pacing import PACINGS, PacingParams
@@ -36,7 +36,7 @@ class TrainConfig:
         help="Run directory (config.json, metrics.jsonl, summary.json, checkpoint.pt).",
         required=True,
         path=True,
-        resume="fixed",
+        resume="may_change",  # the run directory resumed from: however spelt, wherever moved
         teacher=True,
         sweep="where",
     )
@@ -194,6 +194,9 @@ class TrainConfig:
         ]
 
     def validate(self) -> None:
+        wrong = type_problems(self) + path_problems(self)
+        if wrong:
+            raise KdstoreError(wrong[0])
         self.loader_config().validate()
         for ok, message in self._value_checks():
             if not ok:

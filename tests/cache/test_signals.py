@@ -88,3 +88,30 @@ def test_sigterm_during_a_cache_says_what_was_kept_and_resumes(writing_folder, t
     resumed = _cache_cli(out, writing_folder, "--workers", "1", "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
     assert verify(out) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_the_clean_teacher_pass_exits_cleanly(writing_folder, tmp_path, sig):
+    """TERM or INT to the process group (as a terminal's Ctrl-C sends it) while the teacher scores
+    the clean images (no views): one line, exit status 2, never SIGABRT from FFCV's reader thread
+    left decoding as Python exits ("terminate called without an active exception")."""
+    out = tmp_path / "store"
+    exe = os.path.join(os.path.dirname(sys.executable), "kdstore")
+    args = ["cache", "--allow-untrained", "--dataset", f"imagefolder:{writing_folder}", "--teacher", "resnet18"]
+    proc = subprocess.Popen(
+        [exe, *args, "--out", str(out), "--batch-size", "16", "--workers", "2", "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    chunks = tmp_path / ".store.partial" / ".kdstore-staging" / "chunks-train-r0of1"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not chunks.is_dir():
+        time.sleep(0.02)
+    assert chunks.is_dir(), "the teacher's pass never started"
+    time.sleep(0.3)
+    os.killpg(proc.pid, sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "terminate called" not in err, (proc.returncode, err[-2000:])
+    assert err.strip().splitlines()[-1].startswith("error: interrupted; the partial cache is kept in"), err

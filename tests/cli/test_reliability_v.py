@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from kdstore.cache import write as cache_write
 from kdstore.cli.main import cli
 from kdstore.store.store import verify as verify_store
 from tests.helpers import reseal
+
+pytestmark = pytest.mark.slow  # caches, trains, mounts small disks and runs scripts: the full suite only
 
 UNTRAINED = ["cache", "--allow-untrained", "--teacher", "cifar_resnet8", "--batch-size", "200", "--no-progress"]
 
@@ -107,7 +110,8 @@ def _damaged(src: Path, out: Path, edit) -> Path:
 @pytest.mark.parametrize("part", ["train/logits_scale", "train/views/logits_offset"])
 def test_a_missing_int8_part_is_refused_by_verify_train_and_merge(int8_store, tmp_path, part):
     bad = _damaged(int8_store, tmp_path / "bad", lambda f: f.__delitem__(part))
-    _refused(["verify", bad], f"{part} is missing")
+    code, text = _run(["verify", bad])
+    assert code != 0 and text.count("\n") == 0 and f"{part} is missing" in text, text
     _refused(["train", "--store", bad, "--out", tmp_path / "run", "--epochs", "1", "--no-progress"], "is missing")
     _refused(["inspect", bad], "is missing")
     _refused(["merge", bad, int8_store, "--out", tmp_path / "m"], "is missing")
@@ -274,3 +278,99 @@ def _fill(path: Path) -> None:
                 f.flush()
         except OSError:
             pass
+
+
+# --- 8, 9. tracebacks on the CLI path: --config, --out, --workers -------------------------------
+
+
+def _bad_places(tmp_path: Path) -> dict[str, Path]:
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 200_000 + "]" * 200_000)
+    loop = tmp_path / "loopA"
+    os.symlink(tmp_path / "loopB", loop)
+    os.symlink(loop, tmp_path / "loopB")
+    return {"nested": nested, "loop": loop}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "config nested",
+        "config /dev/zero",
+        "train out undecodable",
+        "train out symlink loop",
+        "cache out symlink loop",
+        "train workers",
+        "cache workers",
+        "bench workers",
+    ],
+)
+def test_what_raised_a_traceback_is_one_line(tmp_path, case):
+    places = _bad_places(tmp_path)
+    store = tmp_path / "no-store"  # every case is refused before a store is opened
+    train = ["train", "--store", store, "--epochs", "1", "--no-progress"]
+    many = str(os.cpu_count() + 1)
+    cases = {
+        "config nested": ([*train, "--out", tmp_path / "r", "--config", places["nested"]], "RecursionError"),
+        "config /dev/zero": ([*train, "--out", tmp_path / "r", "--config", "/dev/zero"], "larger than 1 MiB"),
+        "train out undecodable": ([*train, "--out", str(tmp_path / "run-\udcff")], "not valid UTF-8"),
+        "train out symlink loop": ([*train, "--out", places["loop"]], "symlink loop"),
+        "cache out symlink loop": ([*UNTRAINED, "--dataset", "digits", "--out", places["loop"]], "symlink loop"),
+        "train workers": ([*train, "--out", tmp_path / "r", "--workers", many], f"--workers must be in 0..{many[:-1]}"),
+        "cache workers": ([*UNTRAINED, "--dataset", "digits", "--out", tmp_path / "s", "--workers", many], "--workers"),
+        "bench workers": (["bench", "--store", store, "--workers", many], "--workers must be in"),
+    }
+    args, needle = cases[case]
+    _refused(args, needle)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()
+    assert not list(tmp_path.glob("run-*")) and not list(tmp_path.glob(".s.partial"))
+
+
+# --- 10. train --resume: the run directory however spelt, wherever moved -----------------------
+
+
+def test_train_resumes_its_directory_spelt_otherwise_or_moved(small_store, tmp_path, monkeypatch):
+    from kdstore.train import loop
+    from kdstore.train.config import TrainConfig
+
+    monkeypatch.chdir(tmp_path)
+
+    def die_in_epoch_2(epoch, b, ids, lam):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    options = dict(store=str(small_store), epochs=2, batch_size=8, workers=1, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(TrainConfig(out="rr", **options), hook=die_in_epoch_2)
+    shutil.copytree("rr", "moved")
+    args = ["train", "--store", small_store, "--epochs", "2", "--batch-size", "8", "--workers", "1", "--no-progress"]
+    for out in ("./rr", tmp_path / "moved"):
+        code, text = _run([*args, "--out", out, "--resume"])
+        assert code == 0 and "different" not in text, text
+        assert (Path(out) / "summary.json").is_file()
+
+
+# --- 14. the examples print a KdstoreError in one line; 15. a dry run into a read-only place ----
+
+
+@pytest.mark.parametrize("script", ["plain_loop.py", "timm_task.py", "lightning_module.py"])
+def test_the_examples_print_a_kdstore_error_in_one_line(tmp_path, script):
+    example = Path(__file__).resolve().parents[2] / "examples" / script
+    args = ["--store", tmp_path / "missing"] + (["--out", tmp_path / "o"] if script == "plain_loop.py" else [])
+    proc = subprocess.run([sys.executable, example, *map(str, args)], capture_output=True, text=True, timeout=300)
+    err = proc.stderr.strip()
+    assert proc.returncode != 0 and err == f"error: store {tmp_path / 'missing'} does not exist (make one with " + (
+        "`kdstore cache`)"
+    ), err
+
+
+def test_a_dry_run_into_a_read_only_directory_is_refused(tmp_path):
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M,ro", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("this machine does not let the tests mount a read-only tmpfs")
+    try:
+        for extra in (["--dry-run"], []):
+            _refused([*UNTRAINED, "--dataset", "digits", "--out", disk / "sub" / "s", *extra], "is not a writable")
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

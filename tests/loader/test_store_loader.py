@@ -134,6 +134,67 @@ def test_bad_input_is_one_line(small_store):
         _loader(small_store, seed=1).val().load_state_dict(state)
 
 
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("batch_size", "x", "--batch-size must be an integer, got 'x'"),
+        ("batch_size", None, "--batch-size must be an integer, got None"),
+        ("batch_size", 2.5, "--batch-size must be an integer, got 2.5"),
+        ("epochs", 2.7, "--epochs must be an integer, got 2.7"),
+        ("seed", 2**70, r"--seed must be in \[0, 2\*\*32\)"),
+        ("augment", "no", "--augment must be True or False, got 'no'"),
+        ("tau", "4", "--tau must be a number, got '4'"),
+        ("tau", float("nan"), "--tau must be > 0, got nan"),
+        ("lam", True, "--lam must be a number, got True"),
+    ],
+)
+def test_options_are_checked_by_type_and_range_as_the_cli_does(small_store, option, value, message):
+    with pytest.raises(KdstoreError, match=message):
+        _loader(small_store, **{option: value})
+
+
+def test_a_bad_loader_state_is_one_clear_error(small_store):
+    loader = _loader(small_store, seed=1)
+    good = loader.state_dict()
+    cases = [
+        (None, "is a NoneType, not the dict"),
+        ({k: v for k, v in good.items() if k != "epoch"}, "lacks epoch"),
+        ({**good, "batch": 10**9}, "has batch 1000000000, outside 0..3"),
+        ({**good, "batch": -1}, "has batch -1, outside"),
+        ({**good, "epoch": -1}, "has epoch -1, outside 0..30"),
+        ({**good, "epoch": "1"}, "has epoch '1'"),
+    ]
+    assert len(loader) == 4
+    for state, message in cases:
+        with pytest.raises(KdstoreError, match=message):
+            loader.load_state_dict(state)
+    with pytest.raises(KdstoreError, match="set_epoch: the epoch must be an integer >= 0, got -2"):
+        loader.set_epoch(-2)
+    loader.load_state_dict({**good, "batch": 3})  # the last batch of an epoch is a valid place to resume
+    assert len(list(loader)) == 1
+
+
+def test_kd_loss_refuses_a_bad_tau_and_another_class_count():
+    batch = _batch(None, [0, 1], 0.5, kind="logits", logits=torch.tensor([[1.0, 2.0, 0.5]] * 2))
+    assert torch.isfinite(kd_loss(torch.zeros(2, 3), batch).loss)
+    for tau in (float("nan"), float("inf"), 0.0, -1.0):
+        with pytest.raises(KdstoreError, match="kd_loss: tau must be a finite number > 0"):
+            kd_loss(torch.zeros(2, 3), batch, tau=tau)
+    with pytest.raises(KdstoreError, match="the student gives 5 classes, the store's teacher 3"):
+        kd_loss(torch.zeros(2, 5), batch)
+    with pytest.raises(KdstoreError, match=r"student logits of shape \(3, 3\) for a batch of 2 samples"):
+        kd_loss(torch.zeros(3, 3), batch)
+    from kdstore.integrations.lightning import DistillationModule
+    from kdstore.integrations.timm import OfflineDistillationTask
+
+    for make in (
+        lambda: DistillationModule(torch.nn.Linear(2, 3), tau=float("nan")),
+        lambda: OfflineDistillationTask(torch.nn.Linear(2, 3), temperature=float("inf")),
+    ):
+        with pytest.raises(KdstoreError, match="tau must be a finite number > 0"):
+            make()
+
+
 def _batch(student_targets, labels, lam, **target) -> Batch:
     return Batch(
         images=torch.zeros(len(labels), 3, 2, 2),
@@ -169,5 +230,5 @@ def test_kd_loss_by_hand():
     ce_rows = F.cross_entropy(z_s, torch.tensor([0, 1]), reduction="none")
     ce_partner = F.cross_entropy(z_s, torch.tensor([1, 0]), reduction="none")
     assert mixed.ce.item() == pytest.approx((w * ce_rows + (1 - w) * ce_partner).mean().item(), rel=1e-6)
-    with pytest.raises(ValueError, match="sampled at tau 4.0"):
+    with pytest.raises(KdstoreError, match="sampled at tau 4.0"):
         kd_loss(z_s, _batch(z_s, [0, 1], 0.5, kind="sampled", logits=z_t, tau=4.0), tau=2.0)
