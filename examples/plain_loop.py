@@ -17,11 +17,13 @@ d = kdstore.TrainConfig(out="")  # kdstore train's defaults
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--store", required=True)
 p.add_argument("--out", required=True)
-for name in ("variant", "pacing", "epochs", "seed"):
-    p.add_argument(f"--{name}", type=type(getattr(d, name)), default=getattr(d, name))
+for name in ("variant", "pacing", "epochs", "seed", "loss", "loss_options"):  # train's own defaults
+    p.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(d, name)), default=getattr(d, name))
 a = p.parse_args()
 
-loader = kdstore.StoreLoader(a.store, variant=a.variant, pacing=a.pacing, epochs=a.epochs, seed=a.seed)
+names = ("variant", "pacing", "epochs", "seed", "loss", "loss_options")
+loader = kdstore.StoreLoader(a.store, **{name: getattr(a, name) for name in names})
+loss_fn = loader.loss()  # kd_loss, or --loss's (dkd, dist, ...), with the loader's tau
 val = loader.val()
 torch.manual_seed(a.seed)
 model = timm.create_model(d.student, num_classes=loader.num_classes).to(loader.device)
@@ -35,7 +37,7 @@ with open(Path(a.out) / "metrics.jsonl", "w") as log:
         model.train()
         total, seen, t0 = 0.0, 0, time.perf_counter()
         for batch in loader:
-            loss = kdstore.kd_loss(model(batch.images), batch, tau=d.tau).loss
+            loss = loss_fn(model(batch.images), batch).loss
             opt.zero_grad()
             loss.backward()
             opt.step()

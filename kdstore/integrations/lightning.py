@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from kdstore.errors import KdstoreError
-from kdstore.loader.batch import Batch, check_tau, kd_loss
+from kdstore.loader.batch import Batch, check_tau, distill_loss
 from kdstore.loader.config import LoaderConfig
 from kdstore.loader.store_loader import StoreLoader
 from kdstore.store.store import Store
@@ -72,8 +72,9 @@ class StoreDataModule(pl.LightningDataModule):
 
 class DistillationModule(pl.LightningModule):
     """An example LightningModule for a store: kdstore.kd_loss on each batch (its lambda and
-    teacher target), SGD with Nesterov momentum and a per-step cosine schedule as `kdstore train`
-    uses; logs train_loss, train_ce, train_kd, val_acc and val_loss."""
+    teacher target; or `loss` with `loss_options`, as kdstore.distill_loss), SGD with Nesterov
+    momentum and a per-step cosine schedule as `kdstore train` uses; logs train_loss, train_ce,
+    train_kd, val_acc and val_loss."""
 
     def __init__(
         self,
@@ -84,18 +85,21 @@ class DistillationModule(pl.LightningModule):
         weight_decay: float = 5e-4,
         tau: float = 4.0,
         label_smoothing: float = 0.0,
+        loss: str = "kd",
+        loss_options: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         check_tau(tau, "DistillationModule")
         self.model = model
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.tau, self.label_smoothing = tau, label_smoothing
+        self.loss = distill_loss(loss, tau=tau, options=loss_options)  # kd: kd_loss
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        terms = kd_loss(self.model(batch.images), batch, tau=self.tau, label_smoothing=self.label_smoothing)
+        terms = self.loss(self.model(batch.images), batch, label_smoothing=self.label_smoothing)
         self.log_dict(
             {"train_loss": terms.loss.detach(), "train_ce": terms.ce, "train_kd": terms.kd}, batch_size=len(batch)
         )

@@ -9,13 +9,14 @@ import torch
 import torch.nn as nn
 from timm.task import TrainingTask
 
-from kdstore.loader.batch import Batch, check_tau, kd_loss
+from kdstore.loader.batch import Batch, check_tau, distill_loss
 
 
 class OfflineDistillationTask(TrainingTask):
     """A timm TrainingTask for a kdstore store: `task(batch.images, batch)` returns timm's task
-    dictionary (loss, output, task_loss, kd_loss) with the loss of kdstore.kd_loss: the batch's
-    lambda (or a fixed `lam`), the KD temperature `temperature`, label smoothing of the CE term.
+    dictionary (loss, output, task_loss, kd_loss) with the loss of kdstore.kd_loss (or `loss` with
+    `loss_options`, as kdstore.distill_loss): the batch's lambda (or a fixed `lam`), the
+    temperature `temperature`, label smoothing of the CE term.
     No teacher is held: the batch carries its logits (full, top-k, sampled or mixed views)."""
 
     def __init__(
@@ -26,11 +27,14 @@ class OfflineDistillationTask(TrainingTask):
         label_smoothing: float = 0.0,
         device: torch.device | None = None,
         verbose: bool = False,
+        loss: str = "kd",
+        loss_options: dict[str, float] | None = None,
     ) -> None:
         super().__init__(device=device, verbose=verbose)
         check_tau(temperature, "OfflineDistillationTask")
         self.trainable_module: Any = student_model
         self.temperature, self.lam, self.label_smoothing = temperature, lam, label_smoothing
+        self.loss = distill_loss(loss, tau=temperature, options=loss_options)  # kd: kd_loss
 
     def prepare_distributed(self, device_ids: list | None = None, **ddp_kwargs: Any) -> "OfflineDistillationTask":
         """Wrap the student in DistributedDataParallel (there is no teacher to leave out)."""
@@ -47,5 +51,5 @@ class OfflineDistillationTask(TrainingTask):
     def forward(self, input: torch.Tensor, target: Batch) -> dict[str, torch.Tensor]:  # type: ignore[override]
         """`input`: the batch's images (batch.images); `target`: the Batch itself."""
         output = self.trainable_module(input)
-        terms = kd_loss(output, target, tau=self.temperature, lam=self.lam, label_smoothing=self.label_smoothing)
+        terms = self.loss(output, target, lam=self.lam, label_smoothing=self.label_smoothing)
         return {"loss": terms.loss, "output": output, "task_loss": terms.ce, "kd_loss": terms.kd}

@@ -1,8 +1,9 @@
 """A store in any training loop: StoreLoader (batches with views, curricula, lambda and teacher
-targets on the device), its Batch and Target, and kd_loss. `kdstore train` runs on exactly these."""
+targets on the device), its Batch and Target, kd_loss and distill_loss (the other losses).
+`kdstore train` runs on exactly these."""
 
-from kdstore.loader.batch import Batch, LossTerms, Target, kd_loss
+from kdstore.loader.batch import Batch, LossTerms, Target, distill_loss, kd_loss
 from kdstore.loader.config import LoaderConfig
 from kdstore.loader.store_loader import StoreLoader
 
-__all__ = ["Batch", "LoaderConfig", "LossTerms", "StoreLoader", "Target", "kd_loss"]
+__all__ = ["Batch", "LoaderConfig", "LossTerms", "StoreLoader", "Target", "distill_loss", "kd_loss"]

@@ -7,14 +7,16 @@ views). Both are public: `from kdstore import Batch, Target, kd_loss`."""
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 import torch
 
 from kdstore.errors import KdstoreError
+from kdstore.method.distill_losses import DistillTerm, distill_term
 from kdstore.method.losses import student_loss
 
 # Target.kind: where a batch's teacher logits come from
@@ -87,11 +89,13 @@ def kd_loss(
     tau: float = 4.0,
     lam: float | None = None,
     label_smoothing: float = 0.0,
+    loss: DistillTerm | None = None,
 ) -> LossTerms:
     """(1 - lam) * CE + lam * tau^2 * KL(softmax(z_T / tau) || softmax(z_S / tau)), batch means
-    (docs/method.md). lam defaults to the batch's; a batch without a teacher term trains on CE
-    alone. For mixed views the CE term mixes the two labels by the stored weight. A target of
-    sampled ids must be read at the temperature it was drawn at (a mismatch is an error)."""
+    (docs/method.md); with `loss` (distill_loss), that loss's term in place of Hinton's KD. lam
+    defaults to the batch's; a batch without a teacher term trains on CE alone. For mixed views
+    the CE term mixes the two labels by the stored weight. A target of sampled ids must be read
+    at the temperature it was drawn at (a mismatch is an error)."""
     target = batch.target
     check_tau(tau, "kd_loss")
     if target.tau is not None and tau != target.tau:
@@ -106,8 +110,46 @@ def kd_loss(
         tau,
         label_smoothing,
         target.mix,
+        None if loss is None else functools.partial(_term, loss, batch.labels, tau, batch.epoch),
     )
     return LossTerms(terms["loss"], terms["ce"], terms["kd"])
+
+
+def _term(loss: DistillTerm, labels: torch.Tensor, tau: float, epoch: int, zs: torch.Tensor, zt: torch.Tensor):
+    return loss(zs, zt, labels, tau, epoch)
+
+
+def distill_loss(
+    name: str = "kd",
+    *,
+    tau: float = 4.0,
+    logit_standardize: bool = False,
+    options: Mapping[str, float] | None = None,
+    **hyper: float,
+) -> Callable[..., LossTerms]:
+    """A distillation loss by name (kd, dkd, dist, nkd, wttm; docs/method.md) with its
+    hyper-parameters (the paper's CIFAR defaults unless given), as a callable
+    `(student_logits, batch, *, lam=None, label_smoothing=0.0) -> LossTerms`, the terms named as
+    kd_loss's; `distill_loss("kd")` is kd_loss. The hyper-parameters come as keywords and/or as
+    the mapping `options`. Bad names or values are one KdstoreError."""
+    check_tau(tau, "distill_loss")
+    text = ",".join(f"{k}={v}" for k, v in {**(options or {}), **hyper}.items())
+    try:
+        term = distill_term(name, text, logit_standardize)
+    except ValueError as e:
+        raise KdstoreError(str(e).replace("--loss-options ", "").replace("--", "")) from None
+    return loss_of(term, tau)
+
+
+def loss_of(term: DistillTerm, tau: float) -> Callable[..., LossTerms]:
+    """`term` at temperature `tau` as a callable over (student_logits, batch) (distill_loss)."""
+
+    def apply(
+        student_logits: torch.Tensor, batch: Batch, *, lam: float | None = None, label_smoothing: float = 0.0
+    ) -> LossTerms:
+        return kd_loss(student_logits, batch, tau=tau, lam=lam, label_smoothing=label_smoothing, loss=term)
+
+    return apply
 
 
 def check_tau(tau: object, where: str) -> None:

@@ -12,6 +12,7 @@ from kdstore.data.beton import workers_problem
 from kdstore.data.in_memory import LOADERS
 from kdstore.errors import KdstoreError
 from kdstore.loader.prepare import VIEW_MODES
+from kdstore.method.distill_losses import LOSSES, DistillTerm, distill_term
 from kdstore.method.orderings import SCORERS, conflict
 from kdstore.method.pacing import PACINGS, PacingParams
 from kdstore.method.variants import ALIASES, VARIANTS, get_variant
@@ -31,7 +32,20 @@ class LoaderConfig:
     epochs: int = opt(30, "Epochs.")
     batch_size: int = opt(128, "Global batch size (split across torchrun processes).")
     lam: float = opt(0.9, "KD weight of the fixed-lambda variants.")
-    tau: float = opt(4.0, "KD temperature.")
+    tau: float = opt(4.0, "KD temperature (of kd, dkd and dist; nkd and wttm have their own, see --loss-options).")
+    loss: str = opt(
+        "kd",
+        "The distillation loss weighed by lambda against CE (docs/method.md): kd (Hinton), dkd, dist, nkd, wttm.",
+        choices=lambda: list(LOSSES),
+    )
+    loss_options: str = opt(
+        "",
+        "The loss's hyper-parameters as KEY=VALUE,... over the paper's CIFAR defaults (dkd: alpha, beta, warmup; "
+        "dist: beta, gamma; nkd: gamma, temp; wttm: gamma, beta).",
+    )
+    logit_standardize: bool = opt(
+        False, "Z-score both sides' logits before the loss's softmax (logit standardisation; kd and dkd)."
+    )
     pacing: str = opt("none", "Draw each batch from the easiest g(t) of the order.", choices=lambda: list(PACINGS))
     pacing_a: float = opt(PacingParams.a, "Fraction of training after which all data is used.")
     pacing_b: float = opt(PacingParams.b, "Fraction of the order used at the start.")
@@ -64,6 +78,13 @@ class LoaderConfig:
         "auto: device on CUDA when the table fits a quarter of free memory, else mapped. Results are identical.",
         choices=PLACEMENTS,
     )
+
+    def distill_term(self) -> DistillTerm:
+        """The distillation loss these options name, or a one-line error."""
+        try:
+            return distill_term(self.loss, self.loss_options, self.logit_standardize)
+        except ValueError as e:
+            raise KdstoreError(str(e)) from None
 
     @property
     def pacing_params(self) -> PacingParams:
@@ -107,6 +128,7 @@ class LoaderConfig:
             raise KdstoreError(str(e)) from None
         if VIEW_MODES[self.views].needs_augment and not self.augment:
             raise KdstoreError("--views replay augments with the stored views; it contradicts --no-augment")
+        self.distill_term()
         problems = self.pacing_params.problems()
         if problems:
             raise KdstoreError(problems[0])

@@ -18,7 +18,7 @@ import dataclasses
 import difflib
 import functools
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from kdstore.data.in_memory import (
 )
 from kdstore.errors import KdstoreError
 from kdstore.indices import Positions
-from kdstore.loader.batch import Batch, Target
+from kdstore.loader.batch import Batch, LossTerms, Target, loss_of
 from kdstore.loader.config import LoaderConfig
 from kdstore.loader.prepare import VIEW_MODES, Prepare, RandomAugment, no_augment, replay_views
 from kdstore.loader.scoring import score_train_set
@@ -134,6 +134,13 @@ class StoreLoader:
             raise KdstoreError(
                 f"--tau {cfg.tau} differs from the temperature the store's views were sampled at ({views.sample_tau}); "
                 f"pass --tau {views.sample_tau} (or --views clean)"
+            )
+        kind = views.storage if replay and views is not None and teacher is None else "logits"
+        if self.variant.needs_teacher and cfg.distill_term().spec.full_logits and kind != "logits":
+            kept = {"topk": "only their top-k logits", "sample": "sampled class ids, not logits"}[kind]
+            raise KdstoreError(
+                f"--loss {cfg.loss} needs the teacher's full logits, and the store's views keep {kept} "
+                "(train with --views clean, or cache views without --topk/--sample)"
             )
         world = self.ctx.world
         if cfg.batch_size % world:
@@ -259,6 +266,13 @@ class StoreLoader:
             confidence[order], self.config.batch_size, self.config.lam, float(confidence.max())
         )
         return lams[: len(self)]
+
+    def loss(self) -> Callable[..., LossTerms]:
+        """The distillation loss these batches are for (the `loss`, `loss_options`,
+        `logit_standardize` and `tau` options), as kdstore.distill_loss gives it:
+        `loader.loss()(model(batch.images), batch)` is `kdstore train`'s loss, bit for bit."""
+        cfg = self.config
+        return loss_of(cfg.distill_term(), cfg.tau)
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (the same every epoch: counted once, at set-up)."""

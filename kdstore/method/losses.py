@@ -4,6 +4,8 @@ Every function returns one value per sample, shape (B,); the caller weights and 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -17,8 +19,9 @@ def kd_per_sample(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ta
     """tau^2 * KL(softmax(z_T/tau) || softmax(z_S/tau)) per sample. (B, C), (B, C) -> (B,)."""
     if tau <= 0:
         raise ValueError(f"temperature tau must be > 0, got {tau}")
-    log_p_s = F.log_softmax(student_logits.float() / tau, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.float() / tau, dim=1)
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)  # float32, or float64 when given
+    log_p_s = F.log_softmax(student_logits.to(dtype) / tau, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.to(dtype) / tau, dim=1)
     # KL(p_T || p_S) = sum_k p_T,k (log p_T,k - log p_S,k); log_target avoids 0*log 0 issues.
     kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(dim=1)
     return (tau * tau) * kl
@@ -32,12 +35,14 @@ def student_loss(
     tau: float,
     label_smoothing: float = 0.0,
     label_mix: tuple[torch.Tensor, torch.Tensor] | None = None,
+    term: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """L_student = (1 - lam) * L_ce + lam * L_kd, batch means; returns the named terms.
 
     With lam == 0 (unguided, or an SR batch at the start of an epoch) no teacher logits are
     needed and ``kd`` is reported as 0. `label_mix` = (partner labels (B,), weights w (B,)) for
-    mixed images: the CE term of a sample is w * CE(y) + (1 - w) * CE(y_partner).
+    mixed images: the CE term of a sample is w * CE(y) + (1 - w) * CE(y_partner). `term`(z_S,
+    z_T) gives another distillation loss's batch value in place of Hinton's KD (distill_losses.py).
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lambda must be in [0, 1], got {lam}")
@@ -51,5 +56,5 @@ def student_loss(
             raise ValueError("a KD weight lambda > 0 needs teacher logits")
         kd = torch.zeros((), device=student_logits.device)
     else:
-        kd = kd_per_sample(student_logits, teacher_logits, tau).mean()
+        kd = term(student_logits, teacher_logits) if term else kd_per_sample(student_logits, teacher_logits, tau).mean()
     return {"loss": (1.0 - lam) * ce + lam * kd, "ce": ce.detach(), "kd": kd.detach()}

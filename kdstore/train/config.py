@@ -96,6 +96,9 @@ class TrainConfig:
     label_smoothing: float = opt(0.0, "Label smoothing of the CE term.", resume="fixed", teacher=True, sweep="base")
     tau: float = opt_from(LoaderConfig, "tau", resume="fixed", teacher=False, sweep="base")
     lam: float = opt_from(LoaderConfig, "lam", resume="fixed", teacher=False, sweep="base")
+    loss: str = opt_from(LoaderConfig, "loss", resume="fixed", teacher=False, sweep="base")
+    loss_options: str = opt_from(LoaderConfig, "loss_options", resume="fixed", teacher=False, sweep="base")
+    logit_standardize: bool = opt_from(LoaderConfig, "logit_standardize", resume="fixed", teacher=False, sweep="base")
     pacing: str = opt_from(LoaderConfig, "pacing", resume="fixed", teacher=False, sweep="arm")
     pacing_a: float = opt_from(LoaderConfig, "pacing_a", resume="fixed", teacher=False, sweep="base")
     pacing_b: float = opt_from(LoaderConfig, "pacing_b", resume="fixed", teacher=False, sweep="base")
@@ -218,6 +221,8 @@ class TrainConfig:
         defaults = TrainConfig(out="")
         return (
             name
+            + (f"+{self.loss}" if self.loss != defaults.loss else "")
+            + ("+ls" if self.logit_standardize else "")
             + (f"+{self.pacing}" if PACINGS[self.pacing] is not None else "")
             + (f"+{self.scorer}" if self.scorer != defaults.scorer else "")
             + (f"+{self.views}" if self.views != defaults.views else "")

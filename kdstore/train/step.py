@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from kdstore.data.augment import resize
 from kdstore.loader.batch import Batch, kd_loss
+from kdstore.method.distill_losses import DistillTerm
 from kdstore.runtime.precision import autocast, device_layout, grad_scaler
 
 
@@ -40,6 +41,7 @@ class Step:
     scheduler: Any  # stepped once per call
     device: torch.device
     tau: float
+    loss: DistillTerm | None = None  # the distillation loss (None: Hinton's KD)
     label_smoothing: float = 0.0
     input_size: int | None = None  # resize the student's input to this size after augmentation
     amp: bool = False
@@ -60,7 +62,7 @@ class Step:
         x = device_layout(resize(batch.images, self.input_size)) if self.input_size else batch.images
         with autocast(self.device, self.amp):
             logits = self.model(x)
-        terms = kd_loss(logits.float(), batch, tau=self.tau, label_smoothing=self.label_smoothing)
+        terms = kd_loss(logits.float(), batch, tau=self.tau, label_smoothing=self.label_smoothing, loss=self.loss)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms.loss).backward()
         self.scaler.step(self.optimizer)

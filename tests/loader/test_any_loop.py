@@ -29,6 +29,7 @@ ARMS = [
     {"variant": "kd-cl", "pacing": "exp", "epochs": 1},
     {"variant": "kd-cl-sr", "epochs": 1},
     {"variant": "kd", "epochs": 1, "views": True},
+    {"variant": "kd-cl-sr", "epochs": 1, "loss": "dkd", "loss_options": "beta=4"},
 ]
 
 
@@ -39,7 +40,7 @@ def test_plain_loop_example_logs_what_train_logs(arm, digits_store, digits_views
     seed = 7
     train.run(TrainConfig(out=str(tmp_path / "train"), store=str(store), seed=seed, progress=False, **arm))
     argv = ["plain_loop.py", "--store", str(store), "--out", str(tmp_path / "plain"), "--seed", str(seed)]
-    argv += [x for k, v in arm.items() for x in (f"--{k}", str(v))]
+    argv += [x for k, v in arm.items() for x in (f"--{k.replace('_', '-')}", str(v))]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(EXAMPLES / "plain_loop.py"), run_name="__main__")
     ours, theirs = _rows(tmp_path / "train" / "metrics.jsonl"), _rows(tmp_path / "plain" / "metrics.jsonl")

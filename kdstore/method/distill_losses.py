@@ -1,0 +1,217 @@
+"""Logit-distillation losses as data (docs/method.md, "Distillation losses").
+
+Each loss maps a batch's student logits z_S (B, C), teacher logits z_T (B, C) and labels (B,)
+to its distillation term, a batch mean; the variant's lambda weighs it against cross-entropy
+exactly as it weighs Hinton's KD: L = (1 - lambda) * CE + lambda * L_loss (losses.student_loss).
+A loss's own weights (DKD's alpha and beta, DIST's beta and gamma, ...) scale L_loss inside.
+
+Logit standardisation (Sun et al., CVPR 2024) replaces both sides' logits by their Z-score
+(per sample, over classes) before the loss's softmax at temperature tau, for the losses that
+define it (`standardizable`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from kdstore.method.losses import kd_per_sample
+
+# (student logits, teacher logits, labels, tau, hyper-parameters, epoch (0-based)) -> the term
+Term = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, Mapping[str, float], int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One distillation loss: its paper, its hyper-parameters with their defaults (the paper's
+    CIFAR settings) and the check each must pass, and what a store must give it."""
+
+    name: str
+    paper: str
+    term: Term
+    hyper: Mapping[str, float]  # name -> default
+    ranges: Mapping[str, tuple[float, float, str]]  # name -> (low, high, what), low inclusive, high inclusive
+    uses_tau: bool  # reads --tau (kd, dkd, dist); the others have their own temperatures
+    standardizable: bool  # logit standardisation is defined for it
+    full_logits: bool = True  # needs the teacher's full logits (not top-k rows or sampled ids)
+
+
+def standardize(z: torch.Tensor) -> torch.Tensor:
+    """Z-score of each row over its classes: (z - mean) / (std + 1e-7), std with Bessel's
+    correction (as the logit-standardisation paper's code computes it)."""
+    return (z - z.mean(dim=1, keepdim=True)) / (z.std(dim=1, keepdim=True) + 1e-7)
+
+
+def _kd(zs: torch.Tensor, zt: torch.Tensor, labels: torch.Tensor, tau: float, h: Mapping[str, float], epoch: int):
+    """Hinton et al. 2015: tau^2 * KL(softmax(z_T / tau) || softmax(z_S / tau))."""
+    return kd_per_sample(zs, zt, tau).mean()
+
+
+def _non_target(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The (B, C - 1) logits of the classes other than each sample's label, in class order."""
+    keep = torch.ones_like(z, dtype=torch.bool).scatter_(1, labels[:, None], False)
+    return z[keep].view(z.shape[0], z.shape[1] - 1)
+
+
+def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row from log-probabilities."""
+    return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=1)
+
+
+def _dkd(zs: torch.Tensor, zt: torch.Tensor, labels: torch.Tensor, tau: float, h: Mapping[str, float], epoch: int):
+    """Zhao et al., CVPR 2022: warm-up * (alpha * TCKD + beta * NCKD), both times tau^2.
+    TCKD: KL between the binary (target, all others) probabilities at tau; NCKD: KL between the
+    softmaxes at tau over the non-target classes only. The warm-up weight is min((epoch + 1) /
+    warmup, 1) (epochs counted from 1, as DKD's code does; warmup 0: none)."""
+    log_ps, log_pt = F.log_softmax(zs / tau, dim=1), F.log_softmax(zt / tau, dim=1)
+    target = labels[:, None]
+    ps_t, pt_t = log_ps.gather(1, target).exp(), log_pt.gather(1, target).exp()
+    eps = torch.finfo(zs.dtype).tiny
+    b_s = torch.cat([ps_t, 1 - ps_t], dim=1).clamp_min(eps).log()
+    b_t = torch.cat([pt_t, 1 - pt_t], dim=1).clamp_min(eps).log()
+    tckd = _kl_rows(b_t, b_s)
+    nckd = _kl_rows(
+        F.log_softmax(_non_target(zt, labels) / tau, dim=1), F.log_softmax(_non_target(zs, labels) / tau, dim=1)
+    )
+    warm = min((epoch + 1) / h["warmup"], 1.0) if h["warmup"] > 0 else 1.0
+    return warm * (tau * tau) * (h["alpha"] * tckd + h["beta"] * nckd).mean()
+
+
+def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of each row of a with the same row of b."""
+    a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def _dist(zs: torch.Tensor, zt: torch.Tensor, labels: torch.Tensor, tau: float, h: Mapping[str, float], epoch: int):
+    """Huang et al., NeurIPS 2022: tau^2 * (beta * inter + gamma * intra), on y = softmax(z / tau):
+    inter = 1 - mean over samples of the Pearson correlation of y_S and y_T across classes;
+    intra = 1 - mean over classes of their Pearson correlation across the batch's samples."""
+    ys, yt = F.softmax(zs / tau, dim=1), F.softmax(zt / tau, dim=1)
+    inter = 1 - _pearson_rows(ys, yt).mean()
+    intra = 1 - _pearson_rows(ys.T, yt.T).mean()
+    return (tau * tau) * (h["beta"] * inter + h["gamma"] * intra)
+
+
+def _nkd(zs: torch.Tensor, zt: torch.Tensor, labels: torch.Tensor, tau: float, h: Mapping[str, float], epoch: int):
+    """Yang et al., ICCV 2023: -T_t log S_t (the teacher's target probability times the student's
+    log target probability, both at temperature 1) - gamma * temp^2 * sum over non-target classes
+    of N(T)_i log N(S)_i, N the softmax at `temp` over the non-target classes only."""
+    target = labels[:, None]
+    log_s_t = F.log_softmax(zs, dim=1).gather(1, target).squeeze(1)
+    t_t = F.softmax(zt, dim=1).gather(1, target).squeeze(1)
+    temp = h["temp"]
+    log_ns = F.log_softmax(_non_target(zs, labels) / temp, dim=1)
+    nt = F.softmax(_non_target(zt, labels) / temp, dim=1)
+    return (-(t_t * log_s_t) - h["gamma"] * temp * temp * (nt * log_ns).sum(dim=1)).mean()
+
+
+def _wttm(zs: torch.Tensor, zt: torch.Tensor, labels: torch.Tensor, tau: float, h: Mapping[str, float], epoch: int):
+    """Zheng & Yang, ICLR 2024: the teacher's softmax power-transformed, p^gamma / U with
+    U = sum_k p_k^gamma, matched by the student at temperature 1; each sample weighted by U
+    (larger for a flatter teacher): beta * mean(U * KL(p^gamma / U || softmax(z_S)))."""
+    log_pt = F.log_softmax(zt, dim=1) * h["gamma"]
+    log_u = torch.logsumexp(log_pt, dim=1, keepdim=True)
+    kl = _kl_rows(log_pt - log_u, F.log_softmax(zs, dim=1))
+    return h["beta"] * (log_u.squeeze(1).exp() * kl).mean()
+
+
+_NONNEG = (0.0, math.inf, ">= 0")
+_POSITIVE = (1e-12, math.inf, "> 0")
+
+LOSSES: dict[str, LossSpec] = {
+    s.name: s
+    for s in (
+        LossSpec("kd", "Hinton et al. 2015", _kd, {}, {}, uses_tau=True, standardizable=True, full_logits=False),
+        LossSpec(
+            "dkd",
+            "Zhao et al., CVPR 2022",
+            _dkd,
+            {"alpha": 1.0, "beta": 8.0, "warmup": 20.0},
+            {"alpha": _NONNEG, "beta": _NONNEG, "warmup": _NONNEG},
+            uses_tau=True,
+            standardizable=True,
+        ),
+        LossSpec(
+            "dist",
+            "Huang et al., NeurIPS 2022",
+            _dist,
+            {"beta": 2.0, "gamma": 2.0},
+            {"beta": _NONNEG, "gamma": _NONNEG},
+            uses_tau=True,
+            standardizable=False,
+        ),
+        LossSpec(
+            "nkd",
+            "Yang et al., ICCV 2023",
+            _nkd,
+            {"gamma": 1.5, "temp": 1.0},
+            {"gamma": _NONNEG, "temp": _POSITIVE},
+            uses_tau=False,
+            standardizable=False,
+        ),
+        LossSpec(
+            "wttm",
+            "Zheng & Yang, ICLR 2024",
+            _wttm,
+            {"gamma": 0.25, "beta": 1.0},
+            {"gamma": (1e-12, 1.0, "in (0, 1]"), "beta": _NONNEG},
+            uses_tau=False,
+            standardizable=False,
+        ),
+    )
+}
+
+
+def parse_options(name: str, text: str) -> dict[str, float]:
+    """A loss's hyper-parameters from `KEY=VALUE,KEY=VALUE` (the others at their defaults), or
+    a ValueError naming what is wrong: an unknown loss or key (listing the known ones), a value
+    that is not a number, NaN or infinite, or out of its range."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown --loss {name!r}; known: {', '.join(LOSSES)}")
+    spec = LOSSES[name]
+    values = dict(spec.hyper)
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or key not in spec.hyper:
+            known = ", ".join(spec.hyper) or "none"
+            raise ValueError(f"--loss-options {item!r}: {name} takes {known} (as KEY=VALUE)")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"--loss-options {key}={raw}: not a number") from None
+        low, high, what = spec.ranges[key]
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ValueError(f"--loss-options {key} of {name} must be a finite number {what}, got {raw}")
+        values[key] = value
+    return values
+
+
+@dataclass(frozen=True)
+class DistillTerm:
+    """A loss with its hyper-parameters set: `term(z_S, z_T, labels, tau, epoch)` is its value."""
+
+    spec: LossSpec
+    hyper: Mapping[str, float]
+    standardize: bool = False
+
+    def __call__(
+        self, zs: torch.Tensor, zt: torch.Tensor, labels: torch.Tensor, tau: float, epoch: int = 0
+    ) -> torch.Tensor:
+        if self.standardize:
+            zs, zt = standardize(zs), standardize(zt)
+        return self.spec.term(zs, zt, labels, tau, self.hyper, epoch)
+
+
+def distill_term(name: str = "kd", options: str = "", logit_standardize: bool = False) -> DistillTerm:
+    """The loss `name` with `options` (KEY=VALUE,...) over its defaults, standardised or not; a
+    ValueError names what is wrong (see parse_options; a loss without standardisation)."""
+    hyper = parse_options(name, options)
+    if logit_standardize and not LOSSES[name].standardizable:
+        known = ", ".join(n for n, s in LOSSES.items() if s.standardizable)
+        raise ValueError(f"--logit-standardize is not defined for --loss {name}; it is for {known}")
+    return DistillTerm(LOSSES[name], hyper, logit_standardize)

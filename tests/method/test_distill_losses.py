@@ -1,0 +1,233 @@
+"""Each distillation loss (kdstore.method.distill_losses) against a second implementation written
+here from the paper's equations: plain loops over samples and classes in float64, on tiny cases
+(three classes, a one-hot and a very confident teacher, ties, tau != 1, logit standardisation).
+Gradients by torch.autograd.gradcheck. Pure maths: the fast tier."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kdstore.errors import KdstoreError
+from kdstore.method.distill_losses import LOSSES, distill_term, parse_options
+
+# ---- the second implementation: lists of floats, loops, the papers' equations ---------------------
+
+
+def softmax(v: list[float], t: float = 1.0) -> list[float]:
+    m = max(x / t for x in v)
+    e = [math.exp(x / t - m) for x in v]
+    return [x / sum(e) for x in e]
+
+
+def kl(p: list[float], q: list[float]) -> float:
+    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q) if pi > 0)
+
+
+def drop(v: list[float], y: int) -> list[float]:
+    return [x for j, x in enumerate(v) if j != y]
+
+
+def zscore(v: list[float]) -> list[float]:
+    mean = sum(v) / len(v)
+    std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1))
+    return [(x - mean) / (std + 1e-7) for x in v]
+
+
+def ref_kd(s, t, y, tau, h, epoch):
+    return sum(tau * tau * kl(softmax(ti, tau), softmax(si, tau)) for si, ti in zip(s, t)) / len(s)
+
+
+def ref_dkd(s, t, y, tau, h, epoch):
+    total = 0.0
+    for si, ti, yi in zip(s, t, y):
+        ps, pt = softmax(si, tau), softmax(ti, tau)
+        tckd = kl([pt[yi], 1 - pt[yi]], [ps[yi], 1 - ps[yi]])
+        nckd = kl(softmax(drop(ti, yi), tau), softmax(drop(si, yi), tau))
+        total += tau * tau * (h["alpha"] * tckd + h["beta"] * nckd)
+    return min((epoch + 1) / h["warmup"], 1.0) * total / len(s)
+
+
+def pearson(a: list[float], b: list[float]) -> float:
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    cov = sum((x - ma) * (z - mb) for x, z in zip(a, b))
+    na, nb = math.sqrt(sum((x - ma) ** 2 for x in a)), math.sqrt(sum((z - mb) ** 2 for z in b))
+    return cov / (na * nb + 1e-8)
+
+
+def ref_dist(s, t, y, tau, h, epoch):
+    ys, yt = [softmax(v, tau) for v in s], [softmax(v, tau) for v in t]
+    inter = 1 - sum(pearson(a, b) for a, b in zip(ys, yt)) / len(ys)
+    columns = range(len(ys[0]))
+    intra = 1 - sum(pearson([r[j] for r in ys], [r[j] for r in yt]) for j in columns) / len(columns)
+    return tau * tau * (h["beta"] * inter + h["gamma"] * intra)
+
+
+def ref_nkd(s, t, y, tau, h, epoch):
+    total, temp = 0.0, h["temp"]
+    for si, ti, yi in zip(s, t, y):
+        target = -softmax(ti)[yi] * math.log(softmax(si)[yi])
+        ns, nt = softmax(drop(si, yi), temp), softmax(drop(ti, yi), temp)
+        total += target - h["gamma"] * temp * temp * sum(a * math.log(b) for a, b in zip(nt, ns))
+    return total / len(s)
+
+
+def ref_wttm(s, t, y, tau, h, epoch):
+    total = 0.0
+    for si, ti in zip(s, t):
+        powered = [p ** h["gamma"] for p in softmax(ti)]
+        u = sum(powered)
+        total += u * kl([p / u for p in powered], softmax(si))
+    return h["beta"] * total / len(s)
+
+
+REFERENCES = {"kd": ref_kd, "dkd": ref_dkd, "dist": ref_dist, "nkd": ref_nkd, "wttm": ref_wttm}
+
+STUDENT = [[0.5, -1.0, 2.0], [1.0, 1.0, 1.0], [3.0, 0.2, -0.7], [-2.0, 0.5, 0.4]]
+TEACHERS = {
+    "ordinary": [[1.0, 0.0, 2.5], [0.3, 1.2, -0.4], [2.0, 1.9, -1.0], [-1.0, 2.0, 0.0]],
+    "very confident": [[0.0, 0.0, 30.0], [25.0, 0.0, 0.0], [0.0, 40.0, 0.0], [0.0, 0.0, 35.0]],
+    "ties": [[1.0, 1.0, 1.0], [2.0, 2.0, 0.0], [0.5, 0.5, 0.5], [0.0, 3.0, 3.0]],
+}
+LABELS = [2, 0, 1, 1]
+
+
+def _both(name: str, teacher: str, tau: float, options: str = "", standardize: bool = False, epoch: int = 3):
+    term = distill_term(name, options, standardize)
+    s = torch.tensor(STUDENT, dtype=torch.float64)
+    t = torch.tensor(TEACHERS[teacher], dtype=torch.float64)
+    got = float(term(s, t, torch.tensor(LABELS), tau, epoch))
+    rs, rt = (
+        (STUDENT, TEACHERS[teacher])
+        if not standardize
+        else ([zscore(v) for v in STUDENT], [zscore(v) for v in TEACHERS[teacher]])
+    )
+    want = REFERENCES[name](rs, rt, LABELS, tau, term.hyper, epoch)
+    return got, want
+
+
+@pytest.mark.parametrize("teacher", list(TEACHERS))
+@pytest.mark.parametrize("tau", [1.0, 3.0])
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_each_loss_equals_its_equations(name, teacher, tau):
+    got, want = _both(name, teacher, tau)
+    assert got == pytest.approx(want, rel=1e-6, abs=1e-9), (got, want)
+
+
+@pytest.mark.parametrize("name", ["kd", "dkd"])
+def test_logit_standardisation_is_the_z_score_before_the_loss(name):
+    got, want = _both(name, "ordinary", 2.0, standardize=True)
+    assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
+    plain, _ = _both(name, "ordinary", 2.0)
+    assert got != pytest.approx(plain)
+
+
+def test_options_change_the_terms_as_the_equations_say():
+    for name, options in (
+        ("dkd", "alpha=0.5,beta=2,warmup=10"),
+        ("dist", "beta=1,gamma=3"),
+        ("nkd", "gamma=2,temp=2"),
+        ("wttm", "gamma=0.5,beta=3"),
+    ):
+        term = distill_term(name, options)
+        s, t = torch.tensor(STUDENT, dtype=torch.float64), torch.tensor(TEACHERS["ordinary"], dtype=torch.float64)
+        got = float(term(s, t, torch.tensor(LABELS), 2.0, 4))
+        assert got == pytest.approx(
+            REFERENCES[name](STUDENT, TEACHERS["ordinary"], LABELS, 2.0, term.hyper, 4), rel=1e-6
+        )
+
+
+def test_by_hand_values():
+    """Values worked out on paper: a student equal to its teacher owes nothing to KD or DKD (DIST's
+    1e-8 in the Pearson denominators, as its paper's code has it, leaves a trace); DKD's warm-up
+    is 1/20 of the loss in epoch 1; NKD on two classes is its target term alone."""
+    z = torch.tensor(TEACHERS["ordinary"], dtype=torch.float64)
+    y = torch.tensor(LABELS)
+    for name in ("kd", "dkd"):
+        assert float(distill_term(name)(z, z, y, 4.0, 30)) == pytest.approx(0.0, abs=1e-12)
+    s = torch.tensor(STUDENT, dtype=torch.float64)
+    dkd = distill_term("dkd")
+    assert float(dkd(s, z, y, 4.0, 0)) == pytest.approx(float(dkd(s, z, y, 4.0, 19)) / 20, rel=1e-12)
+    # two classes, teacher (log 3, 0): p_T = (3/4, 1/4); student uniform: -3/4 log(1/2), and one
+    # non-target class, whose normalised probabilities are 1 on both sides: gamma * 1 * log 1 = 0
+    nkd = distill_term("nkd")
+    two_t = torch.tensor([[math.log(3.0), 0.0]], dtype=torch.float64)
+    two_s = torch.zeros(1, 2, dtype=torch.float64)
+    assert float(nkd(two_s, two_t, torch.tensor([0]), 1.0)) == pytest.approx(0.75 * math.log(2.0), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "name, standardize", [(n, False) for n in LOSSES] + [(n, True) for n, s in LOSSES.items() if s.standardizable]
+)
+def test_gradients(name, standardize):
+    term = distill_term(name, logit_standardize=standardize)
+    # no constant row: a Z-score divides by the row's std, 0 for a constant row
+    s = torch.tensor([[0.5, -1.0, 2.0], [1.0, 1.3, 0.9], [3.0, 0.2, -0.7], [-2.0, 0.5, 0.4]], dtype=torch.float64)
+    s.requires_grad_(True)
+    t = torch.tensor(TEACHERS["ordinary"], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: term(x, t, torch.tensor(LABELS), 2.0, 5), (s,))
+
+
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("bogus", "", "unknown --loss 'bogus'; known: kd, dkd, dist, nkd, wttm"),
+        ("dkd", "beta=-1", "beta of dkd must be a finite number >= 0, got -1"),
+        ("dkd", "beta=nan", "must be a finite number"),
+        ("nkd", "temp=0", "temp of nkd must be a finite number > 0"),
+        ("wttm", "gamma=2", "gamma of wttm must be a finite number in (0, 1]"),
+        ("dkd", "gama=1", "dkd takes alpha, beta, warmup"),
+        ("kd", "beta=1", "kd takes none"),
+        ("dist", "beta", "dist takes beta, gamma"),
+        ("dist", "beta=x", "not a number"),
+    ],
+)
+def test_bad_options_are_one_line(name, options, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
+        parse_options(name, options)
+
+
+def test_standardisation_of_a_loss_that_does_not_define_it_is_refused():
+    with pytest.raises(ValueError, match="--logit-standardize is not defined for --loss nkd; it is for kd, dkd"):
+        distill_term("nkd", logit_standardize=True)
+
+
+def test_the_public_distill_loss_and_the_loader_options():
+    import kdstore
+    from kdstore.loader.batch import Batch, Target
+
+    batch = Batch(
+        images=torch.zeros(4, 3, 2, 2),
+        labels=torch.tensor(LABELS),
+        ids=torch.arange(4).numpy(),
+        positions=torch.arange(4).numpy(),
+        lam=0.9,
+        target=Target(kind="logits", logits=torch.tensor(TEACHERS["ordinary"])),
+        epoch=2,
+        index=0,
+    )
+    s = torch.tensor(STUDENT)
+    kd = kdstore.kd_loss(s, batch, tau=3.0)
+    same = kdstore.distill_loss("kd", tau=3.0)(s, batch)
+    assert torch.equal(kd.loss, same.loss) and torch.equal(kd.kd, same.kd)  # kd is kd_loss, bit for bit
+    dkd = kdstore.distill_loss("dkd", tau=3.0, beta=4.0)(s, batch)
+    want = ref_dkd(STUDENT, TEACHERS["ordinary"], LABELS, 3.0, {"alpha": 1.0, "beta": 4.0, "warmup": 20.0}, 2)
+    assert float(dkd.kd) == pytest.approx(want, rel=1e-5)
+    assert float(dkd.loss) == pytest.approx(0.1 * float(dkd.ce) + 0.9 * want, rel=1e-5)
+    from kdstore.integrations.timm import OfflineDistillationTask
+
+    task = OfflineDistillationTask(torch.nn.Identity(), temperature=3.0, loss="dkd", loss_options={"beta": 4.0})
+    assert float(task(s, batch)["kd_loss"]) == pytest.approx(want, rel=1e-5)
+    with pytest.raises(KdstoreError, match="dkd takes alpha, beta, warmup"):
+        kdstore.distill_loss("dkd", gama=1.0)
+    with pytest.raises(KdstoreError, match="unknown loss 'x'"):
+        kdstore.distill_loss("x")
+    for options, message in (
+        (dict(loss="x"), "unknown --loss 'x'"),
+        (dict(loss="dkd", loss_options="beta=-2"), "beta of dkd must be"),
+        (dict(loss="dist", logit_standardize=True), "not defined for --loss dist"),
+    ):
+        with pytest.raises(KdstoreError, match=message):
+            kdstore.LoaderConfig(**options).validate()
