@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR ?= demo-out
 PYTEST_ARGS ?=
 
-.PHONY: setup sysdeps demo test test-fast lint clean
+.PHONY: setup sysdeps demo test test-slow test-fast lint clean
 
 setup: $(STAMP)
 
@@ -32,8 +32,12 @@ demo: $(STAMP)
 	$(VENV)/bin/kdstore demo --out $(DEMO_DIR)
 
 # Two workers: most tests wait on subprocesses, FFCV's writer or files (see the README's Tests).
+# The heavy tier (signals sent to caches, small disks filled) is `make test-slow`.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile -m "not heavy" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile -m heavy $(PYTEST_ARGS)
 
 # The fast tier: no trained digits teacher, no subprocesses (under a minute on 2 cores).
 test-fast: $(STAMP)

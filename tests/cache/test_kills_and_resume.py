@@ -78,6 +78,7 @@ def _same_content(a, b):
         assert fa.attrs["dataset_fingerprint"] == fb.attrs["dataset_fingerprint"]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("kill_at", [3])  # 30 train images, batches of 8: mid-train after a flush (batch 1: test below)
 def test_sigkilled_cache_leaves_no_store_and_resumes_identically(kill_at, synthetic_folder, reference_store, tmp_path):
     out = tmp_path / "store"
@@ -94,6 +95,7 @@ def test_sigkilled_cache_leaves_no_store_and_resumes_identically(kill_at, synthe
     assert verify(out) == []
 
 
+@pytest.mark.heavy
 def test_sigkill_keeps_the_previous_complete_store_and_resume_checks_options(
     synthetic_folder, reference_store, tmp_path
 ):

@@ -12,7 +12,7 @@ import pytest
 
 from kdstore.store.store import verify
 
-pytestmark = pytest.mark.slow  # caches in child processes and kills them
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # caches in child processes and kills them
 
 
 def _cache_cli(out, folder, *extra):

@@ -242,6 +242,7 @@ def test_a_resume_that_cannot_continue_says_it_starts_again(killed_before_h5, tm
 # --- 5. a disk filled during the views pass keeps the partial, names the file ------------------
 
 
+@pytest.mark.heavy
 def test_a_disk_filled_during_the_views_pass_keeps_the_partial(tmp_path, monkeypatch):
     disk = tmp_path / "small"
     disk.mkdir()

@@ -14,7 +14,7 @@ from kdstore.models.checkpoints import load_checkpoint
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
 
-pytestmark = pytest.mark.slow  # mounts a small tmpfs and trains
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # mounts a small tmpfs and trains
 
 
 @pytest.fixture()
