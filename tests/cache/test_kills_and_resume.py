@@ -217,6 +217,7 @@ def test_foreign_reordered_and_duplicated(reference_store, digits_store, tmp_pat
         Store.open(other_fp)
 
 
+@pytest.mark.heavy
 def test_killed_and_resumed_training_matches_uninterrupted(digits_store, tmp_path):
     base = TrainConfig(out="", store=str(digits_store), variant="kd-cl-sr", epochs=2, batch_size=256, progress=False)
     straight = train.run(TrainConfig(**{**base.__dict__, "out": str(tmp_path / "straight")}))
@@ -249,6 +250,7 @@ def test_killed_and_resumed_training_matches_uninterrupted(digits_store, tmp_pat
         train.run(TrainConfig(**{**killed.__dict__, "resume": True, "overwrite": True, "epochs": 5}))
 
 
+@pytest.mark.heavy
 def test_two_train_processes_read_one_store_at_once(digits_store, tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "kdstore")
     procs = [

@@ -231,6 +231,7 @@ def test_a_corrupt_cache_state_is_one_line(killed_before_h5, tmp_path, content):
     assert (tmp_path / ".s.partial" / "train.beton").is_file()  # the partial is kept
 
 
+@pytest.mark.heavy
 def test_a_resume_that_cannot_continue_says_it_starts_again(killed_before_h5, tmp_path):
     damaged = tmp_path / "d"
     shutil.copytree(killed_before_h5, damaged)
@@ -354,6 +355,7 @@ def test_train_resumes_its_directory_spelt_otherwise_or_moved(small_store, tmp_p
 # --- 14. the examples print a KdstoreError in one line; 15. a dry run into a read-only place ----
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("script", ["plain_loop.py", "timm_task.py", "lightning_module.py"])
 def test_the_examples_print_a_kdstore_error_in_one_line(tmp_path, script):
     example = Path(__file__).resolve().parents[2] / "examples" / script

@@ -58,6 +58,7 @@ beton.write_beton(split, sys.argv[1], workers=2)
 """
 
 
+@pytest.mark.heavy
 def test_the_writer_and_its_workers_die_with_a_killed_parent(tmp_path):
     """SIGKILL the process writing a .beton: within a moment no writer or worker of it is left."""
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "x.beton")])

@@ -27,9 +27,8 @@ def _rows(path: Path) -> list[dict]:
 ARMS = [
     {"variant": "kd", "epochs": 2},
     {"variant": "kd-cl", "pacing": "exp", "epochs": 1},
-    {"variant": "kd-cl-sr", "epochs": 1},
+    {"variant": "kd-cl-sr", "epochs": 1, "loss": "dkd", "loss_options": "beta=4"},  # SR's lambda, another loss
     {"variant": "kd", "epochs": 1, "views": True},
-    {"variant": "kd-cl-sr", "epochs": 1, "loss": "dkd", "loss_options": "beta=4"},
 ]
 
 
