@@ -42,7 +42,7 @@ def test_commands_lists_come_from_the_policies():
     offered = set(with_policy(TrainConfig, "teacher", True))
     assert {"epochs", "lr", "out", "resume"} <= offered and not {"variant", "tau", "lam", "store", "scorer"} & offered
     arms = set(with_policy(TrainConfig, "sweep", "arm"))
-    assert arms == {"variant", "pacing", "scorer", "views", "seed"}
+    assert arms == {"variant", "pacing", "scorer", "views", "seed", "loss"}
     recorded = set(with_policy(CacheConfig, "resume", "recorded", "resolved"))
     assert {"views", "topk", "sample", "logits_dtype", "batch_size", "dataset", "checkpoint"} <= recorded
     assert not {"workers", "device", "progress", "out"} & recorded

@@ -191,6 +191,13 @@ def parse_options(name: str, text: str) -> dict[str, float]:
     return values
 
 
+def options_for(name: str, text: str) -> str:
+    """The items of `text` (KEY=VALUE,...) that loss `name` takes: a sweep over several losses
+    gives each the options meant for it."""
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    return ",".join(item for item in items if item.partition("=")[0].strip() in LOSSES[name].hyper)
+
+
 @dataclass(frozen=True)
 class DistillTerm:
     """A loss with its hyper-parameters set: `term(z_S, z_T, labels, tau, epoch)` is its value."""

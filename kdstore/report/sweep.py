@@ -1,4 +1,4 @@
-"""`kdstore sweep`: every variant x pacing x scorer x seed from one store, then the report.
+"""`kdstore sweep`: every variant x pacing x scorer x views x loss x seed from one store, then the report.
 
 Combinations that mean nothing are left out: pacing needs a fixed order (not a shuffled
 variant), a scorer other than the teacher needs a curriculum variant.
@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from kdstore.config import differing, fields_of, opt, to_dict, with_policy
 from kdstore.errors import KdstoreError
 from kdstore.loader.prepare import VIEW_MODES
+from kdstore.method.distill_losses import LOSSES, options_for
 from kdstore.method.orderings import SCORERS, conflict
 from kdstore.method.pacing import PACINGS
 from kdstore.method.variants import PAPER_VARIANTS, VARIANTS, get_variant
@@ -36,6 +37,12 @@ class SweepConfig:
     scorer: str = opt("teacher", "Comma-separated scorers, each an arm.", choices=lambda: list(SCORERS))
     views: str = opt(
         "auto", "Comma-separated views modes (replay, clean), each an arm.", choices=lambda: list(VIEW_MODES)
+    )
+    losses: str = opt(
+        "kd",
+        "Comma-separated distillation losses (kd, dkd, dist, nkd, wttm), each an arm crossed with every variant that "
+        "has a teacher term; --loss-options applies to each of them.",
+        choices=lambda: list(LOSSES),
     )
     baseline: str = opt(report.BASELINE, "The arm the report compares every other with, paired by seed.")
     overwrite: bool = opt(
@@ -89,16 +96,37 @@ def arms(
     pacings: Sequence[str] = ("none",),
     scorers: Sequence[str] = ("teacher",),
     views: Sequence[str] | None = None,
+    losses: Sequence[str] | None = None,
 ) -> list[TrainConfig]:
-    """One config per meaningful (variant, pacing, scorer, views mode), in that nesting order."""
+    """One config per meaningful (variant, pacing, scorer, views mode, loss), in that nesting
+    order; a variant without a teacher term (unguided) gets one arm whatever the losses."""
     out: list[TrainConfig] = []
+    given = base.loss_options
     for v in variants:
-        ordering = get_variant(v).ordering
+        variant = get_variant(v)
+        kinds = (losses or [base.loss]) if variant.needs_teacher else ["kd"]  # unguided reads no loss
         for p in pacings:
             for s in scorers:
-                if conflict(ordering, p, s, v) is None:
-                    out.extend(replace(base, variant=v, pacing=p, scorer=s, views=m) for m in (views or [base.views]))
+                if conflict(variant.ordering, p, s, v) is None:
+                    out.extend(
+                        replace(
+                            base, variant=v, pacing=p, scorer=s, views=m, loss=k, loss_options=options_for(k, given)
+                        )
+                        for m in (views or [base.views])
+                        for k in kinds
+                    )
     return out
+
+
+def _check_losses(base: TrainConfig, configs: list[TrainConfig]) -> None:
+    """Every arm's loss with its options, and every --loss-options key taken by a swept loss: one
+    line before any run."""
+    for c in configs:
+        c.loader_config().distill_term()
+    taken = {item for c in configs for item in c.loss_options.split(",") if item}
+    unused = [item for item in base.loss_options.split(",") if item.strip() and item.strip() not in taken]
+    if unused:
+        raise KdstoreError(f"--loss-options {', '.join(unused)}: no swept loss takes it (--losses names which)")
 
 
 def parse_seeds(spec: str) -> list[int]:
@@ -136,7 +164,7 @@ def stale(cfg: TrainConfig, target: Path) -> list[str]:
 def run(base: TrainConfig, sweep: SweepConfig) -> dict[str, Any]:
     """Train every (arm, seed) of `sweep` not finished yet under base.out, then write base.out/report."""
     out = Path(base.out)
-    base.validate()
+    replace(base, loss_options="").validate()  # the options are checked against each swept loss (_check_losses)
     seeds, baseline, overwrite = parse_seeds(sweep.seeds), sweep.baseline, sweep.overwrite
     configs = arms(
         base,
@@ -144,7 +172,9 @@ def run(base: TrainConfig, sweep: SweepConfig) -> dict[str, Any]:
         parse_pacings(sweep.pacing),
         parse_scorers(sweep.scorer),
         parse_views(sweep.views),
+        parse_choices(sweep.losses, LOSSES, "--losses"),
     )
+    _check_losses(base, configs)
     if not configs:
         raise KdstoreError(
             "no variant takes the given --pacing/--scorer (pacing needs a fixed order, a student scorer a curriculum)"

@@ -96,7 +96,7 @@ class TrainConfig:
     label_smoothing: float = opt(0.0, "Label smoothing of the CE term.", resume="fixed", teacher=True, sweep="base")
     tau: float = opt_from(LoaderConfig, "tau", resume="fixed", teacher=False, sweep="base")
     lam: float = opt_from(LoaderConfig, "lam", resume="fixed", teacher=False, sweep="base")
-    loss: str = opt_from(LoaderConfig, "loss", resume="fixed", teacher=False, sweep="base")
+    loss: str = opt_from(LoaderConfig, "loss", resume="fixed", teacher=False, sweep="arm")
     loss_options: str = opt_from(LoaderConfig, "loss_options", resume="fixed", teacher=False, sweep="base")
     logit_standardize: bool = opt_from(LoaderConfig, "logit_standardize", resume="fixed", teacher=False, sweep="base")
     pacing: str = opt_from(LoaderConfig, "pacing", resume="fixed", teacher=False, sweep="arm")

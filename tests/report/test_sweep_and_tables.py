@@ -109,3 +109,16 @@ def test_variant_and_seed_parsing():
         sweep.parse_variants("kd,nope")
     with pytest.raises(KdstoreError, match="integers"):
         sweep.parse_seeds("a,b")
+
+
+def test_losses_are_arms_with_the_options_meant_for_them():
+    base = TrainConfig(out="x", loss_options="beta=4,gamma=3")
+    configs = sweep.arms(base, ["unguided", "kd-cl-sr"], losses=["kd", "dkd", "dist"])
+    assert [c.arm for c in configs] == ["unguided", "kd-cl-sr", "kd-cl-sr+dkd", "kd-cl-sr+dist"]
+    assert [c.loss_options for c in configs] == ["", "", "beta=4", "beta=4,gamma=3"]
+    sweep._check_losses(base, configs)
+    odd = TrainConfig(out="x", loss_options="temp=2")
+    with pytest.raises(KdstoreError, match="--loss-options temp=2: no swept loss takes it"):
+        sweep._check_losses(odd, sweep.arms(odd, ["kd"], losses=["kd", "dkd"]))
+    with pytest.raises(KdstoreError, match="--losses: unknown dkdd"):
+        sweep.parse_choices("kd,dkdd", sweep.LOSSES, "--losses")

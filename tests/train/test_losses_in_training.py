@@ -87,3 +87,20 @@ def test_a_store_that_cannot_serve_the_loss_is_refused(tmp_path):
     assert code == 2 and "--loss dkd needs the teacher's full logits" in text and "top-k" in text, text
     code, text = _train(out, tmp_path / "r2", "--loss", "dkd", "--views", "clean")
     assert code == 0, text
+
+
+def test_a_sweep_over_losses_reports_each_against_kd(small_store, tmp_path):
+    args = ["sweep", "--store", small_store, "--out", tmp_path / "sw", "--variants", "kd", "--losses", "kd,dkd,wttm"]
+    args += ["--baseline", "kd"]
+    result = CliRunner().invoke(
+        cli, [str(a) for a in [*args, "--seeds", "0,1", "--epochs", "1", "--batch-size", "8", "--workers", "1"]]
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "sw" / "report" / "results.json").read_text())["rows"]
+    arms = {r["variant"]: r for r in rows}  # a row per arm: variant, and the loss when not kd
+    assert set(arms) == {"kd", "kd+dkd", "kd+wttm"} and all(r["n"] == 2 for r in rows)
+    assert arms["kd"]["diff_vs_baseline"] is None
+    assert all(arms[a]["diff_vs_baseline"] is not None for a in ("kd+dkd", "kd+wttm"))  # paired with kd by seed
+    for arm in ("kd+dkd", "kd+wttm"):
+        config = json.loads((tmp_path / "sw" / f"{arm}-s0" / "config.json").read_text())
+        assert config["loss"] == arm.split("+")[1]
