@@ -78,10 +78,11 @@ def test_dkd_from_the_store_equals_dkd_with_the_online_teacher(digits_store, dig
     )
 
 
-def test_a_store_that_cannot_serve_the_loss_is_refused(tmp_path):
+def test_a_store_that_cannot_serve_the_loss_is_refused(synthetic_folder, tmp_path):
     out = tmp_path / "topk"
-    args = ["cache", "--allow-untrained", "--teacher", "cifar_resnet8", "--dataset", "digits", "--views", "1"]
-    result = CliRunner().invoke(cli, [*args, "--topk", "3", "--out", str(out), "--batch-size", "200", "--no-progress"])
+    args = ["cache", "--allow-untrained", "--teacher", "cifar_resnet8", "--dataset", f"imagefolder:{synthetic_folder}"]
+    args += ["--views", "1", "--topk", "2", "--workers", "1"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(out), "--batch-size", "8", "--no-progress"])
     assert result.exit_code == 0, result.output
     code, text = _train(out, tmp_path / "r", "--loss", "dkd")
     assert code == 2 and "--loss dkd needs the teacher's full logits" in text and "top-k" in text, text
