@@ -68,3 +68,13 @@ def test_from_dict_refuses_unknown_and_mistyped_keys_and_widens_ints_to_floats()
         from_dict(TrainConfig, {"out": "r", "amp": 1})
     cfg = from_dict(TrainConfig, {"out": "r", "lr": 1, "head_lr": None, "kind": "student"}, ignore=RUN_RECORD)
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.head_lr is None
+
+
+def test_a_run_recorded_before_newer_options_compares_at_their_defaults():
+    from kdstore.train.config import NEWER_OPTIONS
+
+    old = {"variant": "kd", "tau": 4.0}
+    assert TrainConfig.recorded(old) == {**old, "loss": "kd", "loss_options": "", "logit_standardize": False}
+    assert TrainConfig.recorded({"loss": "dkd"})["loss"] == "dkd"  # what a run recorded stays
+    defaults = TrainConfig(out="")
+    assert all(getattr(defaults, k) == v for k, v in NEWER_OPTIONS.items())

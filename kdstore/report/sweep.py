@@ -155,7 +155,9 @@ def stale(cfg: TrainConfig, target: Path) -> list[str]:
         saved = json.loads((target / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
         return ["config.json (unreadable)"]
-    changed = differing(fields_of(TrainConfig, saved), to_dict(cfg), ignore=_KEEP_DESPITE)
+    if not isinstance(saved, dict):
+        return ["config.json (not an object)"]
+    changed = differing(fields_of(TrainConfig, TrainConfig.recorded(saved)), to_dict(cfg), ignore=_KEEP_DESPITE)
     if cfg.store and saved.get("store") != str(Path(cfg.store).resolve()):
         changed.append("store")
     return changed

@@ -214,6 +214,13 @@ class TrainConfig:
     def pacing_params(self) -> PacingParams:
         return self.loader_config().pacing_params
 
+    @staticmethod
+    def recorded(saved: dict[str, Any]) -> dict[str, Any]:
+        """A run's recorded options (its config.json or checkpoint), with the options it predates at
+        their defaults (NEWER_OPTIONS: a run from before `--loss` trained kd), so that a resume or a
+        sweep compares what the run really did."""
+        return {**{k: v for k, v in NEWER_OPTIONS.items() if k not in saved}, **saved}
+
     @property
     def arm(self) -> str:
         """What a report groups runs by: the variant, plus its pacing, scorer and views mode when not the defaults."""
@@ -227,3 +234,7 @@ class TrainConfig:
             + (f"+{self.scorer}" if self.scorer != defaults.scorer else "")
             + (f"+{self.views}" if self.views != defaults.views else "")
         )
+
+
+# Options added after runs were recorded without them, with the value those runs had in effect.
+NEWER_OPTIONS: dict[str, Any] = {"loss": "kd", "loss_options": "", "logit_standardize": False}

@@ -509,7 +509,9 @@ def _restore(path: Path, run: Run) -> tuple[int, list[dict[str, Any]]]:
     if not isinstance(ckpt, dict) or not needed <= set(ckpt):
         raise KdstoreError(f"--resume: {path} is not a per-epoch checkpoint of `kdstore train` (a bare state dict?)")
     saved = ckpt.get("config", {})
-    changed = differing(saved, run.config, ignore=RESUMABLE_CHANGES)
+    changed = differing(
+        TrainConfig.recorded(saved) if isinstance(saved, dict) else {}, run.config, ignore=RESUMABLE_CHANGES
+    )
     if changed:
         raise KdstoreError(f"--resume: {path} was saved by a run with different {', '.join(changed)}")
     try:

@@ -235,6 +235,8 @@ def test_killed_and_resumed_training_matches_uninterrupted(digits_store, tmp_pat
     ckpt = torch.load(tmp_path / "legacy" / "checkpoint.pt", weights_only=True)
     ckpt["rng"]["augment"] = ckpt.pop("loader")["augment"]
     ckpt["config"]["out"] = str(tmp_path / "legacy")  # the run, moved
+    for newer in ("loss", "loss_options", "logit_standardize"):  # and saved before --loss existed
+        del ckpt["config"][newer]
     torch.save(ckpt, tmp_path / "legacy" / "checkpoint.pt")
     legacy = train.run(TrainConfig(**{**killed.__dict__, "out": str(tmp_path / "legacy"), "resume": True}))
     resumed = train.run(TrainConfig(**{**killed.__dict__, "resume": True}))
