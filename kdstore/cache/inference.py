@@ -24,6 +24,7 @@ from kdstore.method.int8 import quantize
 from kdstore.method.sparse_targets import draw_uniforms, sample_classes, topk_compress
 from kdstore.models.build import normalization
 from kdstore.models.teachers import Teacher
+from kdstore.runtime import interrupts
 from kdstore.runtime.blocks import Blocks, LargeArray
 from kdstore.runtime.console import images_progress, say
 from kdstore.runtime.files import writing
@@ -334,6 +335,7 @@ def score_beton(forward: Forward, job: ScorePass) -> dict[str, Any]:
             loader = make_loader(job.beton, job.batch_size, job.workers, indices=positions[start:])
             with epoch_of(loader) as batches:
                 for b, (images, y, sid) in enumerate(batches, 1):  # images: (B, H, W, 3) uint8
+                    interrupts.check()
                     chunks.add(forward(images, positions[start + n : start + n + len(y)]), y, sid)
                     n += len(y)
                     bar.update(task, advance=len(y))

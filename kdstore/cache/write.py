@@ -45,7 +45,7 @@ from kdstore.data.splits import holdout
 from kdstore.errors import DiskError, KdstoreError
 from kdstore.models.build import normalization
 from kdstore.models.teachers import Teacher, load_teacher
-from kdstore.runtime import distributed
+from kdstore.runtime import distributed, interrupts
 from kdstore.runtime.console import console, say
 from kdstore.runtime.devices import resolve_device
 from kdstore.runtime.files import free_mib
@@ -396,16 +396,19 @@ def _build(job: _Cache, est: Estimate | None) -> tuple[Store | None, Estimate | 
     finished = _finished(job)
     if finished is None:
         _write_betons(job)
+        interrupts.check()
         inp = teacher_input(job.teacher, job.device, job.cfg.amp)
         if est is not None and "teacher" not in est.seconds:  # CUDA: timed now that the .beton files are written
             est = _timed_now(job, est, inp)
         passes, mixed = _passes(job, inp)
         speed = _score(job, passes)
+        interrupts.check()
         if job.ctx.main:
             _write_h5(job, _splits(job, list(passes), mixed), speed)
             finished = job.staging.finished()
     if not job.ctx.main or finished is None:
         return None, est
+    interrupts.check()  # a signal swallowed anywhere before: the partial is kept, not published
     return _publish(job, finished), est
 
 

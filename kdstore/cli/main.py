@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +18,7 @@ from kdstore.errors import KdstoreError
 from kdstore.report import demo as demo_lib
 from kdstore.report import tables as report_lib
 from kdstore.report.sweep import SweepConfig
+from kdstore.runtime import interrupts
 from kdstore.store import merge as merge_lib
 from kdstore.store.merge import MergeConfig
 from kdstore.store.store import Store
@@ -254,10 +254,7 @@ def _terminate_like_ctrl_c() -> None:
     """SIGTERM (from `timeout`, a scheduler, `kill`) is handled as Ctrl-C is: a cache says in one
     line what it kept for --resume, and every command exits non-zero without a traceback."""
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
+    interrupts.install()  # recorded too: an interrupt swallowed by a ctypes callback is raised at the next check
 
 
 def main() -> None:
