@@ -23,11 +23,12 @@ a = p.parse_args()
 
 names = ("variant", "pacing", "epochs", "seed", "loss", "loss_options")
 loader = kdstore.StoreLoader(a.store, **{name: getattr(a, name) for name in names})
-loss_fn = loader.loss()  # kd_loss, or --loss's (dkd, dist, ...), with the loader's tau
+loss_fn = loader.loss()  # kd_loss, or --loss's (dkd, dist, ctkd, mlkd, ...), with the loader's tau
 val = loader.val()
 torch.manual_seed(a.seed)
 model = timm.create_model(d.student, num_classes=loader.num_classes).to(loader.device)
-opt = torch.optim.SGD(model.parameters(), lr=d.lr, momentum=d.momentum, weight_decay=d.weight_decay, nesterov=True)
+params = [*model.parameters(), *loss_fn.parameters()]  # ctkd learns its temperature with the student
+opt = torch.optim.SGD(params, lr=d.lr, momentum=d.momentum, weight_decay=d.weight_decay, nesterov=True)
 sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=a.epochs * len(loader))
 Path(a.out).mkdir(parents=True, exist_ok=True)
 with open(Path(a.out) / "metrics.jsonl", "w") as log:
@@ -37,7 +38,9 @@ with open(Path(a.out) / "metrics.jsonl", "w") as log:
         model.train()
         total, seen, t0 = 0.0, 0, time.perf_counter()
         for batch in loader:
-            loss = loss_fn(model(batch.images), batch).loss
+            logits = model(batch.images)
+            pair = None if batch.pair is None else model(batch.pair.images)  # mlkd's second view
+            loss = loss_fn(logits, batch, pair_logits=pair).loss
             opt.zero_grad()
             loss.backward()
             opt.step()

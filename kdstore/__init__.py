@@ -1,15 +1,25 @@
 """kdstore: offline knowledge distillation from a cached teacher (FFCV images + HDF5 logits).
 
 The public API is what this module exports (`__all__`): the configs and run functions of every
-command, the store, the loader over a store for any training loop (StoreLoader, its Batch and
-Target, kd_loss, distill_loss), and the error type (`one_line_errors` prints it in one line from a script of
-one's own). Everything else may move between releases."""
+command, the store, the loader over a store for any training loop (StoreLoader, its Batch, Target
+and Pair, kd_loss, distill_loss and its DistillLoss), and the error type (`one_line_errors` prints
+it in one line from a script of one's own). Everything else may move between releases."""
 
 from kdstore import cache, train
 from kdstore import models as _models  # noqa: F401 - registers the CIFAR networks in timm
 from kdstore.cache import CacheConfig
 from kdstore.errors import KdstoreError, one_line_errors
-from kdstore.loader import Batch, LoaderConfig, LossTerms, StoreLoader, Target, distill_loss, kd_loss
+from kdstore.loader import (
+    Batch,
+    DistillLoss,
+    LoaderConfig,
+    LossTerms,
+    Pair,
+    StoreLoader,
+    Target,
+    distill_loss,
+    kd_loss,
+)
 from kdstore.report import sweep
 from kdstore.report.sweep import SweepConfig
 from kdstore.store import Store, merge, verify
@@ -30,7 +40,9 @@ __all__ = [
     "LoaderConfig",
     "Batch",
     "Target",
+    "Pair",
     "LossTerms",
+    "DistillLoss",
     "kd_loss",
     "distill_loss",
     "cache",

@@ -99,7 +99,9 @@ class DistillationModule(pl.LightningModule):
         return self.model(images)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        terms = self.loss(self.model(batch.images), batch, label_smoothing=self.label_smoothing)
+        logits = self.model(batch.images)
+        pair = None if batch.pair is None else self.model(batch.pair.images)  # a two-view loss (mlkd)
+        terms = self.loss(logits, batch, label_smoothing=self.label_smoothing, pair_logits=pair)
         self.log_dict(
             {"train_loss": terms.loss.detach(), "train_ce": terms.ce, "train_kd": terms.kd}, batch_size=len(batch)
         )

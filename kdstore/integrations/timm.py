@@ -51,5 +51,6 @@ class OfflineDistillationTask(TrainingTask):
     def forward(self, input: torch.Tensor, target: Batch) -> dict[str, torch.Tensor]:  # type: ignore[override]
         """`input`: the batch's images (batch.images); `target`: the Batch itself."""
         output = self.trainable_module(input)
-        terms = self.loss(output, target, lam=self.lam, label_smoothing=self.label_smoothing)
+        pair = None if target.pair is None else self.trainable_module(target.pair.images)  # a two-view loss (mlkd)
+        terms = self.loss(output, target, lam=self.lam, label_smoothing=self.label_smoothing, pair_logits=pair)
         return {"loss": terms.loss, "output": output, "task_loss": terms.ce, "kd_loss": terms.kd}

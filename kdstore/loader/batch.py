@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping, NamedTuple
+from typing import Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -52,6 +52,18 @@ class Target:
         return self.partner_labels, self.label_weight
 
 
+@dataclass(frozen=True, kw_only=True)
+class Pair:
+    """A second stored view of every sample of a batch, for a loss that reads two (mlkd: the
+    batch's own images are its weak view, these its strong one). images: (B, 3, H, W) as
+    Batch.images; target: the teacher's target for exactly these pixels; views: (B,) their
+    stored view indices (host), never those of the batch's own images."""
+
+    images: torch.Tensor
+    target: Target
+    views: np.ndarray
+
+
 @dataclass(kw_only=True)
 class Batch:
     """One batch of a StoreLoader, on its device.
@@ -59,7 +71,8 @@ class Batch:
     images: (B, 3, H, W) float, normalised and augmented, in channels_last memory layout.
     labels: (B,) int64. ids: (B,) int64 sample ids (host). positions: (B,) int64 row positions
     in the split (host). lam: the batch's KD weight lambda (0 on a validation split).
-    target: the teacher's target. epoch, index: where the batch sits in the run."""
+    target: the teacher's target. epoch, index: where the batch sits in the run. pair: a second
+    view of each sample (Pair) when the loss reads two (mlkd), else None."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -69,6 +82,7 @@ class Batch:
     target: Target
     epoch: int
     index: int
+    pair: Pair | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -90,29 +104,67 @@ def kd_loss(
     lam: float | None = None,
     label_smoothing: float = 0.0,
     loss: DistillTerm | None = None,
+    pair_logits: torch.Tensor | None = None,
 ) -> LossTerms:
     """(1 - lam) * CE + lam * tau^2 * KL(softmax(z_T / tau) || softmax(z_S / tau)), batch means
     (docs/method.md); with `loss` (distill_loss), that loss's term in place of Hinton's KD. lam
     defaults to the batch's; a batch without a teacher term trains on CE alone. For mixed views
     the CE term mixes the two labels by the stored weight. A target of sampled ids must be read
-    at the temperature it was drawn at (a mismatch is an error)."""
+    at the temperature it was drawn at (a mismatch is an error). A loss that reads two views
+    (mlkd) also takes `pair_logits`, the student's logits on batch.pair.images; its CE is then
+    the sum of both views' (as MLKD trains on both)."""
     target = batch.target
     check_tau(tau, "kd_loss")
     if target.tau is not None and tau != target.tau:
         raise KdstoreError(f"this batch's targets were sampled at tau {target.tau}; kd_loss got tau {tau}")
     _check_logits(student_logits, batch)
     weight = batch.lam if lam is None else lam
+    labels, teacher, mix, views = batch.labels, target.logits, target.mix, 1
+    if loss is not None and loss.spec.pairs and teacher is not None:
+        student_logits, labels, teacher, mix = _with_pair(student_logits, batch, loss, pair_logits)
+        views = 2
     terms = student_loss(
         student_logits.float(),
-        batch.labels,
-        target.logits,
-        weight if target.logits is not None else 0.0,
+        labels,
+        teacher,
+        weight if teacher is not None else 0.0,
         tau,
         label_smoothing,
-        target.mix,
-        None if loss is None else functools.partial(_term, loss, batch.labels, tau, batch.epoch),
+        mix,
+        None if loss is None else functools.partial(_term, loss, labels, tau, batch.epoch),
+        ce_views=views,
     )
     return LossTerms(terms["loss"], terms["ce"], terms["kd"])
+
+
+def _with_pair(student_logits: torch.Tensor, batch: Batch, loss: DistillTerm, pair_logits: torch.Tensor | None):
+    """A two-view loss's inputs: the batch's rows then its pair's (2B rows): student logits,
+    labels, teacher logits and the label mix (None unless both views are mixed)."""
+    name = loss.spec.name
+    if batch.pair is None:
+        raise KdstoreError(
+            f"kd_loss: --loss {name} reads two views of every image and this batch has none (a StoreLoader "
+            f"opened with loss={name!r} over a store with views gives them)"
+        )
+    if pair_logits is None:
+        raise KdstoreError(f"kd_loss: --loss {name} needs pair_logits=model(batch.pair.images)")
+    if tuple(pair_logits.shape) != tuple(student_logits.shape):
+        raise KdstoreError(
+            f"kd_loss: pair_logits of shape {tuple(pair_logits.shape)}, "
+            f"the batch's logits {tuple(student_logits.shape)}"
+        )
+    pair = batch.pair
+    assert batch.target.logits is not None and pair.target.logits is not None
+    mix, pair_mix = batch.target.mix, pair.target.mix
+    both = None
+    if mix is not None and pair_mix is not None:
+        both = (torch.cat([mix[0], pair_mix[0]]), torch.cat([mix[1], pair_mix[1]]))
+    return (
+        torch.cat([student_logits, pair_logits]),
+        torch.cat([batch.labels, batch.labels]),
+        torch.cat([batch.target.logits, pair.target.logits]),
+        both,
+    )
 
 
 def _term(loss: DistillTerm, labels: torch.Tensor, tau: float, epoch: int, zs: torch.Tensor, zt: torch.Tensor):
@@ -126,30 +178,58 @@ def distill_loss(
     logit_standardize: bool = False,
     options: Mapping[str, float] | None = None,
     **hyper: float,
-) -> Callable[..., LossTerms]:
-    """A distillation loss by name (kd, dkd, dist, nkd, wttm; docs/method.md) with its
-    hyper-parameters (the paper's CIFAR defaults unless given), as a callable
-    `(student_logits, batch, *, lam=None, label_smoothing=0.0) -> LossTerms`, the terms named as
-    kd_loss's; `distill_loss("kd")` is kd_loss. The hyper-parameters come as keywords and/or as
-    the mapping `options`. Bad names or values are one KdstoreError."""
+) -> "DistillLoss":
+    """A distillation loss by name (kd, dkd, dist, nkd, wttm, ctkd, mlkd; docs/method.md) with
+    its hyper-parameters (the paper's CIFAR defaults unless given), as a module called
+    `(student_logits, batch, *, lam=None, label_smoothing=0.0, pair_logits=None) -> LossTerms`,
+    the terms named as kd_loss's; `distill_loss("kd")` is kd_loss. Its `parameters()` (ctkd's
+    temperature; none for the others) go to the optimiser. The hyper-parameters come as keywords
+    and/or as the mapping `options`. Bad names or values are one KdstoreError."""
     check_tau(tau, "distill_loss")
     text = ",".join(f"{k}={v}" for k, v in {**(options or {}), **hyper}.items())
     try:
         term = distill_term(name, text, logit_standardize)
     except ValueError as e:
         raise KdstoreError(str(e).replace("--loss-options ", "").replace("--", "")) from None
+    problem = term.tau_problem(tau)
+    if problem:
+        raise KdstoreError(problem.replace("--", ""))
     return loss_of(term, tau)
 
 
-def loss_of(term: DistillTerm, tau: float) -> Callable[..., LossTerms]:
-    """`term` at temperature `tau` as a callable over (student_logits, batch) (distill_loss)."""
+class DistillLoss(torch.nn.Module):
+    """A distillation loss at a temperature, over (student_logits, batch): kd_loss with `term`.
+    A module: a loss with learnt parts (ctkd's temperature) gives them by `parameters()`, to be
+    handed to the optimiser with the student's (`kdstore train` does), and saved with
+    `state_dict()`. A two-view loss (mlkd) also takes `pair_logits`."""
 
-    def apply(
-        student_logits: torch.Tensor, batch: Batch, *, lam: float | None = None, label_smoothing: float = 0.0
+    def __init__(self, term: DistillTerm, tau: float) -> None:
+        super().__init__()
+        self.term, self.tau = term, tau
+
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        batch: Batch,
+        *,
+        lam: float | None = None,
+        label_smoothing: float = 0.0,
+        pair_logits: torch.Tensor | None = None,
     ) -> LossTerms:
-        return kd_loss(student_logits, batch, tau=tau, lam=lam, label_smoothing=label_smoothing, loss=term)
+        return kd_loss(
+            student_logits,
+            batch,
+            tau=self.tau,
+            lam=lam,
+            label_smoothing=label_smoothing,
+            loss=self.term,
+            pair_logits=pair_logits,
+        )
 
-    return apply
+
+def loss_of(term: DistillTerm, tau: float) -> DistillLoss:
+    """`term` at temperature `tau` as a module over (student_logits, batch) (distill_loss)."""
+    return DistillLoss(term, tau)
 
 
 def check_tau(tau: object, where: str) -> None:

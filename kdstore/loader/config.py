@@ -128,7 +128,9 @@ class LoaderConfig:
             raise KdstoreError(str(e)) from None
         if VIEW_MODES[self.views].needs_augment and not self.augment:
             raise KdstoreError("--views replay augments with the stored views; it contradicts --no-augment")
-        self.distill_term()
+        problem = self.distill_term().tau_problem(self.tau)
+        if problem:
+            raise KdstoreError(problem)
         problems = self.pacing_params.problems()
         if problems:
             raise KdstoreError(problems[0])

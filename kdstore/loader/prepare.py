@@ -68,11 +68,18 @@ class RandomAugment:
 
 
 def replay_views(
-    views: Views, seed: int, device: torch.device, placement: str = "auto", partners: PartnerImages | None = None
+    views: Views,
+    seed: int,
+    device: torch.device,
+    placement: str = "auto",
+    partners: PartnerImages | None = None,
+    second: bool = False,
 ) -> Prepare:
     """Each sample uses one of its stored views (views.choose: seeded, new every epoch) and is
     augmented with exactly that view's parameters; a mixed view is then mixed with its partner's
-    image, augmented with the same parameters (views.mix_images), as the teacher scored it."""
+    image, augmented with the same parameters (views.mix_images), as the teacher scored it. With
+    `second`, each sample uses another of its views than the one `choose` gives it (choose_other:
+    a two-view loss's second view)."""
     aug = AUGMENTATIONS[views.augmentation]
     params = Rows(views.params, device, placement)  # (N, K, P)
     n, k = views.params.shape[:2]
@@ -82,7 +89,7 @@ def replay_views(
     def prepare(epoch: int, pos: np.ndarray, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
         if epoch not in chosen:
             chosen.clear()
-            chosen[epoch] = choose(seed, epoch, n, k)
+            chosen[epoch] = (choose_other if second else choose)(seed, epoch, n, k)
         view = chosen[epoch][pos]
         p = params(pos, view).long()
         out = aug.apply(x, p)
@@ -110,3 +117,12 @@ VIEW_MODES: dict[str, ViewMode] = {
 def choose(seed: int, epoch: int, n: int, k: int) -> np.ndarray:
     """Which stored view each of n samples uses in `epoch`: seeded, new every epoch. (n,) int64."""
     return np.random.default_rng([seed, epoch, 0x71E5]).integers(0, k, size=n)
+
+
+def choose_other(seed: int, epoch: int, n: int, k: int) -> np.ndarray:
+    """A second view of each of n samples in `epoch`, never the one `choose` gives it (k >= 2):
+    uniform over the other k - 1, seeded apart from `choose`. (n,) int64."""
+    if k < 2:
+        raise ValueError(f"a second view needs at least 2 stored views per image, the store has {k}")
+    shift = np.random.default_rng([seed, epoch, 0x5EC0]).integers(1, k, size=n)
+    return (choose(seed, epoch, n, k) + shift) % k

@@ -18,7 +18,7 @@ import dataclasses
 import difflib
 import functools
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from kdstore.data.in_memory import (
 )
 from kdstore.errors import KdstoreError
 from kdstore.indices import Positions
-from kdstore.loader.batch import Batch, LossTerms, Target, loss_of
+from kdstore.loader.batch import Batch, DistillLoss, Pair, Target, loss_of
 from kdstore.loader.config import LoaderConfig
 from kdstore.loader.prepare import VIEW_MODES, Prepare, RandomAugment, no_augment, replay_views
 from kdstore.loader.scoring import score_train_set
@@ -142,6 +142,15 @@ class StoreLoader:
                 f"--loss {cfg.loss} needs the teacher's full logits, and the store's views keep {kept} "
                 "(train with --views clean, or cache views without --topk/--sample)"
             )
+        if self.variant.needs_teacher and cfg.distill_term().spec.pairs:
+            count = views.count if replay and views is not None else 0
+            if count < 2:
+                raise KdstoreError(
+                    f"--loss {cfg.loss} reads two stored views of every image: "
+                    + (f"the store has {count} per image" if views is not None else "the store has no views")
+                    + ("" if replay or views is None else " and they are not replayed (--views clean or --no-augment)")
+                    + " (cache with --views K, K >= 2, and train with --views auto or replay)"
+                )
         world = self.ctx.world
         if cfg.batch_size % world:
             raise KdstoreError(f"--batch-size {cfg.batch_size} is not divisible by the {world} torchrun processes")
@@ -176,6 +185,7 @@ class StoreLoader:
         self.inner, self.resident, self.loader_used = self._inner(self.data.train_beton, self._inner_order)
         self.aug = torch.Generator().manual_seed(cfg.seed + 1_000_003 * ctx.rank) if cfg.augment else None
         self.prepare, self.label_mix = self._prepare(replay)
+        self.pair_prepare = self._prepare(replay, second=True)[0] if self._pairs() else None
         self.teacher = self._teacher_fn(replay, teacher)
         self.views_used = _views_used(data.views if replay else None)
         self.target_kind = _target_kind(self.teacher, teacher, data.views if replay else None)
@@ -188,6 +198,7 @@ class StoreLoader:
         self._batches = len(batch_sizes(len(self.positions), self.local, self.drop_last))
         self.inner, self.resident, self.loader_used = self._inner(data.val_beton, lambda epoch: self.positions)
         self.prepare, self.label_mix, self.views_used = no_augment(), None, {"mode": "clean"}
+        self.pair_prepare = None
         logits = data.val_teacher_logits
         self.teacher = None if logits is None else cached_teacher(logits, self.device, cfg.teacher_rows)
         self.target_kind, self.target_tau = ("none" if logits is None else "logits"), None
@@ -201,9 +212,13 @@ class StoreLoader:
             return ResidentLoader(split, self.local, order_fn, self.drop_last), split, "device"
         return make_loader(beton, self.local, cfg.workers, order_fn, self.drop_last), None, "ffcv"
 
-    def _prepare(self, replay: bool) -> tuple[Prepare, LabelMix | None]:
+    def _pairs(self) -> bool:
+        """Whether each batch carries a second view (the loss reads two, and there is a teacher)."""
+        return self.variant.needs_teacher and self.config.distill_term().spec.pairs
+
+    def _prepare(self, replay: bool, second: bool = False) -> tuple[Prepare, LabelMix | None]:
         """How a batch's images are prepared (loader/prepare.py) and, for mixed views, the partner
-        labels of its CE term."""
+        labels of its CE term; `second`: its second view's (a two-view loss)."""
         cfg, data = self.config, self.data
         if not replay:
             if self.aug is None:
@@ -212,7 +227,7 @@ class StoreLoader:
             return RandomAugment(augmentation_for(data.image_size), data.image_size, self.aug, self.device, sizes), None
         assert data.views is not None
         if not data.views.mix:
-            return replay_views(data.views, cfg.seed, self.device, cfg.teacher_rows), None
+            return replay_views(data.views, cfg.seed, self.device, cfg.teacher_rows, second=second), None
         split = self.resident  # the partner images: the resident training split (held for this when streaming)
         if split is None:
             if not fits(decoded_bytes(data.train_beton, data.image_size), self.device):
@@ -223,7 +238,7 @@ class StoreLoader:
             split = resident_split(data.train_beton, self.device, cfg.workers)
         partners = resident_partners(split.images, self.mean, self.std)
         label_mix = view_label_mix(data.views, split.labels, self.device, cfg.teacher_rows)
-        return replay_views(data.views, cfg.seed, self.device, cfg.teacher_rows, partners), label_mix
+        return replay_views(data.views, cfg.seed, self.device, cfg.teacher_rows, partners, second), label_mix
 
     def _teacher_fn(self, replay: bool, teacher: TeacherFn | None) -> TeacherFn | None:
         """Where a batch's teacher targets come from (loader/teacher_targets.py): `teacher` when
@@ -267,12 +282,14 @@ class StoreLoader:
         )
         return lams[: len(self)]
 
-    def loss(self) -> Callable[..., LossTerms]:
+    def loss(self) -> DistillLoss:
         """The distillation loss these batches are for (the `loss`, `loss_options`,
-        `logit_standardize` and `tau` options), as kdstore.distill_loss gives it:
-        `loader.loss()(model(batch.images), batch)` is `kdstore train`'s loss, bit for bit."""
+        `logit_standardize` and `tau` options), as kdstore.distill_loss gives it, on this
+        loader's device: `loader.loss()(model(batch.images), batch)` is `kdstore train`'s loss,
+        bit for bit (a two-view loss also takes pair_logits=model(batch.pair.images)). Hand its
+        parameters() (ctkd's temperature) to the optimiser with the student's."""
         cfg = self.config
-        return loss_of(cfg.distill_term(), cfg.tau)
+        return loss_of(cfg.distill_term(), cfg.tau).to(self.device)
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (the same every epoch: counted once, at set-up)."""
@@ -328,17 +345,14 @@ class StoreLoader:
     ) -> Batch:
         """A Batch from raw (B, H, W, 3) uint8 images at positions `pos` of this split: normalised,
         prepared (augmented, or the stored views replayed), with their teacher target, on the device."""
-        x, view = self.prepare(epoch, pos, normalize(upload(images, self.device), self.mean, self.std))
+        clean = normalize(upload(images, self.device), self.mean, self.std)
+        x, view = self.prepare(epoch, pos, clean)
         y = upload(labels, self.device)
-        logits = None if self.teacher is None else self.teacher(pos, x, view)
-        mix = None if self.label_mix is None or view is None else self.label_mix(pos, view)
-        target = Target(
-            kind=self.target_kind,
-            logits=logits,
-            partner_labels=None if mix is None else mix[0],
-            label_weight=None if mix is None else mix[1],
-            tau=self.target_tau,
-        )
+        target, pair = self._target(pos, x, view), None
+        if self.pair_prepare is not None:
+            x2, view2 = self.pair_prepare(epoch, pos, clean)
+            assert view2 is not None
+            pair = Pair(images=device_layout(x2), target=self._target(pos, x2, view2), views=view2)
         return Batch(
             images=device_layout(x),
             labels=y,
@@ -348,6 +362,19 @@ class StoreLoader:
             target=target,
             epoch=epoch,
             index=index,
+            pair=pair,
+        )
+
+    def _target(self, pos: np.ndarray, x: torch.Tensor, view: np.ndarray | None) -> Target:
+        """The teacher's target for images x (positions pos, stored views `view`)."""
+        logits = None if self.teacher is None else self.teacher(pos, x, view)
+        mix = None if self.label_mix is None or view is None else self.label_mix(pos, view)
+        return Target(
+            kind=self.target_kind,
+            logits=logits,
+            partner_labels=None if mix is None else mix[0],
+            label_weight=None if mix is None else mix[1],
+            tau=self.target_tau,
         )
 
     def __iter__(self) -> Iterator[Batch]:

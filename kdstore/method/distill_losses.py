@@ -7,15 +7,21 @@ A loss's own weights (DKD's alpha and beta, DIST's beta and gamma, ...) scale L_
 
 Logit standardisation (Sun et al., CVPR 2024) replaces both sides' logits by their Z-score
 (per sample, over classes) before the loss's softmax at temperature tau, for the losses that
-define it (`standardizable`)."""
+define it (`standardizable`).
+
+Two losses are more than a function: `ctkd` learns its temperature (a module whose parameter the
+optimiser gets: DistillTerm is an nn.Module, and `parameters()` of a loss without learnt parts is
+empty), and `mlkd` reads two views of every image (`pairs`): its term gets the weak view's rows
+then the strong view's, 2B rows in all."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from kdstore.method.losses import kd_per_sample
@@ -37,6 +43,11 @@ class LossSpec:
     uses_tau: bool  # reads --tau (kd, dkd, dist); the others have their own temperatures
     standardizable: bool  # logit standardisation is defined for it
     full_logits: bool = True  # needs the teacher's full logits (not top-k rows or sampled ids)
+    module: Callable[[Mapping[str, float]], nn.Module] | None = None  # learnt parts: a module replacing `term`
+    pairs: bool = False  # reads two stored views of each image (weak rows, then strong rows)
+    whole: Mapping[str, str] | None = None  # options that must be whole numbers, and why
+    standardizes_itself: bool = False  # applies logit standardisation to some of its terms only
+    tau_above: str | None = None  # the option that tau must exceed (its temperatures tau - it must be > 0)
 
 
 def standardize(z: torch.Tensor) -> torch.Tensor:
@@ -119,7 +130,96 @@ def _wttm(zs: torch.Tensor, zt: torch.Tensor, labels: torch.Tensor, tau: float, 
     return h["beta"] * (log_u.squeeze(1).exp() * kl).mean()
 
 
+class _Reversal(torch.autograd.Function):
+    """Identity forward; the gradient times -weight backward (Ganin & Lempitsky's reversal layer)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: float) -> torch.Tensor:
+        ctx.weight = weight
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.weight * grad, None
+
+
+def reversal_weight(epoch: int, loops: float, reversal: float) -> float:
+    """CTKD's curriculum: the reversal weight of `epoch` (0-based) rises from 0 to `reversal` as
+    reversal * (1 - cos(pi * e / loops)) / 2, e = min(epoch + 1, loops) (epochs counted from 1, as
+    CTKD's code does; loops 0: the full weight at once)."""
+    if loops <= 0:
+        return reversal
+    e = min(epoch + 1, loops)
+    return reversal * (1.0 - math.cos(math.pi * e / loops)) / 2.0
+
+
+class CurriculumTemperature(nn.Module):
+    """Li et al., AAAI 2023 (CTKD), its global temperature: tau = t_start + t_range * sigmoid(theta),
+    theta one learnt scalar (starting at 1, as CTKD's code does), trained by the student's optimiser
+    through a gradient reversal of weight reversal_weight(epoch): the temperature ascends the KD loss
+    the student descends. The term is Hinton's KD at that temperature, times tau^2 (tau --tau is not read)."""
+
+    def __init__(self, hyper: Mapping[str, float]) -> None:
+        super().__init__()
+        self.theta = nn.Parameter(torch.ones(()))
+        self.t_start, self.t_range = hyper["t_start"], hyper["t_range"]
+
+    def temperature(self, theta: torch.Tensor | None = None) -> torch.Tensor:
+        return self.t_start + self.t_range * torch.sigmoid(self.theta if theta is None else theta)
+
+    def forward(self, zs, zt, labels, tau, h: Mapping[str, float], epoch: int) -> torch.Tensor:
+        t = self.temperature(_Reversal.apply(self.theta, reversal_weight(epoch, h["loops"], h["reversal"])))
+        t = t.to(zs.dtype)
+        kl = _kl_rows(F.log_softmax(zt / t, dim=1), F.log_softmax(zs / t, dim=1))
+        return (t * t) * kl.mean()
+
+    def readings(self) -> dict[str, float]:
+        """What the run's metrics record of it each epoch: the learnt temperature."""
+        return {"temperature": float(self.temperature().detach())}
+
+
+def _pair_halves(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    half = z.shape[0] // 2
+    return z[:half], z[half:]
+
+
+def _gram_gap(ps: torch.Tensor, pt: torch.Tensor, scale: int) -> torch.Tensor:
+    """||pt pt^T - ps ps^T||_F^2 / scale (rows of ps, pt are the items compared)."""
+    return (pt @ pt.T - ps @ ps.T).pow(2).sum() / scale
+
+
+def mlkd_temperatures(tau: float, spread: float) -> list[float]:
+    """MLKD's temperatures: tau - spread, ..., tau + spread in steps of 1 (the paper's 2..6 at tau 4)."""
+    return [tau + d for d in range(-int(spread), int(spread) + 1)]
+
+
+def _mlkd(zs: torch.Tensor, zt: torch.Tensor, labels: torch.Tensor, tau: float, h: Mapping[str, float], epoch: int):
+    """Jin et al., CVPR 2023 (multi-level logit distillation), over 2B rows: the weak view's B then
+    the strong view's B. At every temperature T of mlkd_temperatures(tau, spread):
+    instance: T^2 * mean KL(p_T || p_S) on each view (both views);
+    batch: ||G_T - G_S||_F^2 / B on the weak view, G = P P^T (B x B) of the softmaxes P at T;
+    class: ||M_T - M_S||_F^2 / C on the weak view, M = P^T P (C x C).
+    The loss is the sum over temperatures of instance + batch + class, each times its weight.
+    With logit standardisation the instance terms read Z-scored logits, the batch and class terms
+    the raw ones (as the logit-standardisation paper's MLKD code does)."""
+    (ws, _), (wt, _) = _pair_halves(zs), _pair_halves(zt)
+    zs_i, zt_i = (standardize(zs), standardize(zt)) if h.get(STANDARDIZE) else (zs, zt)
+    (ws_i, ss_i), (wt_i, st_i) = _pair_halves(zs_i), _pair_halves(zt_i)
+    b, c = ws.shape
+    total = zs.new_zeros(())
+    for t in mlkd_temperatures(tau, h["spread"]):
+        pws, pwt = F.softmax(ws / t, dim=1), F.softmax(wt / t, dim=1)
+        instance = sum(
+            _kl_rows(F.log_softmax(zt_ / t, dim=1), F.log_softmax(zs_ / t, dim=1)).mean()
+            for zs_, zt_ in ((ws_i, wt_i), (ss_i, st_i))
+        )
+        total = total + h["instance"] * (t * t) * instance
+        total = total + h["batch"] * _gram_gap(pws, pwt, b) + h["class"] * _gram_gap(pws.T, pwt.T, c)
+    return total
+
+
 _NONNEG = (0.0, math.inf, ">= 0")
+STANDARDIZE = "standardize"  # in the hyper-parameters a loss that standardizes_itself is given
 _POSITIVE = (1e-12, math.inf, "> 0")
 
 LOSSES: dict[str, LossSpec] = {
@@ -162,6 +262,29 @@ LOSSES: dict[str, LossSpec] = {
             uses_tau=False,
             standardizable=False,
         ),
+        LossSpec(
+            "ctkd",
+            "Li et al., AAAI 2023",
+            _kd,
+            {"t_start": 1.0, "t_range": 20.0, "loops": 10.0, "reversal": 1.0},
+            {"t_start": _POSITIVE, "t_range": _NONNEG, "loops": _NONNEG, "reversal": _NONNEG},
+            uses_tau=False,
+            standardizable=False,
+            module=CurriculumTemperature,
+        ),
+        LossSpec(
+            "mlkd",
+            "Jin et al., CVPR 2023",
+            _mlkd,
+            {"spread": 2.0, "instance": 1.0, "batch": 1.0, "class": 1.0},
+            {"spread": _NONNEG, "instance": _NONNEG, "batch": _NONNEG, "class": _NONNEG},
+            uses_tau=True,
+            standardizable=True,
+            pairs=True,
+            standardizes_itself=True,
+            tau_above="spread",
+            whole={"spread": "the temperatures are tau - spread ... tau + spread in steps of 1"},
+        ),
     )
 }
 
@@ -187,6 +310,8 @@ def parse_options(name: str, text: str) -> dict[str, float]:
         low, high, what = spec.ranges[key]
         if not (math.isfinite(value) and low <= value <= high):
             raise ValueError(f"--loss-options {key} of {name} must be a finite number {what}, got {raw}")
+        if spec.whole and key in spec.whole and value != int(value):
+            raise ValueError(f"--loss-options {key} of {name} must be a whole number ({spec.whole[key]}), got {raw}")
         values[key] = value
     return values
 
@@ -198,20 +323,37 @@ def options_for(name: str, text: str) -> str:
     return ",".join(item for item in items if item.partition("=")[0].strip() in LOSSES[name].hyper)
 
 
-@dataclass(frozen=True)
-class DistillTerm:
-    """A loss with its hyper-parameters set: `term(z_S, z_T, labels, tau, epoch)` is its value."""
+class DistillTerm(nn.Module):
+    """A loss with its hyper-parameters set: `term(z_S, z_T, labels, tau, epoch)` is its value.
+    An nn.Module: a loss with learnt parts (ctkd) holds them, and `parameters()` hands them to the
+    optimiser; `readings()` is what a run records of them each epoch (empty without)."""
 
-    spec: LossSpec
-    hyper: Mapping[str, float]
-    standardize: bool = False
+    def __init__(self, spec: LossSpec, hyper: Mapping[str, float], standardize: bool = False) -> None:
+        super().__init__()
+        self.spec, self.hyper, self.standardize = spec, dict(hyper), standardize
+        # the learnt parts (a module with the term's signature and readings()), or None
+        self.learnt: Any = spec.module(self.hyper) if spec.module is not None else None
 
-    def __call__(
+    def forward(
         self, zs: torch.Tensor, zt: torch.Tensor, labels: torch.Tensor, tau: float, epoch: int = 0
     ) -> torch.Tensor:
-        if self.standardize:
+        hyper = self.hyper
+        if self.standardize and self.spec.standardizes_itself:
+            hyper = {**hyper, STANDARDIZE: 1.0}
+        elif self.standardize:
             zs, zt = standardize(zs), standardize(zt)
-        return self.spec.term(zs, zt, labels, tau, self.hyper, epoch)
+        term = self.learnt if self.learnt is not None else self.spec.term
+        return term(zs, zt, labels, tau, hyper, epoch)
+
+    def readings(self) -> dict[str, float]:
+        return self.learnt.readings() if self.learnt is not None else {}
+
+    def tau_problem(self, tau: float) -> str | None:
+        """Why this loss cannot run at temperature `tau` (None when it can)."""
+        key = self.spec.tau_above
+        if key is not None and not tau > self.hyper[key]:
+            return f"--loss {self.spec.name} needs --tau > its {key} ({self.hyper[key]:g}), got --tau {tau:g}"
+        return None
 
 
 def distill_term(name: str = "kd", options: str = "", logit_standardize: bool = False) -> DistillTerm:

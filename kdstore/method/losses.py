@@ -36,6 +36,7 @@ def student_loss(
     label_smoothing: float = 0.0,
     label_mix: tuple[torch.Tensor, torch.Tensor] | None = None,
     term: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ce_views: int = 1,
 ) -> dict[str, torch.Tensor]:
     """L_student = (1 - lam) * L_ce + lam * L_kd, batch means; returns the named terms.
 
@@ -43,6 +44,8 @@ def student_loss(
     needed and ``kd`` is reported as 0. `label_mix` = (partner labels (B,), weights w (B,)) for
     mixed images: the CE term of a sample is w * CE(y) + (1 - w) * CE(y_partner). `term`(z_S,
     z_T) gives another distillation loss's batch value in place of Hinton's KD (distill_losses.py).
+    ce_views: the rows are that many views of the same B samples, one after another (mlkd: 2);
+    the CE term is the sum of their batch means.
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lambda must be in [0, 1], got {lam}")
@@ -50,7 +53,7 @@ def student_loss(
     if label_mix is not None:
         partner_labels, w = label_mix
         ce = w * ce + (1.0 - w) * ce_per_sample(student_logits, partner_labels, label_smoothing)
-    ce = ce.mean()
+    ce = ce.mean() if ce_views == 1 else ce.view(ce_views, -1).mean(dim=1).sum()
     if teacher_logits is None:
         if lam != 0.0:
             raise ValueError("a KD weight lambda > 0 needs teacher logits")

@@ -110,6 +110,14 @@ def _check_run(cfg: TrainConfig, ctx: Context) -> None:
         raise KdstoreError(
             "--freeze-epochs is not supported under torchrun (DDP fixes the trained parameters when it starts)"
         )
+    spec = cfg.loader_config().distill_term().spec
+    if ctx.active and (spec.module is not None or spec.pairs):
+        why = (
+            "its learnt temperature is not synchronised across processes"
+            if spec.module
+            else "it runs two forward passes a step"
+        )
+        raise KdstoreError(f"--loss {cfg.loss} is not supported under torchrun yet ({why}); train it in one process")
 
 
 def _model(
@@ -150,8 +158,15 @@ def _step(cfg: TrainConfig, models: tuple[nn.Module, Any], device: torch.device,
     and step; also the parameters outside the head (--freeze-epochs). models: (bare, as run)."""
     model, net = models
     head, body = _split_head(model)
+    term = cfg.loader_config().distill_term().to(device)
     optimizer = sgd(
-        [{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr or cfg.lr}], cfg.momentum, cfg.weight_decay
+        [
+            {"params": body, "lr": cfg.lr},
+            {"params": head, "lr": cfg.head_lr or cfg.lr},
+            {"params": list(term.parameters()), "lr": cfg.lr},  # ctkd's temperature (CTKD trains it with the student)
+        ],
+        cfg.momentum,
+        cfg.weight_decay,
     )
     step = Step(
         model=net,
@@ -159,7 +174,7 @@ def _step(cfg: TrainConfig, models: tuple[nn.Module, Any], device: torch.device,
         scheduler=cosine(optimizer, cfg.epochs * batches),
         device=device,
         tau=cfg.tau,
-        loss=cfg.loader_config().distill_term(),
+        loss=term,
         label_smoothing=cfg.label_smoothing,
         input_size=cfg.input_size,
         amp=cfg.amp,
@@ -328,6 +343,8 @@ def run_epoch(run: Run, epoch: int, bar) -> dict[str, Any]:
     for p in run.body:  # --freeze-epochs: only the head learns at first (frozen params get no grad)
         p.requires_grad_(epoch >= cfg.freeze_epochs)
     row.update(train_epoch(run, epoch, lambdas, bar, task))
+    if run.step.loss is not None:  # what a loss learns (ctkd: its temperature), as the epoch left it
+        row.update({f"loss_{k}": v for k, v in run.step.loss.readings().items()})
     t_eval = time.perf_counter()
     inp = ModelInput(
         model=run.model,
@@ -390,8 +407,14 @@ def save_epoch(run: Run, row: dict[str, Any]) -> None:
             "history": json.loads(json.dumps(run.history)),
             "rng": {"torch": torch.get_rng_state()},
             "loader": run.loader.state_dict(),
+            **({"loss": run.step.loss.state_dict()} if run.step.loss is not None and _learns(run.step.loss) else {}),
         },
     )
+
+
+def _learns(loss: nn.Module | None) -> bool:
+    """Whether a run's distillation loss has learnt parameters (ctkd), kept in its checkpoint."""
+    return loss is not None and any(True for _ in loss.parameters())
 
 
 def summarize(run: Run, model_name: str, seconds: float) -> dict[str, Any]:
@@ -518,6 +541,9 @@ def _restore(path: Path, run: Run) -> tuple[int, list[dict[str, Any]]]:
         run.model.load_state_dict(ckpt["state_dict"])
         run.step.optimizer.load_state_dict(ckpt["optimizer"])
         run.step.scheduler.load_state_dict(ckpt["scheduler"])
+        if _learns(run.step.loss):
+            assert run.step.loss is not None
+            run.step.loss.load_state_dict(ckpt["loss"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise KdstoreError(
             f"--resume: {path} holds other weights than this run's model ({str(e).splitlines()[0][:120]})"

@@ -2,8 +2,10 @@
 
 A Step is built once per run from the model, its optimiser and schedule. Calling it on a Batch
 of the public loader (kdstore.loader: images prepared, targets and lambda attached) runs the
-student (mixed precision on CUDA), takes the public loss (kd_loss, docs/method.md), and steps the
-optimiser and the schedule. `bench` times exactly this call (with the batch's assembly)."""
+student (mixed precision on CUDA; a second forward pass on the batch's second view for a loss
+that reads two), takes the public loss (kd_loss, docs/method.md), and steps the optimiser (the
+student's parameters and the loss's learnt ones) and the schedule. `bench` times exactly this
+call (with the batch's assembly)."""
 
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ class Step:
     scheduler: Any  # stepped once per call
     device: torch.device
     tau: float
-    loss: DistillTerm | None = None  # the distillation loss (None: Hinton's KD)
+    loss: DistillTerm | None = None  # the distillation loss (None: Hinton's KD); its parameters in `optimizer`
     label_smoothing: float = 0.0
     input_size: int | None = None  # resize the student's input to this size after augmentation
     amp: bool = False
@@ -56,13 +58,24 @@ class Step:
         if self.scaler is None:
             self.scaler = grad_scaler(self.device, self.amp)
 
+    def _input(self, images: torch.Tensor) -> torch.Tensor:
+        return device_layout(resize(images, self.input_size)) if self.input_size else images
+
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One optimiser step on a batch. Returns the loss and its CE and KD terms (detached) and
         the number right."""
-        x = device_layout(resize(batch.images, self.input_size)) if self.input_size else batch.images
         with autocast(self.device, self.amp):
-            logits = self.model(x)
-        terms = kd_loss(logits.float(), batch, tau=self.tau, label_smoothing=self.label_smoothing, loss=self.loss)
+            logits = self.model(self._input(batch.images))
+            # a two-view loss (mlkd): the second view in its own forward pass (its own BatchNorm statistics)
+            pair = None if batch.pair is None else self.model(self._input(batch.pair.images))
+        terms = kd_loss(
+            logits.float(),
+            batch,
+            tau=self.tau,
+            label_smoothing=self.label_smoothing,
+            loss=self.loss,
+            pair_logits=None if pair is None else pair.float(),
+        )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms.loss).backward()
         self.scaler.step(self.optimizer)

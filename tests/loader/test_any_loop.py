@@ -26,9 +26,9 @@ def _rows(path: Path) -> list[dict]:
 
 ARMS = [
     {"variant": "kd", "epochs": 2},
-    {"variant": "kd-cl", "pacing": "exp", "epochs": 1},
+    {"variant": "kd-cl", "pacing": "exp", "epochs": 1, "loss": "ctkd"},  # a loss with a learnt temperature
     {"variant": "kd-cl-sr", "epochs": 1, "loss": "dkd", "loss_options": "beta=4"},  # SR's lambda, another loss
-    {"variant": "kd", "epochs": 1, "views": True},
+    {"variant": "kd", "epochs": 1, "views": True, "loss": "mlkd"},  # replayed views, two of each image
 ]
 
 

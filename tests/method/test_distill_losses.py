@@ -83,7 +83,48 @@ def ref_wttm(s, t, y, tau, h, epoch):
     return h["beta"] * total / len(s)
 
 
-REFERENCES = {"kd": ref_kd, "dkd": ref_dkd, "dist": ref_dist, "nkd": ref_nkd, "wttm": ref_wttm}
+def ref_ctkd(s, t, y, tau, h, epoch):
+    """KD at CTKD's temperature t_start + t_range * sigmoid(theta), theta at its start, 1."""
+    return ref_kd(s, t, y, h["t_start"] + h["t_range"] / (1 + math.exp(-1.0)), h, epoch)
+
+
+def gram_gap(ps, pt, rows: bool) -> float:
+    """sum over pairs (a, b) of (<pt_a, pt_b> - <ps_a, ps_b>)^2, a and b rows (or columns)."""
+    if not rows:
+        ps, pt = [list(c) for c in zip(*ps)], [list(c) for c in zip(*pt)]
+    total = 0.0
+    for a in range(len(ps)):
+        for b in range(len(ps)):
+            dt = sum(x * z for x, z in zip(pt[a], pt[b]))
+            ds = sum(x * z for x, z in zip(ps[a], ps[b]))
+            total += (dt - ds) ** 2
+    return total
+
+
+def ref_mlkd(s, t, y, tau, h, epoch):
+    """The first half of the rows is the weak view, the second the strong one."""
+    b, c = len(s) // 2, len(s[0])
+    std = zscore if h.get("standardize") else (lambda v: v)
+    si, ti = [std(v) for v in s], [std(v) for v in t]
+    total = 0.0
+    for d in range(-int(h["spread"]), int(h["spread"]) + 1):
+        temp = tau + d
+        instance = ref_kd(si[:b], ti[:b], y, temp, h, epoch) + ref_kd(si[b:], ti[b:], y, temp, h, epoch)
+        ps, pt = [softmax(v, temp) for v in s[:b]], [softmax(v, temp) for v in t[:b]]
+        total += h["instance"] * instance
+        total += h["batch"] * gram_gap(ps, pt, rows=True) / b + h["class"] * gram_gap(ps, pt, rows=False) / c
+    return total
+
+
+REFERENCES = {
+    "kd": ref_kd,
+    "dkd": ref_dkd,
+    "dist": ref_dist,
+    "nkd": ref_nkd,
+    "wttm": ref_wttm,
+    "ctkd": ref_ctkd,
+    "mlkd": ref_mlkd,
+}
 
 STUDENT = [[0.5, -1.0, 2.0], [1.0, 1.0, 1.0], [3.0, 0.2, -0.7], [-2.0, 0.5, 0.4]]
 TEACHERS = {
@@ -95,16 +136,21 @@ LABELS = [2, 0, 1, 1]
 
 
 def _both(name: str, teacher: str, tau: float, options: str = "", standardize: bool = False, epoch: int = 3):
+    if name == "mlkd" and tau <= 2 and not options:
+        options = "spread=0"  # its temperatures tau - spread .. tau + spread must be > 0
     term = distill_term(name, options, standardize)
     s = torch.tensor(STUDENT, dtype=torch.float64)
     t = torch.tensor(TEACHERS[teacher], dtype=torch.float64)
-    got = float(term(s, t, torch.tensor(LABELS), tau, epoch))
+    got = float(term(s, t, torch.tensor(LABELS), tau, epoch).detach())
+    hyper = dict(term.hyper)
+    if term.spec.standardizes_itself:  # mlkd Z-scores its instance terms only: the reference does it
+        hyper["standardize"], standardize = standardize, False
     rs, rt = (
         (STUDENT, TEACHERS[teacher])
         if not standardize
         else ([zscore(v) for v in STUDENT], [zscore(v) for v in TEACHERS[teacher]])
     )
-    want = REFERENCES[name](rs, rt, LABELS, tau, term.hyper, epoch)
+    want = REFERENCES[name](rs, rt, LABELS, tau, hyper, epoch)
     return got, want
 
 
@@ -116,7 +162,7 @@ def test_each_loss_equals_its_equations(name, teacher, tau):
     assert got == pytest.approx(want, rel=1e-6, abs=1e-9), (got, want)
 
 
-@pytest.mark.parametrize("name", ["kd", "dkd"])
+@pytest.mark.parametrize("name", ["kd", "dkd", "mlkd"])
 def test_logit_standardisation_is_the_z_score_before_the_loss(name):
     got, want = _both(name, "ordinary", 2.0, standardize=True)
     assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
@@ -130,10 +176,12 @@ def test_options_change_the_terms_as_the_equations_say():
         ("dist", "beta=1,gamma=3"),
         ("nkd", "gamma=2,temp=2"),
         ("wttm", "gamma=0.5,beta=3"),
+        ("ctkd", "t_start=2,t_range=5"),
+        ("mlkd", "spread=1,instance=0.5,batch=2,class=3"),
     ):
         term = distill_term(name, options)
         s, t = torch.tensor(STUDENT, dtype=torch.float64), torch.tensor(TEACHERS["ordinary"], dtype=torch.float64)
-        got = float(term(s, t, torch.tensor(LABELS), 2.0, 4))
+        got = float(term(s, t, torch.tensor(LABELS), 2.0, 4).detach())
         assert got == pytest.approx(
             REFERENCES[name](STUDENT, TEACHERS["ordinary"], LABELS, 2.0, term.hyper, 4), rel=1e-6
         )
@@ -162,7 +210,7 @@ def test_by_hand_values():
     "name, standardize", [(n, False) for n in LOSSES] + [(n, True) for n, s in LOSSES.items() if s.standardizable]
 )
 def test_gradients(name, standardize):
-    term = distill_term(name, logit_standardize=standardize)
+    term = distill_term(name, "spread=1" if name == "mlkd" else "", standardize)  # mlkd: temperatures 1, 2, 3
     # no constant row: a Z-score divides by the row's std, 0 for a constant row
     s = torch.tensor([[0.5, -1.0, 2.0], [1.0, 1.3, 0.9], [3.0, 0.2, -0.7], [-2.0, 0.5, 0.4]], dtype=torch.float64)
     s.requires_grad_(True)
@@ -231,3 +279,97 @@ def test_the_public_distill_loss_and_the_loader_options():
     ):
         with pytest.raises(KdstoreError, match=message):
             kdstore.LoaderConfig(**options).validate()
+
+
+def test_ctkd_reversal_curriculum_by_hand():
+    """CTKD's reversal weight rises as (1 - cos(pi * e / loops)) / 2, e the 1-based epoch, to
+    its full weight at epoch `loops` and stays there."""
+    from kdstore.method.distill_losses import reversal_weight
+
+    assert reversal_weight(0, 10, 1.0) == pytest.approx((1 - math.cos(math.pi / 10)) / 2, rel=1e-12)  # 0.0245
+    assert reversal_weight(4, 10, 1.0) == pytest.approx(0.5, rel=1e-12)  # epoch 5 of 10: cos(pi / 2) = 0
+    assert reversal_weight(9, 10, 2.0) == pytest.approx(2.0, rel=1e-12)
+    assert reversal_weight(50, 10, 1.0) == pytest.approx(1.0, rel=1e-12)
+    assert reversal_weight(0, 0, 0.7) == 0.7  # no curriculum: the full weight at once
+
+
+@pytest.mark.parametrize("epoch", [0, 4, 12])
+def test_ctkd_temperature_ascends_the_kd_loss_through_the_reversal(epoch):
+    """The temperature's gradient is -w(epoch) times the KD loss's derivative in theta (a finite
+    difference of the reference at T(theta) = 1 + 20 sigmoid(theta)); the student's gradient is
+    plain KD's at that temperature; `readings` give the temperature."""
+    from kdstore.method.distill_losses import reversal_weight
+
+    term = distill_term("ctkd").double()
+    s = torch.tensor(STUDENT, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(TEACHERS["ordinary"], dtype=torch.float64)
+    term(s, t, torch.tensor(LABELS), 4.0, epoch).backward()
+
+    def kd_at(theta: float) -> float:
+        return ref_kd(STUDENT, TEACHERS["ordinary"], LABELS, 1 + 20 / (1 + math.exp(-theta)), {}, 0)
+
+    h = 1e-6
+    slope = (kd_at(1 + h) - kd_at(1 - h)) / (2 * h)
+    assert float(term.learnt.theta.grad) == pytest.approx(-reversal_weight(epoch, 10, 1.0) * slope, rel=1e-5)
+    temperature = 1 + 20 / (1 + math.exp(-1.0))
+    assert term.readings()["temperature"] == pytest.approx(temperature, rel=1e-12)
+    plain = s.detach().clone().requires_grad_(True)
+    distill_term("kd")(plain, t, torch.tensor(LABELS), temperature).backward()
+    assert torch.allclose(s.grad, plain.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_ctkd_parameters_reach_the_optimiser_from_the_public_loss():
+    import kdstore
+    from kdstore.loader.batch import Batch, Target
+
+    loss = kdstore.distill_loss("ctkd")
+    params = list(loss.parameters())
+    assert len(params) == 1 and float(params[0]) == 1.0
+    assert list(kdstore.distill_loss("dkd").parameters()) == []
+    batch = Batch(
+        images=torch.zeros(4, 3, 2, 2),
+        labels=torch.tensor(LABELS),
+        ids=torch.arange(4).numpy(),
+        positions=torch.arange(4).numpy(),
+        lam=0.9,
+        target=Target(kind="logits", logits=torch.tensor(TEACHERS["ordinary"])),
+        epoch=20,
+        index=0,
+    )
+    s = torch.tensor(STUDENT, dtype=torch.float64)
+    batch.target = Target(kind="logits", logits=torch.tensor(TEACHERS["ordinary"], dtype=torch.float64))
+    loss.double()
+    before = float(loss(s, batch).kd)
+    opt = torch.optim.SGD(params, lr=1000.0)  # the slope is ~1e-4: a step that moves theta visibly
+    loss(s, batch).loss.backward()
+    opt.step()
+    assert float(params[0]) != 1.0
+    assert float(loss(s, batch).kd) > before  # the temperature ascends the KD term
+
+
+def test_mlkd_by_hand():
+    """A student equal to its teacher on both views owes MLKD nothing; with one sample per view
+    and two classes, uniform student, teacher (log 3, 0) at spread 0 and tau 1: the instance term
+    is KL((3/4, 1/4) || (1/2, 1/2)) per view, the batch term (<pt, pt> - <ps, ps>)^2 / 1 =
+    (10/16 - 1/2)^2, the class term sum over (k, l) of (pt_k pt_l - 1/4)^2 / 2."""
+    term = distill_term("mlkd")
+    z = torch.tensor(TEACHERS["ordinary"], dtype=torch.float64)
+    assert float(term(z, z, torch.tensor(LABELS), 4.0)) == pytest.approx(0.0, abs=1e-12)
+    one = distill_term("mlkd", "spread=0")
+    s = torch.zeros(2, 2, dtype=torch.float64)
+    t = torch.tensor([[math.log(3.0), 0.0]] * 2, dtype=torch.float64)
+    kl_one = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    batch = (10 / 16 - 0.5) ** 2
+    cls = ((9 / 16 - 0.25) ** 2 + 2 * (3 / 16 - 0.25) ** 2 + (1 / 16 - 0.25) ** 2) / 2
+    assert float(one(s, t, torch.tensor([0, 0]), 1.0)) == pytest.approx(2 * kl_one + batch + cls, rel=1e-12)
+
+
+def test_mlkd_refuses_what_it_cannot_compute():
+    import kdstore
+
+    with pytest.raises(ValueError, match="spread of mlkd must be a whole number"):
+        parse_options("mlkd", "spread=1.5")
+    with pytest.raises(KdstoreError, match=r"--loss mlkd needs --tau > its spread \(2\), got --tau 2"):
+        kdstore.LoaderConfig(loss="mlkd", tau=2.0).validate()
+    with pytest.raises(KdstoreError, match=r"loss mlkd needs tau > its spread \(3\), got tau 3"):
+        kdstore.distill_loss("mlkd", tau=3.0, spread=3)
