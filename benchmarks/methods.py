@@ -8,23 +8,22 @@ one, the same seeds. One prepared script for one lent GPU (or a tiny rehearsal o
     python3 benchmarks/methods.py OUT                    # on the GPU machine (device tool: carry
                                                          #   .gpu-bundle and .gpu-data)
     .venv/bin/python benchmarks/methods.py OUT --rehearse   # the same steps, tiny, on the CPU
-    .venv/bin/python -m kdstore report OUT/runs --baseline kd --out OUT/report   # the table, here
+    tar -xzf OUT/records.tgz -C R && .venv/bin/python -m kdstore report R/runs --baseline kd --out R/report
 
 Steps, each skipped when a previous call finished it (the work directory, .methods-work/ under
 the repository, survives between calls on a machine that stays warm): unpack the images; train
 the teacher (`kdstore teacher`, cifar_resnet20); cache it twice with `--views V` (float16 and
 int8 logits); then the student runs (cifar_resnet8), `--jobs` processes at once on the one GPU,
 seed by seed (so that a budget that runs out leaves whole seeds). Every finished run's
-config.json, summary.json and metrics.jsonl are copied to OUT/runs (OUT/runs-int8 for the int8
-store's), with the teacher's and the stores' records, and OUT/methods.json says what ran and how
-long each step took. The report (scipy's t-interval) is made here, from OUT."""
+config.json, summary.json and metrics.jsonl are packed in OUT/records.tgz (runs/, runs-int8/ for
+the int8 store's), with the teacher's and the stores' records, and OUT/methods.json says what ran
+and how long each step took. The report (scipy's t-interval) is made here, from the archive."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -97,17 +96,19 @@ def arms() -> list[tuple[str, str, str]]:
     return out
 
 
-def student_jobs(work: Path, seeds: list[int]) -> list[dict]:
-    """Every student run, seed by seed; the int8 store's kd runs after each seed's table."""
+def student_jobs(work: Path, seeds: list[int], only: set[str] | None, runs: str, int8: bool) -> list[dict]:
+    """Every student run (or those of the arms in `only`), seed by seed; the int8 store's kd runs
+    after each seed's table. Run directories are named ARM-sSEED with '+' written '_' (the
+    device tool brings back no file whose name holds a '+'; the report reads the arm from the run)."""
     jobs = []
     for seed in seeds:
         for name, variant, loss in arms():
-            jobs.append(
-                dict(out=work / "runs" / f"{name}-s{seed}", store=work / "store", variant=variant, loss=loss, seed=seed)
-            )
-        jobs.append(
-            dict(out=work / "runs-int8" / f"kd-s{seed}", store=work / "store-int8", variant="kd", loss="kd", seed=seed)
-        )
+            if only is None or name in only:
+                out = work / runs / f"{name.replace('+', '_')}-s{seed}"
+                jobs.append(dict(out=out, store=work / "store", variant=variant, loss=loss, seed=seed))
+        if int8:
+            out = work / f"{runs}-int8" / f"kd-s{seed}"
+            jobs.append(dict(out=out, store=work / "store-int8", variant="kd", loss="kd", seed=seed))
     return jobs
 
 
@@ -154,24 +155,23 @@ def run_students(jobs: list[dict], p: dict, device: str, deadline: float, log_di
     return done
 
 
-def copy_records(work: Path, out: Path) -> dict[str, int]:
-    """The small files of every finished run (and the teacher's and stores' records) into OUT."""
+def pack_records(work: Path, out: Path, runs: str) -> dict[str, int]:
+    """The small files of every finished run, the teacher's and the stores' records, in one
+    archive, OUT/records.tgz (the device tool brings back a limited number of files)."""
+    import tarfile
+
     counts = {}
-    for group in ("runs", "runs-int8"):
-        n = 0
-        for run in sorted((work / group).glob("*")) if (work / group).is_dir() else []:
-            if (run / "summary.json").is_file():
-                dest = out / group / run.name
-                dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(out / "records.tgz", "w:gz") as tar:
+        for group in (runs, f"{runs}-int8"):
+            done = [r for r in sorted((work / group).glob("*")) if (r / "summary.json").is_file()]
+            for run in done:
                 for name in ("config.json", "summary.json", "metrics.jsonl"):
-                    shutil.copy2(run / name, dest / name)
-                n += 1
-        counts[group] = n
-    for src, name in ((work / "teacher", "teacher"), (work / "store", "store"), (work / "store-int8", "store-int8")):
-        for f in ("summary.json", "metrics.jsonl", "MANIFEST.json"):
-            if (src / f).is_file():
-                (out / name).mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src / f, out / name / f)
+                    tar.add(run / name, arcname=f"{group}/{run.name}/{name}")
+            counts[group] = len(done)
+        for part in ("teacher", "store", "store-int8"):
+            for name in ("config.json", "summary.json", "metrics.jsonl", "MANIFEST.json"):
+                if (work / part / name).is_file():
+                    tar.add(work / part / name, arcname=f"{part}/{name}")
     return counts
 
 
@@ -184,11 +184,17 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=540.0, help="wall-clock budget of this call")
     ap.add_argument("--epochs", type=int, default=None, help="student epochs (default: the size's)")
     ap.add_argument("--jobs", type=int, default=None, help="student runs at once (default: the size's)")
+    ap.add_argument("--batch", type=int, default=None, help="student batch size (default: the size's)")
+    ap.add_argument("--lr", type=float, default=None, help="student peak learning rate (default: the size's)")
+    ap.add_argument("--arms", default="", help="only these arms (e.g. kd,kd+mlkd; default: all)")
+    ap.add_argument("--runs", default="runs", help="the runs' directory under the work directory and in OUT")
+    ap.add_argument("--no-int8", action="store_true", help="no int8 store and no int8 runs")
     args = ap.parse_args()
     start = time.time()
     deadline = start + args.budget_s
     p = dict(REHEARSE if args.rehearse else FULL)
-    p.update({k: v for k, v in (("epochs", args.epochs), ("jobs", args.jobs)) if v is not None})
+    given = (("epochs", args.epochs), ("jobs", args.jobs), ("batch", args.batch), ("lr", args.lr))
+    p.update({k: v for k, v in given if v is not None})
     device = "cpu" if args.rehearse else "cuda"
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -240,7 +246,8 @@ def main() -> None:
         save()
         if code:
             sys.exit(f"teacher failed (exit {code}); see {log}")
-    for name, extra in (("store", []), ("store-int8", ["--logits-dtype", "int8"])):
+    stores = [("store", [])] + ([] if args.no_int8 else [("store-int8", ["--logits-dtype", "int8"])])
+    for name, extra in stores:
         if not (work / name / "MANIFEST.json").is_file():
             code, secs = kdstore_cli(
                 "cache", "--checkpoint", str(work / "teacher" / "checkpoint.pt"), "--dataset", spec,
@@ -255,10 +262,12 @@ def main() -> None:
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     t0 = time.perf_counter()
-    finished = run_students(student_jobs(work, seeds), p, device, deadline - 15, logs)
+    only = {a.strip() for a in args.arms.split(",") if a.strip()} or None
+    jobs = student_jobs(work, seeds, only, args.runs, not args.no_int8)
+    finished = run_students(jobs, p, device, deadline - 15, logs)
     record["steps"]["students"] = {"seconds": round(time.perf_counter() - t0, 1), "runs": finished}
-    record["copied"] = copy_records(work, out)
-    record["planned_runs"] = len(student_jobs(work, seeds))
+    record["copied"] = pack_records(work, out, args.runs)
+    record["planned_runs"] = len(jobs)
     save()
     print(json.dumps({k: record[k] for k in ("steps", "copied", "planned_runs", "elapsed_s")}, default=str)[:3000])
 
