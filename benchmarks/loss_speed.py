@@ -1,11 +1,12 @@
 """Issue 32's speed target: every distillation loss's training step (`train`'s Step: the student's
 forward, the loss, backward, SGD) at >= 0.95 of `kd`'s images/s, on the same store and batches.
 
-One process; the batches are assembled once (kd-cl-sr from a digits store cached by a random
-cifar_resnet20, batch 128, the device loader) and every loss steps a cifar_resnet8 from the same
+One process; the batches are assembled once (kd-cl-sr from a digits store with 2 views of
+every image cached by a random cifar_resnet20, batch 128, the device loader; for mlkd the same
+batches with their second view, Batch.pair) and every loss steps a cifar_resnet8 from the same
 initial weights over them. Rounds alternate the losses (the order rotates each round); a loss's
-figure is the median over rounds of its images/s, and its ratio the median of its per-round
-ratio to kd's.
+figure is the median over rounds of its images/s (samples: an mlkd sample is two views, two
+forward passes), and its ratio the median of its per-round ratio to kd's.
 
     .venv/bin/python benchmarks/loss_speed.py [--rounds 7] [--steps 12]
 
@@ -39,7 +40,9 @@ VARIANTS = [(name, False) for name in LOSSES] + [(name, True) for name, s in LOS
 def _store(root: Path) -> Path:
     store = root / "digits"
     cache.run(
-        CacheConfig(dataset="digits", out=str(store), teacher="cifar_resnet20", allow_untrained=True, progress=False)
+        CacheConfig(
+            dataset="digits", out=str(store), teacher="cifar_resnet20", allow_untrained=True, views=2, progress=False
+        )
     )
     return store
 
@@ -47,8 +50,8 @@ def _store(root: Path) -> Path:
 def _step(loss: str, standardize: bool, classes: int) -> Step:
     torch.manual_seed(0)
     model = timm.create_model("cifar_resnet8", num_classes=classes).to(memory_format=torch.channels_last)
-    optimizer = sgd([{"params": list(model.parameters()), "lr": 0.05}], 0.9, 5e-4)
     term = LoaderConfig(loss=loss, logit_standardize=standardize).distill_term()
+    optimizer = sgd([{"params": [*model.parameters(), *term.parameters()], "lr": 0.05}], 0.9, 5e-4)  # ctkd: T
     return Step(
         model=model,
         optimizer=optimizer,
@@ -67,23 +70,27 @@ def main() -> None:
     a = ap.parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        loader = StoreLoader(_store(Path(tmp)), variant="kd-cl-sr", batch_size=128, loader="device", workers=1)
-        batches = [b for _, b in zip(range(a.steps), loader)]
+        store = _store(Path(tmp))
+        assembled = {}
+        for loss in ("kd", "mlkd"):  # the same batches; mlkd's also carry each sample's second view
+            loader = StoreLoader(store, variant="kd-cl-sr", batch_size=128, loader="device", workers=1, loss=loss)
+            assembled[loss] = [b for _, b in zip(range(a.steps), loader)]
         classes = loader.num_classes
     # FFCV's reader (workers=1 here) sets the process's OpenMP threads through numba, and torch's
     # CPU ops follow it (1 thread after the pass): the steps are timed with one thread per core
     torch.set_num_threads(os.cpu_count() or 1)
     steps = {f"{n}{'+ls' if ls else ''}": _step(n, ls, classes) for n, ls in VARIANTS}
-    for step in steps.values():  # one warm-up step each
-        step(batches[0])
+    batches_of = {name: assembled["mlkd" if LOSSES[name.split("+")[0]].pairs else "kd"] for name in steps}
+    for name, step in steps.items():  # one warm-up step each
+        step(batches_of[name][0])
     names = list(steps)
     per_round: dict[str, list[float]] = {n: [] for n in names}
     for r in range(a.rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
-            for batch in batches:
+            for batch in batches_of[name]:
                 steps[name](batch)
-            per_round[name].append(sum(len(b) for b in batches) / (time.perf_counter() - t0))
+            per_round[name].append(sum(len(b) for b in batches_of[name]) / (time.perf_counter() - t0))
     rows = {
         name: {
             "images_per_s": statistics.median(v),

@@ -17,7 +17,7 @@ import torch
 
 from kdstore.errors import KdstoreError
 from kdstore.method.distill_losses import DistillTerm, distill_term
-from kdstore.method.losses import student_loss
+from kdstore.method.losses import ce_mean, student_loss, weigh
 
 # Target.kind: where a batch's teacher logits come from
 TARGET_KINDS = {
@@ -119,21 +119,22 @@ def kd_loss(
         raise KdstoreError(f"this batch's targets were sampled at tau {target.tau}; kd_loss got tau {tau}")
     _check_logits(student_logits, batch)
     weight = batch.lam if lam is None else lam
-    labels, teacher, mix, views = batch.labels, target.logits, target.mix, 1
-    if loss is not None and loss.spec.pairs and teacher is not None:
-        student_logits, labels, teacher, mix = _with_pair(student_logits, batch, loss, pair_logits)
-        views = 2
-    terms = student_loss(
-        student_logits.float(),
-        labels,
-        teacher,
-        weight if teacher is not None else 0.0,
-        tau,
-        label_smoothing,
-        mix,
-        None if loss is None else functools.partial(_term, loss, labels, tau, batch.epoch),
-        ce_views=views,
-    )
+    if loss is not None and loss.spec.pairs and target.logits is not None:
+        zs, labels, zt, mix = _with_pair(student_logits.float(), batch, loss, pair_logits)
+        terms = weigh(
+            ce_mean(zs, labels, label_smoothing, mix, views=2), loss(zs, zt, labels, tau, batch.epoch), weight
+        )
+    else:
+        terms = student_loss(
+            student_logits.float(),
+            batch.labels,
+            target.logits,
+            weight if target.logits is not None else 0.0,
+            tau,
+            label_smoothing,
+            target.mix,
+            None if loss is None else functools.partial(_term, loss, batch.labels, tau, batch.epoch),
+        )
     return LossTerms(terms["loss"], terms["ce"], terms["kd"])
 
 
@@ -160,7 +161,7 @@ def _with_pair(student_logits: torch.Tensor, batch: Batch, loss: DistillTerm, pa
     if mix is not None and pair_mix is not None:
         both = (torch.cat([mix[0], pair_mix[0]]), torch.cat([mix[1], pair_mix[1]]))
     return (
-        torch.cat([student_logits, pair_logits]),
+        torch.cat([student_logits, pair_logits.float()]),
         torch.cat([batch.labels, batch.labels]),
         torch.cat([batch.target.logits, pair.target.logits]),
         both,

@@ -27,6 +27,34 @@ def kd_per_sample(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ta
     return (tau * tau) * kl
 
 
+def ce_mean(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    label_smoothing: float = 0.0,
+    label_mix: tuple[torch.Tensor, torch.Tensor] | None = None,
+    views: int = 1,
+) -> torch.Tensor:
+    """The CE term, a batch mean. `label_mix` = (partner labels, weights w) for mixed images: a
+    sample's CE is w * CE(y) + (1 - w) * CE(y_partner). `views`: the rows are that many views of
+    the same B samples, one after another (mlkd: 2), and the term is the sum of their means."""
+    ce = ce_per_sample(student_logits, labels, label_smoothing)
+    if label_mix is not None:
+        partner_labels, w = label_mix
+        ce = w * ce + (1.0 - w) * ce_per_sample(student_logits, partner_labels, label_smoothing)
+    return ce.mean() if views == 1 else ce.view(views, -1).mean(dim=1).sum()
+
+
+def weigh(ce: torch.Tensor, kd: torch.Tensor, lam: float) -> dict[str, torch.Tensor]:
+    """(1 - lam) * ce + lam * kd, with both terms (detached): every loss's composition."""
+    check_lam(lam)
+    return {"loss": (1.0 - lam) * ce + lam * kd, "ce": ce.detach(), "kd": kd.detach()}
+
+
+def check_lam(lam: float) -> None:
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lambda must be in [0, 1], got {lam}")
+
+
 def student_loss(
     student_logits: torch.Tensor,
     labels: torch.Tensor,
@@ -36,28 +64,19 @@ def student_loss(
     label_smoothing: float = 0.0,
     label_mix: tuple[torch.Tensor, torch.Tensor] | None = None,
     term: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    ce_views: int = 1,
 ) -> dict[str, torch.Tensor]:
     """L_student = (1 - lam) * L_ce + lam * L_kd, batch means; returns the named terms.
 
     With lam == 0 (unguided, or an SR batch at the start of an epoch) no teacher logits are
-    needed and ``kd`` is reported as 0. `label_mix` = (partner labels (B,), weights w (B,)) for
-    mixed images: the CE term of a sample is w * CE(y) + (1 - w) * CE(y_partner). `term`(z_S,
-    z_T) gives another distillation loss's batch value in place of Hinton's KD (distill_losses.py).
-    ce_views: the rows are that many views of the same B samples, one after another (mlkd: 2);
-    the CE term is the sum of their batch means.
+    needed and ``kd`` is reported as 0. `label_mix`: see ce_mean. `term`(z_S, z_T) gives another
+    distillation loss's batch value in place of Hinton's KD (distill_losses.py).
     """
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lambda must be in [0, 1], got {lam}")
-    ce = ce_per_sample(student_logits, labels, label_smoothing)
-    if label_mix is not None:
-        partner_labels, w = label_mix
-        ce = w * ce + (1.0 - w) * ce_per_sample(student_logits, partner_labels, label_smoothing)
-    ce = ce.mean() if ce_views == 1 else ce.view(ce_views, -1).mean(dim=1).sum()
+    check_lam(lam)
+    ce = ce_mean(student_logits, labels, label_smoothing, label_mix)
     if teacher_logits is None:
         if lam != 0.0:
             raise ValueError("a KD weight lambda > 0 needs teacher logits")
         kd = torch.zeros((), device=student_logits.device)
     else:
         kd = term(student_logits, teacher_logits) if term else kd_per_sample(student_logits, teacher_logits, tau).mean()
-    return {"loss": (1.0 - lam) * ce + lam * kd, "ce": ce.detach(), "kd": kd.detach()}
+    return weigh(ce, kd, lam)
