@@ -32,10 +32,13 @@ class LoaderConfig:
     epochs: int = opt(30, "Epochs.")
     batch_size: int = opt(128, "Global batch size (split across torchrun processes).")
     lam: float = opt(0.9, "KD weight of the fixed-lambda variants.")
-    tau: float = opt(4.0, "KD temperature (of kd, dkd and dist; nkd and wttm have their own, see --loss-options).")
+    tau: float = opt(
+        4.0, "KD temperature (of kd, dkd, dist and mlkd; nkd, wttm and ctkd have their own, see --loss-options)."
+    )
     loss: str = opt(
         "kd",
-        "The distillation loss weighed by lambda against CE (docs/method.md): kd (Hinton), dkd, dist, nkd, wttm.",
+        "The distillation loss weighed by lambda against CE (docs/method.md): kd (Hinton), dkd, dist, nkd, wttm, "
+        "ctkd (a learnt temperature), mlkd (two stored views of each image).",
         choices=lambda: list(LOSSES),
     )
     loss_options: str = opt(

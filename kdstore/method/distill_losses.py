@@ -48,6 +48,7 @@ class LossSpec:
     whole: Mapping[str, str] | None = None  # options that must be whole numbers, and why
     standardizes_itself: bool = False  # applies logit standardisation to some of its terms only
     tau_above: str | None = None  # the option that tau must exceed (its temperatures tau - it must be > 0)
+    lam_above: tuple[float, str] | None = None  # a fixed lambda above this is warned of, and why
 
 
 def standardize(z: torch.Tensor) -> torch.Tensor:
@@ -283,6 +284,12 @@ LOSSES: dict[str, LossSpec] = {
             pairs=True,
             standardizes_itself=True,
             tau_above="spread",
+            lam_above=(
+                0.5,
+                "MLKD weighs its CE 1:1 against its term (--lam 0.5); at a fixed --lam above that its term, an "
+                "order of magnitude larger than KD's, dominated and the students collapsed to chance on CIFAR-10 "
+                "(benchmarks/RESULTS.md); a -sr variant or --lam 0.5 trained",
+            ),
             whole={"spread": "the temperatures are tau - spread ... tau + spread in steps of 1"},
         ),
     )
@@ -347,6 +354,13 @@ class DistillTerm(nn.Module):
 
     def readings(self) -> dict[str, float]:
         return self.learnt.readings() if self.learnt is not None else {}
+
+    def lam_caution(self, lam: float) -> str | None:
+        """A warning for this loss at a fixed lambda `lam` (None when there is none)."""
+        above = self.spec.lam_above
+        if above is None or lam <= above[0]:
+            return None
+        return f"--loss {self.spec.name} at --lam {lam:g}: {above[1]}"
 
     def tau_problem(self, tau: float) -> str | None:
         """Why this loss cannot run at temperature `tau` (None when it can)."""

@@ -40,8 +40,8 @@ class SweepConfig:
     )
     losses: str = opt(
         "kd",
-        "Comma-separated distillation losses (kd, dkd, dist, nkd, wttm), each an arm crossed with every variant that "
-        "has a teacher term; --loss-options applies to each of them.",
+        "Comma-separated distillation losses, each an arm crossed with every variant that has a teacher term; "
+        "--loss-options gives each the keys it takes.",
         choices=lambda: list(LOSSES),
     )
     baseline: str = opt(report.BASELINE, "The arm the report compares every other with, paired by seed.")

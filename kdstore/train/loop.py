@@ -458,6 +458,9 @@ def fit(
     checkpoint.pt under cfg.out. `kind` ("student" or "teacher") goes into the checkpoint.
     `teacher` replaces the cached logits as the KD target (the online-KD baseline)."""
     run = build_run(cfg, data, model_name, kind, hook, teacher)
+    caution = run.step.loss.lam_caution(cfg.lam) if run.step.loss is not None else None
+    if caution and run.variant.policy == "fixed" and run.ctx.main:
+        say(f"warning: {caution}")
     start = 0
     if cfg.resume:
         start, run.history = _restore(run.out / "checkpoint.pt", run)
