@@ -242,20 +242,26 @@ def test_standardisation_of_a_loss_that_does_not_define_it_is_refused():
         distill_term("nkd", logit_standardize=True)
 
 
-def test_the_public_distill_loss_and_the_loader_options():
-    import kdstore
+def _batch(epoch: int, dtype: torch.dtype = torch.float32):
+    """A Batch of the four samples above, the ordinary teacher's logits as its target."""
     from kdstore.loader.batch import Batch, Target
 
-    batch = Batch(
+    return Batch(
         images=torch.zeros(4, 3, 2, 2),
         labels=torch.tensor(LABELS),
         ids=torch.arange(4).numpy(),
         positions=torch.arange(4).numpy(),
         lam=0.9,
-        target=Target(kind="logits", logits=torch.tensor(TEACHERS["ordinary"])),
-        epoch=2,
+        target=Target(kind="logits", logits=torch.tensor(TEACHERS["ordinary"], dtype=dtype)),
+        epoch=epoch,
         index=0,
     )
+
+
+def test_the_public_distill_loss_and_the_loader_options():
+    import kdstore
+
+    batch = _batch(epoch=2)
     s = torch.tensor(STUDENT)
     kd = kdstore.kd_loss(s, batch, tau=3.0)
     same = kdstore.distill_loss("kd", tau=3.0)(s, batch)
@@ -320,24 +326,13 @@ def test_ctkd_temperature_ascends_the_kd_loss_through_the_reversal(epoch):
 
 def test_ctkd_parameters_reach_the_optimiser_from_the_public_loss():
     import kdstore
-    from kdstore.loader.batch import Batch, Target
 
     loss = kdstore.distill_loss("ctkd")
     params = list(loss.parameters())
     assert len(params) == 1 and params[0].item() == 1.0
     assert list(kdstore.distill_loss("dkd").parameters()) == []
-    batch = Batch(
-        images=torch.zeros(4, 3, 2, 2),
-        labels=torch.tensor(LABELS),
-        ids=torch.arange(4).numpy(),
-        positions=torch.arange(4).numpy(),
-        lam=0.9,
-        target=Target(kind="logits", logits=torch.tensor(TEACHERS["ordinary"])),
-        epoch=20,
-        index=0,
-    )
+    batch = _batch(epoch=20, dtype=torch.float64)
     s = torch.tensor(STUDENT, dtype=torch.float64)
-    batch.target = Target(kind="logits", logits=torch.tensor(TEACHERS["ordinary"], dtype=torch.float64))
     loss.double()
     before = float(loss(s, batch).kd)
     opt = torch.optim.SGD(params, lr=1000.0)  # the slope is ~1e-4: a step that moves theta visibly
