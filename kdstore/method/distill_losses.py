@@ -51,6 +51,9 @@ class LossSpec:
     lam_above: tuple[float, str] | None = None  # a fixed lambda above this is warned of, and why
 
 
+STANDARDIZE = "standardize"  # in the hyper-parameters a loss that standardizes_itself is given
+
+
 def standardize(z: torch.Tensor) -> torch.Tensor:
     """Z-score of each row over its classes: (z - mean) / (std + 1e-7), std with Bessel's
     correction (as the logit-standardisation paper's code computes it)."""
@@ -220,7 +223,6 @@ def _mlkd(zs: torch.Tensor, zt: torch.Tensor, labels: torch.Tensor, tau: float, 
 
 
 _NONNEG = (0.0, math.inf, ">= 0")
-STANDARDIZE = "standardize"  # in the hyper-parameters a loss that standardizes_itself is given
 _POSITIVE = (1e-12, math.inf, "> 0")
 
 LOSSES: dict[str, LossSpec] = {
@@ -266,7 +268,7 @@ LOSSES: dict[str, LossSpec] = {
         LossSpec(
             "ctkd",
             "Li et al., AAAI 2023",
-            _kd,
+            _kd,  # not called: its module (the learnt temperature) computes the term
             {"t_start": 1.0, "t_range": 20.0, "loops": 10.0, "reversal": 1.0},
             {"t_start": _POSITIVE, "t_range": _NONNEG, "loops": _NONNEG, "reversal": _NONNEG},
             uses_tau=False,
