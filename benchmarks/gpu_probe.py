@@ -90,9 +90,9 @@ def cache_pass(store: str, p: dict, work: Path) -> dict:
     """The cache's own inference pass (score_beton) over the 224-px store, run as `cache` runs it
     and in variants, each twice (the second is warm): chunks flushed and post-processed, nothing
     kept, and at batch 512; and the bare loop (loader, forward, nothing else)."""
-    from kdstore.cache.inference import ModelInput, ScorePass, clean_forward, score_beton, stored_outputs
     from kdstore.data.beton import make_loader
     from kdstore.models.build import build_model, normalization
+    from kdstore.passes.inference import ModelInput, ScorePass, clean_forward, score_beton, stored_outputs
     from kdstore.runtime.precision import for_device
     from kdstore.store.store import Store
 

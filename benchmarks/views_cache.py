@@ -28,12 +28,12 @@ import torch
 from common import WORK, cifar10_subset, machine_record
 
 import kdstore.models  # noqa: F401 - registers cifar_resnet20 in timm's registry
-from kdstore.cache import inference
 from kdstore.cache import write as cache
 from kdstore.cache.config import CacheConfig
 from kdstore.data.augment import normalize
 from kdstore.data.in_memory import ResidentSplit
 from kdstore.models.build import normalization_for
+from kdstore.passes import inference
 
 TEACHER = "cifar_resnet20"
 

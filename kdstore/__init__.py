@@ -5,9 +5,11 @@ command, the store, the loader over a store for any training loop (StoreLoader, 
 and Pair, kd_loss, distill_loss and its DistillLoss), and the error type (`one_line_errors` prints
 it in one line from a script of one's own). Everything else may move between releases."""
 
-from kdstore import cache, train
+import importlib
+from typing import Any
+
 from kdstore import models as _models  # noqa: F401 - registers the CIFAR networks in timm
-from kdstore.cache import CacheConfig
+from kdstore import train
 from kdstore.errors import KdstoreError, one_line_errors
 from kdstore.loader import (
     Batch,
@@ -58,3 +60,19 @@ __all__ = [
     "BenchConfig",
     "EvalConfig",
 ]
+
+# The writer is imported when first named (kdstore.cache, kdstore.CacheConfig): a script that
+# reads stores (StoreLoader, train) never loads the teacher's pass.
+_LAZY = {"cache": ("kdstore.cache", None), "CacheConfig": ("kdstore.cache.config", "CacheConfig")}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'kdstore' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = importlib.import_module(module)
+    return value if attr is None else getattr(value, attr)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

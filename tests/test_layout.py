@@ -19,7 +19,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("kdstore.data",)),  # datasets, augmentation, .beton files
     ("models", ("kdstore.models",)),  # timm models, checkpoints, teachers
     ("store", ("kdstore.store",)),  # teacher.h5 + .betons: open, write, rows, views, merge
-    ("cache", ("kdstore.cache",)),  # the teacher pass
+    ("passes", ("kdstore.passes",)),  # a model over a .beton's images: the teacher's, the scorer's, eval's
+    ("cache", ("kdstore.cache",)),  # the writer: the teacher's passes into a store
     ("loader", ("kdstore.loader",)),  # a store in any training loop: batches, targets, lambda, kd_loss
     ("train", ("kdstore.train",)),  # the training loop and its commands
     ("report", ("kdstore.report",)),  # sweeps, tables, figures, the demo
@@ -209,3 +210,28 @@ def test_the_size_check_reaches_every_module():
     names = {name.rsplit(".", 1)[0] for name, _, _ in _functions()}
     assert {"kdstore.train.loop", "kdstore.cache.write", "kdstore.store.store", "kdstore.cli.main"} <= names
     assert all(reason.strip() for reason in LONG_FUNCTIONS.values())
+
+
+def test_the_reader_never_imports_the_writer():
+    """The loader (and train, which reads stores through it) stand beside the cache over the
+    store: nothing under them imports kdstore.cache; the model passes they share are below both."""
+    graph, _ = _graph()
+    assert [
+        (m, d)
+        for m, deps in graph.items()
+        if m.startswith(("kdstore.loader", "kdstore.train"))
+        for d in deps
+        if d == "kdstore.cache" or d.startswith("kdstore.cache.")
+    ] == []
+
+
+def test_importing_the_loader_loads_no_writer_module():
+    import subprocess
+    import sys
+
+    code = "import sys, kdstore.loader; print(sorted(m for m in sys.modules if m.startswith('kdstore.cache')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    code = "import kdstore; print(kdstore.CacheConfig.__module__, kdstore.cache.run.__module__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["kdstore.cache.config", "kdstore.cache.write"]  # named, the writer loads

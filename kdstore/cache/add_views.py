@@ -22,7 +22,10 @@ import numpy as np
 import torch
 
 from kdstore.cache.config import CacheConfig
-from kdstore.cache.inference import (
+from kdstore.data.augment import augmentation_for
+from kdstore.errors import KdstoreError
+from kdstore.models.teachers import Teacher, load_teacher
+from kdstore.passes.inference import (
     ModelInput,
     ScorePass,
     chunk_paths,
@@ -34,9 +37,6 @@ from kdstore.cache.inference import (
     views_forward,
     views_per_forward,
 )
-from kdstore.data.augment import augmentation_for
-from kdstore.errors import KdstoreError
-from kdstore.models.teachers import Teacher, load_teacher
 from kdstore.runtime.blocks import LargeArray
 from kdstore.runtime.console import say
 from kdstore.runtime.devices import resolve_device

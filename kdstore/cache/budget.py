@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from kdstore.errors import KdstoreError
-from kdstore.method.sparse_targets import FULL_DTYPES, at_bytes, bytes_per_view, view_kl
+from kdstore.method.sparse_targets import DEFAULT_LOGITS_DTYPE, FULL_DTYPES, at_bytes, bytes_per_view, view_kl
 
 BUDGET_SAMPLE = 2048  # training images the teacher scores to measure the candidates
 UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -93,7 +93,7 @@ def _candidates(layout: Layout, budget: float, views: int, given: dict, rows: np
         if views and not given.get("sample"):
             shapes.append(("topk", given.get("topk") or None, dtype))
     if views and not given.get("topk"):  # sampled ids do not depend on the dtype (clean logits: float16 unless given)
-        shapes.append(("sample", given.get("sample") or None, given.get("logits_dtype") or "float16"))
+        shapes.append(("sample", given.get("sample") or None, given.get("logits_dtype") or DEFAULT_LOGITS_DTYPE))
     out: list[Choice] = []
     for storage, k, dtype in shapes:
         k = k if k is not None else layout.largest_k(budget, views, storage, dtype)

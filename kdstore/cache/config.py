@@ -11,6 +11,8 @@ from kdstore.cache.budget import parse_budget
 from kdstore.config import opt, path_problems, type_problems
 from kdstore.data.beton import workers_problem
 from kdstore.errors import KdstoreError
+from kdstore.method.losses import DEFAULT_TAU
+from kdstore.method.sparse_targets import DEFAULT_LOGITS_DTYPE
 from kdstore.models.build import STEMS
 from kdstore.models.teachers import TeacherSpec
 from kdstore.runtime.devices import DEVICES
@@ -89,7 +91,9 @@ class CacheConfig:
         "(with replacement): an unbiased KD target (README, 'What is computed').",
         resume="recorded",
     )
-    sample_tau: float = opt(4.0, "Temperature of --sample's draws; `train --tau` must equal it.", resume="recorded")
+    sample_tau: float = opt(
+        DEFAULT_TAU, "Temperature of --sample's draws; `train --tau` must equal it.", resume="recorded"
+    )
     views_seed: int = opt(0, "Seed of the views' augmentation parameters (and of --sample's draws).", resume="recorded")
     mix: str = opt(
         "none",
@@ -161,6 +165,12 @@ class CacheConfig:
             stem=self.stem,
             input_size=self.input_size,
         )
+
+    @property
+    def stored_dtype(self) -> str:
+        """The dtype the logits are stored in: --logits-dtype, else the default (float16). The one
+        place the default is resolved; None itself means "not given" to --budget and --add-views."""
+        return self.logits_dtype or DEFAULT_LOGITS_DTYPE
 
     def validate(self) -> None:
         wrong = type_problems(self) + path_problems(self)

@@ -24,7 +24,12 @@ from rich.table import Table
 
 from kdstore.cache.budget import BUDGET_SAMPLE, Choice, Layout, parse_budget, plan, record
 from kdstore.cache.config import CacheConfig
-from kdstore.cache.inference import (
+from kdstore.data.augment import augmentation_for
+from kdstore.data.beton import JPEG_QUALITY, RAW_MAX_SIZE, beton_bytes, epoch_of, make_loader, threads, write_beton
+from kdstore.data.datasets import ImageDataset, ImageSplit
+from kdstore.errors import KdstoreError
+from kdstore.models.teachers import Teacher
+from kdstore.passes.inference import (
     ModelInput,
     ScorePass,
     clean_forward,
@@ -34,11 +39,6 @@ from kdstore.cache.inference import (
     views_forward,
     views_per_forward,
 )
-from kdstore.data.augment import augmentation_for
-from kdstore.data.beton import JPEG_QUALITY, RAW_MAX_SIZE, beton_bytes, epoch_of, make_loader, threads, write_beton
-from kdstore.data.datasets import ImageDataset, ImageSplit
-from kdstore.errors import KdstoreError
-from kdstore.models.teachers import Teacher
 from kdstore.runtime.console import console
 from kdstore.runtime.files import free_mib
 from kdstore.store.store import BETONS, H5_NAME
@@ -179,7 +179,7 @@ def store_bytes(cfg: CacheConfig, dataset: ImageDataset, image_bytes: float, ima
     per-sample arrays, its views."""
     n_train, n_val = len(dataset.train), len(dataset.val)
     lay = layout(cfg, dataset, image_bytes, image_size)
-    storage, k, dtype = storage_of(cfg.topk, cfg.sample), cfg.topk or cfg.sample, cfg.logits_dtype or "float16"
+    storage, k, dtype = storage_of(cfg.topk, cfg.sample), cfg.topk or cfg.sample, cfg.stored_dtype
     logits = lay.bytes(0, storage, k, dtype)
     parts = {
         "train.beton": beton_bytes(n_train, image_bytes, cfg.workers),

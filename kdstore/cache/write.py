@@ -22,7 +22,16 @@ import torch
 from kdstore.cache.add_views import add_views
 from kdstore.cache.config import CacheConfig
 from kdstore.cache.estimate import Estimate, estimate, real_sizes, show, with_teacher
-from kdstore.cache.inference import (
+from kdstore.cache.staging import STATE, Staging
+from kdstore.config import differing, with_policy, write_json
+from kdstore.data.augment import augmentation_for
+from kdstore.data.beton import fingerprint_beton, write_beton
+from kdstore.data.datasets import ImageDataset, ImageSplit, load_dataset
+from kdstore.data.splits import holdout
+from kdstore.errors import DiskError, KdstoreError
+from kdstore.models.build import normalization
+from kdstore.models.teachers import Teacher, load_teacher
+from kdstore.passes.inference import (
     Forward,
     ModelInput,
     ScorePass,
@@ -36,15 +45,6 @@ from kdstore.cache.inference import (
     teacher_input,
     views_forward,
 )
-from kdstore.cache.staging import STATE, Staging
-from kdstore.config import differing, with_policy, write_json
-from kdstore.data.augment import augmentation_for
-from kdstore.data.beton import fingerprint_beton, write_beton
-from kdstore.data.datasets import ImageDataset, ImageSplit, load_dataset
-from kdstore.data.splits import holdout
-from kdstore.errors import DiskError, KdstoreError
-from kdstore.models.build import normalization
-from kdstore.models.teachers import Teacher, load_teacher
 from kdstore.runtime import distributed, interrupts
 from kdstore.runtime.console import console, say
 from kdstore.runtime.devices import resolve_device
@@ -222,7 +222,7 @@ def _score(job: _Cache, passes: dict[str, tuple[str, Forward]]) -> dict[str, flo
             progress=cfg.progress and ctx.main,
             chunk_dir=job.chunk_dir(pass_name, ctx.rank),
             positions=np.arange(lo, hi),
-            post=stored_outputs(cfg.logits_dtype or "float16"),
+            post=stored_outputs(cfg.stored_dtype),
             chunk_samples=CHUNK_SAMPLES,
         )
         speed[pass_name] = score_beton(forward, job_pass)["images_per_s"] * ctx.world
@@ -299,7 +299,7 @@ def _write_h5(job: _Cache, splits: dict[str, Split], speed: dict[str, float]) ->
     attrs = _attrs(job, splits, fingerprint)
     extra = {"budget_plan": job.plan} if job.plan else {}
     with console.status(f"writing {H5_NAME}"):
-        write_teacher_h5(stage / H5_NAME, splits, {**attrs.as_dict(), **extra}, job.cfg.logits_dtype or "float16")
+        write_teacher_h5(stage / H5_NAME, splits, {**attrs.as_dict(), **extra}, job.cfg.stored_dtype)
     job.staging.seal(stage / H5_NAME)
     job.staging.finish({"dataset_fingerprint": fingerprint, "teacher_images_per_s": speed["train"]})
 
@@ -347,7 +347,7 @@ def run(cfg: CacheConfig) -> Path:
     if cfg.add_views:
         return add_views(cfg)
     if not cfg.budget:
-        cfg = dataclasses.replace(cfg, logits_dtype=cfg.logits_dtype or "float16")
+        cfg = dataclasses.replace(cfg, logits_dtype=cfg.stored_dtype)
     if cfg.dry_run:
         dry_run(cfg)
         return cfg.out_path

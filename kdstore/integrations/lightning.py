@@ -83,13 +83,14 @@ class DistillationModule(pl.LightningModule):
         lr: float = 0.05,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
-        tau: float = 4.0,
+        tau: float | None = None,
         label_smoothing: float = 0.0,
         loss: str = "kd",
         loss_options: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
-        check_tau(tau, "DistillationModule")
+        if tau is not None:  # None: each batch's own (its loader's --tau)
+            check_tau(tau, "DistillationModule")
         self.model = model
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.tau, self.label_smoothing = tau, label_smoothing

@@ -16,13 +16,13 @@ class OfflineDistillationTask(TrainingTask):
     """A timm TrainingTask for a kdstore store: `task(batch.images, batch)` returns timm's task
     dictionary (loss, output, task_loss, kd_loss) with the loss of kdstore.kd_loss (or `loss` with
     `loss_options`, as kdstore.distill_loss): the batch's lambda (or a fixed `lam`), the
-    temperature `temperature`, label smoothing of the CE term.
+    temperature `temperature` (default: the batch's, its loader's --tau), label smoothing of the CE term.
     No teacher is held: the batch carries its logits (full, top-k, sampled or mixed views)."""
 
     def __init__(
         self,
         student_model: nn.Module,
-        temperature: float = 4.0,
+        temperature: float | None = None,
         lam: float | None = None,
         label_smoothing: float = 0.0,
         device: torch.device | None = None,
@@ -31,7 +31,8 @@ class OfflineDistillationTask(TrainingTask):
         loss_options: dict[str, float] | None = None,
     ) -> None:
         super().__init__(device=device, verbose=verbose)
-        check_tau(temperature, "OfflineDistillationTask")
+        if temperature is not None:  # None: each batch's own (its loader's --tau)
+            check_tau(temperature, "OfflineDistillationTask")
         self.trainable_module: Any = student_model
         self.temperature, self.lam, self.label_smoothing = temperature, lam, label_smoothing
         self.loss = distill_loss(loss, tau=temperature, options=loss_options)  # kd: kd_loss

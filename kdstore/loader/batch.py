@@ -17,7 +17,7 @@ import torch
 
 from kdstore.errors import KdstoreError
 from kdstore.method.distill_losses import DistillTerm, distill_term
-from kdstore.method.losses import ce_mean, student_loss, weigh
+from kdstore.method.losses import DEFAULT_TAU, ce_mean, student_loss, weigh
 
 # Target.kind: where a batch's teacher logits come from
 TARGET_KINDS = {
@@ -37,7 +37,9 @@ class Target:
     sampled ids become tau * log of their empirical distribution); None when kind is "none".
     partner_labels, label_weight: for mixed views, each sample's partner label and the weight
     w of its own label in the CE term (w * CE(y) + (1 - w) * CE(y_partner)); None otherwise.
-    tau: for sampled ids, the temperature they were drawn at (the KD term must use it)."""
+    tau: the temperature the KD term reads these targets at: the loader's --tau (for sampled ids,
+    the temperature they were drawn at, which the loader's must equal); kd_loss uses it unless told
+    another (a sampled target refuses another)."""
 
     kind: str
     logits: torch.Tensor | None = None
@@ -100,7 +102,7 @@ def kd_loss(
     student_logits: torch.Tensor,
     batch: Batch,
     *,
-    tau: float = 4.0,
+    tau: float | None = None,
     lam: float | None = None,
     label_smoothing: float = 0.0,
     loss: DistillTerm | None = None,
@@ -112,11 +114,10 @@ def kd_loss(
     the CE term mixes the two labels by the stored weight. A target of sampled ids must be read
     at the temperature it was drawn at (a mismatch is an error). A loss that reads two views
     (mlkd) also takes `pair_logits`, the student's logits on batch.pair.images; its CE is then
-    the sum of both views' (as MLKD trains on both)."""
+    the sum of both views' (as MLKD trains on both). tau: the batch's target's (its loader's
+    --tau) unless given; 4 for a target that carries none."""
     target = batch.target
-    check_tau(tau, "kd_loss")
-    if target.tau is not None and tau != target.tau:
-        raise KdstoreError(f"this batch's targets were sampled at tau {target.tau}; kd_loss got tau {tau}")
+    tau = _tau_of(tau, target, loss)
     _check_logits(student_logits, batch)
     weight = batch.lam if lam is None else lam
     if loss is not None and loss.spec.pairs and target.logits is not None:
@@ -136,6 +137,19 @@ def kd_loss(
             None if loss is None else functools.partial(_term, loss, batch.labels, tau, batch.epoch),
         )
     return LossTerms(terms["loss"], terms["ce"], terms["kd"])
+
+
+def _tau_of(tau: float | None, target: Target, loss: DistillTerm | None) -> float:
+    """The temperature of a kd_loss call: `tau` when given, else the target's, else DEFAULT_TAU;
+    checked (finite, > 0, the one sampled ids were drawn at, one the loss can run at)."""
+    chosen = tau if tau is not None else target.tau if target.tau is not None else DEFAULT_TAU
+    check_tau(chosen, "kd_loss")
+    if target.kind == "sampled" and target.tau is not None and chosen != target.tau:
+        raise KdstoreError(f"this batch's targets were sampled at tau {target.tau}; kd_loss got tau {chosen}")
+    problem = loss.tau_problem(chosen) if loss is not None else None
+    if problem:
+        raise KdstoreError(problem.replace("--", ""))
+    return chosen
 
 
 def _with_pair(student_logits: torch.Tensor, batch: Batch, loss: DistillTerm, pair_logits: torch.Tensor | None):
@@ -175,7 +189,7 @@ def _term(loss: DistillTerm, labels: torch.Tensor, tau: float, epoch: int, zs: t
 def distill_loss(
     name: str = "kd",
     *,
-    tau: float = 4.0,
+    tau: float | None = None,
     logit_standardize: bool = False,
     options: Mapping[str, float] | None = None,
     **hyper: float,
@@ -185,26 +199,29 @@ def distill_loss(
     `(student_logits, batch, *, lam=None, label_smoothing=0.0, pair_logits=None) -> LossTerms`,
     the terms named as kd_loss's; `distill_loss("kd")` is kd_loss. Its `parameters()` (ctkd's
     temperature; none for the others) go to the optimiser. The hyper-parameters come as keywords
-    and/or as the mapping `options`. Bad names or values are one KdstoreError."""
-    check_tau(tau, "distill_loss")
+    and/or as the mapping `options`; `tau` overrides the temperature each batch's target carries
+    (its loader's --tau). Bad names or values are one KdstoreError."""
+    if tau is not None:
+        check_tau(tau, "distill_loss")
     text = ",".join(f"{k}={v}" for k, v in {**(options or {}), **hyper}.items())
     try:
         term = distill_term(name, text, logit_standardize)
     except ValueError as e:
         raise KdstoreError(str(e).replace("--loss-options ", "").replace("--", "")) from None
-    problem = term.tau_problem(tau)
+    problem = term.tau_problem(tau) if tau is not None else None
     if problem:
         raise KdstoreError(problem.replace("--", ""))
     return loss_of(term, tau)
 
 
 class DistillLoss(torch.nn.Module):
-    """A distillation loss at a temperature, over (student_logits, batch): kd_loss with `term`.
+    """A distillation loss over (student_logits, batch): kd_loss with `term`, at `tau` (None: the
+    temperature each batch's target carries, its loader's --tau).
     A module: a loss with learnt parts (ctkd's temperature) gives them by `parameters()`, to be
     handed to the optimiser with the student's (`kdstore train` does), and saved with
     `state_dict()`. A two-view loss (mlkd) also takes `pair_logits`."""
 
-    def __init__(self, term: DistillTerm, tau: float) -> None:
+    def __init__(self, term: DistillTerm, tau: float | None) -> None:
         super().__init__()
         self.term, self.tau = term, tau
 
@@ -228,8 +245,9 @@ class DistillLoss(torch.nn.Module):
         )
 
 
-def loss_of(term: DistillTerm, tau: float) -> DistillLoss:
-    """`term` at temperature `tau` as a module over (student_logits, batch) (distill_loss)."""
+def loss_of(term: DistillTerm, tau: float | None) -> DistillLoss:
+    """`term` at temperature `tau` (None: each batch's target's) as a module over
+    (student_logits, batch) (distill_loss)."""
     return DistillLoss(term, tau)
 
 

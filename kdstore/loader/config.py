@@ -1,6 +1,6 @@
 """The public loader's options (LoaderConfig): which samples each epoch visits, in which order,
 augmented how, with which teacher target and lambda. `kdstore train` takes these same options
-(its TrainConfig declares them from here, `config.opt_from`), so their defaults are train's."""
+(its TrainConfig declares them from here, `kdstore.config.opt_from`), so their defaults are train's."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from kdstore.data.in_memory import LOADERS
 from kdstore.errors import KdstoreError
 from kdstore.loader.prepare import VIEW_MODES
 from kdstore.method.distill_losses import LOSSES, DistillTerm, distill_term
+from kdstore.method.losses import DEFAULT_TAU
 from kdstore.method.orderings import SCORERS, conflict
 from kdstore.method.pacing import PACINGS, PacingParams
 from kdstore.method.variants import ALIASES, VARIANTS, get_variant
@@ -33,7 +34,8 @@ class LoaderConfig:
     batch_size: int = opt(128, "Global batch size (split across torchrun processes).")
     lam: float = opt(0.9, "KD weight of the fixed-lambda variants.")
     tau: float = opt(
-        4.0, "KD temperature (of kd, dkd, dist and mlkd; nkd, wttm and ctkd have their own, see --loss-options)."
+        DEFAULT_TAU,
+        "KD temperature (of kd, dkd, dist and mlkd; nkd, wttm and ctkd have their own, see --loss-options).",
     )
     loss: str = opt(
         "kd",

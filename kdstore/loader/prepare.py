@@ -75,9 +75,9 @@ def replay_views(
     partners: PartnerImages | None = None,
     second: bool = False,
 ) -> Prepare:
-    """Each sample uses one of its stored views (views.choose: seeded, new every epoch) and is
+    """Each sample uses one of its stored views (choose: seeded, new every epoch) and is
     augmented with exactly that view's parameters; a mixed view is then mixed with its partner's
-    image, augmented with the same parameters (views.mix_images), as the teacher scored it. With
+    image, augmented with the same parameters (mixes.mix_images), as the teacher scored it. With
     `second`, each sample uses another of its views than the one `choose` gives it (choose_other:
     a two-view loss's second view)."""
     aug = AUGMENTATIONS[views.augmentation]

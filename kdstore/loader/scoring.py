@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kdstore.cache.inference import ModelInput, ScorePass, clean_forward, score_beton
 from kdstore.loader.source import TrainData
 from kdstore.method.orderings import Scores
+from kdstore.passes.inference import ModelInput, ScorePass, clean_forward, score_beton
 from kdstore.runtime import distributed
 from kdstore.runtime.distributed import Context, all_reduce_sum
 

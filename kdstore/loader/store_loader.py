@@ -23,7 +23,6 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from kdstore.cache.inference import ModelInput
 from kdstore.config import to_dict
 from kdstore.data.augment import augmentation_for, normalize
 from kdstore.data.beton import epoch_of, make_loader, read_int_fields
@@ -47,6 +46,7 @@ from kdstore.loader.teacher_targets import TeacherFn, cached_teacher, view_teach
 from kdstore.method.kd_weight import POLICIES
 from kdstore.method.orderings import SCORERS, Schedule, Scores
 from kdstore.method.variants import get_variant
+from kdstore.passes.inference import ModelInput
 from kdstore.runtime import distributed
 from kdstore.runtime.devices import resolve_device
 from kdstore.runtime.precision import device_layout
@@ -189,7 +189,7 @@ class StoreLoader:
         self.teacher = self._teacher_fn(replay, teacher)
         self.views_used = _views_used(data.views if replay else None)
         self.target_kind = _target_kind(self.teacher, teacher, data.views if replay else None)
-        self.target_tau = data.views.sample_tau if self.target_kind == "sampled" and data.views else None
+        self.target_tau = cfg.tau  # sampled ids: the temperature they were drawn at (checked equal above)
 
     def _set_up_val(self) -> None:
         cfg, ctx, data = self.config, self.ctx, self.data
@@ -201,7 +201,7 @@ class StoreLoader:
         self.pair_prepare = None
         logits = data.val_teacher_logits
         self.teacher = None if logits is None else cached_teacher(logits, self.device, cfg.teacher_rows)
-        self.target_kind, self.target_tau = ("none" if logits is None else "logits"), None
+        self.target_kind, self.target_tau = ("none" if logits is None else "logits"), cfg.tau
 
     def _inner(self, beton: Path, order_fn) -> tuple[Any, ResidentSplit | None, str]:
         """The loader under this one: the split held whole on the device (when --loader device, or

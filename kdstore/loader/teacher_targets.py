@@ -28,7 +28,7 @@ def cached_teacher(logits: np.ndarray, device: torch.device, placement: str = "a
 
 def view_teacher(views: Views, num_classes: int, device: torch.device, placement: str = "auto") -> TeacherFn:
     """The store's logits of the view each sample was augmented with (top-k views expanded;
-    sampled views as tau * log of their ids' empirical distribution, views.sampled_target)."""
+    sampled views as tau * log of their ids' empirical distribution, sparse_targets.sampled_target)."""
     if views.sample_ids is not None:
         ids = Rows(views.sample_ids, device, placement)  # (N, K, k)
         return lambda pos, images, view: sampled_target(ids(pos, view), num_classes, views.sample_tau)

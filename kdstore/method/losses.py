@@ -9,6 +9,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+DEFAULT_TAU = 4.0  # the KD temperature unless told (--tau; a batch's target carries its loader's)
+
 
 def ce_per_sample(student_logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """CE(y_true, softmax(z_S)) per sample. (B, C), (B,) -> (B,)."""

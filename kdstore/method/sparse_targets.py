@@ -99,11 +99,12 @@ def sampled_target(ids: torch.Tensor, num_classes: int, tau: float) -> torch.Ten
     return tau * torch.where(q > 0, q.clamp_min(1e-30).log(), torch.full_like(q, FLOOR))
 
 
+DEFAULT_LOGITS_DTYPE = "float16"  # what a store keeps its logits in unless told (--logits-dtype, --budget)
 LOGIT_BYTES = {"float32": 4, "float16": 2, "int8": 1}  # bytes of one stored logit, by --logits-dtype
 ROW_BYTES = {"float32": 0, "float16": 0, "int8": 8}  # and of each row of them (int8: a float32 scale and offset)
 
 
-def bytes_per_view(storage: str, k: int, num_classes: int, logits_dtype: str = "float16") -> int:
+def bytes_per_view(storage: str, k: int, num_classes: int, logits_dtype: str = DEFAULT_LOGITS_DTYPE) -> int:
     """What one view (or one sample's clean row, storage "logits") costs in teacher.h5: full
     logits, top-k (values, int32 ids, a float32 fill), or k int16 ids."""
     b, row = LOGIT_BYTES[logits_dtype], ROW_BYTES[logits_dtype]
@@ -114,7 +115,7 @@ def bytes_per_view(storage: str, k: int, num_classes: int, logits_dtype: str = "
     }[storage]
 
 
-def at_bytes(storage: str, nbytes: int, num_classes: int, logits_dtype: str = "float16") -> int:
+def at_bytes(storage: str, nbytes: int, num_classes: int, logits_dtype: str = DEFAULT_LOGITS_DTYPE) -> int:
     """The largest k whose view costs at most `nbytes` in `storage` ("topk" or "sample"): the
     inverse of bytes_per_view."""
     base = bytes_per_view(storage, 0, num_classes, logits_dtype)
@@ -153,8 +154,8 @@ def fidelity(
     c = logits.shape[1]
     kinds = [("logits", c, d, f"full logits, {d}") for d in FULL_DTYPES]
     kinds += [
-        ("topk", topk, "float16", f"top-{topk} + uniform fill"),
-        ("sample", sample, "float16", f"{sample} sampled ids"),
+        ("topk", topk, DEFAULT_LOGITS_DTYPE, f"top-{topk} + uniform fill"),
+        ("sample", sample, DEFAULT_LOGITS_DTYPE, f"{sample} sampled ids"),
     ]
     rows: list[dict[str, float | str | int]] = []
     for storage, k, dtype, name in kinds:

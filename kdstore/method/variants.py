@@ -1,5 +1,5 @@
 """The six experiments of the paper, and the random-order control, as data: an ordering (see
-schedule.ORDERINGS) and a lambda policy (reliance.POLICIES). docs/method.md has the table."""
+orderings.ORDERINGS) and a lambda policy (kd_weight.POLICIES). docs/method.md has the table."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class Variant:
     name: str
     paper_name: str
     ordering: str  # one of ORDERINGS: how samples are visited each epoch
-    policy: str  # key of reliance.POLICIES: how lambda is chosen per batch
+    policy: str  # key of kd_weight.POLICIES: how lambda is chosen per batch
 
     def __post_init__(self) -> None:
         if self.ordering not in ORDERINGS:
@@ -25,6 +25,11 @@ class Variant:
     @property
     def needs_teacher(self) -> bool:
         return self.policy != "zero"
+
+    @property
+    def fixed_lambda(self) -> bool:
+        """Whether every batch has the same lambda (--lam), not a lambda of its own (SR)."""
+        return self.policy == "fixed"
 
 
 VARIANTS: dict[str, Variant] = {

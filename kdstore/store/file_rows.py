@@ -56,7 +56,7 @@ class FileRows:
     def read(self, rows: np.ndarray, row_shape: tuple[int, ...]) -> np.ndarray:
         """Rows of `row_shape` by number (int64 (B,)) -> (B, *row_shape), in the stored dtype; the
         array is read as consecutive rows of that shape (an (N, K, C) array by (N*K) rows of C).
-        One compiled loop of pread calls, without the GIL (preads.py)."""
+        One compiled loop of pread calls, without the GIL (_read_rows above)."""
         out = np.empty((len(rows), *row_shape), dtype=self.dtype)
         size = out[0].nbytes if len(out) else 0
         offsets = self.offset + np.asarray(rows, dtype=np.int64) * size

@@ -21,6 +21,7 @@ import numpy as np
 from kdstore.config import opt
 from kdstore.errors import KdstoreError
 from kdstore.method.curriculum import softmax
+from kdstore.method.sparse_targets import DEFAULT_LOGITS_DTYPE
 from kdstore.runtime.blocks import release_pages, row_blocks
 from kdstore.runtime.console import console
 from kdstore.store.quantized import stored_dtype
@@ -114,9 +115,9 @@ def merge_views(stores: list[Store]) -> Views | None:
 
 
 def _shared_dtype(stores: list[Store]) -> str:
-    """The stores' logits dtype when they share one, else float16."""
+    """The stores' logits dtype when they share one, else the default (float16)."""
     kept = {stored_dtype(s.train.logits) for s in stores}
-    return kept.pop() if len(kept) == 1 else "float16"
+    return kept.pop() if len(kept) == 1 else DEFAULT_LOGITS_DTYPE
 
 
 @dataclass(frozen=True, kw_only=True)

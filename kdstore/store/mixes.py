@@ -1,6 +1,6 @@
 """Mixed views at cache time (`cache --mix`): their mixing parameters and partner images.
 
-A mixed view mixes a sample's image with a partner's (views.draw_mix: a seeded partner position,
+A mixed view mixes a sample's image with a partner's (draw_mix: a seeded partner position,
 a weight, for cutmix a box), both augmented with the view's parameters; the teacher scores the
 mixed image and `train` replays exactly it (targets.Mixing). The partners' images come from the
 training split decoded once into memory (resident.ResidentSplit), so mixed views need a split

@@ -19,7 +19,7 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 @dataclass(frozen=True)
 class Quantized:
     """A large array of int8 logits in a store: reads as float32 logits (`q[rows]` dequantises
-    the rows it reads), written and gathered part by part (store.Rows dequantises on the device
+    the rows it reads), written and gathered part by part (rows.Rows dequantises on the device
     after the gather). Its parts are memory maps in an opened store, Blocks in one being written."""
 
     codes: LargeArray  # (..., C) int8

@@ -28,7 +28,7 @@ class Rows:
     returned on `device`.
 
     placement `auto`: on the device when the table fits (CUDA only), else `mapped`: read on the
-    host from the store file with pread (store.FileRows; measured faster than gathering from the
+    host from the store file with pread (file_rows.FileRows; measured faster than gathering from the
     memory map, and the process's resident memory does not grow with the rows read), then pinned
     and copied asynchronously on CUDA. Both give the same values in the stored dtype (int8
     logits: their float32 values, dequantised on the device after the gather)."""
@@ -88,7 +88,7 @@ def _in_memory(array: LargeArray) -> np.ndarray:
 
 
 def _upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """The whole array on the device in its stored dtype, copied block by block (arrays.row_blocks;
+    """The whole array on the device in its stored dtype, copied block by block (runtime.blocks.row_blocks;
     bounded host memory)."""
     table = torch.empty(array.shape, dtype=torch.from_numpy(np.empty(0, array.dtype)).dtype, device=device)
     for lo, hi in row_blocks(array):

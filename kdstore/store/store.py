@@ -54,6 +54,7 @@ from kdstore.errors import KdstoreError
 from kdstore.indices import Positions, SampleIds
 from kdstore.method.curriculum import confidence_and_correct, curriculum, inverse
 from kdstore.method.int8 import quantize
+from kdstore.method.sparse_targets import DEFAULT_LOGITS_DTYPE
 from kdstore.runtime.blocks import Blocks, LargeArray, release_pages, row_blocks
 from kdstore.runtime.hashing import sha256_file, sha256_stream
 from kdstore.store.file_rows import FileRows, remember
@@ -247,7 +248,7 @@ def _fill(name: str, dsets: list, blocks) -> None:
 
 
 def write_teacher_h5(
-    path: Path, splits: dict[str, Split], attrs: dict[str, Any], logits_dtype: str = "float16"
+    path: Path, splits: dict[str, Split], attrs: dict[str, Any], logits_dtype: str = DEFAULT_LOGITS_DTYPE
 ) -> None:
     import h5py
 

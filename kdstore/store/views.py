@@ -131,7 +131,7 @@ def problems(views: Views, n: int, num_classes: int, image_size: int) -> list[st
 
 
 def value_problems(views: Views, num_classes: int) -> list[str]:
-    """Non-finite logits and class ids out of range, read block by block (arrays.row_blocks; the
+    """Non-finite logits and class ids out of range, read block by block (runtime.blocks.row_blocks; the
     pages of each block are dropped before the next, so memory stays bounded). The int8 parts'
     scales are `problems`'s, which runs first."""
     large = [

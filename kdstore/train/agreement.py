@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kdstore.cache.inference import ModelInput, clean_forward
 from kdstore.data.beton import epoch_of, make_loader
+from kdstore.passes.inference import ModelInput, clean_forward
 from kdstore.runtime import distributed
 from kdstore.runtime.distributed import Context, all_reduce_sum
 from kdstore.runtime.transfer import upload

@@ -13,19 +13,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdstore.cache.inference import (
-    ModelInput,
-    ScorePass,
-    clean_forward,
-    score_beton,
-    stored_outputs,
-)
 from kdstore.config import opt, write_json
 from kdstore.data.beton import write_beton
 from kdstore.data.datasets import load_dataset
 from kdstore.errors import KdstoreError
 from kdstore.models.build import build_from_meta, normalization_for
 from kdstore.models.checkpoints import load_checkpoint, load_weights
+from kdstore.passes.inference import (
+    ModelInput,
+    ScorePass,
+    clean_forward,
+    score_beton,
+    stored_outputs,
+)
 from kdstore.runtime.console import say
 from kdstore.runtime.devices import DEVICES, resolve_device
 from kdstore.runtime.precision import for_device

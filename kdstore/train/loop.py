@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from kdstore.cache.inference import ModelInput
 from kdstore.config import (
     PROVENANCE_KEYS,
     differing,
@@ -36,6 +35,7 @@ from kdstore.method.variants import Variant
 from kdstore.models.build import build_model
 from kdstore.models.checkpoints import load_checkpoint, save_checkpoint
 from kdstore.models.teachers import TeacherSpec, load_teacher
+from kdstore.passes.inference import ModelInput
 from kdstore.runtime import distributed
 from kdstore.runtime.console import clock, images_progress, say
 from kdstore.runtime.devices import resolve_device
@@ -459,7 +459,7 @@ def fit(
     `teacher` replaces the cached logits as the KD target (the online-KD baseline)."""
     run = build_run(cfg, data, model_name, kind, hook, teacher)
     caution = run.step.loss.lam_caution(cfg.lam) if run.step.loss is not None else None
-    if caution and run.variant.policy == "fixed" and run.ctx.main:
+    if caution and run.variant.fixed_lambda and run.ctx.main:
         say(f"warning: {caution}")
     start = 0
     if cfg.resume:

@@ -18,9 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from kdstore.cache import estimate as estimate_mod
-from kdstore.cache import inference
 from kdstore.cache import write as cache_write
 from kdstore.cli.main import cli
+from kdstore.passes import inference
 from kdstore.store.store import verify as verify_store
 from tests.helpers import reseal
 

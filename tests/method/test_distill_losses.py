@@ -368,3 +368,22 @@ def test_mlkd_refuses_what_it_cannot_compute():
         kdstore.LoaderConfig(loss="mlkd", tau=2.0).validate()
     with pytest.raises(KdstoreError, match=r"loss mlkd needs tau > its spread \(3\), got tau 3"):
         kdstore.distill_loss("mlkd", tau=3.0, spread=3)
+
+
+def test_the_target_carries_the_temperature_and_kd_loss_overrides_it():
+    """A batch's target carries its loader's --tau: kd_loss and distill_loss read it unless told
+    another; a target without one is read at the default, 4."""
+    import dataclasses
+
+    import kdstore
+
+    batch, s = _batch(epoch=2), torch.tensor(STUDENT)
+    at = {tau: float(kdstore.kd_loss(s, batch, tau=tau).kd) for tau in (2.0, 4.0)}
+    assert float(kdstore.kd_loss(s, batch).kd) == at[4.0]  # no tau anywhere: 4
+    batch.target = dataclasses.replace(batch.target, tau=2.0)
+    assert float(kdstore.kd_loss(s, batch).kd) == at[2.0] != at[4.0]
+    assert float(kdstore.kd_loss(s, batch, tau=4.0).kd) == at[4.0]  # an explicit tau overrides
+    assert float(kdstore.distill_loss("kd")(s, batch).kd) == at[2.0]
+    assert float(kdstore.distill_loss("kd", tau=4.0)(s, batch).kd) == at[4.0]
+    with pytest.raises(KdstoreError, match=r"loss mlkd needs tau > its spread \(2\), got tau 2"):
+        kdstore.distill_loss("mlkd")(s, batch, pair_logits=s)

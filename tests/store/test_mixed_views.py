@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from kdstore.cache import inference
 from kdstore.cache import write as cache
 from kdstore.cache.config import CacheConfig
 from kdstore.cache.write import load_teacher
@@ -15,6 +14,7 @@ from kdstore.errors import KdstoreError
 from kdstore.loader import batch as batch_module
 from kdstore.loader.prepare import choose
 from kdstore.method.losses import student_loss
+from kdstore.passes import inference
 from kdstore.store.mixes import draw_mix
 from kdstore.store.store import Store, verify
 from kdstore.train import loop as train

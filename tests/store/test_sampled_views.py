@@ -7,7 +7,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from kdstore.cache import inference
 from kdstore.cache import write as cache
 from kdstore.cache.config import CacheConfig
 from kdstore.cli.main import cli
@@ -24,6 +23,7 @@ from kdstore.method.sparse_targets import (
     topk_compress,
     topk_expand,
 )
+from kdstore.passes import inference
 from kdstore.store.quantized import stored_dtype
 from kdstore.store.store import Store, verify
 from kdstore.train import loop as train
