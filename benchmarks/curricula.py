@@ -56,12 +56,12 @@ def main() -> None:
         progress=False,
     )
     a, spec_seeds = replace(base, out=str(runs / "a")), ",".join(map(str, seeds))
-    sweep.run(a, SweepConfig(variants="kd,kd-cl", seeds=spec_seeds))
-    sweep.run(a, SweepConfig(variants="kd-cl,random-cl", seeds=spec_seeds, pacing="linear"))
-    sweep.run(a, SweepConfig(variants="kd-cl", seeds=spec_seeds, pacing="exp"))
-    sweep.run(a, SweepConfig(variants="kd-cl", seeds=spec_seeds, scorer="student"))
+    sweep.run(SweepConfig(variants="kd,kd-cl", seeds=spec_seeds, base=a))
+    sweep.run(SweepConfig(variants="kd-cl,random-cl", seeds=spec_seeds, pacing="linear", base=a))
+    sweep.run(SweepConfig(variants="kd-cl", seeds=spec_seeds, pacing="exp", base=a))
+    sweep.run(SweepConfig(variants="kd-cl", seeds=spec_seeds, scorer="student", base=a))
     sweep.run(
-        replace(base, out=str(runs / "merged"), store=str(merged)), SweepConfig(variants="kd-cl", seeds=spec_seeds)
+        SweepConfig(variants="kd-cl", seeds=spec_seeds, base=replace(base, out=str(runs / "merged"), store=str(merged)))
     )
     found = report.find_runs([runs / "a"])
     merged_runs = report.find_runs([runs / "merged"])

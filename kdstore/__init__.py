@@ -26,7 +26,8 @@ from kdstore.report import sweep
 from kdstore.report.sweep import SweepConfig
 from kdstore.store import Store, merge, verify
 from kdstore.store.merge import MergeConfig
-from kdstore.train import TrainConfig, teacher
+from kdstore.train import TrainConfig, bench, teacher
+from kdstore.train import eval_checkpoint as evaluate
 from kdstore.train.bench import BenchConfig
 from kdstore.train.eval_checkpoint import EvalConfig
 from kdstore.train.teacher import TeacherConfig
@@ -52,6 +53,8 @@ __all__ = [
     "teacher",
     "merge",
     "sweep",
+    "bench",
+    "evaluate",
     "CacheConfig",
     "TrainConfig",
     "TeacherConfig",

@@ -235,3 +235,39 @@ def test_importing_the_loader_loads_no_writer_module():
     code = "import kdstore; print(kdstore.CacheConfig.__module__, kdstore.cache.run.__module__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["kdstore.cache.config", "kdstore.cache.write"]  # named, the writer loads
+
+
+def _written_doc(obj: object) -> str:
+    """The docstring written in the source (a dataclass without one gets a generated one)."""
+    import inspect
+
+    doc = inspect.getdoc(obj) or ""
+    generated = isinstance(obj, type) and doc.startswith(f"{obj.__name__}(")
+    return "" if generated else doc
+
+
+def test_every_public_name_has_a_written_docstring():
+    import kdstore
+
+    assert [
+        name for name in kdstore.__all__ if name != "__version__" and not _written_doc(getattr(kdstore, name))
+    ] == []
+
+
+def test_every_exported_command_config_has_a_run_of_one_config():
+    """Every exported *Config of a command is run by an exported module's `run(cfg) -> result`
+    (LoaderConfig is the loader's, not a command's)."""
+    import inspect
+
+    import kdstore
+
+    configs = {n for n in kdstore.__all__ if n.endswith("Config") and n != "LoaderConfig"}
+    runs = {}
+    for name in kdstore.__all__:
+        module = getattr(kdstore, name)
+        if inspect.ismodule(module) and callable(getattr(module, "run", None)):
+            params = list(inspect.signature(module.run).parameters.values())
+            required = [p for p in params if p.default is inspect.Parameter.empty and p.kind != p.KEYWORD_ONLY]
+            assert len(required) == 1, f"kdstore.{name}.run takes {len(required)} positional arguments"
+            runs[str(required[0].annotation).split(".")[-1]] = name
+    assert configs <= set(runs), sorted(configs - set(runs))

@@ -16,6 +16,7 @@ from kdstore.cli.render import render_bench, render_results, render_store
 from kdstore.config import click_options, fields_of, from_dict, given, with_policy
 from kdstore.errors import KdstoreError
 from kdstore.report import demo as demo_lib
+from kdstore.report import sweep as sweep_lib
 from kdstore.report import tables as report_lib
 from kdstore.report.sweep import SweepConfig
 from kdstore.runtime import interrupts
@@ -194,7 +195,7 @@ def report(runs: tuple[str, ...], out: str | None, allow_mixed: bool, baseline: 
 
 
 @cli.command()
-@click_options(SweepConfig)
+@click_options(SweepConfig, skip={"base"})
 @click_options(TrainConfig, skip=set(with_policy(TrainConfig, "sweep", "arm", "off")))
 @_friendly
 def sweep(**kw: Any) -> None:
@@ -202,7 +203,7 @@ def sweep(**kw: Any) -> None:
     Rerunning it keeps finished runs made with the same options and trains the rest."""
 
     own = {k: kw.pop(k) for k in list(kw) if k in fields_of(SweepConfig, kw)}
-    summary = SweepConfig(**own).run(TrainConfig(**kw))
+    summary = sweep_lib.run(SweepConfig(**own, base=TrainConfig(**kw)))
     render_results(summary)
     click.echo(
         f"wrote {Path(kw['out'])} (runs) and {Path(kw['out']) / 'report'} "

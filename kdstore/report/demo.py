@@ -56,5 +56,5 @@ def run(out: Path | str, seeds: tuple[int, ...] = (0,), progress: bool = True) -
     # The store was just rebuilt, so earlier student runs are stale: train them all again.
     shutil.rmtree(runs_dir, ignore_errors=True)
     return sweep.run(
-        replace(student, out=str(runs_dir)), SweepConfig(variants="paper", seeds=",".join(map(str, seeds)))
+        SweepConfig(variants="paper", seeds=",".join(map(str, seeds)), base=replace(student, out=str(runs_dir)))
     )

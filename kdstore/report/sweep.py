@@ -29,7 +29,10 @@ from kdstore.train.config import TrainConfig
 
 @dataclass(frozen=True, kw_only=True)
 class SweepConfig:
-    """`kdstore sweep`: the arms and seeds; every other option is the base TrainConfig's."""
+    """`kdstore sweep`: the arms and seeds; every other option is `base`'s, the TrainConfig each
+    run starts from (its `out` is the sweep's directory). `kdstore.sweep.run(cfg)` runs it."""
+
+    base: TrainConfig | None = None  # the runs' options but the swept ones (not a CLI option: train's own)
 
     variants: str = opt("all", "'all', 'paper' (the six) or a comma-separated list of variants.")
     seeds: str = opt("0,1,2", "Comma-separated seeds.")
@@ -48,9 +51,6 @@ class SweepConfig:
     overwrite: bool = opt(
         False, "Redo finished runs under --out that were made with other options (without it the sweep refuses them)."
     )
-
-    def run(self, base: TrainConfig) -> dict[str, Any]:
-        return run(base, self)
 
 
 def parse_variants(spec: str) -> list[str]:
@@ -163,8 +163,12 @@ def stale(cfg: TrainConfig, target: Path) -> list[str]:
     return changed
 
 
-def run(base: TrainConfig, sweep: SweepConfig) -> dict[str, Any]:
-    """Train every (arm, seed) of `sweep` not finished yet under base.out, then write base.out/report."""
+def run(sweep: SweepConfig) -> dict[str, Any]:
+    """Train every (arm, seed) of `sweep` not finished yet under sweep.base.out, then write
+    sweep.base.out/report; returns the report's summary."""
+    base = sweep.base
+    if base is None:
+        raise KdstoreError("SweepConfig needs base=TrainConfig(out=..., ...): the options of its runs")
     out = Path(base.out)
     replace(base, loss_options="").validate()  # the options are checked against each swept loss (_check_losses)
     seeds, baseline, overwrite = parse_seeds(sweep.seeds), sweep.baseline, sweep.overwrite

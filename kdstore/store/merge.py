@@ -122,6 +122,9 @@ def _shared_dtype(stores: list[Store]) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class MergeConfig:
+    """`kdstore merge`: the stores to merge, the merged store's path and how its curriculum is
+    made; `kdstore.merge.run(cfg)` writes it and returns its path."""
+
     stores: tuple[str, ...] = ()  # the stores to merge (the command's arguments)
     out: str = opt(help="The merged store to create.", required=True, path=True)
     confidence: str = opt("mean", "Curriculum from the mean confidence, or from store N's (0, 1, ...).")

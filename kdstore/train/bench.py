@@ -43,6 +43,9 @@ MODES = ("unguided", "offline", "online")
 
 @dataclass(frozen=True, kw_only=True)
 class BenchConfig:
+    """`kdstore bench`: the store, the student and teacher, and how long to time each mode;
+    `kdstore.bench.run(cfg)` runs it and returns every mode's figures."""
+
     store: str = opt(help="Store written by `kdstore cache`.", required=True, path=True)
     student: str = opt(TrainConfig.student, "Any timm model name.")
     teacher: str | None = opt(help="timm name of the teacher for the online mode (default: the store's).")

@@ -34,6 +34,9 @@ from kdstore.store.store import Store
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
+    """`kdstore eval`: a checkpoint and the images to score it on; `kdstore.evaluate.run(cfg)`
+    runs it and returns the accuracy and mean cross-entropy."""
+
     checkpoint: str = opt(
         help="A checkpoint.pt written by `kdstore train` or `kdstore teacher`.", required=True, path=True
     )

@@ -560,7 +560,7 @@ def _restore(path: Path, run: Run) -> tuple[int, list[dict[str, Any]]]:
     return int(ckpt["epoch"]), list(ckpt.get("history", []))
 
 
-def run(cfg: TrainConfig, hook: BatchHook | None = None) -> dict[str, Any]:
+def run(cfg: TrainConfig, *, hook: BatchHook | None = None) -> dict[str, Any]:
     """Train a student from cfg.store (default: the one store under stores/); returns the summary."""
     cfg.validate()
     if not cfg.store:

@@ -254,17 +254,17 @@ def test_stale_sweep_runs_are_refused_or_redone_never_kept(digits_store, tmp_pat
     base = TrainConfig(
         out=str(out), store=str(digits_store), epochs=1, batch_size=256, progress=False, tensorboard=False
     )
-    sweep.run(base, SweepConfig(variants="unguided", seeds="0"))
+    sweep.run(SweepConfig(variants="unguided", seeds="0", base=base))
     first = (out / "unguided-s0" / "metrics.jsonl").read_text()
     with pytest.raises(
         KdstoreError, match="unguided-s0 holds a finished run made with different epochs, lr; pass --overwrite"
     ):
-        sweep.run(replace(base, epochs=2, lr=0.2), SweepConfig(variants="unguided", seeds="0"))
+        sweep.run(SweepConfig(variants="unguided", seeds="0", base=replace(base, epochs=2, lr=0.2)))
     assert (out / "unguided-s0" / "metrics.jsonl").read_text() == first
-    sweep.run(base, SweepConfig(variants="unguided", seeds="0"))  # the same options: kept as it is
+    sweep.run(SweepConfig(variants="unguided", seeds="0", base=base))  # the same options: kept as it is
     assert (out / "unguided-s0" / "metrics.jsonl").read_text() == first
     summary = sweep.run(
-        replace(base, epochs=2), SweepConfig(variants="unguided", seeds="0", overwrite=True, baseline="kd")
+        SweepConfig(variants="unguided", seeds="0", overwrite=True, baseline="kd", base=replace(base, epochs=2))
     )
     assert len((out / "unguided-s0" / "metrics.jsonl").read_text().splitlines()) == 2
     assert summary["baseline"] == "kd"

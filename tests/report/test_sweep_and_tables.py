@@ -36,10 +36,10 @@ def swept(digits_store, tmp_path_factory):
     sweep.train.run = killed_at_third
     try:
         with pytest.raises(KeyboardInterrupt):
-            sweep.run(base, SweepConfig(variants="unguided,kd-cl-sr", seeds="0,1"))
+            sweep.run(SweepConfig(variants="unguided,kd-cl-sr", seeds="0,1", base=base))
         finished_mtime = (out / "unguided-s1" / "metrics.jsonl").stat().st_mtime_ns
         calls.clear()
-        summary = sweep.run(base, SweepConfig(variants="unguided,kd-cl-sr", seeds="0,1"))
+        summary = sweep.run(SweepConfig(variants="unguided,kd-cl-sr", seeds="0,1", base=base))
     finally:
         sweep.train.run = real_run
     return out, summary, calls, finished_mtime
