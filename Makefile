@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR ?= demo-out
 PYTEST_ARGS ?=
 
-.PHONY: setup sysdeps demo test test-slow test-fast lint clean
+.PHONY: setup sysdeps demo test test-slow test-fast lint docs clean
 
 setup: $(STAMP)
 
@@ -25,7 +25,7 @@ sysdeps:
 $(STAMP): pyproject.toml | sysdeps
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,lightning]'
+	$(PY) -m pip install -q -e '.[dev,lightning,docs]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -42,6 +42,12 @@ test-slow: $(STAMP)
 # The fast tier: no trained digits teacher, no subprocesses (under a minute on 2 cores).
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The documentation as a site (site/): docs/ plus the README as its first page (its links made
+# the site's), built strictly: a broken link or a public name without a docstring fails.
+docs: $(STAMP)
+	sed -e 's#](docs/#](#g' -e 's#](benchmarks/RESULTS.md)#](results.md)#g' README.md > docs/index.md
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
