@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from common import WORK, cifar10_subset, teacher_and_store
 
-from kdstore.store.store import Store
+from kdstore.store.format import Store
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
 

@@ -22,7 +22,7 @@ from kdstore.report import sweep
 from kdstore.report import tables as report
 from kdstore.report.sweep import SweepConfig
 from kdstore.store import merge
-from kdstore.store.store import Store
+from kdstore.store.format import Store
 from kdstore.train.config import TrainConfig
 
 

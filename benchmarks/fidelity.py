@@ -27,7 +27,7 @@ from kdstore.cache import write as cache
 from kdstore.cache.config import CacheConfig
 from kdstore.method.sparse_targets import at_bytes, bytes_per_view
 from kdstore.report.tables import t_critical_95
-from kdstore.store.store import Store
+from kdstore.store.format import Store
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
 

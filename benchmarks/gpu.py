@@ -275,7 +275,7 @@ def sync_check(work: Path, p: dict, store: str, student: str, variant: str) -> d
     """One epoch of `train`'s own loop; from its 4th batch to its last but one, any host sync
     raises (the hook runs before each step). The epoch's end (sums, evaluation) may sync."""
     from kdstore.runtime.console import images_progress
-    from kdstore.store.store import Store
+    from kdstore.store.format import Store
     from kdstore.train import loop as train
 
     if not torch.cuda.is_available():
@@ -312,7 +312,7 @@ def sync_check(work: Path, p: dict, store: str, student: str, variant: str) -> d
 def fit_speed(work: Path, p: dict, store: str, student: str, variant: str, loader: str) -> dict:
     """A `train` run; per epoch: images/s of the training pass, evaluation and checkpoint seconds
     (the first epoch includes cuDNN's autotuning: the figure is the median of the others)."""
-    from kdstore.store.store import Store
+    from kdstore.store.format import Store
     from kdstore.train import loop as train
 
     cfg = train_config(work, p, store, student, variant, loader, epochs=p["fit_epochs"])
@@ -346,7 +346,7 @@ def fit_speed(work: Path, p: dict, store: str, student: str, variant: str, loade
 def ceiling(work: Path, p: dict, store: str, student: str) -> dict:
     """The offline-KD step alone: an epoch's full batches gathered on the device first, then
     stepped through with one sync at the end."""
-    from kdstore.store.store import Store
+    from kdstore.store.format import Store
     from kdstore.train import loop as train
 
     cfg = train_config(work, p, store, student, "kd", epochs=1, tensorboard=False)

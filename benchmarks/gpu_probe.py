@@ -36,7 +36,7 @@ def _sync() -> None:
 def step_profile(work: Path, p: dict, store: str, variant: str, compile: bool) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
-    from kdstore.store.store import Store
+    from kdstore.store.format import Store
     from kdstore.train import loop as train
 
     cfg = gpu.train_config(
@@ -94,7 +94,7 @@ def cache_pass(store: str, p: dict, work: Path) -> dict:
     from kdstore.models.build import build_model, normalization
     from kdstore.passes.inference import ModelInput, ScorePass, clean_forward, score_beton, stored_outputs
     from kdstore.runtime.precision import for_device
-    from kdstore.store.store import Store
+    from kdstore.store.format import Store
 
     s = Store.open(store)
     device = torch.device(p["device"])
@@ -138,7 +138,7 @@ def decode_rate(store: str, p: dict) -> dict:
     """FFCV reading and decoding the store's training JPEGs into a device batch, no model."""
     from kdstore.data.beton import make_loader
     from kdstore.runtime.transfer import upload
-    from kdstore.store.store import Store
+    from kdstore.store.format import Store
 
     s = Store.open(store)
     device = torch.device(p["device"])

@@ -118,7 +118,7 @@ def child_open(store: str) -> dict:
     import psutil
 
     from kdstore.runtime.hashing import sha256_file
-    from kdstore.store.store import H5_NAME, Store
+    from kdstore.store.format import H5_NAME, Store
 
     t0 = time.perf_counter()
     sha256_file(Path(store) / H5_NAME)
@@ -149,8 +149,8 @@ def child_lookup(store: str, batch: int = 512, batches: int = 400) -> dict:
     import psutil
     import torch
 
+    from kdstore.store.format import H5_NAME, Store
     from kdstore.store.rows import Rows
-    from kdstore.store.store import H5_NAME, Store
 
     s = Store.open(store)
     rng = np.random.default_rng(0)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from common import WORK, cifar10_subset, speed_store
 
-from kdstore.store.store import Store
+from kdstore.store.format import Store
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
 

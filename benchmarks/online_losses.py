@@ -23,7 +23,7 @@ from common import WORK, cifar10_subset, machine_record, train_teacher
 from kdstore.cache import write as cache
 from kdstore.cache.config import CacheConfig
 from kdstore.report.tables import mean_std, paired_diff
-from kdstore.store.store import Store
+from kdstore.store.format import Store
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
 

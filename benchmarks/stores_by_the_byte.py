@@ -32,7 +32,7 @@ from fidelity import paired
 from kdstore.cache import write as cache
 from kdstore.cache.config import CacheConfig
 from kdstore.method.sparse_targets import bytes_per_view, view_kl
-from kdstore.store.store import Store
+from kdstore.store.format import Store
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
 

@@ -41,21 +41,10 @@ from kdstore.runtime.blocks import LargeArray
 from kdstore.runtime.console import say
 from kdstore.runtime.devices import resolve_device
 from kdstore.runtime.precision import for_device
+from kdstore.store.format import BETONS, H5_NAME, Blocks, Store, write_teacher_h5
 from kdstore.store.mixes import MixedViews, Mixing, PartnerSource, mixed_views
+from kdstore.store.publish import STAGE_MARKER, claim, fresh_stage, link_or_copy, publish, staging_dir
 from kdstore.store.quantized import Quantized, stored_dtype
-from kdstore.store.store import (
-    BETONS,
-    H5_NAME,
-    STAGE_MARKER,
-    Blocks,
-    Store,
-    claim,
-    fresh_stage,
-    link_or_copy,
-    publish,
-    staging_dir,
-    write_teacher_h5,
-)
 from kdstore.store.views import MIX_ARRAYS, STORED, Views, draw_params, storage_of
 
 

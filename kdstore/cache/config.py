@@ -16,7 +16,8 @@ from kdstore.method.sparse_targets import DEFAULT_LOGITS_DTYPE
 from kdstore.models.build import STEMS
 from kdstore.models.teachers import TeacherSpec
 from kdstore.runtime.devices import DEVICES
-from kdstore.store.store import LOGITS_DTYPES, STORES_DIR, enclosing_store
+from kdstore.store.format import LOGITS_DTYPES
+from kdstore.store.publish import STORES_DIR, enclosing_store
 from kdstore.store.views import MIXES
 
 

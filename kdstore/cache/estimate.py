@@ -41,7 +41,7 @@ from kdstore.passes.inference import (
 )
 from kdstore.runtime.console import console
 from kdstore.runtime.files import free_mib
-from kdstore.store.store import BETONS, H5_NAME
+from kdstore.store.format import BETONS, H5_NAME
 from kdstore.store.views import draw_params, storage_of
 
 SAMPLE_IMAGES = 64  # images read and encoded to time the .beton writes (and to size JPEG images)

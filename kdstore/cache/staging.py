@@ -21,7 +21,7 @@ from kdstore.config import write_json
 from kdstore.errors import KdstoreError
 from kdstore.runtime.console import say
 from kdstore.runtime.hashing import sha256_file
-from kdstore.store.store import STAGE_MARKER
+from kdstore.store.publish import STAGE_MARKER
 
 STATE = "cache-state.json"
 SEALED = "sealed.json"

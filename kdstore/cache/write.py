@@ -49,22 +49,9 @@ from kdstore.runtime import distributed, interrupts
 from kdstore.runtime.console import console, say
 from kdstore.runtime.devices import resolve_device
 from kdstore.runtime.files import free_mib
+from kdstore.store.format import BETONS, H5_NAME, Split, Store, StoreAttrs, build_split, near_chance, write_teacher_h5
 from kdstore.store.mixes import MixedViews, Mixing, PartnerSource, mixed_views
-from kdstore.store.store import (
-    BETONS,
-    H5_NAME,
-    Split,
-    Store,
-    StoreAttrs,
-    build_split,
-    check_out,
-    claim,
-    fresh_stage,
-    near_chance,
-    publish,
-    staging_dir,
-    write_teacher_h5,
-)
+from kdstore.store.publish import check_out, claim, fresh_stage, publish, staging_dir
 from kdstore.store.views import MIX_ARRAYS, STORED, Views, draw_params, storage_of
 from kdstore.version import __version__
 

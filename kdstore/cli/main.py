@@ -21,9 +21,9 @@ from kdstore.report import tables as report_lib
 from kdstore.report.sweep import SweepConfig
 from kdstore.runtime import interrupts
 from kdstore.store import merge as merge_lib
+from kdstore.store.format import Store
 from kdstore.store.merge import MergeConfig
-from kdstore.store.store import Store
-from kdstore.store.store import verify as verify_store
+from kdstore.store.verification import verify as verify_store
 from kdstore.train import bench as bench_lib
 from kdstore.train import eval_checkpoint as eval_lib
 from kdstore.train import loop as train_lib

@@ -11,8 +11,8 @@ from kdstore.cache.config import CacheConfig
 from kdstore.method.sparse_targets import at_bytes, bytes_per_view, fidelity
 from kdstore.report.tables import table_rows
 from kdstore.runtime.console import console
+from kdstore.store.format import Store, near_chance
 from kdstore.store.quantized import stored_dtype
-from kdstore.store.store import Store, near_chance
 
 
 def render_store(store: Store) -> None:

@@ -14,7 +14,7 @@ from kdstore.errors import KdstoreError
 from kdstore.loader.batch import Batch, check_tau, distill_loss
 from kdstore.loader.config import LoaderConfig
 from kdstore.loader.store_loader import StoreLoader
-from kdstore.store.store import Store
+from kdstore.store.format import Store
 
 try:
     import lightning.pytorch as pl

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from kdstore.method.orderings import Scores
-from kdstore.store.store import Store
+from kdstore.store.format import Store
 from kdstore.store.views import Views
 
 

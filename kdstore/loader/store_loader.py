@@ -51,8 +51,8 @@ from kdstore.runtime import distributed
 from kdstore.runtime.devices import resolve_device
 from kdstore.runtime.precision import device_layout
 from kdstore.runtime.transfer import upload
+from kdstore.store.format import Store
 from kdstore.store.mixes import LabelMix, resident_partners, view_label_mix
-from kdstore.store.store import Store
 
 SPLITS = ("train", "val")
 EVAL_BATCH = 512  # per process, on a validation split (no BatchNorm statistics are learnt there)

@@ -16,7 +16,7 @@ import numpy as np
 from kdstore.errors import KdstoreError
 from kdstore.method.variants import VARIANTS
 from kdstore.report.runs import RunRecord
-from kdstore.store.store import Store
+from kdstore.store.format import Store
 
 FIGSIZE = (12.0, 4.5)  # inches
 DPI = 100  # -> 1200 x 450 pixels

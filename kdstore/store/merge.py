@@ -24,8 +24,7 @@ from kdstore.method.curriculum import softmax
 from kdstore.method.sparse_targets import DEFAULT_LOGITS_DTYPE
 from kdstore.runtime.blocks import release_pages, row_blocks
 from kdstore.runtime.console import console
-from kdstore.store.quantized import stored_dtype
-from kdstore.store.store import (
+from kdstore.store.format import (
     BETONS,
     H5_NAME,
     LOGITS_DTYPES,
@@ -35,14 +34,11 @@ from kdstore.store.store import (
     Store,
     StoreAttrs,
     build_split,
-    claim,
-    fresh_stage,
-    link_or_copy,
     mean_blocks,
-    publish,
-    staging_dir,
     write_teacher_h5,
 )
+from kdstore.store.publish import claim, fresh_stage, link_or_copy, publish, staging_dir
+from kdstore.store.quantized import stored_dtype
 from kdstore.store.views import Views
 
 

@@ -34,7 +34,7 @@ from kdstore.models.teachers import Teacher, TeacherSpec, load_teacher
 from kdstore.passes.inference import ModelInput
 from kdstore.runtime.devices import DEVICES, resolve_device
 from kdstore.runtime.precision import for_device
-from kdstore.store.store import Store
+from kdstore.store.format import Store
 from kdstore.train.config import TrainConfig
 from kdstore.train.loop import build_run
 

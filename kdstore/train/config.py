@@ -14,7 +14,7 @@ from kdstore.loader.config import LoaderConfig
 from kdstore.method.pacing import PACINGS, PacingParams
 from kdstore.method.variants import get_variant
 from kdstore.models.build import STEMS
-from kdstore.store.store import enclosing_store
+from kdstore.store.publish import enclosing_store
 
 
 @dataclass(frozen=True, kw_only=True)

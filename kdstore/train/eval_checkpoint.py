@@ -29,7 +29,7 @@ from kdstore.passes.inference import (
 from kdstore.runtime.console import say
 from kdstore.runtime.devices import DEVICES, resolve_device
 from kdstore.runtime.precision import for_device
-from kdstore.store.store import Store
+from kdstore.store.format import Store
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -42,8 +42,10 @@ from kdstore.runtime.devices import resolve_device
 from kdstore.runtime.distributed import Context, all_reduce_sum
 from kdstore.runtime.files import writing
 from kdstore.runtime.precision import for_device
+from kdstore.store.format import Store
+from kdstore.store.publish import default_store
 from kdstore.store.rows import Rows
-from kdstore.store.store import Store, default_store, verify
+from kdstore.store.verification import verify
 from kdstore.train import agreement
 from kdstore.train.config import TrainConfig
 from kdstore.train.step import Step, cosine, sgd

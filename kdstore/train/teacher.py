@@ -20,7 +20,7 @@ from kdstore.models.build import normalization_for, offline_weights
 from kdstore.runtime import distributed
 from kdstore.runtime.console import console
 from kdstore.runtime.devices import resolve_device
-from kdstore.store.store import BETONS
+from kdstore.store.format import BETONS
 from kdstore.train.config import TrainConfig
 from kdstore.train.loop import fit
 

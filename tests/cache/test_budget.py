@@ -14,8 +14,8 @@ from kdstore.cache.budget import Layout, parse_budget, plan
 from kdstore.cache.config import CacheConfig
 from kdstore.errors import KdstoreError
 from kdstore.method.sparse_targets import bytes_per_view
+from kdstore.store.format import Store
 from kdstore.store.quantized import stored_dtype
-from kdstore.store.store import Store
 
 C, N = 1000, 100
 LAYOUT = Layout(fixed=1_000_000, clean_rows=N, view_rows=N, classes=C, per_view_extra=16)

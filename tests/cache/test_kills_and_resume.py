@@ -16,7 +16,8 @@ import torch
 from kdstore.cache import write as cache
 from kdstore.cache.config import CacheConfig
 from kdstore.errors import KdstoreError
-from kdstore.store.store import Store, verify
+from kdstore.store.format import Store
+from kdstore.store.verification import verify
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
 from tests.helpers import reseal

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from kdstore.store.store import verify
+from kdstore.store.verification import verify
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # caches in child processes and kills them
 

@@ -16,7 +16,8 @@ from kdstore.method.curriculum import confidence_and_correct, curriculum
 from kdstore.models.build import build_from_meta
 from kdstore.models.checkpoints import load_checkpoint
 from kdstore.runtime.hashing import sha256_file
-from kdstore.store.store import ROOT_ATTRS, Store, verify
+from kdstore.store.format import ROOT_ATTRS, Store
+from kdstore.store.verification import verify
 
 
 def test_schema_read_with_plain_h5py(digits_store, digits_teacher):

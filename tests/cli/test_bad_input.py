@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from kdstore.cli.main import cli
-from kdstore.store.store import Store, commit_dir, recover, staging_dir
+from kdstore.store.format import Store
+from kdstore.store.publish import commit_dir, recover, staging_dir
 from tests.helpers import make_imagefolder
 
 pytestmark = pytest.mark.slow  # caches, trains or kills processes: the full suite only

@@ -325,7 +325,7 @@ def test_a_refused_pickle_checkpoint_leaks_no_warning(tmp_path):
 
 
 def test_teacher_log_lines_say_teacher(small_store, tmp_path):
-    from kdstore.store.store import Store
+    from kdstore.store.format import Store
     from kdstore.train import loop as train
     from kdstore.train.config import TrainConfig
 

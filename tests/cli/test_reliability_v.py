@@ -21,7 +21,7 @@ from kdstore.cache import estimate as estimate_mod
 from kdstore.cache import write as cache_write
 from kdstore.cli.main import cli
 from kdstore.passes import inference
-from kdstore.store.store import verify as verify_store
+from kdstore.store.verification import verify as verify_store
 from tests.helpers import reseal
 
 pytestmark = pytest.mark.slow  # caches, trains, mounts small disks and runs scripts: the full suite only
@@ -178,7 +178,7 @@ def _resume(partial: Path, tmp_path: Path) -> tuple[int, str, Path]:
 
 
 def _identity(store: Path) -> str:
-    from kdstore.store.store import Store
+    from kdstore.store.format import Store
 
     assert verify_store(store) == []
     return Store.open(store).identity()

@@ -21,7 +21,8 @@ from kdstore.errors import KdstoreError
 from kdstore.models import build as models
 from kdstore.report import sweep
 from kdstore.report.sweep import SweepConfig
-from kdstore.store.store import Store, default_store
+from kdstore.store.format import Store
+from kdstore.store.publish import default_store
 from kdstore.train import eval_checkpoint as evaluation
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig

@@ -13,7 +13,7 @@ from kdstore.cache.config import CacheConfig
 from kdstore.data.beton import make_loader
 from kdstore.data.in_memory import ResidentLoader, ResidentSplit
 from kdstore.loader import StoreLoader
-from kdstore.store.store import Store
+from kdstore.store.format import Store
 from kdstore.train import loop as train
 from kdstore.train import step as step_module
 from kdstore.train.config import TrainConfig

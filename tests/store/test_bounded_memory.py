@@ -13,8 +13,8 @@ from kdstore.cache.config import CacheConfig
 from kdstore.errors import KdstoreError
 from kdstore.runtime.blocks import Blocks, release_pages, row_blocks
 from kdstore.store.file_rows import file_rows
+from kdstore.store.format import Store, mean_blocks, write_teacher_h5
 from kdstore.store.rows import Rows
-from kdstore.store.store import Store, mean_blocks, write_teacher_h5
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
 from tests.helpers import reseal

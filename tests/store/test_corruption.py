@@ -26,7 +26,7 @@ from kdstore.cli.main import cli
 from kdstore.data import beton as ffcv_files
 from kdstore.data.datasets import ImageSplit
 from kdstore.errors import KdstoreError
-from kdstore.store.store import verify
+from kdstore.store.verification import verify
 from tests.helpers import make_imagefolder
 
 pytestmark = pytest.mark.slow  # caches, trains or kills processes: the full suite only

@@ -15,9 +15,11 @@ import torch
 from kdstore import StoreLoader
 from kdstore.errors import KdstoreError
 from kdstore.store import merge
+from kdstore.store.format import BETONS, H5_NAME, Store, write_manifest, write_teacher_h5
 from kdstore.store.merge import MergeConfig
+from kdstore.store.publish import link_or_copy
 from kdstore.store.quantized import Quantized, stored_dtype
-from kdstore.store.store import BETONS, H5_NAME, Store, link_or_copy, verify, write_manifest, write_teacher_h5
+from kdstore.store.verification import verify
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
 

@@ -15,8 +15,9 @@ from kdstore.loader import batch as batch_module
 from kdstore.loader.prepare import choose
 from kdstore.method.losses import student_loss
 from kdstore.passes import inference
+from kdstore.store.format import Store
 from kdstore.store.mixes import draw_mix
-from kdstore.store.store import Store, verify
+from kdstore.store.verification import verify
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
 

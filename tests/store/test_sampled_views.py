@@ -24,8 +24,9 @@ from kdstore.method.sparse_targets import (
     topk_expand,
 )
 from kdstore.passes import inference
+from kdstore.store.format import Store
 from kdstore.store.quantized import stored_dtype
-from kdstore.store.store import Store, verify
+from kdstore.store.verification import verify
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
 

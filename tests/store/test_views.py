@@ -19,7 +19,8 @@ from kdstore.loader import batch as batch_module
 from kdstore.loader.prepare import choose
 from kdstore.method.sparse_targets import topk_compress, topk_expand
 from kdstore.method.variants import VARIANTS
-from kdstore.store.store import Store, verify, write_manifest
+from kdstore.store.format import Store, write_manifest
+from kdstore.store.verification import verify
 from kdstore.store.views import draw_params
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig

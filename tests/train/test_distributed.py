@@ -16,7 +16,7 @@ from kdstore.method.kd_weight import POLICIES
 from kdstore.method.orderings import Schedule, Scores
 from kdstore.method.pacing import PacingParams
 from kdstore.method.variants import VARIANTS
-from kdstore.store.store import Store
+from kdstore.store.format import Store
 from tests.helpers import make_imagefolder
 
 pytestmark = [

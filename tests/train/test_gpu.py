@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdstore.store.store import Store
+from kdstore.store.format import Store
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
 

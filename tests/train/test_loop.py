@@ -7,7 +7,7 @@ import pytest
 
 from kdstore.method.kd_weight import POLICIES
 from kdstore.method.variants import VARIANTS
-from kdstore.store.store import Store
+from kdstore.store.format import Store
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
 

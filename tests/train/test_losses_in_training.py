@@ -17,7 +17,7 @@ from kdstore.cli.main import cli
 from kdstore.loader.teacher_targets import online_teacher
 from kdstore.models.teachers import TeacherSpec, load_teacher
 from kdstore.runtime.precision import for_device
-from kdstore.store.store import Store
+from kdstore.store.format import Store
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
 

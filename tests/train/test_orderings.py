@@ -17,7 +17,7 @@ from kdstore.method.pacing import PACINGS, PacingParams, fractions, prefix_lengt
 from kdstore.method.variants import ALIASES, VARIANTS
 from kdstore.report.sweep import arms
 from kdstore.store import merge
-from kdstore.store.store import Store, build_split
+from kdstore.store.format import Store, build_split
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
 

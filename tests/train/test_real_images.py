@@ -9,7 +9,7 @@ import pytest
 from kdstore.cache import write as cache
 from kdstore.cache.config import CacheConfig
 from kdstore.data.datasets import unpack_imagefolder_subset
-from kdstore.store.store import Store
+from kdstore.store.format import Store
 from kdstore.train import loop as train
 from kdstore.train import teacher
 from kdstore.train.config import TrainConfig

@@ -15,7 +15,7 @@ from kdstore.errors import KdstoreError
 from kdstore.models import build as models
 from kdstore.models.build import build_model
 from kdstore.models.checkpoints import load_checkpoint
-from kdstore.store.store import Store
+from kdstore.store.format import Store
 from kdstore.train import loop as train
 from kdstore.train import teacher
 from kdstore.train.config import TrainConfig
