@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 import pytest
 
 from kdstore import BenchConfig, CacheConfig, EvalConfig, MergeConfig, SweepConfig, TeacherConfig, TrainConfig
-from kdstore.config import from_dict, opt, undeclared, with_policy
 from kdstore.errors import KdstoreError
+from kdstore.options import from_dict, opt, undeclared, with_policy
 from kdstore.train.loop import RESUMABLE_CHANGES, RUN_RECORD, Run
 from kdstore.train.step import Step
 

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kdstore"
 
 # Lowest first: a module may import from its own layer and the layers before it, never after.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("shared", ("kdstore.errors", "kdstore.version", "kdstore.indices", "kdstore.config")),
+    ("shared", ("kdstore.errors", "kdstore.version", "kdstore.indices", "kdstore.options")),
     ("runtime", ("kdstore.runtime",)),  # transfers, precision, torchrun, devices, hashing, console
     ("method", ("kdstore.method",)),  # the pure maths of the paper
     ("data", ("kdstore.data",)),  # datasets, augmentation, .beton files

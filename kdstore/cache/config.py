@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from kdstore.cache.budget import parse_budget
-from kdstore.config import opt, path_problems, type_problems
 from kdstore.data.beton import workers_problem
 from kdstore.errors import KdstoreError
 from kdstore.method.losses import DEFAULT_TAU
 from kdstore.method.sparse_targets import DEFAULT_LOGITS_DTYPE
 from kdstore.models.build import STEMS
 from kdstore.models.teachers import TeacherSpec
+from kdstore.options import opt, path_problems, type_problems
 from kdstore.runtime.devices import DEVICES
 from kdstore.store.format import LOGITS_DTYPES
 from kdstore.store.publish import STORES_DIR, enclosing_store

@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kdstore.config import write_json
 from kdstore.errors import KdstoreError
+from kdstore.options import write_json
 from kdstore.runtime.console import say
 from kdstore.runtime.hashing import sha256_file
 from kdstore.store.publish import STAGE_MARKER

@@ -23,7 +23,6 @@ from kdstore.cache.add_views import add_views
 from kdstore.cache.config import CacheConfig
 from kdstore.cache.estimate import Estimate, estimate, real_sizes, show, with_teacher
 from kdstore.cache.staging import STATE, Staging
-from kdstore.config import differing, with_policy, write_json
 from kdstore.data.augment import augmentation_for
 from kdstore.data.beton import fingerprint_beton, write_beton
 from kdstore.data.datasets import ImageDataset, ImageSplit, load_dataset
@@ -31,6 +30,7 @@ from kdstore.data.splits import holdout
 from kdstore.errors import DiskError, KdstoreError
 from kdstore.models.build import normalization
 from kdstore.models.teachers import Teacher, load_teacher
+from kdstore.options import differing, with_policy, write_json
 from kdstore.passes.inference import (
     Forward,
     ModelInput,

@@ -1,13 +1,12 @@
 """The public loader's options (LoaderConfig): which samples each epoch visits, in which order,
 augmented how, with which teacher target and lambda. `kdstore train` takes these same options
-(its TrainConfig declares them from here, `kdstore.config.opt_from`), so their defaults are train's."""
+(its TrainConfig declares them from here, `kdstore.options.opt_from`), so their defaults are train's."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from kdstore.config import opt, type_problems
 from kdstore.data.beton import workers_problem
 from kdstore.data.in_memory import LOADERS
 from kdstore.errors import KdstoreError
@@ -17,6 +16,7 @@ from kdstore.method.losses import DEFAULT_TAU
 from kdstore.method.orderings import SCORERS, conflict
 from kdstore.method.pacing import PACINGS, PacingParams
 from kdstore.method.variants import ALIASES, VARIANTS, get_variant
+from kdstore.options import opt, type_problems
 from kdstore.runtime.devices import DEVICES
 from kdstore.store.rows import PLACEMENTS
 

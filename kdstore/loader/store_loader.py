@@ -23,7 +23,6 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from kdstore.config import to_dict
 from kdstore.data.augment import augmentation_for, normalize
 from kdstore.data.beton import epoch_of, make_loader, read_int_fields
 from kdstore.data.in_memory import (
@@ -46,6 +45,7 @@ from kdstore.loader.teacher_targets import TeacherFn, cached_teacher, view_teach
 from kdstore.method.kd_weight import POLICIES
 from kdstore.method.orderings import SCORERS, Schedule, Scores
 from kdstore.method.variants import get_variant
+from kdstore.options import to_dict
 from kdstore.passes.inference import ModelInput
 from kdstore.runtime import distributed
 from kdstore.runtime.devices import resolve_device

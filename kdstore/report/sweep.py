@@ -14,13 +14,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from kdstore.config import differing, fields_of, opt, to_dict, with_policy
 from kdstore.errors import KdstoreError
 from kdstore.loader.prepare import VIEW_MODES
 from kdstore.method.distill_losses import LOSSES, options_for
 from kdstore.method.orderings import SCORERS, conflict
 from kdstore.method.pacing import PACINGS
 from kdstore.method.variants import PAPER_VARIANTS, VARIANTS, get_variant
+from kdstore.options import differing, fields_of, opt, to_dict, with_policy
 from kdstore.report import tables as report
 from kdstore.runtime.console import clock, say
 from kdstore.train import loop as train

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from kdstore.config import write_json
 from kdstore.errors import KdstoreError
 from kdstore.method.variants import VARIANTS
+from kdstore.options import write_json
 from kdstore.report.figures import write_figures
 from kdstore.report.runs import RunRecord, find_runs, load_run  # noqa: F401 - load_run, find_runs: report's API
 

@@ -18,10 +18,10 @@ from typing import Sequence
 
 import numpy as np
 
-from kdstore.config import opt
 from kdstore.errors import KdstoreError
 from kdstore.method.curriculum import softmax
 from kdstore.method.sparse_targets import DEFAULT_LOGITS_DTYPE
+from kdstore.options import opt
 from kdstore.runtime.blocks import release_pages, row_blocks
 from kdstore.runtime.console import console
 from kdstore.store.format import (

@@ -23,7 +23,6 @@ import psutil
 import torch
 import torch.nn as nn
 
-from kdstore.config import opt, to_dict, write_json
 from kdstore.data.beton import epoch_of, make_loader, read_int_fields, workers_problem
 from kdstore.data.in_memory import LOADERS
 from kdstore.errors import KdstoreError
@@ -31,6 +30,7 @@ from kdstore.loader.source import TrainData, data_from_store
 from kdstore.loader.teacher_targets import online_teacher
 from kdstore.models.build import STEMS, build_model
 from kdstore.models.teachers import Teacher, TeacherSpec, load_teacher
+from kdstore.options import opt, to_dict, write_json
 from kdstore.passes.inference import ModelInput
 from kdstore.runtime.devices import DEVICES, resolve_device
 from kdstore.runtime.precision import for_device

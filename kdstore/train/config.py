@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from kdstore.config import opt, opt_from, path_problems, type_problems
 from kdstore.errors import KdstoreError
 from kdstore.loader.config import LoaderConfig
 from kdstore.method.pacing import PACINGS, PacingParams
 from kdstore.method.variants import get_variant
 from kdstore.models.build import STEMS
+from kdstore.options import opt, opt_from, path_problems, type_problems
 from kdstore.store.publish import enclosing_store
 
 

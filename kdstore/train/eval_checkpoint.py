@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdstore.config import opt, write_json
 from kdstore.data.beton import write_beton
 from kdstore.data.datasets import load_dataset
 from kdstore.errors import KdstoreError
 from kdstore.models.build import build_from_meta, normalization_for
 from kdstore.models.checkpoints import load_checkpoint, load_weights
+from kdstore.options import opt, write_json
 from kdstore.passes.inference import (
     ModelInput,
     ScorePass,

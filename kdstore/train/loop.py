@@ -18,14 +18,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from kdstore.config import (
-    PROVENANCE_KEYS,
-    differing,
-    provenance,
-    to_dict,
-    with_policy,
-    write_json,
-)
 from kdstore.errors import KdstoreError
 from kdstore.loader.source import TrainData, data_from_store
 from kdstore.loader.store_loader import StoreLoader
@@ -35,6 +27,14 @@ from kdstore.method.variants import Variant
 from kdstore.models.build import build_model
 from kdstore.models.checkpoints import load_checkpoint, save_checkpoint
 from kdstore.models.teachers import TeacherSpec, load_teacher
+from kdstore.options import (
+    PROVENANCE_KEYS,
+    differing,
+    provenance,
+    to_dict,
+    with_policy,
+    write_json,
+)
 from kdstore.passes.inference import ModelInput
 from kdstore.runtime import distributed
 from kdstore.runtime.console import clock, images_progress, say

@@ -10,13 +10,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from kdstore.config import opt
 from kdstore.data.beton import write_beton
 from kdstore.data.datasets import load_dataset
 from kdstore.data.splits import split_record, subset
 from kdstore.errors import KdstoreError
 from kdstore.loader.source import TrainData
 from kdstore.models.build import normalization_for, offline_weights
+from kdstore.options import opt
 from kdstore.runtime import distributed
 from kdstore.runtime.console import console
 from kdstore.runtime.devices import resolve_device

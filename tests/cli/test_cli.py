@@ -248,7 +248,7 @@ def test_merge_and_views_bad_input(digits_store, tmp_path):
 def test_train_reruns_from_its_config_json(digits_store, tmp_path):
     import json
 
-    from kdstore.config import differing
+    from kdstore.options import differing
 
     first, second = tmp_path / "a", tmp_path / "b"
     result = CliRunner().invoke(

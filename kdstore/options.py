@@ -1,4 +1,5 @@
-"""Frozen configurations, one per command, and the command line generated from them.
+"""The machinery of the configs (not a config itself): options declared once (`opt`: default,
+help and field policies), and the command line generated from them.
 
 Each command's options are the fields of its config dataclass (`opt`: default and help written
 once); `click_options` turns them into click options, so defaults, help and choices live in one
