@@ -23,7 +23,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cache", ("kdstore.cache",)),  # the writer: the teacher's passes into a store
     ("loader", ("kdstore.loader",)),  # a store in any training loop: batches, targets, lambda, kd_loss
     ("train", ("kdstore.train",)),  # the training loop and its commands
-    ("report", ("kdstore.report",)),  # sweeps, tables, figures, the demo
+    ("report", ("kdstore.report",)),  # sweeps, tables, figures
+    ("demo", ("kdstore.demo",)),  # the whole method on the digits data
     ("integrations", ("kdstore.integrations",)),  # adapters to timm's tasks and Lightning (not imported by kdstore)
     ("cli", ("kdstore.cli", "kdstore.__main__")),  # the command line
     ("api", ("kdstore",)),  # the package itself: the public API it exports

@@ -13,9 +13,9 @@ import click
 from kdstore.cache import write as cache_lib
 from kdstore.cache.config import CacheConfig
 from kdstore.cli.render import render_bench, render_results, render_store
+from kdstore.demo import digits as demo_lib
 from kdstore.errors import KdstoreError
 from kdstore.options import click_options, fields_of, from_dict, given, with_policy
-from kdstore.report import demo as demo_lib
 from kdstore.report import sweep as sweep_lib
 from kdstore.report import tables as report_lib
 from kdstore.report.sweep import SweepConfig

@@ -1,1 +1,1 @@
-"""Experiments and what they show: sweeps of runs, their tables and figures, the demo."""
+"""Experiments and what they show: sweeps of runs, their tables and figures."""
