@@ -369,15 +369,25 @@ def epoch_line(run: Run, row: dict[str, Any], elapsed: float, epochs_timed: int)
     """The log line of a finished epoch, with the run's ETA from the epochs timed so far."""
     left = run.cfg.epochs - row["epoch"]
     eta = clock(elapsed / max(epochs_timed, 1) * left)
+    kd = run.kind != "teacher"  # a teacher has no KD term: no kd and no lambda in its lines
     return (
         f"{run.label} seed {run.cfg.seed} epoch {row['epoch']}/{run.cfg.epochs}: loss {row['train_loss']:.4f} "
-        f"(ce {row['train_ce']:.4f}, kd {row['train_kd']:.4f}), train acc {row['train_acc']:.2%}, val acc "
-        f"{row['val_acc']:.2%}, "
-        f"val loss {row['val_loss']:.4f}, "
+        + (f"(ce {row['train_ce']:.4f}, kd {row['train_kd']:.4f}), " if kd else "")
+        + f"train acc {row['train_acc']:.2%}, val acc {row['val_acc']:.2%}, val loss {row['val_loss']:.4f}, "
         + (f"agreement {row['agree_val']:.2%} (KL {row['kl_val']:.3f}), " if "agree_val" in row else "")
-        + f"lambda {row['lam_mean']:.3f}, lr {row['lr']:.4g}, {row['images_per_s']:,.0f} img/s, "
-        f"{row['seconds']:.1f} s, ETA {eta}"
+        + (f"lambda {row['lam_mean']:.3f}, " if kd else "")
+        + f"lr {row['lr']:.4g}, {row['images_per_s']:,.0f} img/s, {row['seconds']:.1f} s, ETA {eta}"
     )
+
+
+# A teacher's metrics without a KD term: left out of its TensorBoard scalars (metrics.jsonl keeps
+# every field, the same for every run)
+NO_KD_TERM = ("train_kd", "lam_mean", "lam_min", "lam_max", "lam")
+
+
+def scalars_of(run: Run, row: dict[str, Any]) -> dict[str, Any]:
+    """The epoch row as TensorBoard records it: a teacher's without the KD term and lambda."""
+    return row if run.kind != "teacher" else {k: v for k, v in row.items() if k not in NO_KD_TERM}
 
 
 def save_epoch(run: Run, row: dict[str, Any]) -> None:
@@ -480,7 +490,7 @@ def fit(
             if run.ctx.main:
                 save_epoch(run, row)
                 if events is not None:
-                    events.epoch(row)
+                    events.epoch(scalars_of(run, row))
                 say(epoch_line(run, row, time.perf_counter() - t0, epoch + 1 - start))
     if events is not None:
         events.close()

@@ -50,7 +50,7 @@ def test_split_is_disjoint_complete_and_stratified():
         stratified_members(ds.train.labels, 1.5, 0)
 
 
-def test_holdout_teacher_cache_and_student(tmp_path):
+def test_holdout_teacher_cache_and_student(tmp_path, capsys):
     t = teacher.run(
         TeacherConfig(
             model="cifar_resnet8",
@@ -61,6 +61,15 @@ def test_holdout_teacher_cache_and_student(tmp_path):
         )
     )
     assert t["kind"] == "teacher" and t["split"]["size"] == t_size(0.6)  # the teacher's own run records the split
+    # a teacher has no KD term: neither its epoch line nor its TensorBoard scalars show kd or lambda
+    line = next(x for x in capsys.readouterr().err.splitlines() if "epoch 1/1: loss" in x)
+    assert "kd " not in line and "lambda" not in line and "val acc" in line, line
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "t"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert "train/loss" in tags and not tags & {"train/kd", "lambda/mean", "batch/lambda"}, tags
     meta = load_checkpoint(tmp_path / "t" / "checkpoint.pt")["meta"]
     assert meta["split"]["fraction"] == 0.6 and meta["split"]["seed"] == 3 and meta["split"]["size"] == t_size(0.6)
     cache.run(
