@@ -369,7 +369,7 @@ def epoch_line(run: Run, row: dict[str, Any], elapsed: float, epochs_timed: int)
     """The log line of a finished epoch, with the run's ETA from the epochs timed so far."""
     left = run.cfg.epochs - row["epoch"]
     eta = clock(elapsed / max(epochs_timed, 1) * left)
-    kd = run.kind != "teacher"  # a teacher has no KD term: no kd and no lambda in its lines
+    kd = run.variant.needs_teacher  # a teacher (an unguided student) has no KD term: no kd, no lambda
     return (
         f"{run.label} seed {run.cfg.seed} epoch {row['epoch']}/{run.cfg.epochs}: loss {row['train_loss']:.4f} "
         + (f"(ce {row['train_ce']:.4f}, kd {row['train_kd']:.4f}), " if kd else "")
@@ -380,14 +380,14 @@ def epoch_line(run: Run, row: dict[str, Any], elapsed: float, epochs_timed: int)
     )
 
 
-# A teacher's metrics without a KD term: left out of its TensorBoard scalars (metrics.jsonl keeps
-# every field, the same for every run)
+# The metrics of a KD term: left out of the TensorBoard scalars of a run without one (a teacher,
+# an unguided student); metrics.jsonl keeps every field, the same for every run
 NO_KD_TERM = ("train_kd", "lam_mean", "lam_min", "lam_max", "lam")
 
 
 def scalars_of(run: Run, row: dict[str, Any]) -> dict[str, Any]:
-    """The epoch row as TensorBoard records it: a teacher's without the KD term and lambda."""
-    return row if run.kind != "teacher" else {k: v for k, v in row.items() if k not in NO_KD_TERM}
+    """The epoch row as TensorBoard records it: without the KD term and lambda in a run that has none."""
+    return row if run.variant.needs_teacher else {k: v for k, v in row.items() if k not in NO_KD_TERM}
 
 
 def save_epoch(run: Run, row: dict[str, Any]) -> None:
