@@ -11,6 +11,9 @@ from typing import Iterator
 from kdstore.errors import DiskError
 
 NEARLY_FULL_MIB = 64  # a disk with less free space than this is said to be full
+# how torch.save's zip writer reports a write that stopped short (a full disk), in its own words:
+# "[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0"; said plainly instead
+TORCH_SHORT_WRITE = "unexpected pos"
 
 
 def free_mib(path: Path) -> float:
@@ -32,10 +35,9 @@ def writing(path: Path, kept: str = "") -> Iterator[None]:
             str(e).strip().splitlines() or [type(e).__name__]
         )[0]
         free = free_mib(Path(path).parent)
-        full = (
-            "the disk is full: " if free < NEARLY_FULL_MIB or "No space" in reason or "unexpected pos" in reason else ""
-        )
+        short = TORCH_SHORT_WRITE in reason  # torch's zip writer: "[enforce fail at inline_container.cc:N] ..."
+        if free < NEARLY_FULL_MIB or "No space" in reason or short:
+            reason = "the disk is full" + ("" if short else f": {reason}")
         raise DiskError(
-            f"{path}: could not be written ({full}{reason[:160]}; {free:.1f} MiB free there)"
-            + (f"; {kept}" if kept else "")
+            f"{path}: could not be written ({reason[:160]}; {free:.1f} MiB free there)" + (f"; {kept}" if kept else "")
         ) from None
