@@ -46,6 +46,7 @@ def test_train_with_each_loss(small_store, tmp_path, loss):
         assert "loss" not in ckpt and "loss_temperature" not in row
 
 
+@pytest.mark.heavy  # several runs (keeps `make test` under 10 minutes)
 def test_ctkd_resumes_its_learnt_temperature(small_store, tmp_path):
     """Two epochs straight equal two epochs killed in the second and resumed: the checkpoint keeps
     the temperature (its `loss`) and its optimiser state."""
@@ -152,6 +153,7 @@ def _cache_views(folder, out, views: int) -> None:
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.heavy  # several runs (keeps `make test` under 10 minutes)
 def test_mlkd_reads_two_distinct_stored_views_of_each_image(synthetic_folder, small_store, tmp_path):
     """Each batch carries a second view of every sample (Pair): another of its stored views than
     the batch's own, augmented with that view's parameters, with that view's stored logits; train
@@ -188,6 +190,7 @@ def test_mlkd_reads_two_distinct_stored_views_of_each_image(synthetic_folder, sm
     assert code == 2 and "the store has 1 per image" in text, text
 
 
+@pytest.mark.heavy  # several runs (keeps `make test` under 10 minutes)
 def test_mlkd_from_the_store_equals_mlkd_with_the_online_teacher(digits_views_store, digits_teacher):
     """One batch of both views from the store and from the live teacher on the same pixels: the
     same images, targets equal to float16's rounding, and the same MLKD loss."""
