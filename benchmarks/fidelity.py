@@ -114,7 +114,7 @@ def main() -> None:
                     seed=seed,
                     epochs=epochs,
                     overwrite=True,
-                    views="clean" if mode == "online" else "auto",
+                    view_mode="clean" if mode == "online" else "auto",
                 )
                 if mode == "online":
                     train.run_online(cfg, Store.open(store), checkpoint=checkpoint)

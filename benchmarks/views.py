@@ -56,7 +56,7 @@ def replay_speed(store: Path, work: Path, rounds: int) -> dict:
     ips: dict[str, list[float]] = {"clean": [], "replay": []}
     for r in range(rounds):
         for mode in ips:
-            ips[mode].append(train.run(replace(base, views=mode, out=str(work / f"{mode}-{r}")))["images_per_s"])
+            ips[mode].append(train.run(replace(base, view_mode=mode, out=str(work / f"{mode}-{r}")))["images_per_s"])
     return {
         "images_per_s": ips,
         "replay_vs_clean": float(np.median(ips["replay"]) / np.median(ips["clean"])),

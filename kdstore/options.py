@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib.metadata
 import json
 import platform
 import shlex
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
@@ -26,6 +28,7 @@ def from_dict(cls: type[T], values: dict[str, Any], *, ignore: Iterable[str] = (
     """Build config dataclass `cls` from `values` (a config file): an unknown key (except those in
     `ignore`) or a value of the wrong type is a one-line error naming it; None keeps the default."""
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = with_new_names(cls, values)
     unknown = sorted(set(values) - set(fields) - set(ignore))
     source = f"{where}: " if where else ""
     if unknown:
@@ -81,18 +84,78 @@ def opt(
     required: bool = False,
     flag: str | None = None,
     path: bool = False,
+    was: str | None = None,
     **policies: Any,
 ) -> Any:
     """A config field: its default and its help text, written once; the command line's option is
     generated from it (`click_options`). `choices` (a registry's keys, or a function giving them)
     are listed in the help and offered by shell completion; the config's validate() refuses others
     in one line. A bool field defaulting to True becomes the flag `--no-NAME` (or `flag`).
+    `was` is the field's name before a rename: the old option, keyword and config.json key still
+    work for one release, with a one-line deprecation note (`old_names`).
 
     `policies` record how the field is treated beyond its value, each named in the config's
     `POLICIES` (e.g. whether it may change on --resume); every list of field names that a command
     needs is derived from them (`with_policy`), and tests check that every field declares them."""
-    meta = {"help": help, "choices": choices, "required": required, "flag": flag, "path": path, "policies": policies}
+    meta = {
+        "help": help,
+        "choices": choices,
+        "required": required,
+        "flag": flag,
+        "path": path,
+        "was": was,
+        "policies": policies,
+    }
     return dataclasses.field(default=default, metadata=meta)
+
+
+# ---- renamed options: the old names work for one release ------------------------------------------
+
+REMOVAL = "0.3"  # the release that drops the old names
+
+
+def renamed(cls: type) -> dict[str, str]:
+    """{old name: new name} of config dataclass `cls`'s renamed fields (`opt(was=...)`)."""
+    return {f.metadata["was"]: f.name for f in dataclasses.fields(cls) if f.metadata.get("was")}
+
+
+def deprecation(old: str, new: str, *, option: bool) -> str:
+    """The one-line note an old name gets (as an option `--old`, or as a keyword/key `old`)."""
+    if option:
+        old, new = f"--{old.replace('_', '-')}", f"--{new.replace('_', '-')}"
+    return f"{old} is deprecated and will be removed in kdstore {REMOVAL}: use {new}"
+
+
+def with_new_names(cls: type, values: dict[str, Any], *, warn: int = 0) -> dict[str, Any]:
+    """`values` (keyword arguments, a config.json) with `cls`'s old field names replaced by the new
+    ones; giving both is a one-line error. With `warn` (the caller's stack level, counted from
+    here), a DeprecationWarning per old name."""
+    old = renamed(cls)
+    if not old.keys() & values.keys():
+        return values
+    out = dict(values)
+    for was, name in old.items():
+        if was not in out:
+            continue
+        if name in out:
+            raise KdstoreError(f"{was} and {name} are one option ({was} is its old name): give {name} only")
+        if warn:
+            warnings.warn(deprecation(was, name, option=False), DeprecationWarning, stacklevel=warn)
+        out[name] = out.pop(was)
+    return out
+
+
+def old_names(cls: type[T]) -> type[T]:
+    """Class decorator: `cls(old=...)` (and `dataclasses.replace`) still accept the old name of a
+    renamed field, with a DeprecationWarning."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **with_new_names(cls, kwargs, warn=3))
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
 
 
 def opt_from(cls: type, name: str, **policies: Any) -> Any:
@@ -195,52 +258,86 @@ def click_options(
     cls: type, skip: Iterable[str] = (), only: Iterable[str] | None = None
 ) -> Callable[[Callable], Callable]:
     """Click options for the fields of config dataclass `cls` (help, defaults and choices from
-    the fields themselves), in field order."""
+    the fields themselves), in field order; a renamed field's old name is a hidden option that
+    still works (`opt(was=...)`)."""
     import click
 
     skip, only = set(skip), set(only) if only is not None else None
     wanted = [f for f in dataclasses.fields(cls) if f.name not in skip and (only is None or f.name in only)]
-
-    def option(f: dataclasses.Field):
-        meta, dash = f.metadata, f.name.replace("_", "-")
-        text, typ, choices = meta.get("help", ""), _base_type(f), _choices(f)
-        if typ is bool:
-            if f.default is True:  # on by default: the option turns it off
-                return click.option(
-                    meta.get("flag") or f"--no-{dash}",
-                    f.name,
-                    is_flag=True,
-                    flag_value=False,
-                    default=True,
-                    help=f"Turn off: {text}",
-                )
-            return click.option(f"--{dash}", f.name, is_flag=True, default=False, help=text)
-        if choices:
-            text = f"{text} One of: {', '.join(choices)}." if text else f"One of: {', '.join(choices)}."
-        complete = (
-            (lambda ctx, param, incomplete, c=tuple(choices): [x for x in c if x.startswith(incomplete)])
-            if choices
-            else None
-        )
-        kind = click.Path() if meta.get("path") else typ
-        required = bool(meta.get("required"))
-        return click.option(
-            f"--{dash}",
-            f.name,
-            type=kind,
-            default=None if required or f.default is None else f.default,
-            required=required,
-            show_default=f.default is not None and not required,
-            help=text,
-            shell_complete=complete,
-        )
+    old = {f.metadata["was"]: f for f in wanted if f.metadata.get("was")}
 
     def apply(fn: Callable) -> Callable:
+        if old:
+            fn = _taking_old_names(fn, {was: f.name for was, f in old.items()})
+        for was, f in old.items():  # hidden: the help lists the new names only
+            kind = click.Path() if f.metadata.get("path") else _base_type(f)
+            fn = click.option(f"--{was.replace('_', '-')}", f"_was_{was}", type=kind, hidden=True)(fn)
         for f in reversed(wanted):
-            fn = option(f)(fn)
+            fn = _click_option(f)(fn)
         return fn
 
     return apply
+
+
+def _click_option(f: dataclasses.Field) -> Callable[[Callable], Callable]:
+    """The click option of config field `f`."""
+    import click
+
+    meta, dash = f.metadata, f.name.replace("_", "-")
+    text, typ, choices = meta.get("help", ""), _base_type(f), _choices(f)
+    if typ is bool:
+        if f.default is True:  # on by default: the option turns it off
+            return click.option(
+                meta.get("flag") or f"--no-{dash}",
+                f.name,
+                is_flag=True,
+                flag_value=False,
+                default=True,
+                help=f"Turn off: {text}",
+            )
+        return click.option(f"--{dash}", f.name, is_flag=True, default=False, help=text)
+    if choices:
+        text = f"{text} One of: {', '.join(choices)}." if text else f"One of: {', '.join(choices)}."
+    complete = (
+        (lambda ctx, param, incomplete, c=tuple(choices): [x for x in c if x.startswith(incomplete)])
+        if choices
+        else None
+    )
+    required = bool(meta.get("required"))
+    return click.option(
+        f"--{dash}",
+        f.name,
+        type=click.Path() if meta.get("path") else typ,
+        default=None if required or f.default is None else f.default,
+        required=required,
+        show_default=f.default is not None and not required,
+        help=text,
+        shell_complete=complete,
+    )
+
+
+def _taking_old_names(fn: Callable, old: dict[str, str]) -> Callable:
+    """`fn` (a click command's callback) with each old option's value moved to its new name, a
+    one-line deprecation note on stderr; the old and the new option together are a usage error."""
+    import click
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        for was, name in old.items():
+            value = kwargs.pop(f"_was_{was}", None)
+            if value is None:
+                continue
+            if name in given([name]):
+                raise click.UsageError(
+                    f"--{was.replace('_', '-')} is the old name of --{name.replace('_', '-')}: give one"
+                )
+            click.echo(f"note: {deprecation(was, name, option=True)}", err=True)
+            kwargs[name] = value
+            ctx.meta.setdefault("kdstore.old_names_given", set()).add(name)
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def given(names: Iterable[str]) -> set[str]:
@@ -249,7 +346,8 @@ def given(names: Iterable[str]) -> set[str]:
     from click.core import ParameterSource
 
     ctx = click.get_current_context()
-    return {n for n in names if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE}
+    by_old_name = ctx.meta.get("kdstore.old_names_given", set())
+    return {n for n in names if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE or n in by_old_name}
 
 
 def fields_of(cls: type, values: dict[str, Any]) -> dict[str, Any]:

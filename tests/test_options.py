@@ -42,7 +42,7 @@ def test_commands_lists_come_from_the_policies():
     offered = set(with_policy(TrainConfig, "teacher", True))
     assert {"epochs", "lr", "out", "resume"} <= offered and not {"variant", "tau", "lam", "store", "scorer"} & offered
     arms = set(with_policy(TrainConfig, "sweep", "arm"))
-    assert arms == {"variant", "pacing", "scorer", "views", "seed", "loss"}
+    assert arms == {"variant", "pacing", "scorer", "view_mode", "seed", "loss"}
     recorded = set(with_policy(CacheConfig, "resume", "recorded", "resolved"))
     assert {"views", "topk", "sample", "logits_dtype", "batch_size", "dataset", "checkpoint"} <= recorded
     assert not {"workers", "device", "progress", "out"} & recorded
@@ -78,3 +78,52 @@ def test_a_run_recorded_before_newer_options_compares_at_their_defaults():
     assert TrainConfig.recorded({"loss": "dkd"})["loss"] == "dkd"  # what a run recorded stays
     defaults = TrainConfig(out="")
     assert all(getattr(defaults, k) == v for k, v in NEWER_OPTIONS.items())
+
+
+# ---- renamed options: the old names work for one release, with a note -----------------------------
+
+RENAMES = [  # (command, old option, new field, value, the library function the command calls)
+    ("train", "--views", "view_mode", "clean", "train_lib"),
+    ("sweep", "--views", "view_modes", "clean", "sweep_lib"),
+    ("cache", "--add-views", "extend", "stores/s", "cache_lib"),
+]
+
+
+@pytest.mark.parametrize("command,old,field,value,lib", RENAMES, ids=[r[1] + "@" + r[0] for r in RENAMES])
+def test_an_old_option_name_still_works_with_a_one_line_note(command, old, field, value, lib, monkeypatch):
+    from click.testing import CliRunner
+
+    from kdstore.cli import main
+
+    seen: list[Any] = []
+    monkeypatch.setattr(getattr(main, lib), "run", lambda cfg: seen.append(cfg) or {"rows": []})
+    monkeypatch.setattr(main, "render_results", lambda summary: None)
+    base = ["--store", "s", "--out", "o"] if command != "cache" else ["--views", "4"]
+    new = "--" + field.replace("_", "-")
+    for args, note in (([old, value], True), ([new, value], False)):
+        result = CliRunner().invoke(main.cli, [command, *base, *args])
+        assert result.exit_code == 0, result.output
+        notes = [line for line in result.stderr.splitlines() if "deprecated" in line]
+        assert notes == ([f"note: {old} is deprecated and will be removed in kdstore 0.3: use {new}"] if note else [])
+    assert [getattr(cfg, field) for cfg in seen] == [value, value]
+    both = CliRunner().invoke(main.cli, [command, *base, old, value, new, value])
+    assert both.exit_code == 2 and f"{old} is the old name of {new}" in both.output
+
+
+def test_an_old_keyword_and_an_old_config_json_key_still_work():
+    with pytest.warns(DeprecationWarning, match="views is deprecated .* use view_mode"):
+        assert TrainConfig(out="o", views="clean").view_mode == "clean"
+    with pytest.warns(DeprecationWarning, match="add_views is deprecated .* use extend"):
+        assert CacheConfig(add_views="s", views=2).extend == "s"
+    assert from_dict(TrainConfig, {"out": "o", "views": "replay"}).view_mode == "replay"  # an old run's config.json
+    assert TrainConfig.recorded({"views": "replay"})["view_mode"] == "replay"  # compared on --resume, by sweep
+    with pytest.raises(KdstoreError, match="views and view_mode are one option"):
+        from_dict(TrainConfig, {"views": "clean", "view_mode": "clean"})
+
+
+def test_an_old_storeloader_keyword_still_works(small_store):
+    from kdstore import StoreLoader
+
+    with pytest.warns(DeprecationWarning, match="views is deprecated"):
+        loader = StoreLoader(small_store, views="clean", workers=1, batch_size=8)
+    assert loader.config.view_mode == "clean"

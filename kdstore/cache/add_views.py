@@ -1,4 +1,4 @@
-"""`kdstore cache --add-views STORE --views K2`: extend a store's views to K2 without scoring
+"""`kdstore cache --extend STORE --views K2`: extend a store's views to K2 without scoring
 the first K again.
 Views are drawn view by view from their seed (views.draw_params) and sampled ids are hashed per
 (position, view, draw), so the first K views of a K2-view store are the K-view store's: the
@@ -74,7 +74,7 @@ def _storage(store: Store, cfg: CacheConfig) -> tuple[str, int, int, float, int,
         f"{name} {mine} (the store has {theirs})" for name, (mine, theirs) in given.items() if mine and mine != theirs
     ]
     if changed:
-        raise KdstoreError(f"--add-views keeps the store's views as they are: {', '.join(changed)}")
+        raise KdstoreError(f"--extend keeps the store's views as they are: {', '.join(changed)}")
     return v.augmentation, v.topk, v.sample, v.sample_tau, v.seed, v.storage, v.mix or "none", v.mix_alpha
 
 
@@ -108,7 +108,7 @@ def _store_teacher(cfg: CacheConfig, store: Store) -> Teacher:
                 "it was cached without a checkpoint: give --pretrained or --pretrained-file as then, "
                 "or --allow-untrained if it was cached with random weights"
             )
-        raise KdstoreError(f"--add-views: the store's teacher is {attrs['teacher']}; {source}")
+        raise KdstoreError(f"--extend: the store's teacher is {attrs['teacher']}; {source}")
     spec = dataclasses.replace(
         cfg.teacher_spec,
         teacher=cfg.teacher or attrs["teacher"],
@@ -122,7 +122,7 @@ def _store_teacher(cfg: CacheConfig, store: Store) -> Teacher:
         or int(teacher.meta["input_size"]) != int(attrs["input_size"])
     ):
         raise KdstoreError(
-            f"--add-views: this teacher ({teacher.meta['model']}, checkpoint sha256 "
+            f"--extend: this teacher ({teacher.meta['model']}, checkpoint sha256 "
             f"{teacher.checkpoint_sha256[:12] or 'none'}) "
             f"is not the store's ({attrs['teacher']}, {attrs['checkpoint_sha256'][:12] or 'none'}); give its "
             "--checkpoint"
@@ -203,18 +203,18 @@ def _new_views(cfg: CacheConfig, store: Store, teacher: Teacher, params: np.ndar
 
 
 def add_views(cfg: CacheConfig) -> Path:
-    """Extend cfg.add_views's views to cfg.views; returns the store's path."""
-    assert cfg.add_views is not None
-    path = claim(cfg.add_views, overwrite=True)
+    """Extend cfg.extend's views to cfg.views; returns the store's path."""
+    assert cfg.extend is not None
+    path = claim(cfg.extend, overwrite=True)
     store = Store.open(path)
     old = store.train.views
     have = old.count if old is not None else 0
     if cfg.views <= have:
-        raise KdstoreError(f"--add-views: the store already has {have} views; ask for more with --views K (K > {have})")
+        raise KdstoreError(f"--extend: the store already has {have} views; ask for more with --views K (K > {have})")
     kept = stored_dtype(store.train.logits)
     if cfg.logits_dtype is not None and cfg.logits_dtype != kept:
         raise KdstoreError(
-            f"--add-views keeps the store's views as they are: --logits-dtype {cfg.logits_dtype} (the store has {kept})"
+            f"--extend keeps the store's views as they are: --logits-dtype {cfg.logits_dtype} (the store has {kept})"
         )
     teacher = _store_teacher(cfg, store)
     storage = _storage(store, cfg)
@@ -222,7 +222,7 @@ def add_views(cfg: CacheConfig) -> Path:
     params = draw_params(augmentation, len(store.train), cfg.views, int(store.attrs["image_size"]), seed)
     if old is not None and not np.array_equal(params[:, :have], np.asarray(old.params)):
         raise KdstoreError(
-            "--add-views: the store's views are not the draws of its seed (made by another kdstore version?)"
+            "--extend: the store's views are not the draws of its seed (made by another kdstore version?)"
         )
     stage = staging_dir(path)
     fresh_stage(stage)

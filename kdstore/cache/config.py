@@ -14,13 +14,14 @@ from kdstore.method.losses import DEFAULT_TAU
 from kdstore.method.sparse_targets import DEFAULT_LOGITS_DTYPE
 from kdstore.models.build import STEMS
 from kdstore.models.teachers import TeacherSpec
-from kdstore.options import opt, path_problems, type_problems
+from kdstore.options import old_names, opt, path_problems, type_problems
 from kdstore.runtime.devices import DEVICES
 from kdstore.store.format import LOGITS_DTYPES
 from kdstore.store.publish import STORES_DIR, enclosing_store
 from kdstore.store.views import MIXES
 
 
+@old_names
 @dataclass(frozen=True, kw_only=True)
 class CacheConfig:
     """`kdstore cache`'s options. Each field declares its `resume` policy: whether a partial cache
@@ -32,7 +33,7 @@ class CacheConfig:
     POLICIES: ClassVar[dict[str, tuple[Any, ...]]] = {"resume": ("recorded", "resolved", "free")}
 
     dataset: str | None = opt(
-        help="digits, cifar10, cifar100 or imagefolder:PATH (not with --add-views).", resume="resolved"
+        help="digits, cifar10, cifar100 or imagefolder:PATH (not with --extend).", resume="resolved"
     )
     out: str | None = opt(
         help="Store directory to create (default: stores/DATASET-TEACHER; with only --checkpoint, the checkpoint's "
@@ -104,11 +105,13 @@ class CacheConfig:
         resume="recorded",
     )
     mix_alpha: float = opt(1.0, "Beta(alpha, alpha) of the mixing weight.", resume="recorded")
-    add_views: str | None = opt(
-        help="Extend this store's views to --views K instead (same seed and storage; the first views stay bit for "
-        "bit; give the store's teacher again). The store is replaced atomically.",
+    extend: str | None = opt(
+        help="Extend this existing store's views to --views K instead of caching a new one (same seed and "
+        "storage; the first views stay bit for bit; give the store's teacher again). The store is replaced "
+        "atomically.",
         path=True,
         resume="free",
+        was="add_views",
     )
     allow_untrained: bool = opt(
         False,
@@ -137,9 +140,9 @@ class CacheConfig:
         """--out, or stores/DATASET-TEACHER."""
         if self.out:
             return Path(self.out)
-        if self.add_views:
-            return Path(self.add_views)
-        assert self.dataset is not None  # validate(): --dataset or --add-views
+        if self.extend:
+            return Path(self.extend)
+        assert self.dataset is not None  # validate(): --dataset or --extend
         dataset = Path(self.dataset.split(":", 1)[1]).name if self.dataset.startswith("imagefolder:") else self.dataset
         teacher = self.teacher or Path(self.checkpoint or "teacher").resolve().parent.name
         return STORES_DIR / f"{dataset}-{teacher}"
@@ -170,21 +173,21 @@ class CacheConfig:
     @property
     def stored_dtype(self) -> str:
         """The dtype the logits are stored in: --logits-dtype, else the default (float16). The one
-        place the default is resolved; None itself means "not given" to --budget and --add-views."""
+        place the default is resolved; None itself means "not given" to --budget and --extend."""
         return self.logits_dtype or DEFAULT_LOGITS_DTYPE
 
     def validate(self) -> None:
         wrong = type_problems(self) + path_problems(self)
         if wrong:
             raise KdstoreError(wrong[0])
-        if (self.dataset is None) == (self.add_views is None):
-            raise KdstoreError("give --dataset (a new store) or --add-views STORE (more views for it)")
-        if self.add_views and (self.budget or self.dry_run):
+        if (self.dataset is None) == (self.extend is None):
+            raise KdstoreError("give --dataset (a new store) or --extend STORE (more views for it)")
+        if self.extend and (self.budget or self.dry_run):
             raise KdstoreError(
-                "--budget and --dry-run apply to a new cache, not to --add-views (it keeps the store's storage)"
+                "--budget and --dry-run apply to a new cache, not to --extend (it keeps the store's storage)"
             )
-        if self.add_views and not self.views:
-            raise KdstoreError("--add-views STORE needs --views K, the number of views the store should have")
+        if self.extend and not self.views:
+            raise KdstoreError("--extend STORE needs --views K, the number of views the store should have")
         if self.batch_size < 1:
             raise KdstoreError(f"--batch-size must be >= 1, got {self.batch_size}")
         if workers_problem(self.workers):
@@ -200,9 +203,9 @@ class CacheConfig:
             parse_budget(self.budget)
         if self.logits_dtype is not None and self.logits_dtype not in LOGITS_DTYPES:
             raise KdstoreError(f"--logits-dtype must be one of {', '.join(LOGITS_DTYPES)}, got {self.logits_dtype}")
-        if self.teacher is None and self.checkpoint is None and not self.add_views:
+        if self.teacher is None and self.checkpoint is None and not self.extend:
             raise KdstoreError("name the teacher with --teacher (and/or give --checkpoint)")
-        if not (self.has_weights or self.add_views):  # --add-views names the store's own teacher (add_views.py)
+        if not (self.has_weights or self.extend):  # --extend names the store's own teacher (add_views.py)
             raise KdstoreError(
                 f"teacher {self.teacher} has no trained weights: train it with `kdstore teacher --model {self.teacher} "
                 f"--dataset {self.dataset} --out runs/teacher` and pass --checkpoint runs/teacher/checkpoint.pt "

@@ -124,7 +124,7 @@ Inputs = tuple[ImageDataset, Teacher, int]  # the dataset, the teacher (on the h
 def _inputs(cfg: CacheConfig) -> Inputs:
     """The dataset (its held-out part with --split-part holdout), the teacher (on the host) and
     the stored image size."""
-    assert cfg.dataset is not None  # validate(): --dataset, or --add-views (not here)
+    assert cfg.dataset is not None  # validate(): --dataset, or --extend (not here)
     dataset = load_dataset(cfg.dataset, Path(cfg.data_root) if cfg.data_root else None, cfg.image_size)
     image_size = int(dataset.train.get(0).shape[0])
     if cfg.topk >= dataset.num_classes:
@@ -331,7 +331,7 @@ def run(cfg: CacheConfig) -> Path:
     there, and `resume=True` continues from the last flushed chunk of teacher outputs.
     """
     cfg.validate()
-    if cfg.add_views:
+    if cfg.extend:
         return add_views(cfg)
     if not cfg.budget:
         cfg = dataclasses.replace(cfg, logits_dtype=cfg.stored_dtype)

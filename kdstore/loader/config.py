@@ -16,11 +16,12 @@ from kdstore.method.losses import DEFAULT_TAU
 from kdstore.method.orderings import SCORERS, conflict
 from kdstore.method.pacing import PACINGS, PacingParams
 from kdstore.method.variants import ALIASES, VARIANTS, get_variant
-from kdstore.options import opt, type_problems
+from kdstore.options import old_names, opt, type_problems
 from kdstore.runtime.devices import DEVICES
 from kdstore.store.rows import PLACEMENTS
 
 
+@old_names
 @dataclass(frozen=True, kw_only=True)
 class LoaderConfig:
     """How a StoreLoader feeds a split; every field is keyword-only and defaults as `kdstore train`."""
@@ -64,11 +65,12 @@ class LoaderConfig:
     workers: int = opt(0, "FFCV decoding threads; 0: one per core (shared among torchrun's processes).")
     device: str = opt("auto", "auto: cuda when available, else cpu.", choices=DEVICES)
     augment: bool = opt(True, "Random crop + flip.")
-    views: str = opt(
+    view_mode: str = opt(
         "auto",
         "replay: augment with the store's views and distil from their logits; clean: the clean-image logits; "
         "auto: replay when the store has views.",
         choices=lambda: list(VIEW_MODES),
+        was="views",
     )
     loader: str = opt(
         "auto",
@@ -112,7 +114,10 @@ class LoaderConfig:
                 self.teacher_rows in PLACEMENTS,
                 f"--teacher-rows must be one of {', '.join(PLACEMENTS)}, got {self.teacher_rows!r}",
             ),
-            (self.views in VIEW_MODES, f"--views must be one of {', '.join(VIEW_MODES)}, got {self.views!r}"),
+            (
+                self.view_mode in VIEW_MODES,
+                f"--view-mode must be one of {', '.join(VIEW_MODES)}, got {self.view_mode!r}",
+            ),
             (self.pacing in PACINGS, f"unknown --pacing {self.pacing!r}; known: {', '.join(PACINGS)}"),
             (self.scorer in SCORERS, f"unknown --scorer {self.scorer!r}; known: {', '.join(SCORERS)}"),
             (self.rescore_every >= 1, f"--rescore-every must be >= 1, got {self.rescore_every}"),
@@ -131,8 +136,8 @@ class LoaderConfig:
             variant = get_variant(self.variant)
         except ValueError as e:
             raise KdstoreError(str(e)) from None
-        if VIEW_MODES[self.views].needs_augment and not self.augment:
-            raise KdstoreError("--views replay augments with the stored views; it contradicts --no-augment")
+        if VIEW_MODES[self.view_mode].needs_augment and not self.augment:
+            raise KdstoreError("--view-mode replay augments with the stored views; it contradicts --no-augment")
         problem = self.distill_term().tau_problem(self.tau)
         if problem:
             raise KdstoreError(problem)

@@ -100,7 +100,7 @@ def replay_views(
 
 @dataclass(frozen=True)
 class ViewMode:
-    """What `train --views MODE` does with a store's views."""
+    """What `train --view-mode MODE` does with a store's views."""
 
     replay: Callable[[bool, bool], bool]  # (the store has views, augmentation on) -> replay them?
     needs_views: bool  # refuse a store without views

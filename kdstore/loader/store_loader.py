@@ -41,11 +41,11 @@ from kdstore.loader.config import LoaderConfig
 from kdstore.loader.prepare import VIEW_MODES, Prepare, RandomAugment, no_augment, replay_views
 from kdstore.loader.scoring import score_train_set
 from kdstore.loader.source import TrainData, as_data
-from kdstore.loader.teacher_targets import TeacherFn, cached_teacher, view_teacher
+from kdstore.loader.teacher_targets import LogitSource, cached_teacher, view_teacher
 from kdstore.method.kd_weight import POLICIES
-from kdstore.method.orderings import SCORERS, Schedule, Scores
+from kdstore.method.orderings import SCORERS, EpochPlan, Scores
 from kdstore.method.variants import get_variant
-from kdstore.options import to_dict
+from kdstore.options import to_dict, with_new_names
 from kdstore.passes.inference import ModelInput
 from kdstore.runtime import distributed
 from kdstore.runtime.devices import resolve_device
@@ -62,7 +62,8 @@ HOW_READ = ("workers", "device", "loader", "teacher_rows")
 
 def _config(config: LoaderConfig | None, options: dict[str, Any]) -> LoaderConfig:
     """`config` with `options` (keyword arguments of StoreLoader) applied; an unknown one is a
-    one-line error with the closest name."""
+    one-line error with the closest name; a renamed option's old name works, with a DeprecationWarning."""
+    options = with_new_names(LoaderConfig, options, warn=4)
     names = [f.name for f in dataclasses.fields(LoaderConfig)]
     for key in options:
         if key not in names:
@@ -80,9 +81,9 @@ class StoreLoader:
 
     Options are LoaderConfig's fields, given as `config` and/or keywords (keywords win), with
     `kdstore train`'s defaults: variant, batch_size (global), epochs (for pacing), seed, lam, tau,
-    pacing (+ pacing_a/b/growth/step_length), scorer, rescore_every, augment, views (auto, replay,
+    pacing (+ pacing_a/b/growth/step_length), scorer, rescore_every, augment, view_mode (auto, replay,
     clean), loader (auto, device, ffcv), workers, device, teacher_rows. `teacher` replaces the
-    store's targets by a live teacher, TeacherFn(positions, images, view) -> logits (the online-KD
+    store's targets by a live teacher, LogitSource(positions, images, view) -> logits (the online-KD
     baseline). The validation split is not augmented, has lambda 0, and its target is the teacher's
     validation logits (when the store has them)."""
 
@@ -92,7 +93,7 @@ class StoreLoader:
         split: str = "train",
         config: LoaderConfig | None = None,
         *,
-        teacher: TeacherFn | None = None,
+        teacher: LogitSource | None = None,
         **options: Any,
     ) -> None:
         if split not in SPLITS:
@@ -111,7 +112,7 @@ class StoreLoader:
         self._reading: list[int] | None = None  # [epoch, batches yielded] of the iteration under way
         self._skip: tuple[int, int] | None = None  # (epoch, batches) the loader underneath starts after
         self.aug: torch.Generator | None = None
-        self.schedule: Schedule | None = None  # the training split's order of each epoch
+        self.plan: EpochPlan | None = None  # the training split's order of each epoch
         self._aug_at_epoch: torch.Tensor | None = None
         if split == "train":
             self._set_up_train(teacher)
@@ -120,27 +121,27 @@ class StoreLoader:
 
     # ---- set-up -------------------------------------------------------------------------------
 
-    def _check_train(self, teacher: TeacherFn | None) -> bool:
+    def _check_train(self, teacher: LogitSource | None) -> bool:
         """The checks of a training split; returns whether the store's views are replayed."""
         cfg, data, n = self.config, self.data, len(self.sample_id)
         if self.variant.needs_teacher and data.teacher_logits is None and teacher is None:
             raise KdstoreError(f"variant {self.variant.name} needs teacher logits from a store")
-        mode = VIEW_MODES[cfg.views]
+        mode = VIEW_MODES[cfg.view_mode]
         if mode.needs_views and data.views is None:
-            raise KdstoreError("--views replay: the store has no views (make one with `kdstore cache --views K`)")
+            raise KdstoreError("--view-mode replay: the store has no views (make one with `kdstore cache --views K`)")
         replay = mode.replay(data.views is not None, cfg.augment)
         views = data.views
         if replay and views is not None and views.sample and cfg.tau != views.sample_tau:
             raise KdstoreError(
                 f"--tau {cfg.tau} differs from the temperature the store's views were sampled at ({views.sample_tau}); "
-                f"pass --tau {views.sample_tau} (or --views clean)"
+                f"pass --tau {views.sample_tau} (or --view-mode clean)"
             )
         kind = views.storage if replay and views is not None and teacher is None else "logits"
         if self.variant.needs_teacher and cfg.distill_term().spec.full_logits and kind != "logits":
             kept = {"topk": "only their top-k logits", "sample": "sampled class ids, not logits"}[kind]
             raise KdstoreError(
                 f"--loss {cfg.loss} needs the teacher's full logits, and the store's views keep {kept} "
-                "(train with --views clean, or cache views without --topk/--sample)"
+                "(train with --view-mode clean, or cache views without --topk/--sample)"
             )
         if self.variant.needs_teacher and cfg.distill_term().spec.pairs:
             count = views.count if replay and views is not None else 0
@@ -148,8 +149,12 @@ class StoreLoader:
                 raise KdstoreError(
                     f"--loss {cfg.loss} reads two stored views of every image: "
                     + (f"the store has {count} per image" if views is not None else "the store has no views")
-                    + ("" if replay or views is None else " and they are not replayed (--views clean or --no-augment)")
-                    + " (cache with --views K, K >= 2, and train with --views auto or replay)"
+                    + (
+                        ""
+                        if replay or views is None
+                        else " and they are not replayed (--view-mode clean or --no-augment)"
+                    )
+                    + " (cache with --views K, K >= 2, and train with --view-mode auto or replay)"
                 )
         world = self.ctx.world
         if cfg.batch_size % world:
@@ -162,7 +167,7 @@ class StoreLoader:
             )
         return replay
 
-    def _set_up_train(self, teacher: TeacherFn | None) -> None:
+    def _set_up_train(self, teacher: LogitSource | None) -> None:
         cfg, data, ctx = self.config, self.data, self.ctx
         replay = self._check_train(teacher)
         distributed.agree(ctx, "the data", data.identity)
@@ -170,7 +175,7 @@ class StoreLoader:
         self.local = cfg.batch_size // ctx.world
         self.drop_last = ctx.world == 1 and n % cfg.batch_size == 1 and n > 1  # a lone last sample breaks BatchNorm
         scores = data.scores or Scores(np.ones(n, dtype=np.float32), Positions(np.arange(n)), "none")
-        self.schedule = Schedule(
+        self.plan = EpochPlan(
             ordering=self.variant.ordering,
             pacing=cfg.pacing,
             params=cfg.pacing_params,
@@ -193,7 +198,7 @@ class StoreLoader:
 
     def _set_up_val(self) -> None:
         cfg, ctx, data = self.config, self.ctx, self.data
-        self.local, self.drop_last, self.schedule = cfg.batch_size, False, None
+        self.local, self.drop_last, self.plan = cfg.batch_size, False, None
         self.positions = np.arange(ctx.rank, len(self.sample_id), ctx.world)
         self._batches = len(batch_sizes(len(self.positions), self.local, self.drop_last))
         self.inner, self.resident, self.loader_used = self._inner(data.val_beton, lambda epoch: self.positions)
@@ -233,14 +238,14 @@ class StoreLoader:
             if not fits(decoded_bytes(data.train_beton, data.image_size), self.device):
                 raise KdstoreError(
                     "the store's views are mixed: their partner images must be held in memory, and this training "
-                    "split does not fit (train with --views clean)"
+                    "split does not fit (train with --view-mode clean)"
                 )
             split = resident_split(data.train_beton, self.device, cfg.workers)
         partners = resident_partners(split.images, self.mean, self.std)
         label_mix = view_label_mix(data.views, split.labels, self.device, cfg.teacher_rows)
         return replay_views(data.views, cfg.seed, self.device, cfg.teacher_rows, partners, second), label_mix
 
-    def _teacher_fn(self, replay: bool, teacher: TeacherFn | None) -> TeacherFn | None:
+    def _teacher_fn(self, replay: bool, teacher: LogitSource | None) -> LogitSource | None:
         """Where a batch's teacher targets come from (loader/teacher_targets.py): `teacher` when
         given (online KD), else the store's views or clean logits; None for a variant without one."""
         data, placement = self.data, self.config.teacher_rows
@@ -258,11 +263,9 @@ class StoreLoader:
 
     def rank_order(self, epoch: int) -> np.ndarray:
         """This rank's positions in `epoch`, in the order its batches hold them."""
-        if self.schedule is None:
+        if self.plan is None:
             return self.positions
-        return distributed.rank_positions(
-            self.schedule.order(epoch), self.config.batch_size, self.ctx.rank, self.ctx.world
-        )
+        return distributed.rank_positions(self.plan.order(epoch), self.config.batch_size, self.ctx.rank, self.ctx.world)
 
     def _inner_order(self, epoch: int) -> np.ndarray:
         """What the loader underneath visits: the rank's order, less the batches a resumed epoch has done."""
@@ -273,10 +276,10 @@ class StoreLoader:
 
     def lambdas(self, epoch: int) -> np.ndarray:
         """lambda of each batch of `epoch` (docs/method.md; 0 on a validation split)."""
-        if self.schedule is None:
+        if self.plan is None:
             return np.zeros(len(self))
-        order = self.schedule.order(epoch)  # global: a batch's lambda is the same on every rank
-        confidence = self.schedule.scores.confidence
+        order = self.plan.order(epoch)  # global: a batch's lambda is the same on every rank
+        confidence = self.plan.scores.confidence
         lams = POLICIES[self.variant.policy](
             confidence[order], self.config.batch_size, self.config.lam, float(confidence.max())
         )
@@ -316,14 +319,14 @@ class StoreLoader:
 
     def rescore_due(self, epoch: int) -> bool:
         """Whether `scorer student` rebuilds the curriculum before `epoch` (call rescore then)."""
-        return self.schedule is not None and SCORERS[self.config.scorer](epoch, self.config.rescore_every)
+        return self.plan is not None and SCORERS[self.config.scorer](epoch, self.config.rescore_every)
 
     def rescore(
         self, model: torch.nn.Module, *, input_size: int | None = None, amp: bool = True, progress: bool = False
     ) -> Scores:
         """Score the clean training images with `model` (one inference pass; eval mode) and order
         the following epochs by its confidences (the curriculum rules of docs/method.md)."""
-        assert self.schedule is not None, "only a training split has an order to rescore"
+        assert self.plan is not None, "only a training split has an order to rescore"
         inp = ModelInput(
             model=model,
             mean=self.mean,
@@ -335,7 +338,7 @@ class StoreLoader:
         scores = score_train_set(
             inp, self.data, self.labels, self.config.workers, self.ctx, f"student@{self.epoch + 1}", progress
         )
-        self.schedule.set_scores(scores)
+        self.plan.set_scores(scores)
         return scores
 
     # ---- batches -----------------------------------------------------------------------------
@@ -409,7 +412,7 @@ class StoreLoader:
         mid_epoch = reading is not None and 0 < reading[1] < len(self)
         epoch, batch = (reading[0], reading[1]) if mid_epoch and reading is not None else (self.epoch, 0)
         aug = None if self.aug is None else (self._aug_at_epoch if mid_epoch else self.aug.get_state())
-        scores = self.schedule.scores if self.schedule is not None and self.schedule.scores.computed else None
+        scores = self.plan.scores if self.plan is not None and self.plan.scores.computed else None
         return {
             "epoch": epoch,
             "batch": batch,
@@ -437,9 +440,9 @@ class StoreLoader:
         if self.aug is not None and state.get("augment") is not None:
             self.aug.set_state(state["augment"])
             self._aug_at_epoch = state["augment"]
-        if state.get("scores") is not None and self.schedule is not None:
+        if state.get("scores") is not None and self.plan is not None:
             saved = state["scores"]
-            self.schedule.set_scores(
+            self.plan.set_scores(
                 Scores(
                     saved["confidence"].numpy(),
                     Positions(saved["curriculum_positions"].numpy().astype(np.int64)),
@@ -485,7 +488,7 @@ def _views_used(views) -> dict[str, Any]:
     return {"mode": "replay", "count": views.count, "topk": views.topk, "sample": views.sample, "mix": views.mix}
 
 
-def _target_kind(fn: TeacherFn | None, given: TeacherFn | None, views) -> str:
+def _target_kind(fn: LogitSource | None, given: LogitSource | None, views) -> str:
     """Target.kind of a training split's batches (batch.TARGET_KINDS)."""
     if fn is None:
         return "none"

@@ -1,8 +1,8 @@
-"""Where a training step's teacher targets come from (TeacherFn): the store's clean logits, the
+"""Where a training step's teacher targets come from (LogitSource): the store's clean logits, the
 logits of the stored view each sample was augmented with (full, top-k expanded, or sampled ids
 as their empirical distribution), or a live teacher (the online-KD baseline).
 
-    TeacherFn(positions (B,), augmented images, view index or None) -> logits (B, C) float32"""
+    LogitSource(positions (B,), augmented images, view index or None) -> logits (B, C) float32"""
 
 from __future__ import annotations
 
@@ -17,16 +17,16 @@ from kdstore.runtime.precision import autocast, device_layout
 from kdstore.store.rows import Rows
 from kdstore.store.views import Views
 
-TeacherFn = Callable[[np.ndarray, torch.Tensor, np.ndarray | None], torch.Tensor]
+LogitSource = Callable[[np.ndarray, torch.Tensor, np.ndarray | None], torch.Tensor]
 
 
-def cached_teacher(logits: np.ndarray, device: torch.device, placement: str = "auto") -> TeacherFn:
+def cached_teacher(logits: np.ndarray, device: torch.device, placement: str = "auto") -> LogitSource:
     """The store's logits of the clean images, looked up by position. logits: (N, C)."""
     rows = Rows(logits, device, placement)
     return lambda pos, images, view: rows(pos).float()
 
 
-def view_teacher(views: Views, num_classes: int, device: torch.device, placement: str = "auto") -> TeacherFn:
+def view_teacher(views: Views, num_classes: int, device: torch.device, placement: str = "auto") -> LogitSource:
     """The store's logits of the view each sample was augmented with (top-k views expanded;
     sampled views as tau * log of their ids' empirical distribution, sparse_targets.sampled_target)."""
     if views.sample_ids is not None:
@@ -39,8 +39,8 @@ def view_teacher(views: Views, num_classes: int, device: torch.device, placement
     return lambda pos, images, view: topk_expand(values(pos, view), indices(pos, view), fill(pos, view), num_classes)
 
 
-def online_teacher(model: torch.nn.Module, input_size: int, device: torch.device, amp: bool = False) -> TeacherFn:
-    """The online-KD baseline's TeacherFn: the teacher (eval, inference mode; with `amp`, bf16 on
+def online_teacher(model: torch.nn.Module, input_size: int, device: torch.device, amp: bool = False) -> LogitSource:
+    """The online-KD baseline's LogitSource: the teacher (eval, inference mode; with `amp`, bf16 on
     CUDA, in the layout precision.for_device gave it) on every augmented batch."""
     model.eval()
 

@@ -8,7 +8,7 @@ CLIP_RANGE, where its softmax weight is below e^-64 of the max's at tau = 1 and 
 at tau = 4. So softmax(z / tau) at any tau >= 1 is kept as closely as 8 uniform steps allow: the
 error shrinks with tau (KL ~ scale^2 / (24 tau^2)); benchmarks/RESULTS.md measures it. Rows are
 quantised one by one (a row's codes depend on that row only), so a store extended with
---add-views quantises its new views as a fresh cache would.
+--extend quantises its new views as a fresh cache would.
 
 A constant row has scale 0 and every code -128 (offset = the value); ties stay ties. A row with
 NaN or +inf gets a NaN scale, which `verify` (and every writer's final check) refuses."""

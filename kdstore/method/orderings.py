@@ -1,7 +1,7 @@
 """What a run visits in each epoch: the variant's ordering, a pacing function, and the scores
 (the teacher's, or the student's own snapshots) that a curriculum is built from.
 Everything here is data in registries (ORDERINGS, pacing.PACINGS, SCORERS); the training loop
-asks a `Schedule` for an epoch's positions and never branches on which ordering, pacing or
+asks a `EpochPlan` for an epoch's positions and never branches on which ordering, pacing or
 scorer it runs."""
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def conflict(ordering: str, pacing: str, scorer: str, variant: str) -> str | Non
 
 
 @dataclass(kw_only=True)
-class Schedule:
+class EpochPlan:
     """The global positions each epoch visits, in order (a rank takes its share of each batch).
 
     Without pacing an epoch is the ordering's N positions (cut to `length`); with pacing, batch k

@@ -89,7 +89,7 @@ Keep = Callable[[torch.Tensor, np.ndarray], dict[str, torch.Tensor]]
 def keep_views(topk: int = 0, sample: int = 0, tau: float = 1.0, seed: int = 0, first_view: int = 0) -> Keep:
     """What a store keeps of each view: the full logits, their top-k form, or `sample` class ids
     drawn from softmax(z / tau) (views.py); `first_view` numbers the views (a store extended with
-    --add-views draws its new views as a fresh cache with more views would)."""
+    --extend draws its new views as a fresh cache with more views would)."""
     if sample:
         return lambda logits, pos: {
             "sample_ids": sample_classes(
@@ -120,7 +120,7 @@ def views_forward(
     (mixed views) mix with the partner augmented alike, then resize to the teacher's input.
 
     Views 0-7, 8-15, ... of `params` (on CUDA; one by one on the CPU: views_per_forward) go
-    through the teacher together, one forward each; a store extended with --add-views starts
+    through the teacher together, one forward each; a store extended with --extend starts
     `params` at such a boundary, so that every forward holds the images a fresh cache's would."""
     inp.model.eval()
     aug = AUGMENTATIONS[augmentation]

@@ -20,13 +20,14 @@ from kdstore.method.distill_losses import LOSSES, options_for
 from kdstore.method.orderings import SCORERS, conflict
 from kdstore.method.pacing import PACINGS
 from kdstore.method.variants import PAPER_VARIANTS, VARIANTS, get_variant
-from kdstore.options import differing, fields_of, opt, to_dict, with_policy
+from kdstore.options import differing, fields_of, old_names, opt, to_dict, with_policy
 from kdstore.report import tables as report
 from kdstore.runtime.console import clock, say
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
 
 
+@old_names
 @dataclass(frozen=True, kw_only=True)
 class SweepConfig:
     """`kdstore sweep`: the arms and seeds; every other option is `base`'s, the TrainConfig each
@@ -38,8 +39,11 @@ class SweepConfig:
     seeds: str = opt("0,1,2", "Comma-separated seeds.")
     pacing: str = opt("none", "Comma-separated pacing functions, each an arm.", choices=lambda: list(PACINGS))
     scorer: str = opt("teacher", "Comma-separated scorers, each an arm.", choices=lambda: list(SCORERS))
-    views: str = opt(
-        "auto", "Comma-separated views modes (replay, clean), each an arm.", choices=lambda: list(VIEW_MODES)
+    view_modes: str = opt(
+        "auto",
+        "Comma-separated view modes (replay, clean), each an arm.",
+        choices=lambda: list(VIEW_MODES),
+        was="views",
     )
     losses: str = opt(
         "kd",
@@ -87,7 +91,7 @@ def parse_scorers(spec: str) -> list[str]:
 
 
 def parse_views(spec: str) -> list[str]:
-    return parse_choices(spec, dict.fromkeys(VIEW_MODES), "--views")
+    return parse_choices(spec, dict.fromkeys(VIEW_MODES), "--view-modes")
 
 
 def arms(
@@ -110,9 +114,9 @@ def arms(
                 if conflict(variant.ordering, p, s, v) is None:
                     out.extend(
                         replace(
-                            base, variant=v, pacing=p, scorer=s, views=m, loss=k, loss_options=options_for(k, given)
+                            base, variant=v, pacing=p, scorer=s, view_mode=m, loss=k, loss_options=options_for(k, given)
                         )
-                        for m in (views or [base.views])
+                        for m in (views or [base.view_mode])
                         for k in kinds
                     )
     return out
@@ -177,7 +181,7 @@ def run(sweep: SweepConfig) -> dict[str, Any]:
         parse_variants(sweep.variants),
         parse_pacings(sweep.pacing),
         parse_scorers(sweep.scorer),
-        parse_views(sweep.views),
+        parse_views(sweep.view_modes),
         parse_choices(sweep.losses, LOSSES, "--losses"),
     )
     _check_losses(base, configs)

@@ -26,7 +26,7 @@ def draw_mix(
     kind: str, n: int, k: int, image_size: int, alpha: float, seed: int, first_view: int = 0
 ) -> dict[str, np.ndarray]:
     """Mixing parameters of k views of n samples, view by view from (seed, view), so the first k'
-    views of a k-view draw are the k'-view draw (and --add-views draws views first_view.. alone):
+    views of a k-view draw are the k'-view draw (and --extend draws views first_view.. alone):
     a partner position, the weight lambda ~ Beta(alpha, alpha) of the sample's own image, and for
     cutmix a box with area share 1 - lambda (clipped to the image; lambda is then its true share)."""
     partner, lam, box = np.empty((n, k), np.int32), np.empty((n, k), np.float32), np.zeros((n, k, 4), np.int32)

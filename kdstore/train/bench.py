@@ -160,7 +160,7 @@ class _Runner:
             amp=cfg.amp,
             compile=cfg.compile,
             loader=cfg.loader,
-            views="clean",
+            view_mode="clean",
             agreement_samples=0,
             progress=False,
             tensorboard=False,

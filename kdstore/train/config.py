@@ -13,10 +13,11 @@ from kdstore.loader.config import LoaderConfig
 from kdstore.method.pacing import PACINGS, PacingParams
 from kdstore.method.variants import get_variant
 from kdstore.models.build import STEMS
-from kdstore.options import opt, opt_from, path_problems, type_problems
+from kdstore.options import old_names, opt, opt_from, path_problems, type_problems, with_new_names
 from kdstore.store.publish import enclosing_store
 
 
+@old_names
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Everything a run depends on; saved as config.json and inside checkpoint.pt.
@@ -112,7 +113,7 @@ class TrainConfig:
     workers: int = opt_from(LoaderConfig, "workers", resume="may_change", teacher=True, sweep="base")
     device: str = opt_from(LoaderConfig, "device", resume="may_change", teacher=True, sweep="base")
     augment: bool = opt_from(LoaderConfig, "augment", resume="fixed", teacher=True, sweep="base")
-    views: str = opt_from(LoaderConfig, "views", resume="fixed", teacher=False, sweep="arm")
+    view_mode: str = opt_from(LoaderConfig, "view_mode", resume="fixed", teacher=False, sweep="arm")
     amp: bool = opt(
         True,
         "Mixed precision on CUDA (bf16 where supported); ignored on the CPU.",
@@ -218,7 +219,8 @@ class TrainConfig:
     def recorded(saved: dict[str, Any]) -> dict[str, Any]:
         """A run's recorded options (its config.json or checkpoint), with the options it predates at
         their defaults (NEWER_OPTIONS: a run from before `--loss` trained kd), so that a resume or a
-        sweep compares what the run really did."""
+        sweep compares what the run really did. A renamed option's old key reads as its new name."""
+        saved = with_new_names(TrainConfig, saved)
         return {**{k: v for k, v in NEWER_OPTIONS.items() if k not in saved}, **saved}
 
     @property
@@ -232,7 +234,7 @@ class TrainConfig:
             + ("+ls" if self.logit_standardize else "")
             + (f"+{self.pacing}" if PACINGS[self.pacing] is not None else "")
             + (f"+{self.scorer}" if self.scorer != defaults.scorer else "")
-            + (f"+{self.views}" if self.views != defaults.views else "")
+            + (f"+{self.view_mode}" if self.view_mode != defaults.view_mode else "")
         )
 
 

@@ -35,8 +35,8 @@ def test_budgets_are_read_in_decimal_and_binary_units_and_per_sample():
             parse_budget(bad)
     with pytest.raises(KdstoreError, match="--budget"):
         CacheConfig(dataset="digits", checkpoint="t.pt", budget="20 furlongs").validate()
-    with pytest.raises(KdstoreError, match="not to --add-views"):
-        CacheConfig(add_views="stores/s", views=4, budget="1GB").validate()
+    with pytest.raises(KdstoreError, match="not to --extend"):
+        CacheConfig(extend="stores/s", views=4, budget="1GB").validate()
 
 
 def test_a_teacher_sure_of_two_classes_is_kept_whole_by_top_2():

@@ -93,7 +93,7 @@ def test_unknown_dataset(tmp_path):
         (["--pacing", "linear"], "needs a variant with a fixed order"),
         (["--variant", "kd-cl", "--pacing", "linear", "--pacing-a", "0"], "--pacing-a must be in (0, 1]"),
         (["--variant", "kd-cl", "--scorer", "student", "--rescore-every", "0"], "--rescore-every must be >= 1"),
-        (["--variant", "kd-cl", "--views", "replay"], "the store has no views"),
+        (["--variant", "kd-cl", "--view-mode", "replay"], "the store has no views"),
     ],
 )
 def test_absurd_values(args, needle, digits_store, tmp_path):
@@ -304,7 +304,7 @@ def _cli(*args, timeout=300):
 
 def test_add_views_without_weights_names_the_stores_teacher(small_store):
     text = _fails(
-        ["cache", "--add-views", str(small_store), "--views", "4"],
+        ["cache", "--extend", str(small_store), "--views", "4"],
         "the store's teacher is cifar_resnet8; give the checkpoint it was cached from with --checkpoint (sha256 ",
     )
     assert "None" not in text

@@ -1,6 +1,6 @@
 """Reliability V: what a careless or hostile user found losing data or training silently wrong,
 each through the CLI: --overwrite of what is not a store, int8 parts missing or damaged,
---add-views given another dtype. Each test failed before its fix."""
+--extend given another dtype. Each test failed before its fix."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def test_a_staging_directory_kdstore_did_not_make_is_left_alone(tmp_path):
     assert (stage / "notes.txt").read_text() == "mine"
 
 
-# --- 2. int8 scales are part of the schema; 6. --add-views keeps the dtype ---------------------
+# --- 2. int8 scales are part of the schema; 6. --extend keeps the dtype ---------------------
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_bad_scales_are_refused_on_open_for_training_and_inspect(int8_store, tmp
 def test_add_views_refuses_another_logits_dtype(int8_store, tmp_path):
     copy = tmp_path / "s"
     shutil.copytree(int8_store, copy)
-    args = ["cache", "--add-views", copy, "--views", "2", "--allow-untrained", "--no-progress"]
+    args = ["cache", "--extend", copy, "--views", "2", "--allow-untrained", "--no-progress"]
     _refused([*args, "--logits-dtype", "float16"], "--logits-dtype float16 (the store has int8)")
     assert json.loads((copy / "MANIFEST.json").read_text()) == json.loads((int8_store / "MANIFEST.json").read_text())
     assert not os.path.exists(tmp_path / ".s.partial")

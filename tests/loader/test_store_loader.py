@@ -116,7 +116,7 @@ def test_bad_input_is_one_line(small_store):
     n = len(Store.open(small_store).train)
     cases = [
         (lambda: StoreLoader(small_store, split="test"), "unknown split 'test'"),
-        (lambda: _loader(small_store, views="replay"), "has no views"),
+        (lambda: _loader(small_store, view_mode="replay"), "has no views"),
         (lambda: _loader(small_store, batch_size=n + 1), f"larger than the {n} training samples"),
         (lambda: _loader(small_store, batchsize=4), "did you mean batch_size"),
         (lambda: _loader(small_store, variant="kd-xx"), "unknown variant"),

@@ -7,7 +7,7 @@ import pytest
 
 from kdstore.method.curriculum import confidence_and_correct, curriculum, inverse
 from kdstore.method.kd_weight import POLICIES, batch_means, sr_lambda
-from kdstore.method.orderings import Schedule, Scores
+from kdstore.method.orderings import EpochPlan, Scores
 from kdstore.method.pacing import PacingParams
 
 
@@ -69,7 +69,7 @@ def test_epoch_orders():
     scores = Scores(np.linspace(1, 0.1, 10), np.array([3, 1, 2, 0, 9, 8, 7, 6, 5, 4]))
 
     def make(ordering, seed=3):
-        return Schedule(
+        return EpochPlan(
             ordering=ordering,
             pacing="none",
             params=PacingParams(),

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from kdstore.method.orderings import Schedule, Scores
+from kdstore.method.orderings import EpochPlan, Scores
 from kdstore.method.pacing import (
     PACINGS,
     PacingParams,
@@ -71,7 +71,7 @@ def test_paced_schedule_grows_the_curriculum_prefix_and_is_seeded():
     scores = Scores(np.ones(n, dtype=np.float32), curriculum)
 
     def make(ordering, seed=0):
-        return Schedule(
+        return EpochPlan(
             ordering=ordering,
             pacing="linear",
             params=PacingParams(a=0.5, b=0.1),

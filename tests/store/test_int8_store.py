@@ -78,7 +78,7 @@ def test_int8_and_float16_stores_of_the_same_values_train_bit_identically(exact_
         assert (a["train_loss"], a["val_acc"], a["val_loss"]) == (b["train_loss"], b["val_acc"], b["val_loss"])
     # int8 rows read from the file (mapped) and from a table in memory (device placement on the CPU)
     loaders = [
-        StoreLoader(exact_stores["int8"], variant="kd-cl-sr", views="replay", workers=1, teacher_rows=placement)
+        StoreLoader(exact_stores["int8"], variant="kd-cl-sr", view_mode="replay", workers=1, teacher_rows=placement)
         for placement in ("mapped", "device")
     ]
     pairs = list(zip(*loaders, strict=True))

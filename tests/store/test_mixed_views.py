@@ -1,5 +1,5 @@
 """Mixed views (`cache --mix mixup|cutmix`): seeded mixing parameters, replayed pixel for pixel
-with the partner's label mixed into the CE term, extended byte-identically by --add-views."""
+with the partner's label mixed into the CE term, extended byte-identically by --extend."""
 
 import numpy as np
 import pytest
@@ -18,6 +18,7 @@ from kdstore.passes import inference
 from kdstore.store.format import Store
 from kdstore.store.mixes import draw_mix
 from kdstore.store.verification import verify
+from kdstore.train import build as train_build
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
 
@@ -90,14 +91,14 @@ def test_mixed_views_replay_the_pixels_the_teacher_scored(mix, synthetic_folder,
     v = Store.open(out).train.views
     assert v.mix == mix and v.mix_partner.shape == (30, 2) and (v.mix_box is not None) == (mix == "cutmix")
     seen_inputs, seen_ids, mixes = [], [], []
-    real_build, real_loss = train.build_model, batch_module.student_loss
+    real_build, real_loss = train_build.build_model, batch_module.student_loss
 
     def recording_build(*args, **kwargs):
         model, meta = real_build(*args, **kwargs)
         model.register_forward_pre_hook(lambda m, a: seen_inputs.append(a[0].detach().clone()) if m.training else None)
         return model, meta
 
-    monkeypatch.setattr(train, "build_model", recording_build)
+    monkeypatch.setattr(train_build, "build_model", recording_build)
     monkeypatch.setattr(batch_module, "student_loss", lambda *a: mixes.append(a[6]) or real_loss(*a))
     summary = train.run(
         TrainConfig(
@@ -138,5 +139,5 @@ def test_add_views_extends_mixed_views_byte_identically(synthetic_folder, tmp_pa
     data = f"imagefolder:{synthetic_folder}"
     cache.run(CacheConfig(dataset=data, out=str(tmp_path / "grown"), views=1, mix="cutmix", **spec))
     cache.run(CacheConfig(dataset=data, out=str(tmp_path / "fresh"), views=3, mix="cutmix", **spec))
-    cache.run(CacheConfig(add_views=str(tmp_path / "grown"), views=3, **spec))
+    cache.run(CacheConfig(extend=str(tmp_path / "grown"), views=3, **spec))
     assert (tmp_path / "grown" / "teacher.h5").read_bytes() == (tmp_path / "fresh" / "teacher.h5").read_bytes()

@@ -45,7 +45,7 @@ def test_draws_follow_the_softmax_at_tau_and_ignore_the_batch():
     part = sample_classes(batch[2:4], draw_uniforms(3, np.arange(12, 14), np.array([0, 1]), 5), 4.0)
     assert torch.equal(whole[2:4], part)
     later = sample_classes(batch[:, 1:], draw_uniforms(3, np.arange(10, 16), np.array([1]), 5), 4.0)
-    assert torch.equal(whole[:, 1:], later)  # view 1 drawn alone (as --add-views would) is the same
+    assert torch.equal(whole[:, 1:], later)  # view 1 drawn alone (as --extend would) is the same
 
 
 def test_sampled_target_is_the_empirical_distribution_and_its_kd_gradient_is_unbiased():
@@ -161,7 +161,7 @@ def test_sample_options_are_checked(tmp_path, synthetic_folder):
 
 
 @pytest.mark.slow
-# full logits take the path of top-k's indices and fill in --add-views (the same concatenation of
+# full logits take the path of top-k's indices and fill in --extend (the same concatenation of
 # stored arrays); int8 top-k values join their codes, scales and offsets alike
 @pytest.mark.parametrize(
     "storage",
@@ -177,7 +177,7 @@ def test_add_views_is_byte_identical_to_a_fresh_cache_with_more_views(storage, t
     cache.run(CacheConfig(dataset=data, out=str(tmp_path / "grown"), views=3, **base, **storage))
     cache.run(CacheConfig(dataset=data, out=str(tmp_path / "fresh"), views=5, **base, **storage))
     betons = {n: (tmp_path / "grown" / n).stat().st_ino for n in ("train.beton", "val.beton")}
-    cache.run(CacheConfig(add_views=str(tmp_path / "grown"), views=5, **base))
+    cache.run(CacheConfig(extend=str(tmp_path / "grown"), views=5, **base))
     assert (tmp_path / "grown" / "teacher.h5").read_bytes() == (tmp_path / "fresh" / "teacher.h5").read_bytes()
     assert {n: (tmp_path / "grown" / n).stat().st_ino for n in betons} == betons  # hard-linked, not rewritten
     assert verify(tmp_path / "grown") == [] and Store.open(tmp_path / "grown").train.views.count == 5
@@ -199,7 +199,7 @@ def test_add_views_refuses_fewer_views_another_teacher_or_other_storage(tmp_path
         ({"views": 3, "teacher": "cifar_resnet20"}, "is not the store's"),
     ):
         with pytest.raises(KdstoreError, match=message):
-            cache.run(CacheConfig(add_views=str(tmp_path / "s"), **{**base, **kw}))
-    with pytest.raises(KdstoreError, match="give --dataset .* or --add-views"):
-        CacheConfig(add_views=str(tmp_path / "s"), dataset="digits", views=3, **base).validate()
+            cache.run(CacheConfig(extend=str(tmp_path / "s"), **{**base, **kw}))
+    with pytest.raises(KdstoreError, match="give --dataset .* or --extend"):
+        CacheConfig(extend=str(tmp_path / "s"), dataset="digits", views=3, **base).validate()
     assert (tmp_path / "s" / "teacher.h5").read_bytes() == before

@@ -22,6 +22,7 @@ from kdstore.method.variants import VARIANTS
 from kdstore.store.format import Store, write_manifest
 from kdstore.store.verification import verify
 from kdstore.store.views import draw_params
+from kdstore.train import build as train_build
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
 
@@ -81,14 +82,14 @@ def test_replayed_views_are_the_pixels_the_teacher_scored(views_store, synthetic
     v = store.train.views
     assert v.count == K and v.augmentation == "crop-flip" and v.logits.shape == (30, K, 3)
     seen_inputs, seen_ids = [], []
-    real_build = train.build_model
+    real_build = train_build.build_model
 
     def recording_build(*args, **kwargs):
         model, meta = real_build(*args, **kwargs)
         model.register_forward_pre_hook(lambda m, a: seen_inputs.append(a[0].detach().clone()) if m.training else None)
         return model, meta
 
-    monkeypatch.setattr(train, "build_model", recording_build)
+    monkeypatch.setattr(train_build, "build_model", recording_build)
     cfg = TrainConfig(
         out=str(tmp_path / "run"),
         store=str(views_store),

@@ -13,7 +13,7 @@ import torch.distributed
 from kdstore.cache import write as cache
 from kdstore.cache.config import CacheConfig
 from kdstore.method.kd_weight import POLICIES
-from kdstore.method.orderings import Schedule, Scores
+from kdstore.method.orderings import EpochPlan, Scores
 from kdstore.method.pacing import PacingParams
 from kdstore.method.variants import VARIANTS
 from kdstore.store.format import Store
@@ -118,7 +118,7 @@ def single_process_batches(store: Store, arm: str, epochs: int) -> list[tuple[in
     arm's epoch order in consecutive batches, and its lambda policy per batch."""
     variant, _, pacing = arm.partition("+")
     v, t = VARIANTS[variant], store.train
-    schedule = Schedule(
+    schedule = EpochPlan(
         ordering=v.ordering,
         pacing=pacing or "none",
         params=PacingParams(a=0.5),

@@ -8,6 +8,7 @@ import pytest
 from kdstore.method.kd_weight import POLICIES
 from kdstore.method.variants import VARIANTS
 from kdstore.store.format import Store
+from kdstore.train import build as train_build
 from kdstore.train import loop as train
 from kdstore.train.config import TrainConfig
 
@@ -42,13 +43,13 @@ def test_orders_are_sample_ids_not_positions(variant, shuffled_ids_store, tmp_pa
 
 def _trains_and_follows_its_order(variant, small_store, tmp_path, monkeypatch):
     built = []
-    real_build = train.build_model
+    real_build = train_build.build_model
 
     def recording_build(name, *args, **kwargs):
         built.append(name)
         return real_build(name, *args, **kwargs)
 
-    monkeypatch.setattr(train, "build_model", recording_build)
+    monkeypatch.setattr(train_build, "build_model", recording_build)
     seen: list[tuple[int, int, np.ndarray, float]] = []
     out = tmp_path / variant
     cfg = TrainConfig(

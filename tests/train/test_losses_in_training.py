@@ -125,7 +125,7 @@ def test_a_store_that_cannot_serve_the_loss_is_refused(synthetic_folder, tmp_pat
     assert result.exit_code == 0, result.output
     code, text = _train(out, tmp_path / "r", "--loss", "dkd")
     assert code == 2 and "--loss dkd needs the teacher's full logits" in text and "top-k" in text, text
-    code, text = _train(out, tmp_path / "r2", "--loss", "dkd", "--views", "clean")
+    code, text = _train(out, tmp_path / "r2", "--loss", "dkd", "--view-mode", "clean")
     assert code == 0, text
 
 
@@ -180,7 +180,7 @@ def test_mlkd_reads_two_distinct_stored_views_of_each_image(synthetic_folder, sm
     assert code == 0 and "warning: --loss mlkd at --lam 0.9: MLKD weighs its CE 1:1" in text, text
     for store_dir, extra, needle in (
         (small_store, [], "--loss mlkd reads two stored views of every image: the store has no views"),
-        (tmp_path / "v3", ["--views", "clean"], "they are not replayed (--views clean or --no-augment)"),
+        (tmp_path / "v3", ["--view-mode", "clean"], "they are not replayed (--view-mode clean or --no-augment)"),
         (tmp_path / "v3", ["--tau", "2"], "--loss mlkd needs --tau > its spread (2), got --tau 2"),
     ):
         code, text = _train(store_dir, tmp_path / "bad", "--loss", "mlkd", *extra)

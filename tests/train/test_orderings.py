@@ -108,10 +108,11 @@ def test_orderings_that_cannot_take_an_option_are_refused(tmp_path):
     ]
 
 
-def test_the_loop_names_no_variant_ordering_or_pacing():
-    """Variants, orderings, pacings, scorers, views modes and lambda policies are registry data:
-    train.py compares none of their names."""
-    tree = ast.parse(Path(train.__file__).read_text())
+@pytest.mark.parametrize("module", ["loop", "build", "epochs", "run_dir", "step"])
+def test_the_loop_names_no_variant_ordering_or_pacing(module):
+    """Variants, orderings, pacings, scorers, view modes and lambda policies are registry data:
+    no module of the training loop compares their names."""
+    tree = ast.parse((Path(train.__file__).parent / f"{module}.py").read_text())
     names = (
         set(VARIANTS) | set(ALIASES) | set(ORDERINGS) | set(PACINGS) | set(SCORERS) | set(VIEW_MODES) | set(POLICIES)
     )
