@@ -44,8 +44,10 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # The documentation as a site (site/): docs/ plus the README as its first page (its links made
-# the site's), built strictly: a broken link or a public name without a docstring fails.
+# the site's), its figures drawn from the library (docs/figures.py), built strictly: a broken
+# link or a public name without a docstring fails.
 docs: $(STAMP)
+	$(PY) docs/figures.py
 	sed -e 's#](docs/#](#g' -e 's#](benchmarks/RESULTS.md)#](results.md)#g' README.md > docs/index.md
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 

@@ -271,7 +271,8 @@ def click_options(
             fn = _taking_old_names(fn, {was: f.name for was, f in old.items()})
         for was, f in old.items():  # hidden: the help lists the new names only
             kind = click.Path() if f.metadata.get("path") else _base_type(f)
-            fn = click.option(f"--{was.replace('_', '-')}", f"_was_{was}", type=kind, hidden=True)(fn)
+            note = f"Deprecated: the old name of --{f.name.replace('_', '-')}."
+            fn = click.option(f"--{was.replace('_', '-')}", f"_was_{was}", type=kind, hidden=True, help=note)(fn)
         for f in reversed(wanted):
             fn = _click_option(f)(fn)
         return fn

@@ -1,4 +1,5 @@
-"""Helpers the tests share: a synthetic ImageFolder, a resealed store, the real CIFAR-10 images."""
+"""Helpers the tests share: a synthetic ImageFolder, a resealed store, the real CIFAR-10 images,
+the README's commands."""
 
 from __future__ import annotations
 
@@ -43,3 +44,25 @@ def make_imagefolder(
                 img[o : o + size // 3, o : o + size // 3] = 255
                 Image.fromarray(img).save(d / f"{i:03d}.png")
     return root
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_commands(section: str | None = None) -> list[str]:
+    """The README's indented `kdstore ...` lines (in `## section` only, if given), continuation
+    lines (ending in \\) joined and trailing `# comments` dropped."""
+    lines, joined, inside = README.read_text().splitlines(), [], section is None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("## "):
+            inside = section is None or line[3:].strip() == section
+        elif inside and line.startswith("    kdstore "):
+            text = line.strip()
+            while text.endswith("\\") and i + 1 < len(lines):
+                i += 1
+                text = text[:-1] + " " + lines[i].strip()
+            joined.append(text.split("  #")[0].strip())
+        i += 1
+    return joined

@@ -272,3 +272,30 @@ def test_every_exported_command_config_has_a_run_of_one_config():
             assert len(required) == 1, f"kdstore.{name}.run takes {len(required)} positional arguments"
             runs[str(required[0].annotation).split(".")[-1]] = name
     assert configs <= set(runs), sorted(configs - set(runs))
+
+
+def test_the_drawing_of_the_layers_in_the_docs_is_the_layer_list():
+    """docs/development.md draws the house (a mermaid flowchart whose node ids are the layers'
+    names): it shows every layer, each arrow climbs, and no path leads from the writer (cache) to
+    the reader (loader, train), which stand side by side over passes."""
+    import re
+
+    text = (PACKAGE.parent / "docs" / "development.md").read_text()
+    block = text.split("```mermaid\n", 1)[1].split("```", 1)[0]
+    edges = re.findall(r"^\s*(\w+)(?:\[[^\]]*\])? --> (\w+)", block, flags=re.M)
+    order = [name for name, _ in LAYERS]
+    assert {n for e in edges for n in e} == set(order)
+    assert [e for e in edges if order.index(e[0]) >= order.index(e[1])] == []
+
+    def reachable(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            node = todo.pop()
+            for a, b in edges:
+                if a == node and b not in seen:
+                    seen.add(b)
+                    todo.append(b)
+        return seen
+
+    assert not {"loader", "train"} & reachable("cache")
+    assert {"cache", "loader"} <= reachable("passes")

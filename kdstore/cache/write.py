@@ -163,6 +163,7 @@ def _start(
 def _write_betons(job: _Cache) -> None:
     """Both .beton files (main rank; kept from an earlier run of a resumed cache), written before
     the teacher touches the device, so FFCV's writer never forks a process that holds a device."""
+    interrupts.phase("betons")
     for name in ("train", "val"):
         beton = job.stage / BETONS[name]
         if job.ctx.main and not job.staging.reusable(beton):
@@ -200,6 +201,7 @@ def _score(job: _Cache, passes: dict[str, tuple[str, Forward]]) -> dict[str, flo
     speed = {}
     for pass_name, (split_name, forward) in passes.items():
         lo, hi = distributed.shard(len(job.split(split_name)), cfg.batch_size, ctx.rank, ctx.world)
+        interrupts.phase("views" if pass_name == "views" else "teacher")
         label = f"teacher on {split_name}" + (f" ({cfg.views} views)" if pass_name == "views" else "")
         job_pass = ScorePass(
             beton=job.stage / BETONS[split_name],
@@ -302,6 +304,7 @@ def _estimate(cfg: CacheConfig, device: torch.device, inputs: Inputs, setup_s: f
     """The cache's estimate (estimate.py), printed; a cache that cannot fit the disk is refused.
     `timed`: with the teacher timed here (a cache on CUDA times it once its .beton files are
     written, so that FFCV's writer never forks a process that holds CUDA)."""
+    interrupts.phase("estimate")
     dataset, teacher, image_size = inputs
     est = estimate(cfg, dataset, image_size, setup_s, teacher if timed else None, device)
     show(
@@ -389,7 +392,7 @@ def _build(job: _Cache, est: Estimate | None) -> tuple[Store | None, Estimate | 
             est = _timed_now(job, est, inp)
         passes, mixed = _passes(job, inp)
         speed = _score(job, passes)
-        interrupts.check()
+        interrupts.phase("publish")  # teacher.h5, the manifest, the rename
         if job.ctx.main:
             _write_h5(job, _splits(job, list(passes), mixed), speed)
             finished = job.staging.finished()

@@ -44,18 +44,25 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except KdstoreError as e:
             click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+            _exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
-            sys.exit(130)
+            _exit(130)
         except (
             OSError
         ) as e:  # the environment: a full disk, a read-only or missing directory, a file where a directory goes
             where = f"{e.filename}: " if e.filename else ""
             click.echo(f"error: {where}{e.strerror or e}", err=True)
-            sys.exit(2)
+            _exit(2)
 
     return wrapper
+
+
+def _exit(code: int) -> None:
+    """Exit with `code`; a command stopped by a signal exits at once (interrupts.exit_now)."""
+    if interrupts.interrupted():
+        interrupts.exit_now(code)
+    sys.exit(code)
 
 
 CONFIG_MAX_BYTES = 1 << 20  # a run's config.json is a few KiB

@@ -22,6 +22,7 @@ import numpy as np
 
 from kdstore.data.datasets import ImageSplit
 from kdstore.errors import KdstoreError
+from kdstore.runtime import interrupts
 from kdstore.runtime.files import NEARLY_FULL_MIB, free_mib
 
 RAW_MAX_SIZE = 64  # images up to this size are stored as raw pixels (exact); larger ones as JPEG
@@ -161,8 +162,13 @@ def _write_in_child(split: ImageSplit, path: Path, workers: int, size: int, done
 
 
 def _stop(proc) -> None:
+    """Kill the writer's process group (it and its workers) and reap it; nothing if it never started."""
+    if proc.pid is None:
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        proc.kill()  # just forked, before its setpgrp(): the group above is not yet its own
     proc.join()
 
 
@@ -236,11 +242,12 @@ def write_beton(split: ImageSplit, path: Path, workers: int = 2) -> None:
     ctx = multiprocessing.get_context("fork")
     done = ctx.Value("Q", 0)
     proc = ctx.Process(target=_write_in_child, args=(split, path, workers, size, done, errors))
-    proc.start()
     try:
+        proc.start()  # the child starts with SIGINT and SIGTERM at their defaults (runtime.interrupts)
         _watch(proc, done, len(split), path)
     finally:
         _stop(proc)  # Ctrl-C, an error here, or a writer that died: never leave it or its workers behind
+    interrupts.check()  # a signal swallowed while the writer ran (a ctypes callback): stop here
     problems = [json.loads(line) for line in errors.read_text().splitlines()] if errors.is_file() else []
     errors.unlink(missing_ok=True)
     if problems or proc.exitcode != 0:

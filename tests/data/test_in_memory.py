@@ -95,7 +95,7 @@ def test_views_modes_are_identical_on_both_loaders(views, synthetic_folder, tmp_
                 progress=False,
             )
         )
-    kw = dict(epochs=2, batch_size=8, seed=1, variant="kd-cl-sr", views=views, workers=1, agreement_samples=0)
+    kw = dict(epochs=2, batch_size=8, seed=1, variant="kd-cl-sr", view_mode=views, workers=1, agreement_samples=0)
     ffcv_rows, ffcv_fed = _run(store, tmp_path / "ffcv", "ffcv", monkeypatch, **kw)
     dev_rows, dev_fed = _run(store, tmp_path / "dev", "device", monkeypatch, **kw)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(ffcv_fed, dev_fed)) and len(ffcv_fed) == len(dev_fed)

@@ -16,6 +16,7 @@ from kdstore.models import build as models
 from kdstore.models.build import build_model
 from kdstore.models.checkpoints import load_checkpoint
 from kdstore.store.format import Store
+from kdstore.train import build as train_build
 from kdstore.train import loop as train
 from kdstore.train import teacher
 from kdstore.train.config import TrainConfig
@@ -202,14 +203,14 @@ def test_freeze_epochs_train_only_the_head_and_head_lr(digits_store, tmp_path):
             snapshots[epoch] = {k: v.detach().clone() for k, v in model_ref["m"].state_dict().items()}
 
     model_ref = {}
-    real_build = train.build_model
+    real_build = train_build.build_model
 
     def keep(*args, **kwargs):
         model, meta = real_build(*args, **kwargs)
         model_ref["m"] = model
         return model, meta
 
-    train.build_model = keep
+    train_build.build_model = keep
     try:
         train.run(
             TrainConfig(
@@ -225,7 +226,7 @@ def test_freeze_epochs_train_only_the_head_and_head_lr(digits_store, tmp_path):
             hook=snap,
         )
     finally:
-        train.build_model = real_build
+        train_build.build_model = real_build
     after_frozen = snapshots[1]  # the start of epoch 2 = after the frozen epoch
     start = initial.state_dict()
     torch.testing.assert_close(after_frozen["stem.0.weight"], start["stem.0.weight"])
