@@ -400,7 +400,9 @@ def epoch_of(loader: Any) -> Any:
     """One pass over a loader (FFCV's, or any iterable); when the pass ends, done or not (an
     exception, Ctrl-C, SIGTERM, a break), FFCV's reader thread is told to stop and joined. A
     thread left decoding in numba's parallel region as Python exits aborts the process
-    ("terminate called without an active exception", SIGABRT) instead of exiting cleanly."""
+    ("terminate called without an active exception", SIGABRT) instead of exiting cleanly. A
+    command stopped by a signal does not wait for it (it may be compiling for a second or
+    more): it exits without Python's teardown, so no thread is destroyed under it."""
     batches = iter(loader)
     try:
         yield batches
@@ -408,7 +410,8 @@ def epoch_of(loader: Any) -> Any:
         stop = getattr(batches, "terminate_event", None)
         if stop is not None and batches.is_alive():
             stop.set()  # it exits once its queue is full and a put times out (0.5 s)
-            batches.join(STOP_S)
+            if not interrupts.interrupted():  # else the command exits at once (interrupts.exit_now): no wait
+                batches.join(STOP_S)
 
 
 def make_loader(

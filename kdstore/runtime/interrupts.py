@@ -4,9 +4,10 @@ Python raises KeyboardInterrupt wherever the main thread is when the signal land
 ctypes callback (numba compiling FFCV's pipeline, say) ctypes prints "Exception ignored" and
 carries on, and a cache would run to the end. So the handler also records the signal, and long
 loops call `check()` at safe points (`phase()` at the start of each phase of a command), which
-raises KeyboardInterrupt once a signal has been recorded; and the "Exception ignored" report of
-such a swallowed interrupt (a traceback on stderr) is left out: the command ends with its own
-one line.
+raises KeyboardInterrupt once a signal has been recorded, and a swallowed interrupt is delivered
+to the main thread again, to be raised as soon as it leaves the callback; the "Exception ignored"
+report of such a swallowed interrupt (a traceback on stderr) is left out: the command ends with
+its own one line.
 
 A process forked from the command (FFCV's writer and its workers, the estimate's sample writer)
 does not run this handler: SIGINT and SIGTERM are back at their defaults in it from the fork on
@@ -15,13 +16,16 @@ and says what it kept."""
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
 import sys
+import threading
 import time
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []
+_raised: list[int] = []  # KeyboardInterrupts raised (by the handler, or by check()), swallowed or not
 _owner: list[int] = []  # the pid that installed the handler (a forked child has another)
 _phase: list[str] = []  # the phase of the command under way (phase())
 
@@ -35,6 +39,7 @@ def handle(signum: int, frame: object) -> None:
         os.kill(os.getpid(), signum)
         return
     _received.append(signum)
+    _raised.append(signum)
     raise KeyboardInterrupt
 
 
@@ -56,19 +61,48 @@ def install() -> None:
 
 def _quiet_swallowed(previous):
     """An unraisablehook that says nothing of a KeyboardInterrupt this handler raised where it
-    could not propagate (a ctypes callback): it is recorded, and `check()` raises it again."""
+    could not propagate (a ctypes callback): it is recorded, and delivered again to the main
+    thread (`_thread.interrupt_main`, from a thread of its own so that it lands after this
+    hook), which raises it as soon as it runs Python code outside such a callback (numba's
+    compiler, between two of llvmlite's callbacks; in one, it is swallowed and delivered again):
+    the command stops within moments, not at the next `check()` seconds later."""
 
     def hook(unraisable) -> None:
         if _received and isinstance(unraisable.exc_value, KeyboardInterrupt):
+            if _owner == [os.getpid()]:
+                _deliver_again()
             return
         previous(unraisable)
 
     return hook
 
 
+DELIVER_AFTER_S = 0.02  # a swallowed interrupt is delivered again this long after (once the hook has returned)
+
+
+def _deliver_again() -> None:
+    """Deliver the last signal to the main thread again, from a timer thread, unless the main
+    thread raises an interrupt meanwhile (one KeyboardInterrupt is enough: a second one would
+    land in the command's clean-up)."""
+    for _ in range(3):  # the timer's start waits for its thread: the signal may land in there
+        timer = threading.Timer(DELIVER_AFTER_S, _interrupt_unless_raised, (len(_raised),))
+        timer.daemon = True
+        try:
+            timer.start()
+            return
+        except KeyboardInterrupt:
+            continue
+
+
+def _interrupt_unless_raised(raised: int) -> None:
+    if len(_raised) == raised and _received:
+        _thread.interrupt_main(signal.Signals(_received[-1]))
+
+
 def check() -> None:
     """Raise KeyboardInterrupt if a signal was received (and perhaps swallowed) since start-up."""
     if _received:
+        _raised.append(1)
         raise KeyboardInterrupt
 
 
