@@ -25,7 +25,7 @@ from rich.table import Table
 from kdstore.cache.budget import BUDGET_SAMPLE, Choice, Layout, parse_budget, plan, record
 from kdstore.cache.config import CacheConfig
 from kdstore.data.augment import augmentation_for
-from kdstore.data.beton import JPEG_QUALITY, RAW_MAX_SIZE, beton_bytes, epoch_of, make_loader, threads, write_beton
+from kdstore.data.beton import beton_bytes, epoch_of, image_bytes_of, make_loader, write_beton, writer_workers
 from kdstore.data.datasets import ImageDataset, ImageSplit
 from kdstore.errors import KdstoreError
 from kdstore.models.teachers import Teacher
@@ -42,6 +42,7 @@ from kdstore.passes.inference import (
 from kdstore.runtime.console import console
 from kdstore.runtime.files import free_mib
 from kdstore.store.format import BETONS, H5_NAME
+from kdstore.store.publish import staging_dir
 from kdstore.store.views import draw_params, storage_of
 
 SAMPLE_IMAGES = 64  # images read and encoded to time the .beton writes (and to size JPEG images)
@@ -82,16 +83,33 @@ class Estimate:
         return self.size + self.staging
 
     def check_fits(self, out: Path) -> None:
-        """Refuse, in one line, a cache that cannot fit the disk at `out`."""
-        if self.peak > self.free:
+        """Refuse, in one line, a cache whose peak on disk (the store, and its teacher outputs
+        held beside it until it is published) cannot fit the disk at `out`. What a staging
+        directory of an earlier run holds there counts as free: a resumed cache reuses it, a
+        new one removes it first. An existing store that --overwrite replaces stays until the
+        new one is published, so its bytes are not counted as free."""
+        held = _bytes_under(staging_dir(out))
+        if self.peak > self.free + held:
+            kept = f"; {_size(held)} of it already in {staging_dir(out).name}" if held else ""
             raise KdstoreError(
                 f"the cache needs about {_size(self.peak)} at {out} (a store of {_size(self.size)} and "
-                f"{_size(self.staging)} of teacher outputs while it runs) but {_size(self.free)} is free there"
+                f"{_size(self.staging)} of teacher outputs while it runs{kept}) but {_size(self.free)} is free there"
             )
+
+
+def _bytes_under(directory: Path) -> float:
+    """Bytes of the files under `directory` (0 if it does not exist)."""
+    if not directory.is_dir():
+        return 0.0
+    return float(sum(p.stat().st_size for p in directory.rglob("*") if p.is_file() and not p.is_symlink()))
 
 
 def _size(nbytes: float) -> str:
     return f"{nbytes / 2**30:,.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:,.1f} MiB"
+
+
+def splits_of(dataset: ImageDataset) -> tuple[ImageSplit, ImageSplit]:
+    return dataset.train, dataset.val
 
 
 def _subset(split: ImageSplit, n: int) -> ImageSplit:
@@ -101,8 +119,6 @@ def _subset(split: ImageSplit, n: int) -> ImageSplit:
 def image_cost(split: ImageSplit, n: int = SAMPLE_IMAGES) -> tuple[float, float]:
     """(seconds to read and encode one image, bytes it takes in a .beton), over the first `n`:
     raw pixels up to RAW_MAX_SIZE, else JPEG at the writer's quality."""
-    import cv2
-
     n = min(n, len(split))
     t0, sizes = time.perf_counter(), []
     for i in range(n):
@@ -110,11 +126,7 @@ def image_cost(split: ImageSplit, n: int = SAMPLE_IMAGES) -> tuple[float, float]
             image = split.get(i)
         except Exception:  # noqa: BLE001 - an unreadable image is named by the .beton writer, in one line
             continue
-        if image.shape[0] <= RAW_MAX_SIZE:
-            sizes.append(image.nbytes)
-        else:
-            _, encoded = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-            sizes.append(len(encoded))
+        sizes.append(image_bytes_of(image))
     return (time.perf_counter() - t0) / max(n, 1), float(np.mean(sizes)) if sizes else 0.0
 
 
@@ -221,11 +233,9 @@ def estimate(
         beton = Path(tmp) / "sample.beton"
         t0 = time.perf_counter()
         write_beton(_subset(dataset.train, n), beton, cfg.workers)
-        fixed = max(0.0, time.perf_counter() - t0 - n * per_image / threads(cfg.workers))
-        seconds = {
-            "setup": setup_s,
-            "betons": 2 * fixed + (len(dataset.train) + len(dataset.val)) * per_image / threads(cfg.workers),
-        }
+        fixed = max(0.0, time.perf_counter() - t0 - n * per_image / writer_workers(n, image_bytes, cfg.workers))
+        writing = sum(len(s) * per_image / writer_workers(len(s), image_bytes, cfg.workers) for s in splits_of(dataset))
+        seconds = {"setup": setup_s, "betons": 2 * fixed + writing}
         est = Estimate(
             parts=parts,
             seconds=seconds,
@@ -307,6 +317,7 @@ def show(est: Estimate, title: str, real: dict[str, float] | None = None) -> Non
         if name != "views" or nbytes:
             rows.append((name, _size(nbytes), _size(real[name]) if real and name in real else ""))
     rows.append(("store", _size(est.size), _size(real["store"]) if real else ""))
+    rows.append(("peak on disk", _size(est.peak), ""))  # the store and the teacher outputs held beside it
     if "teacher" in est.seconds:
         stages = ", ".join(f"{k} {v:,.1f}" for k, v in est.seconds.items())
         rows.append(("wall time", f"{est.wall:,.1f} s", f"{real['seconds']:,.1f} s" if real else ""))

@@ -106,6 +106,7 @@ class _Cache:
     teacher: Teacher
     image_size: int
     plan: str = ""  # --budget's plan, recorded in teacher.h5 (budget.record)
+    image_bytes: float | None = None  # one image in a .beton, as the estimate measured it (its writers)
 
     @property
     def staging(self) -> Staging:
@@ -169,7 +170,7 @@ def _write_betons(job: _Cache) -> None:
         if job.ctx.main and not job.staging.reusable(beton):
             tmp = job.stage / f".{beton.name}.tmp"
             with console.status(f"writing {beton.name} ({len(job.split(name))} images)"):
-                write_beton(job.split(name), tmp, job.cfg.workers)
+                write_beton(job.split(name), tmp, job.cfg.workers, job.image_bytes)
             os.replace(tmp, beton)
             job.staging.seal(beton)
     distributed.barrier(job.ctx)
@@ -357,6 +358,7 @@ def run(cfg: CacheConfig) -> Path:
     cfg = dataclasses.replace(cfg, **est.choices) if est is not None else cfg
     job = _start(cfg, ctx, device, out, inputs)
     _keep_plan(job, est.plan if est is not None else "")
+    job.image_bytes = est.image_bytes if est is not None else None
     kept = f"the partial cache is kept in {job.stage}"
     try:
         store, est = _build(job, est)

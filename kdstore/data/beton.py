@@ -122,27 +122,48 @@ def _fields(size: int) -> dict[str, Any]:
 
 
 WRITER_CHUNK = 100  # samples FFCV's writer hands a worker at a time (from_indexed_dataset's chunksize)
+PAGES_PER_WRITER = 16  # data pages per writer process at least (each leaves its last page partly empty)
+
+
+def image_bytes_of(image: np.ndarray) -> int:
+    """Bytes one image takes in a .beton: raw pixels up to RAW_MAX_SIZE, else a JPEG at the
+    writer's quality."""
+    if image.shape[0] <= RAW_MAX_SIZE:
+        return int(image.nbytes)
+    import cv2
+
+    _, encoded = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    return len(encoded)
+
+
+def _data_pages(n: int, image_bytes: float) -> int:
+    """Pages `n` images of `image_bytes` fill when one writer packs them."""
+    return math.ceil(n / max(1, int(PAGE_SIZE // max(image_bytes, 1))))
+
+
+def writer_workers(n: int, image_bytes: float, workers: int) -> int:
+    """FFCV writer processes for a file of `n` images of `image_bytes`: --workers' threads, but
+    no more than one per PAGES_PER_WRITER data pages, nor than it has chunks to hand out. Each
+    writer fills pages of its own and writes its last one whole, so W writers leave up to W - 1
+    pages more than one would: with this rule a file's size is known within 1/PAGES_PER_WRITER
+    before it is written (a small file, one writer: exactly), which the disk check counts on."""
+    return max(1, min(threads(workers), _data_pages(n, image_bytes) // PAGES_PER_WRITER, math.ceil(n / WRITER_CHUNK)))
 
 
 def beton_bytes(n: int, image_bytes: float, workers: int) -> float:
-    """The expected size of a .beton of `n` images of `image_bytes` each (JPEG: their mean) as
-    FFCV's writer lays it out: header, field descriptors and per-sample metadata, padded to a
-    page; the data pages; the allocation table. Each writer worker fills pages of its own and
-    writes its last one whole, and FFCV hands chunks of WRITER_CHUNK samples to whichever worker
-    asks first, so W busy workers leave between 0 and W - 1 pages more than one worker would:
-    counted here as (W - 1) / 2, so a real file lies within (W - 1) / 2 pages of this. With one
-    worker (--workers 1) it is exact for raw pixels (tested)."""
+    """The size of a .beton of `n` images of `image_bytes` each as FFCV's writer lays it out,
+    at most: header, field descriptors and per-sample metadata, padded to a page; the data pages,
+    one more for each writer process after the first (`writer_workers`); the allocation table.
+    Exact for raw pixels with one writer (tested); JPEG images are counted at their mean size."""
     from ffcv.types import ALLOC_TABLE_TYPE, FieldDescType, HeaderType, get_metadata_type
 
     fields = list(_fields(RAW_MAX_SIZE).values())  # the metadata's layout is the same for raw and JPEG
     head = HeaderType.itemsize + FieldDescType.itemsize * len(fields) + n * get_metadata_type(fields).itemsize
-    busy = min(threads(workers), math.ceil(n / WRITER_CHUNK))
-    per_page = max(1, int(PAGE_SIZE // max(image_bytes, 1)))
-    pages = math.ceil(n / per_page) + (busy - 1) / 2
+    pages = _data_pages(n, image_bytes) + writer_workers(n, image_bytes, workers) - 1
     return math.ceil(head / PAGE_SIZE) * PAGE_SIZE + pages * PAGE_SIZE + n * ALLOC_TABLE_TYPE.itemsize
 
 
-def _write_in_child(split: ImageSplit, path: Path, workers: int, size: int, done, errors: Path) -> None:
+def _write_in_child(split: ImageSplit, path: Path, writers: int, size: int, done, errors: Path) -> None:
     """The writer process: its own process group (so that a stuck writer and its workers are
     stopped together), FFCV's tqdm bar silenced (kdstore reports progress with rich)."""
     os.setpgrp()
@@ -152,7 +173,7 @@ def _write_in_child(split: ImageSplit, path: Path, workers: int, size: int, done
         from ffcv.writer import DatasetWriter
 
         # Small pages waste less space on small datasets (each writer worker fills its own pages).
-        writer = DatasetWriter(str(path), _fields(size), page_size=PAGE_SIZE, num_workers=threads(workers))
+        writer = DatasetWriter(str(path), _fields(size), page_size=PAGE_SIZE, num_workers=writers)
         with contextlib.redirect_stderr(io.StringIO()):
             writer.from_indexed_dataset(_IndexedSource(split, size, done, errors))
     except BaseException as e:  # noqa: BLE001 - reported by the parent in one line
@@ -182,13 +203,16 @@ def _dead_worker(proc) -> bool:
         return False
 
 
-def _disk_note(path: Path) -> str:
-    """Why a writer may have died: say so when the disk is (nearly) full."""
+def _disk_note(path: Path, need: float) -> str:
+    """Why a writer may have died: say so when the disk is (nearly) full, with what the file
+    needs (measured before the partial file is removed)."""
     free = free_mib(path.parent)
-    return f", and the disk holding {path.parent} has only {free:.1f} MiB free" if free < NEARLY_FULL_MIB else ""
+    if free >= NEARLY_FULL_MIB:
+        return ""
+    return f", and the disk holding {path.parent} had {free:.1f} MiB free (the file needs about {need / 2**20:.1f} MiB)"
 
 
-def _watch(proc: multiprocessing.process.BaseProcess, done, n: int, path: Path) -> None:
+def _watch(proc: multiprocessing.process.BaseProcess, done, n: int, path: Path, need: float) -> None:
     """Wait for the writer; stop it when it stalls: no image handed out for WRITER_STALL_S and a
     worker dead, or for WRITER_HANG_S with every worker alive (a deadlock). Once every image is
     handed out the writer is finishing its tables, so both allowances grow tenfold."""
@@ -204,6 +228,7 @@ def _watch(proc: multiprocessing.process.BaseProcess, done, n: int, path: Path) 
         if not proc.is_alive() or not (dead or idle > WRITER_HANG_S * grace):
             continue
         _stop(proc)
+        note = _disk_note(path, need)
         path.unlink(missing_ok=True)
         why = (
             "lost a worker process (killed or crashed)"
@@ -211,13 +236,14 @@ def _watch(proc: multiprocessing.process.BaseProcess, done, n: int, path: Path) 
             else f"stalled ({idle:.0f} s without an image, its workers alive)"
         )
         raise KdstoreError(
-            f"FFCV's writer {why} while writing {path.name} ({last}/{n} images){_disk_note(path)}; "
-            "nothing was kept, rerun the command"
+            f"FFCV's writer {why} while writing {path} ({last}/{n} images){note}; nothing was kept, rerun the command"
         )
 
 
-def write_beton(split: ImageSplit, path: Path, workers: int = 2) -> None:
-    """Write `split` to an FFCV file at `path`, in split order.
+def write_beton(split: ImageSplit, path: Path, workers: int = 2, image_bytes: float | None = None) -> None:
+    """Write `split` to an FFCV file at `path`, in split order, with `writer_workers` processes
+    (`image_bytes`: what the cache's estimate measured, so that both count the same writers;
+    by default the first image's).
 
     FFCV's writer waits forever for a worker that died, so it runs in a child process watched
     from here (`_watch`): a writer that stalls, with a dead worker or with all of them alive, is
@@ -226,7 +252,10 @@ def write_beton(split: ImageSplit, path: Path, workers: int = 2) -> None:
     FFCV; they are named in one line after the write, and the file is removed."""
     path = Path(path)
     try:
-        size = split.get(0).shape[0]
+        first = split.get(0)
+        size = first.shape[0]
+        image_bytes = image_bytes or image_bytes_of(first)
+        writers = writer_workers(len(split), image_bytes, workers)
     except Exception as e:  # noqa: BLE001 - the first image sets the field; name it if unreadable
         raise KdstoreError(
             f"{split.describe(0)}: not a readable image ({type(e).__name__}: {str(e)[:120]}); remove or fix it and "
@@ -241,23 +270,22 @@ def write_beton(split: ImageSplit, path: Path, workers: int = 2) -> None:
 
     ctx = multiprocessing.get_context("fork")
     done = ctx.Value("Q", 0)
-    proc = ctx.Process(target=_write_in_child, args=(split, path, workers, size, done, errors))
+    proc = ctx.Process(target=_write_in_child, args=(split, path, writers, size, done, errors))
     try:
         proc.start()  # the child starts with SIGINT and SIGTERM at their defaults (runtime.interrupts)
-        _watch(proc, done, len(split), path)
+        _watch(proc, done, len(split), path, beton_bytes(len(split), image_bytes, workers))
     finally:
         _stop(proc)  # Ctrl-C, an error here, or a writer that died: never leave it or its workers behind
     interrupts.check()  # a signal swallowed while the writer ran (a ctypes callback): stop here
     problems = [json.loads(line) for line in errors.read_text().splitlines()] if errors.is_file() else []
     errors.unlink(missing_ok=True)
     if problems or proc.exitcode != 0:
+        note = _disk_note(path, beton_bytes(len(split), image_bytes, workers))
         path.unlink(missing_ok=True)
         images = [p for p in problems if p["image"] is not None]
         if not images:
             why = problems[0]["error"] if problems else f"exit code {proc.exitcode}"
-            raise KdstoreError(
-                f"FFCV's writer failed while writing {path.name} ({why}{_disk_note(path)}); nothing was kept"
-            )
+            raise KdstoreError(f"FFCV's writer failed while writing {path} ({why}{note}); nothing was kept")
         more = f" ({len(images)} unreadable images in all)" if len(images) > 1 else ""
         raise KdstoreError(
             f"{images[0]['image']}: not a readable image ({images[0]['error']}){more}; remove or fix it and rerun"

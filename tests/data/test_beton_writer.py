@@ -54,7 +54,7 @@ def get(i):
     time.sleep(0.05)
     return images[i]
 split = ImageSplit(get=get, labels=np.zeros(200, dtype=np.int64), sample_ids=np.arange(200, dtype=np.int64))
-beton.write_beton(split, sys.argv[1], workers=2)
+beton.write_beton(split, sys.argv[1], workers=2, image_bytes=beton.PAGE_SIZE)  # counted a page each: 2 writers
 """
 
 
@@ -74,3 +74,14 @@ def test_the_writer_and_its_workers_die_with_a_killed_parent(tmp_path):
     proc.wait()
     gone, alive = psutil.wait_procs(family, timeout=5)
     assert alive == [], [p.cmdline() for p in alive]
+
+
+def test_writers_are_one_per_sixteen_data_pages_so_a_files_size_is_known():
+    """CIFAR's 3,072-byte images: 682 to a 2 MiB page. 1,437 digits fill 3 pages: one writer (the
+    size exact); 50,000 fill 74: 4 writers of the 8 asked for, so at most 3 pages (4%) unknown."""
+    assert beton.writer_workers(1437, 3072, 2) == 1
+    assert beton.writer_workers(50_000, 3072, 8) == 4
+    assert beton.writer_workers(50_000, 3072, 2) == 2
+    assert beton.writer_workers(150, 3 * beton.PAGE_SIZE, 8) == 2  # no more than its chunks of 100
+    one, four = (beton.beton_bytes(50_000, 3072, w) for w in (1, 8))
+    assert four - one == 3 * beton.PAGE_SIZE and (four - one) / one < 0.05
