@@ -232,7 +232,9 @@ def type_problems(cfg: Any) -> list[str]:
 
 def path_problems(cfg: Any) -> list[str]:
     """One line per path option of `cfg` that no file can be made at or read from: a name that is
-    not valid UTF-8 (undecodable bytes, which logs and TensorBoard cannot write), a symlink loop."""
+    not valid UTF-8 (undecodable bytes, which logs and TensorBoard cannot write), a symlink loop,
+    a path under a file (its nearest existing parent is not a directory). Each names the option
+    and the value as given, never a path the command would derive from it."""
     out = []
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
@@ -248,6 +250,10 @@ def path_problems(cfg: Any) -> list[str]:
             Path(value).expanduser().resolve()
         except (RuntimeError, OSError) as e:
             out.append(f"{option} {value} cannot be resolved ({getattr(e, 'strerror', None) or e}: a symlink loop?)")
+            continue
+        parent = next((p for p in Path(value).expanduser().absolute().parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            out.append(f"{option} {value}: {parent} is a file, not a directory")
     return out
 
 
@@ -305,15 +311,17 @@ def _click_option(f: dataclasses.Field) -> Callable[[Callable], Callable]:
         else None
     )
     required = bool(meta.get("required"))
+    # no default at all for a required option: click 8.3+ takes an explicit default=None as given
+    default: dict[str, Any] = {} if required else {"default": f.default}
     return click.option(
         f"--{dash}",
         f.name,
         type=click.Path() if meta.get("path") else typ,
-        default=None if required or f.default is None else f.default,
         required=required,
         show_default=f.default is not None and not required,
         help=text,
         shell_complete=complete,
+        **default,
     )
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from kdstore.errors import KdstoreError
 from kdstore.method.curriculum import softmax
 from kdstore.method.sparse_targets import DEFAULT_LOGITS_DTYPE
-from kdstore.options import opt
+from kdstore.options import opt, path_problems
 from kdstore.runtime.blocks import release_pages, row_blocks
 from kdstore.runtime.console import console
 from kdstore.store.format import (
@@ -134,6 +134,9 @@ class MergeConfig:
 def run(cfg: MergeConfig) -> Path:
     """Write the merged store to cfg.out (atomically, like `cache`); returns its path."""
     paths, out, confidence, overwrite = list(cfg.stores), cfg.out, cfg.confidence, cfg.overwrite
+    wrong = path_problems(cfg)
+    if wrong:
+        raise KdstoreError(wrong[0])
     if len(paths) < 2:
         raise KdstoreError("merge needs at least two stores")
     if confidence != "mean" and not (confidence.isdigit() and int(confidence) < len(paths)):

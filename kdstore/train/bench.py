@@ -30,7 +30,7 @@ from kdstore.loader.source import TrainData, data_from_store
 from kdstore.loader.teacher_targets import online_teacher
 from kdstore.models.build import STEMS, build_model
 from kdstore.models.teachers import Teacher, TeacherSpec, load_teacher
-from kdstore.options import opt, to_dict, write_json
+from kdstore.options import opt, path_problems, to_dict, write_json
 from kdstore.passes.inference import ModelInput
 from kdstore.runtime.devices import DEVICES, resolve_device
 from kdstore.runtime.precision import for_device
@@ -69,6 +69,9 @@ class BenchConfig:
     json: str | None = opt(help="Write every figure as JSON here.", path=True)
 
     def validate(self) -> None:
+        wrong = path_problems(self)
+        if wrong:
+            raise KdstoreError(wrong[0])
         if workers_problem(self.workers):
             raise KdstoreError(workers_problem(self.workers))
         for name, least in (("batch_size", 1), ("steps", 1), ("sweep_epochs", 1), ("block", 1)):

@@ -18,7 +18,7 @@ from kdstore.data.datasets import load_dataset
 from kdstore.errors import KdstoreError
 from kdstore.models.build import build_from_meta, normalization_for
 from kdstore.models.checkpoints import load_checkpoint, load_weights
-from kdstore.options import opt, write_json
+from kdstore.options import opt, path_problems, write_json
 from kdstore.passes.inference import (
     ModelInput,
     ScorePass,
@@ -56,6 +56,9 @@ class EvalConfig:
     progress: bool = opt(True, "Progress bar.")
 
     def validate(self) -> None:
+        wrong = path_problems(self)
+        if wrong:
+            raise KdstoreError(wrong[0])
         if (self.dataset is None) == (self.store is None):
             raise KdstoreError("give exactly one of --dataset and --store")
         if self.batch_size < 1 or self.workers < 0:
