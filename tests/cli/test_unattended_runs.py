@@ -88,6 +88,7 @@ def test_a_trained_teacher_is_not_warned_about(digits_store):
     assert inspected.exit_code == 0 and "near chance" not in inspected.output
 
 
+@pytest.mark.heavy  # a subprocess training 3 epochs (27 s): make test stays under its 10 minutes
 def test_epoch_lines_are_live_whole_and_flushed_in_a_pipe(digits_store, tmp_path):
     """Piped (as a batch job's log is), each epoch's line appears when the epoch ends, on one
     line however long, with --no-progress too."""

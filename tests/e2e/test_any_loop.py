@@ -24,11 +24,15 @@ ARMS = [
     {"variant": "kd", "epochs": 2},
     {"variant": "kd-cl", "pacing": "exp", "epochs": 1, "loss": "ctkd"},  # a loss with a learnt temperature
     {"variant": "kd-cl-sr", "epochs": 1, "loss": "dkd", "loss_options": "beta=4"},  # SR's lambda, another loss
-    {"variant": "kd", "epochs": 1, "views": True, "loss": "mlkd"},  # replayed views, two of each image
+    pytest.param(  # replayed views, two of each image (heavy: make test stays under its 10 minutes)
+        {"variant": "kd", "epochs": 1, "views": True, "loss": "mlkd"}, marks=pytest.mark.heavy
+    ),
 ]
 
 
-@pytest.mark.parametrize("arm", ARMS, ids=lambda a: "+".join(str(v) for k, v in a.items() if k != "epochs"))
+@pytest.mark.parametrize(
+    "arm", ARMS, ids=lambda a: "+".join(str(v) for k, v in a.items() if k != "epochs") if isinstance(a, dict) else None
+)
 def test_plain_loop_example_logs_what_train_logs(arm, digits_store, digits_views_store, tmp_path, monkeypatch):
     arm = dict(arm)
     store = digits_views_store if arm.pop("views", False) else digits_store
