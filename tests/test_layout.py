@@ -226,6 +226,7 @@ def test_the_reader_never_imports_the_writer():
     ] == []
 
 
+@pytest.mark.slow  # a subprocess importing torch (the fast tier runs none)
 def test_importing_the_loader_loads_no_writer_module():
     import subprocess
     import sys

@@ -8,6 +8,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # subprocesses importing torch (the fast tier runs none)
+
 SCRIPT = """
 import ctypes, os, signal, time
 from kdstore.runtime import interrupts
