@@ -12,7 +12,7 @@ import click
 
 from kdstore.cache import write as cache_lib
 from kdstore.cache.config import CacheConfig
-from kdstore.cli.render import render_bench, render_results, render_store
+from kdstore.cli.render import render_bench, render_remote, render_results, render_store
 from kdstore.demo import digits as demo_lib
 from kdstore.errors import KdstoreError
 from kdstore.options import click_options, fields_of, from_dict, given, with_policy
@@ -21,8 +21,10 @@ from kdstore.report import tables as report_lib
 from kdstore.report.sweep import SweepConfig
 from kdstore.runtime import interrupts
 from kdstore.store import merge as merge_lib
+from kdstore.store import remote as remote_lib
 from kdstore.store.format import Store
 from kdstore.store.merge import MergeConfig
+from kdstore.store.remote import PullConfig, PushConfig
 from kdstore.store.verification import verify as verify_store
 from kdstore.train import bench as bench_lib
 from kdstore.train import eval_checkpoint as eval_lib
@@ -147,9 +149,38 @@ def eval_(checkpoint: str, **kw: Any) -> None:
 @_friendly
 def inspect(store: str) -> None:
     """Summarise STORE: dataset, teacher (with a warning when its accuracy is near chance),
-    sizes, views, confidence histogram."""
+    sizes, views, confidence histogram. STORE may be a URL (s3://, gs://, hf://, memory://, ...):
+    its MANIFEST and teacher.h5's attributes are read without downloading the images."""
 
-    render_store(Store.open(store))
+    if "://" in store:
+        render_remote(remote_lib.describe(store))
+    else:
+        render_store(Store.open(store))
+
+
+@cli.command()
+@click.argument("store", type=click.Path())
+@click.argument("url")
+@click_options(PushConfig, skip={"store", "url"})
+@_friendly
+def push(store: str, url: str, **kw: Any) -> None:
+    """Send STORE to URL (a path, file://, memory://, s3://, gs://, az://, hf://): verified first,
+    its MANIFEST.json last; a stopped push resumes by itself."""
+
+    remote_lib.push(PushConfig(store=store, url=url, **kw))
+
+
+@cli.command()
+@click.argument("url")
+@click.argument("out", type=click.Path())
+@click_options(PullConfig, skip={"url", "out"})
+@_friendly
+def pull(url: str, out: str, **kw: Any) -> None:
+    """Fetch the store at URL into OUT: every file checked against the MANIFEST's sha256 as it
+    lands, kept across a stopped pull, published atomically; --only teacher fetches teacher.h5
+    when OUT holds the same images."""
+
+    remote_lib.pull(PullConfig(url=url, out=out, **kw))
 
 
 @cli.command()

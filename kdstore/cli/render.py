@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 from rich.table import Table
@@ -13,6 +14,28 @@ from kdstore.report.tables import table_rows
 from kdstore.runtime.console import console
 from kdstore.store.format import Store, near_chance
 from kdstore.store.quantized import stored_dtype
+
+
+def render_remote(found: dict[str, Any]) -> None:
+    """`kdstore inspect URL`: a remote store's MANIFEST, file sizes and teacher.h5's attributes."""
+    a, manifest = found["attrs"], found["manifest"]
+    info = Table(title=f"store {found['url']} (remote: the images not downloaded)", show_header=False)
+    rows = [
+        ("dataset", str(a.get("dataset", "-"))),
+        ("classes", str(a.get("num_classes", "-"))),
+        ("teacher", f"{a.get('teacher', '-')} (input {a.get('input_size', '-')} px)"),
+        ("teacher train / val acc", f"{a.get('teacher_train_acc', 0):.2%} / {a.get('teacher_val_acc', 0):.2%}"),
+        ("logits", found["logits_dtype"]),
+        ("views", str(found["views"]) if found["views"] else "none"),
+        ("schema", str(manifest.get("schema_version", "-"))),
+        ("created", str(manifest.get("created", "-"))),
+        ("kdstore", str(a.get("kdstore_version", "-"))),
+        *((name, f"{size / 2**20:,.1f} MiB") for name, size in found["sizes"].items()),
+        ("store size", f"{sum(found['sizes'].values()) / 2**20:,.1f} MiB"),
+    ]
+    for row in rows:
+        info.add_row(*row)
+    console.print(info)
 
 
 def render_store(store: Store) -> None:
