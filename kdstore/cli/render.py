@@ -36,6 +36,8 @@ def render_remote(found: dict[str, Any]) -> None:
     for row in rows:
         info.add_row(*row)
     console.print(info)
+    if found["card"]:
+        console.print(f"its card ({found['url']}/README.md):\n{found['card']}", markup=False, highlight=False)
 
 
 def render_store(store: Store) -> None:

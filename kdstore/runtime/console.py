@@ -6,12 +6,14 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 from rich.text import Text
 
@@ -43,6 +45,23 @@ class _RateColumn(ProgressColumn):
     def render(self, task) -> Text:  # noqa: ANN001 - rich's Task
         elapsed = task.finished_time or task.elapsed
         return Text(f"{task.completed / elapsed:,.0f} img/s" if elapsed else "- img/s", style="progress.data.speed")
+
+
+def bytes_progress(enabled: bool = True) -> Progress:
+    """A progress bar whose units are bytes (push, pull): bytes done of the file's, bytes/s and
+    ETA, on a terminal only (a log gets one line per file from `say`)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not (enabled and console.is_terminal),
+        transient=True,
+        refresh_per_second=4,
+    )
 
 
 def images_progress(enabled: bool = True) -> Progress:

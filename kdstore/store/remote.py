@@ -22,13 +22,15 @@ from typing import Any
 
 from kdstore.errors import KdstoreError
 from kdstore.options import opt, path_problems
-from kdstore.runtime.console import say
+from kdstore.runtime.console import bytes_progress, say
 from kdstore.runtime.hashing import sha256_file
-from kdstore.store.format import BETONS, H5_NAME, MANIFEST
+from kdstore.store.format import BETONS, H5_NAME, MANIFEST, Store
 from kdstore.store.publish import _is_stage, claim, commit_dir, fresh_stage, link_or_copy, staging_dir
+from kdstore.store.quantized import stored_dtype
 from kdstore.store.verification import verify
+from kdstore.version import __version__
 
-FILES = {"train": BETONS["train"], "val": BETONS["val"], "teacher": H5_NAME}  # what --only names
+CARD = "README.md"  # the store card push writes beside the store
 BACKENDS = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "hf": "huggingface_hub"}
 
 
@@ -47,6 +49,21 @@ def remote(url: str) -> tuple[Any, str]:
 
 def _join(root: str, name: str) -> str:
     return f"{root.rstrip('/')}/{name}"
+
+
+def _copy(copy: Any, source: str, target: str, label: str, progress: bool) -> None:
+    """fs.put_file or fs.get_file from `source` to `target`, with a bytes bar on a terminal
+    (fsspec's callback reports the bytes as they move)."""
+    from fsspec.callbacks import Callback
+
+    with bytes_progress(progress) as bar:
+        task = bar.add_task(label, total=None)
+
+        class _Bar(Callback):
+            def call(self, *args: Any, **kwargs: Any) -> None:
+                bar.update(task, total=self.size, completed=self.value)
+
+        copy(source, target, callback=_Bar())
 
 
 def read_manifest(url: str) -> dict[str, Any]:
@@ -72,6 +89,7 @@ class PushConfig:
     overwrite: bool = opt(
         False, "Replace another store at URL (its MANIFEST goes first, so it is incomplete meanwhile)."
     )
+    progress: bool = opt(True, "Progress bars (bytes, bytes/s, ETA) on a terminal.")
 
 
 def push(cfg: PushConfig) -> dict[str, Any]:
@@ -101,8 +119,9 @@ def push(cfg: PushConfig) -> dict[str, Any]:
             kept.append(name)  # a stopped push's file: the MANIFEST vouches for it, pull checks it
             continue
         say(f"sending {name} ({local.stat().st_size / 2**20:,.1f} MiB)")
-        fs.put_file(str(local), target)
+        _copy(fs.put_file, str(local), target, f"sending {name}", cfg.progress)
         sent.append(name)
+    fs.pipe_file(_join(root, CARD), card(store).encode())  # a Hub dataset page's text; not in the MANIFEST
     fs.pipe_file(there, (store / MANIFEST).read_bytes())  # last: the remote store is complete now
     say(
         f"pushed {store} to {cfg.url}: sent {', '.join(sent) or 'nothing'}"
@@ -125,6 +144,7 @@ class PullConfig:
         choices=("", "teacher"),
     )
     overwrite: bool = opt(False, "Replace the store at OUT (needed by --only teacher, which replaces its teacher).")
+    progress: bool = opt(True, "Progress bars (bytes, bytes/s, ETA) on a terminal.")
 
 
 def pull(cfg: PullConfig) -> Path:
@@ -149,7 +169,7 @@ def pull(cfg: PullConfig) -> Path:
         elif target.is_file() and sha256_file(target) == digest:
             say(f"{name}: kept from a stopped pull (its sha256 checked)")
         else:
-            _fetch(fs, _join(root, name), target, digest, f"{cfg.url}/{name}")
+            _fetch(fs, _join(root, name), target, digest, f"{cfg.url}/{name}", cfg.progress)
     (stage / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     problems = verify(stage)
     if problems:
@@ -159,14 +179,14 @@ def pull(cfg: PullConfig) -> Path:
     return out
 
 
-def _fetch(fs: Any, source: str, target: Path, digest: str, named: str) -> None:
+def _fetch(fs: Any, source: str, target: Path, digest: str, named: str, progress: bool) -> None:
     """Download `source` to `target` (through a temporary name), checked against `digest`: a
     file that differs is fetched once more, then refused in one line naming it."""
     tmp = target.with_name(f".{target.name}.part")
     for attempt in (1, 2):
         say(f"fetching {target.name}" + (" again (its sha256 differed)" if attempt == 2 else ""))
         try:
-            fs.get_file(source, str(tmp))
+            _copy(fs.get_file, source, str(tmp), f"fetching {target.name}", progress)
         except FileNotFoundError:
             raise KdstoreError(f"{named}: missing, though the MANIFEST lists it; the remote store is damaged") from None
         if sha256_file(tmp) == digest:
@@ -187,6 +207,37 @@ def _local_images(out: Path, manifest: dict[str, Any]) -> dict[str, Path]:
     return {name: out / name for name in BETONS.values()}
 
 
+def card(store: Path) -> str:
+    """The store card: what a store holds, for the page of a remote store (a Hub dataset's)."""
+    opened = Store.open(store)
+    a, manifest = opened.attrs, json.loads((store / MANIFEST).read_text())
+    views = opened.train.views
+    size = sum((store / name).stat().st_size for name in manifest["sha256"])
+    lines = [
+        f"# A kdstore store: {a['teacher']} on {a['dataset']}",
+        "",
+        "Teacher outputs cached once by kdstore for offline knowledge distillation: "
+        "`kdstore pull URL DIR` fetches it (every file checked against MANIFEST.json), "
+        "`kdstore train --store DIR` trains students from it.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| teacher | {a['teacher']} (input {a['input_size']} px) |",
+        f"| teacher accuracy, train / val | {a['teacher_train_acc']:.2%} / {a['teacher_val_acc']:.2%} |",
+        f"| dataset | {a['dataset']}: {len(opened.train)} training and {len(opened.val)} validation images, "
+        f"{a['num_classes']} classes, {a['image_size']} px |",
+        f"| logits | {stored_dtype(opened.train.logits)} |",
+        f"| views | {views.count} per training image ({views.storage})" + " |"
+        if views is not None
+        else "| views | none |",
+        f"| size | {size / 2**20:,.1f} MiB |",
+        f"| created | {manifest.get('created', '-')} with kdstore {a['kdstore_version']} (pushed with {__version__}) |",
+        f"| schema | {manifest.get('schema_version', '-')} |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def describe(url: str) -> dict[str, Any]:
     """What `kdstore inspect URL` shows without downloading the images: the MANIFEST, the
     sizes of the files, and teacher.h5's attributes (read through fsspec: its header only)."""
@@ -195,8 +246,18 @@ def describe(url: str) -> dict[str, Any]:
     manifest = read_manifest(url)
     fs, root = remote(url)
     sizes = {name: fs.size(_join(root, name)) for name in manifest["sha256"]}
+    card_path = _join(root, CARD)
+    text = fs.cat_file(card_path).decode("utf-8", "replace") if fs.exists(card_path) else ""
     with fs.open(_join(root, H5_NAME), "rb") as f, h5py.File(f, "r") as h5:
         attrs = {k: (v.item() if hasattr(v, "item") and getattr(v, "ndim", 1) == 0 else v) for k, v in h5.attrs.items()}
         views = int(h5["train/views/params"].shape[1]) if "train/views/params" in h5 else 0
         dtype = str(h5["train/logits"].dtype)
-    return {"url": url, "manifest": manifest, "sizes": sizes, "attrs": attrs, "views": views, "logits_dtype": dtype}
+    return {
+        "url": url,
+        "manifest": manifest,
+        "sizes": sizes,
+        "attrs": attrs,
+        "views": views,
+        "logits_dtype": dtype,
+        "card": text,
+    }
