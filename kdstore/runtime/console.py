@@ -47,38 +47,30 @@ class _RateColumn(ProgressColumn):
         return Text(f"{task.completed / elapsed:,.0f} img/s" if elapsed else "- img/s", style="progress.data.speed")
 
 
-def bytes_progress(enabled: bool = True) -> Progress:
-    """A progress bar whose units are bytes (push, pull): bytes done of the file's, bytes/s and
-    ETA, on a terminal only (a log gets one line per file from `say`)."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not (enabled and console.is_terminal),
-        transient=True,
-        refresh_per_second=4,
-    )
-
-
-def images_progress(enabled: bool = True) -> Progress:
-    """A progress bar whose units are images; extra task fields appear after the rate. Shown on a
-    terminal only: a log file gets the lines `say` prints instead. It redraws on rich's clock, so
+def _progress(*counts: ProgressColumn, enabled: bool, transient: bool) -> Progress:
+    """A bar: the task's description, the bar, `counts` (what is done, how fast), then ETA; on a
+    terminal only (a log gets the lines `say` prints instead), redrawn on rich's clock, so
     updating it costs no more than setting a number."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
-        _RateColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
+        *counts,
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=console,
         disable=not (enabled and console.is_terminal),
-        transient=False,
+        transient=transient,
         refresh_per_second=4,
     )
+
+
+def bytes_progress(enabled: bool = True) -> Progress:
+    """A progress bar whose units are bytes (push, pull): bytes done of the file's, bytes/s and ETA."""
+    return _progress(DownloadColumn(), TransferSpeedColumn(), enabled=enabled, transient=True)
+
+
+def images_progress(enabled: bool = True) -> Progress:
+    """A progress bar whose units are images; extra task fields appear after the rate, then the
+    time elapsed."""
+    columns = (MofNCompleteColumn(), _RateColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+    return _progress(*columns, enabled=enabled, transient=False)
