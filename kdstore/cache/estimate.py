@@ -108,10 +108,6 @@ def _size(nbytes: float) -> str:
     return f"{nbytes / 2**30:,.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:,.1f} MiB"
 
 
-def splits_of(dataset: ImageDataset) -> tuple[ImageSplit, ImageSplit]:
-    return dataset.train, dataset.val
-
-
 def _subset(split: ImageSplit, n: int) -> ImageSplit:
     return ImageSplit(get=split.get, labels=split.labels[:n], sample_ids=split.sample_ids[:n], name_of=split.name_of)
 
@@ -234,7 +230,8 @@ def estimate(
         t0 = time.perf_counter()
         write_beton(_subset(dataset.train, n), beton, cfg.workers)
         fixed = max(0.0, time.perf_counter() - t0 - n * per_image / writer_workers(n, image_bytes, cfg.workers))
-        writing = sum(len(s) * per_image / writer_workers(len(s), image_bytes, cfg.workers) for s in splits_of(dataset))
+        splits = (dataset.train, dataset.val)
+        writing = sum(len(s) * per_image / writer_workers(len(s), image_bytes, cfg.workers) for s in splits)
         seconds = {"setup": setup_s, "betons": 2 * fixed + writing}
         est = Estimate(
             parts=parts,

@@ -256,6 +256,7 @@ def write_beton(split: ImageSplit, path: Path, workers: int = 2, image_bytes: fl
         size = first.shape[0]
         image_bytes = image_bytes or image_bytes_of(first)
         writers = writer_workers(len(split), image_bytes, workers)
+        need = beton_bytes(len(split), image_bytes, workers)  # for a message, should the disk fill
     except Exception as e:  # noqa: BLE001 - the first image sets the field; name it if unreadable
         raise KdstoreError(
             f"{split.describe(0)}: not a readable image ({type(e).__name__}: {str(e)[:120]}); remove or fix it and "
@@ -273,14 +274,14 @@ def write_beton(split: ImageSplit, path: Path, workers: int = 2, image_bytes: fl
     proc = ctx.Process(target=_write_in_child, args=(split, path, writers, size, done, errors))
     try:
         proc.start()  # the child starts with SIGINT and SIGTERM at their defaults (runtime.interrupts)
-        _watch(proc, done, len(split), path, beton_bytes(len(split), image_bytes, workers))
+        _watch(proc, done, len(split), path, need)
     finally:
         _stop(proc)  # Ctrl-C, an error here, or a writer that died: never leave it or its workers behind
     interrupts.check()  # a signal swallowed while the writer ran (a ctypes callback): stop here
     problems = [json.loads(line) for line in errors.read_text().splitlines()] if errors.is_file() else []
     errors.unlink(missing_ok=True)
     if problems or proc.exitcode != 0:
-        note = _disk_note(path, beton_bytes(len(split), image_bytes, workers))
+        note = _disk_note(path, need)
         path.unlink(missing_ok=True)
         images = [p for p in problems if p["image"] is not None]
         if not images:

@@ -27,7 +27,6 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []
 _raised: list[int] = []  # KeyboardInterrupts raised (by the handler, or by check()), swallowed or not
 _owner: list[int] = []  # the pid that installed the handler (a forked child has another)
-_phase: list[str] = []  # the phase of the command under way (phase())
 
 
 def handle(signum: int, frame: object) -> None:
@@ -113,13 +112,11 @@ HOLD_MAX_S = 60.0  # ... or this long at most
 
 def phase(name: str) -> None:
     """A phase of a long command starts (`cache`: estimate, betons, teacher, views, publish): a
-    signal swallowed before it is raised now, and an interrupted command can say where it was
-    (`current()`). Two seams for the tests that send signals at every phase: with
+    signal swallowed before it is raised now. Two seams for the tests that send signals at every phase: with
     KDSTORE_TRACE_PHASES set, `phase NAME` goes to stderr; with KDSTORE_HOLD_AT_PHASE=NAME, the
     command waits here (a phase too short to hit otherwise) until a signal interrupts it, or
     HOLD_MAX_S at most."""
     check()
-    _phase[:] = [name]
     if os.environ.get(TRACE):
         print(f"phase {name}", file=sys.stderr, flush=True)
     if os.environ.get(HOLD) == name:
@@ -144,8 +141,3 @@ def exit_now(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def current() -> str | None:
-    """The phase under way (None before the first)."""
-    return _phase[0] if _phase else None

@@ -157,7 +157,7 @@ def pull(cfg: PullConfig) -> Path:
     manifest = read_manifest(cfg.url)
     out = claim(cfg.out, cfg.overwrite or bool(cfg.only))
     stage = staging_dir(out)
-    if not _is_stage(stage) or not stage.is_dir():
+    if not _is_stage(stage):  # a stopped pull's (kept) or none: a fresh one
         fresh_stage(stage)
     local = _local_images(out, manifest) if cfg.only else {}
     fs, root = remote(cfg.url)

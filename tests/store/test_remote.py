@@ -108,11 +108,11 @@ def test_only_the_teacher_over_the_same_local_images(small_store, tmp_path, memo
     (local / MANIFEST).write_text(json.dumps(manifest))
     out = pull(PullConfig(url=memory_url, out=str(local), only="teacher"))
     _same(small_store, out)
+    (local / "val.beton").write_bytes(b"x")  # other images now
+    manifest = json.loads((local / MANIFEST).read_text())
+    manifest["sha256"]["val.beton"] = "1" * 64
+    (local / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(KdstoreError, match="is not the remote store's"):
-        (local / "val.beton").write_bytes(b"x")
-        manifest = json.loads((local / MANIFEST).read_text())
-        manifest["sha256"]["val.beton"] = "1" * 64
-        (local / MANIFEST).write_text(json.dumps(manifest))
         pull(PullConfig(url=memory_url, out=str(local), only="teacher"))
 
 
