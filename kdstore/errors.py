@@ -13,6 +13,10 @@ class DiskError(KdstoreError):
     """A file could not be written (a full or read-only disk): the work done so far may be kept."""
 
 
+class Diverged(KdstoreError):
+    """A training run stopped because its loss went NaN or infinite (its stopped.json says when)."""
+
+
 def one_line_errors() -> None:
     """For a script of one's own: an uncaught KdstoreError prints one line (`error: ...`) on
     stderr, as the kdstore commands do, instead of a traceback (the exit status stays 1); any

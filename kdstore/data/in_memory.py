@@ -33,9 +33,13 @@ def decoded_bytes(beton: Path, image_size: int) -> int:
     return image_bytes(len(read_int_fields(beton)["sample_id"]), image_size)
 
 
+def free_bytes(device: torch.device) -> int:
+    """The free memory of a CUDA device, or the available host memory for the CPU."""
+    return int(torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else psutil.virtual_memory().available)
+
+
 def fits(nbytes: int, device: torch.device) -> bool:
-    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else psutil.virtual_memory().available
-    return nbytes <= RESIDENT_FRACTION * free
+    return nbytes <= RESIDENT_FRACTION * free_bytes(device)
 
 
 def holds(requested: str, betons: tuple[Path, ...], image_size: int, device: torch.device) -> bool:

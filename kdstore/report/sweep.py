@@ -4,7 +4,12 @@ Combinations that mean nothing are left out: pacing needs a fixed order (not a s
 variant), a scorer other than the teacher needs a curriculum variant.
 Resumable: a run whose summary.json exists and whose config.json matches the sweep's options is
 finished and kept; a finished run made with other options is refused (or redone with
---overwrite); a run without summary.json (killed part-way) is started again from scratch."""
+--overwrite); a run killed part-way resumes from its last per-epoch checkpoint when its
+config.json matches (else it starts again from scratch). A run whose loss diverged (stopped.json)
+is kept as stopped and left out of the report, and the sweep goes on.
+
+`--concurrent N` trains N students at once in one process (train/concurrent.py): the same runs,
+the same run directories, the same metrics; `auto` takes as many as the device's memory holds."""
 
 from __future__ import annotations
 
@@ -14,8 +19,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from kdstore.errors import KdstoreError
+from kdstore.errors import Diverged, KdstoreError
 from kdstore.loader.prepare import VIEW_MODES
+from kdstore.loader.source import data_from_store
 from kdstore.method.distill_losses import LOSSES, options_for
 from kdstore.method.orderings import SCORERS, conflict
 from kdstore.method.pacing import PACINGS
@@ -23,8 +29,13 @@ from kdstore.method.variants import PAPER_VARIANTS, VARIANTS, get_variant
 from kdstore.options import differing, fields_of, old_names, opt, to_dict, with_policy
 from kdstore.report import tables as report
 from kdstore.runtime.console import clock, say
+from kdstore.store.format import Store
+from kdstore.store.publish import default_store
 from kdstore.train import loop as train
+from kdstore.train.concurrent import fit_together
 from kdstore.train.config import TrainConfig
+from kdstore.train.footprint import capacity
+from kdstore.train.run_dir import STOPPED
 
 
 @old_names
@@ -54,6 +65,11 @@ class SweepConfig:
     baseline: str = opt(report.BASELINE, "The arm the report compares every other with, paired by seed.")
     overwrite: bool = opt(
         False, "Redo finished runs under --out that were made with other options (without it the sweep refuses them)."
+    )
+    concurrent: str = opt(
+        "1",
+        "Students trained together in one process, from one store: a number, or 'auto' (as many as the device's "
+        "memory holds, measured before training). Each writes its own run directory, as `kdstore train` does.",
     )
 
 
@@ -143,6 +159,19 @@ def parse_seeds(spec: str) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
+def parse_concurrent(spec: str) -> int | None:
+    """--concurrent: a positive number of students, or `auto` (None: as many as fit)."""
+    if str(spec).strip() == "auto":
+        return None
+    try:
+        n = int(spec)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise KdstoreError(f"--concurrent must be a positive number of students or auto, got {spec!r}")
+    return n
+
+
 def run_dir(out: Path, arm: str, seed: int) -> Path:
     return Path(out) / f"{arm}-s{seed}"
 
@@ -176,6 +205,7 @@ def run(sweep: SweepConfig) -> dict[str, Any]:
     out = Path(base.out)
     replace(base, loss_options="").validate()  # the options are checked against each swept loss (_check_losses)
     seeds, baseline, overwrite = parse_seeds(sweep.seeds), sweep.baseline, sweep.overwrite
+    concurrent = parse_concurrent(sweep.concurrent)
     configs = arms(
         base,
         parse_variants(sweep.variants),
@@ -195,31 +225,81 @@ def run(sweep: SweepConfig) -> dict[str, Any]:
             f"warning: the baseline arm {baseline!r} is not in this sweep; the report has no Δ column (pass "
             "--baseline ARM)"
         )
-    todo = []
-    for cfg, _ in jobs:
-        target = Path(cfg.out)
-        if (target / "summary.json").is_file():
-            changed = stale(cfg, target)
-            if changed and not overwrite:
-                raise KdstoreError(
-                    f"{target} holds a finished run made with different {', '.join(changed)}; "
-                    "pass --overwrite to redo it, or sweep into another --out"
-                )
-            if not changed:
-                continue
-        todo.append(cfg)
-    t0, done = time.perf_counter(), 0
-    for i, (cfg, _) in enumerate(jobs, 1):
-        head = f"[{i}/{len(jobs)}] {Path(cfg.out).name}"
-        if cfg not in todo:
-            say(f"{head}: finished earlier with the same options, kept")
-            continue
-        elapsed = time.perf_counter() - t0
-        eta = f", ETA {clock(elapsed / done * (len(todo) - done))}" if done else ""
-        say(f"{head} (elapsed {clock(elapsed)}{eta})")
-        train.run(cfg)
-        done += 1
-    runs = [report.load_run(Path(c.out)) for c, _ in jobs]
+    todo = _todo([cfg for cfg, _ in jobs], overwrite)
+    if concurrent == 1:
+        _one_by_one([cfg for cfg, _ in jobs], todo)
+    elif todo:
+        _together(todo, concurrent)
+    stopped = [c for c, _ in jobs if (Path(c.out) / STOPPED).is_file()]
+    if stopped:
+        say(f"left out of the report, their loss diverged: {', '.join(Path(c.out).name for c in stopped)}")
+    runs = [report.load_run(Path(c.out)) for c, _ in jobs if c not in stopped]
+    if not runs:
+        raise KdstoreError("every run of the sweep stopped (its loss diverged); see their stopped.json")
     summary = report.summarize(runs, baseline=baseline)
     report.write_report(summary, out / "report", runs)
     return summary
+
+
+def _todo(cfgs: list[TrainConfig], overwrite: bool) -> list[TrainConfig]:
+    """The runs still to train (a killed one with a matching config.json and a checkpoint resumes);
+    a finished or stopped run made with other options is refused without --overwrite."""
+    todo = []
+    for cfg in cfgs:
+        target = Path(cfg.out)
+        ended = (target / "summary.json").is_file() or (target / STOPPED).is_file()
+        changed = stale(cfg, target) if ended or (target / "config.json").is_file() else ["config.json"]
+        if ended and changed and not overwrite:
+            raise KdstoreError(
+                f"{target} holds a finished run made with different {', '.join(changed)}; "
+                "pass --overwrite to redo it, or sweep into another --out"
+            )
+        if ended and not changed:
+            continue
+        resumable = not ended and not changed and (target / "checkpoint.pt").is_file()
+        todo.append(replace(cfg, resume=True) if resumable else cfg)
+    return todo
+
+
+def _one_by_one(cfgs: list[TrainConfig], todo: list[TrainConfig]) -> None:
+    """Train the runs in `todo` one after another, saying for each of `cfgs` what becomes of it."""
+    waiting = {c.out: c for c in todo}
+    t0, done = time.perf_counter(), 0
+    for i, cfg in enumerate(cfgs, 1):
+        head = f"[{i}/{len(cfgs)}] {Path(cfg.out).name}"
+        if cfg.out not in waiting:
+            say(f"{head}: {_ended(Path(cfg.out))} earlier with the same options, kept")
+            continue
+        elapsed = time.perf_counter() - t0
+        eta = f", ETA {clock(elapsed / done * (len(todo) - done))}" if done else ""
+        resumed = " resumed from its last epoch" if waiting[cfg.out].resume else ""
+        say(f"{head}{resumed} (elapsed {clock(elapsed)}{eta})")
+        try:
+            train.run(waiting[cfg.out])
+        except Diverged as e:
+            say(f"{e}; the sweep goes on")
+        done += 1
+
+
+def _ended(target: Path) -> str:
+    return "stopped (its loss diverged)" if (target / STOPPED).is_file() else "finished"
+
+
+def _together(todo: list[TrainConfig], concurrent: int | None) -> None:
+    """Train the runs in `todo` in groups of `concurrent` students (None: as many as fit)."""
+    store = todo[0].store or str(default_store())
+    todo = [replace(c, store=store) for c in todo]
+    data = data_from_store(Store.open(store))
+    if concurrent is None:
+        room = capacity(todo[0], data)
+        if room.students < 1:
+            raise KdstoreError(f"--concurrent auto: one student of {todo[0].student} does not fit: {room.describe()}")
+        concurrent = min(room.students, len(todo))
+        say(f"--concurrent auto: {concurrent} students at once ({room.describe()})")
+    t0 = time.perf_counter()
+    for start in range(0, len(todo), concurrent):
+        group = todo[start : start + concurrent]
+        names = ", ".join(Path(c.out).name + (" (resumed)" if c.resume else "") for c in group)
+        elapsed = clock(time.perf_counter() - t0)
+        say(f"[{start + 1}-{start + len(group)}/{len(todo)}] together: {names} (elapsed {elapsed})")
+        fit_together(group, data)

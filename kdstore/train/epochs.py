@@ -19,6 +19,14 @@ from kdstore.train.build import Run
 
 def run_epoch(run: Run, epoch: int, bar) -> dict[str, Any]:
     """Rescore if due, the epoch's lambdas, one pass of training, then evaluation."""
+    row, lambdas, task = begin_epoch(run, epoch, bar)
+    row.update(train_epoch(run, epoch, lambdas, bar, task))
+    return end_epoch(run, row, bar, task)
+
+
+def begin_epoch(run: Run, epoch: int, bar) -> tuple[dict[str, Any], np.ndarray, Any]:
+    """An epoch's start: its order set (rescored first if due), its lambdas, its row begun (lr, g(t)
+    and lambda of every batch) and its progress task. Returns (row, lambdas, task)."""
     cfg, loader = run.cfg, run.loader
     loader.set_epoch(epoch)
     if loader.rescore_due(epoch):
@@ -39,19 +47,16 @@ def run_epoch(run: Run, epoch: int, bar) -> dict[str, Any]:
     row["lam"] = np.round(lambdas, 5).tolist()  # lambda of every batch, for `kdstore report`'s figure
     for p in run.body:  # --freeze-epochs: only the head learns at first (frozen params get no grad)
         p.requires_grad_(epoch >= cfg.freeze_epochs)
-    row.update(train_epoch(run, epoch, lambdas, bar, task))
+    return row, lambdas, task
+
+
+def end_epoch(run: Run, row: dict[str, Any], bar, task, val: dict[str, float] | None = None) -> dict[str, Any]:
+    """An epoch's end, after its training pass: what the loss learnt, validation (`val`: measured
+    already, beside other students on the same batches) and the agreement; the row joins the history."""
     if run.step.loss is not None:  # what a loss learns (ctkd: its temperature), as the epoch left it
         row.update({f"loss_{k}": v for k, v in run.step.loss.readings().items()})
     t_eval = time.perf_counter()
-    inp = ModelInput(
-        model=run.model,
-        mean=loader.mean,
-        std=loader.std,
-        input_size=cfg.input_size or run.data.image_size,
-        device=run.device,
-        amp=cfg.amp,
-    )
-    row.update(val_metrics(inp, run.val_loader, run.ctx))
+    row.update(val if val is not None else val_metrics(model_input(run), run.val_loader, run.ctx))
     if run.agreement is not None:
         row.update(run.agreement(run.model))
     row["eval_seconds"] = time.perf_counter() - t_eval  # validation and agreement (`seconds` is training alone)
@@ -60,74 +65,132 @@ def run_epoch(run: Run, epoch: int, bar) -> dict[str, Any]:
     return row
 
 
+def model_input(run: Run) -> ModelInput:
+    """How the run's model is evaluated: on clean images, normalised and sized as in training."""
+    loader = run.loader
+    return ModelInput(
+        model=run.model,
+        mean=loader.mean,
+        std=loader.std,
+        input_size=run.cfg.input_size or run.data.image_size,
+        device=run.device,
+        amp=run.cfg.amp,
+    )
+
+
+class TrainPass:
+    """A pass of training under way: steps the run on each batch it is given (after the run's
+    hook) and sums the step's terms on the device; result() reads them once, at the end."""
+
+    def __init__(self, run: Run, epoch: int, bar, task) -> None:
+        self.run, self.epoch, self.bar, self.task = run, epoch, bar, task
+        self.sums = torch.zeros(4, dtype=torch.float64, device=run.device)  # loss, ce, kd, correct (sample-weighted)
+        self.n_seen = 0
+        run.step.model.train()
+
+    def __call__(self, batch) -> torch.Tensor:
+        """One step on `batch`; returns its loss (on the device)."""
+        run = self.run
+        if run.hook is not None:
+            run.hook(self.epoch, batch.index, batch.ids.copy(), batch.lam)
+        terms = run.step(batch)
+        n = len(batch)
+        self.n_seen += n
+        self.sums += torch.stack(
+            [terms["loss"].double() * n, terms["ce"].double() * n, terms["kd"].double() * n, terms["correct"].double()]
+        )
+        self.bar.update(self.task, completed=self.n_seen)  # a number only: no sync with the device
+        return terms["loss"]
+
+    def result(self, lambdas: np.ndarray, seconds: float, wait: float) -> dict[str, float]:
+        """The pass's row: mean terms and accuracy over every rank's samples, lambda's range, and
+        its speed (`seconds` of training, `wait` of them spent waiting for batches)."""
+        run = self.run
+        totals = all_reduce_sum(
+            torch.cat([self.sums, torch.tensor([float(self.n_seen)], dtype=torch.float64, device=run.device)]),
+            run.ctx,
+        )
+        n_all = max(totals[4].item(), 1.0)
+        loss, ce, kd, correct = (totals[:4] / n_all).tolist()
+        return {
+            "train_loss": loss,
+            "train_ce": ce,
+            "train_kd": kd,
+            "train_acc": correct,
+            "lam_mean": float(lambdas.mean()),
+            "lam_min": float(lambdas.min()),
+            "lam_max": float(lambdas.max()),
+            "seconds": seconds,
+            "images_per_s": n_all / max(seconds, 1e-9),
+            "data_wait_frac": wait / max(seconds, 1e-9),
+        }
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (so that it counts as training time, not evaluation's)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def train_epoch(run: Run, epoch: int, lambdas: np.ndarray, bar, task) -> dict[str, float]:
     """One pass over the training loader (this rank's share of the epoch's batches, each checked
     by the loader against the sample ids it read); lambdas[b] is batch b's lambda."""
-    sums = torch.zeros(4, dtype=torch.float64, device=run.device)  # loss, ce, kd, correct (sample-weighted)
-    n_seen, wait = 0, 0.0
-    run.step.model.train()
+    step = TrainPass(run, epoch, bar, task)
+    wait = 0.0
     t0 = t_wait = time.perf_counter()
     for batch in run.loader:
         wait += time.perf_counter() - t_wait
-        if run.hook is not None:
-            run.hook(epoch, batch.index, batch.ids.copy(), batch.lam)
-        terms = run.step(batch)
-        n = len(batch)
-        n_seen += n
-        sums += torch.stack(
-            [terms["loss"].double() * n, terms["ce"].double() * n, terms["kd"].double() * n, terms["correct"].double()]
-        )
-        bar.update(task, completed=n_seen)  # a number only: no sync with the device
+        step(batch)
         t_wait = time.perf_counter()
-    if run.device.type == "cuda":  # the epoch's queued work counts as training time, not evaluation's
-        torch.cuda.synchronize(run.device)
-    seconds = time.perf_counter() - t0
-    totals = all_reduce_sum(
-        torch.cat([sums, torch.tensor([float(n_seen)], dtype=torch.float64, device=run.device)]), run.ctx
-    )
-    n_all = max(totals[4].item(), 1.0)
-    loss, ce, kd, correct = (totals[:4] / n_all).tolist()
-    return {
-        "train_loss": loss,
-        "train_ce": ce,
-        "train_kd": kd,
-        "train_acc": correct,
-        "lam_mean": float(lambdas.mean()),
-        "lam_min": float(lambdas.min()),
-        "lam_max": float(lambdas.max()),
-        "seconds": seconds,
-        "images_per_s": n_all / max(seconds, 1e-9),
-        "data_wait_frac": wait / max(seconds, 1e-9),
-    }
+    synchronize(run.device)
+    return step.result(lambdas, time.perf_counter() - t0, wait)
 
 
-@torch.inference_mode()
 def val_metrics(inp: ModelInput, loader: Any, ctx: Context = Context()) -> dict[str, float]:
     """Validation accuracy and loss (mean CE) of inp.model over the whole split (each rank reads
     its shard in order); where the batches carry the teacher's logits, also the agreement with it
     (agreement.py). Sums stay on the device: the host waits once, at the end."""
-    inp.model.eval()
-    device = inp.device
-    loss = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    sums = agreement.Sums(device)
+    return val_metrics_of([inp], loader, ctx)[0]
+
+
+class _ValSums:
+    """One model's validation sums, on the device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.agreement = agreement.Sums(device)
+
+
+@torch.inference_mode()
+def val_metrics_of(inps: list[ModelInput], loader: Any, ctx: Context = Context()) -> list[dict[str, float]]:
+    """val_metrics of several models from one pass over the split: each batch is read once and
+    every model runs on it (students trained together), each with its own sums."""
+    device = inps[0].device
+    sums = [_ValSums(device) for _ in inps]
+    for inp in inps:
+        inp.model.eval()
     n, with_teacher = 0, False
     for batch in loader:
-        logits = inp.logits(batch.images)
         y = batch.labels  # on the device already
-        loss += nn.functional.cross_entropy(logits, y, reduction="sum").double()
-        correct += (logits.argmax(1) == y).sum()
-        if batch.target.logits is not None:
-            sums.add(logits, batch.target.logits)
-            with_teacher = True
+        for inp, s in zip(inps, sums):
+            logits = inp.logits(batch.images)
+            s.loss += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+            s.correct += (logits.argmax(1) == y).sum()
+            if batch.target.logits is not None:
+                s.agreement.add(logits, batch.target.logits)
+        with_teacher = with_teacher or batch.target.logits is not None
         n += len(y)
-    totals = all_reduce_sum(
-        torch.stack([loss, correct.double(), torch.tensor(float(n), dtype=torch.float64, device=device)]), ctx
-    )
-    n_all = max(totals[2].item(), 1.0)
-    out = {"val_acc": totals[1].item() / n_all, "val_loss": totals[0].item() / n_all}
-    if with_teacher:
-        out["agree_val"], out["kl_val"] = sums.result(ctx)
+    out = []
+    for s in sums:
+        totals = all_reduce_sum(
+            torch.stack([s.loss, s.correct.double(), torch.tensor(float(n), dtype=torch.float64, device=device)]), ctx
+        )
+        n_all = max(totals[2].item(), 1.0)
+        row = {"val_acc": totals[1].item() / n_all, "val_loss": totals[0].item() / n_all}
+        if with_teacher:
+            row["agree_val"], row["kl_val"] = s.agreement.result(ctx)
+        out.append(row)
     return out
 
 

@@ -11,19 +11,16 @@ restored from) its directory by run_dir.py; this module runs it (fit) and is the
 from __future__ import annotations
 
 import gc
-import json
 import time
 from dataclasses import replace
 from typing import Any
 
-from kdstore.errors import KdstoreError
+from kdstore.errors import Diverged, KdstoreError
 from kdstore.loader.source import TrainData, data_from_store
 from kdstore.loader.teacher_targets import LogitSource, online_teacher
 from kdstore.models.teachers import TeacherSpec, load_teacher
-from kdstore.options import write_json
 from kdstore.runtime.console import images_progress, say
 from kdstore.runtime.devices import resolve_device
-from kdstore.runtime.files import writing
 from kdstore.runtime.precision import for_device
 from kdstore.store.format import Store
 from kdstore.store.publish import default_store
@@ -31,7 +28,7 @@ from kdstore.store.verification import verify
 from kdstore.train.build import RUN_RECORD, BatchHook, Run, build_run
 from kdstore.train.config import TrainConfig
 from kdstore.train.epochs import epoch_line, run_epoch, scalars_of, train_epoch, val_metrics
-from kdstore.train.run_dir import RESUMABLE_CHANGES, restore, save_epoch, summarize
+from kdstore.train.run_dir import RESUMABLE_CHANGES, diverged, open_run, save_epoch, save_stopped, summarize
 from kdstore.train.tensorboard import EventLog
 
 __all__ = [
@@ -70,20 +67,16 @@ def fit(
     caution = run.step.loss.lam_caution(cfg.lam) if run.step.loss is not None else None
     if caution and run.variant.fixed_lambda and run.ctx.main:
         say(f"warning: {caution}")
-    start = 0
-    if cfg.resume:
-        start, run.history = restore(run.out / "checkpoint.pt", run)
-    if run.ctx.main:
-        run.out.mkdir(parents=True, exist_ok=True)
-        with writing(run.out / "config.json"):
-            write_json(run.out / "config.json", run.config)
-        with writing(run.out / "metrics.jsonl"):
-            (run.out / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in run.history))
+    start = open_run(run)
     events = EventLog(run.out) if cfg.tensorboard and run.ctx.main else None
     t0 = time.perf_counter()
     with images_progress(cfg.progress and run.ctx.main) as bar:
         for epoch in range(start, cfg.epochs):
             row = run_epoch(run, epoch, bar)
+            stop = diverged(run, row)
+            if stop is not None:
+                path = save_stopped(run, row, stop)
+                raise Diverged(f"{run.label} seed {cfg.seed}: {stop}; stopped (its last finite epoch is kept, {path})")
             if run.ctx.main:
                 save_epoch(run, row)
                 if events is not None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,45 @@ from kdstore.runtime.console import say
 from kdstore.runtime.files import writing
 from kdstore.train.build import Run
 from kdstore.train.config import TrainConfig
+
+
+def open_run(run: Run) -> int:
+    """A run's directory made ready (main rank): the checkpoint restored under --resume, then
+    config.json and metrics.jsonl (the history so far) written. Returns the epoch to start from."""
+    start = 0
+    if run.cfg.resume:
+        start, run.history = restore(run.out / "checkpoint.pt", run)
+    if run.ctx.main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        (run.out / STOPPED).unlink(missing_ok=True)
+        with writing(run.out / "config.json"):
+            write_json(run.out / "config.json", run.config)
+        with writing(run.out / "metrics.jsonl"):
+            (run.out / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in run.history))
+    return start
+
+
+STOPPED = "stopped.json"  # a run stopped because its loss diverged: when, and its last epoch's row
+
+
+def diverged(run: Run, row: dict[str, Any]) -> str | None:
+    """Why the run must stop after this epoch (its training loss is not finite), else None."""
+    loss = row.get("train_loss")
+    if loss is None or math.isfinite(loss):
+        return None
+    return f"the training loss is {loss} at epoch {row['epoch']}"
+
+
+def save_stopped(run: Run, row: dict[str, Any], reason: str) -> Path:
+    """stopped.json (main rank): why and when the run stopped, with the epoch's row; the
+    checkpoint and metrics.jsonl keep the last finite epoch."""
+    path = run.out / STOPPED
+    if run.ctx.main:
+        with writing(path):
+            write_json(
+                path, {"reason": reason, "epoch": row["epoch"], "arm": run.cfg.arm, "seed": run.cfg.seed, "row": row}
+            )
+    return path
 
 
 def save_epoch(run: Run, row: dict[str, Any]) -> None:

@@ -1,0 +1,218 @@
+"""Students trained together: many runs of one architecture in one process, from one store, in
+lock step (`kdstore sweep --concurrent N`; `kdstore.train.concurrent.fit_together` in Python).
+
+Each student is a whole run of its own (build.py): its loader with its own order, pacing,
+augmentation draws and lambda, its seed, model, optimiser and learning-rate schedule, its own
+global random state (swapped in around everything it does), and its own run directory, written
+exactly as `kdstore train` writes one. What they share is what one store gives them all: the
+data opened once, the splits held in memory once, and each validation batch read once for every
+student. A student's step is the step it would take alone, so its metrics equal its separate
+run's (bit for bit on the CPU: tests/train/test_concurrent.py).
+
+Students step in turn, batch by batch: student 1's batch b, student 2's batch b, ..., then
+batch b + 1. A student whose training loss goes NaN or infinite is stopped after that epoch
+(stopped.json in its directory says when) and the others go on; `--resume` (the sweep resumes
+each killed student from its last checkpoint) continues every student from its own epoch."""
+
+from __future__ import annotations
+
+import gc
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+from kdstore.errors import KdstoreError
+from kdstore.loader.source import TrainData, data_from_store
+from kdstore.runtime import distributed
+from kdstore.runtime.console import images_progress, say
+from kdstore.runtime.devices import resolve_device
+from kdstore.store.format import Store
+from kdstore.train.build import Run, build_run
+from kdstore.train.config import TrainConfig
+from kdstore.train.epochs import (
+    TrainPass,
+    begin_epoch,
+    end_epoch,
+    epoch_line,
+    model_input,
+    scalars_of,
+    synchronize,
+    val_metrics_of,
+)
+from kdstore.train.footprint import capacity
+from kdstore.train.run_dir import diverged, open_run, save_epoch, save_stopped, summarize
+from kdstore.train.tensorboard import EventLog
+
+# What students trained together must share: one store, one architecture as built, one batch
+# (size and input size), one device and precision. Everything else is a student's own.
+SHARED = ("store", "student", "stem", "pretrained", "pretrained_file", "batch_size", "input_size", "device", "amp")
+
+
+def check_together(cfgs: list[TrainConfig]) -> None:
+    """Refuse, in one line naming the first mismatch, students that cannot be trained together."""
+    if not cfgs:
+        raise KdstoreError("no students to train together")
+    first = cfgs[0]
+    for cfg in cfgs[1:]:
+        for name in SHARED:
+            if getattr(cfg, name) != getattr(first, name):
+                raise KdstoreError(
+                    f"--concurrent: the students differ in {name} ({getattr(first, name)!r} for {first.arm} seed "
+                    f"{first.seed}, {getattr(cfg, name)!r} for {cfg.arm} seed {cfg.seed}); students trained together "
+                    f"share {', '.join(SHARED)}"
+                )
+    outs = [str(c.out) for c in cfgs]
+    if len(set(outs)) < len(outs):
+        raise KdstoreError("--concurrent: two students would write the same run directory")
+
+
+def check_fits(cfgs: list[TrainConfig], data: TrainData) -> None:
+    """Refuse more students than the device holds, saying the largest number that fits (measured
+    before training starts: train/footprint.py)."""
+    room = capacity(cfgs[0], data)
+    if room.students < len(cfgs):
+        raise KdstoreError(
+            f"--concurrent {len(cfgs)}: too many students of {cfgs[0].student} at batch {cfgs[0].batch_size}: "
+            f"{room.describe()}; pass --concurrent {room.students} or auto"
+            if room.students
+            else f"one student of {cfgs[0].student} at batch {cfgs[0].batch_size} does not fit: {room.describe()}"
+        )
+
+
+@dataclass(kw_only=True)
+class Student:
+    """One run trained among others: the run, its own random state, where it stands."""
+
+    run: Run
+    start: int  # the first epoch it trains (after a resume, its next one)
+    rng: torch.Tensor  # its global (CPU) random state between its turns
+    cuda_rng: torch.Tensor | None
+    events: EventLog | None
+    stopped: str | None = None  # why it was stopped (its loss diverged)
+
+    def trains(self, epoch: int) -> bool:
+        return self.stopped is None and self.start <= epoch < self.run.cfg.epochs
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """Everything the student does runs with its own global random state, as it would alone."""
+        cuda = self.run.device.type == "cuda"
+        outer = torch.get_rng_state()
+        outer_cuda = torch.cuda.get_rng_state(self.run.device) if cuda else None
+        torch.set_rng_state(self.rng)
+        if cuda and self.cuda_rng is not None:
+            torch.cuda.set_rng_state(self.cuda_rng, self.run.device)
+        try:
+            yield
+        finally:
+            self.rng = torch.get_rng_state()
+            torch.set_rng_state(outer)
+            if cuda:
+                self.cuda_rng = torch.cuda.get_rng_state(self.run.device)
+                torch.cuda.set_rng_state(outer_cuda, self.run.device)
+
+
+def _student(cfg: TrainConfig, data: TrainData) -> Student:
+    """A run built, resumed if asked, and its directory made ready, as `train` does it."""
+    outer = torch.get_rng_state()
+    run = build_run(cfg, data, cfg.student, "student")
+    caution = run.step.loss.lam_caution(cfg.lam) if run.step.loss is not None else None
+    if caution and run.variant.fixed_lambda:
+        say(f"warning: {run.label} seed {cfg.seed}: {caution}")
+    start = open_run(run)
+    cuda = run.device.type == "cuda"
+    student = Student(
+        run=run,
+        start=start,
+        rng=torch.get_rng_state(),
+        cuda_rng=torch.cuda.get_rng_state(run.device) if cuda else None,
+        events=EventLog(run.out) if cfg.tensorboard else None,
+    )
+    torch.set_rng_state(outer)
+    return student
+
+
+def fit_together(cfgs: list[TrainConfig], data: TrainData | None = None) -> list[dict[str, Any] | None]:
+    """Train every student of cfgs together (module docstring) from `data` (default: the store
+    of cfgs[0]); returns each one's summary (None for a student stopped because its loss diverged)."""
+    check_together(cfgs)
+    for cfg in cfgs:
+        cfg.validate()
+    if distributed.init(resolve_device(cfgs[0].device))[0].active:
+        raise KdstoreError("--concurrent is not supported under torchrun yet; train the students in one process each")
+    if data is None:
+        data = data_from_store(Store.open(str(cfgs[0].store)))
+    check_fits(cfgs, data)
+    students = [_student(cfg, data) for cfg in cfgs]
+    t0, trained = time.perf_counter(), [0, 0.0]  # images trained, seconds of training
+    with images_progress(cfgs[0].progress) as bar:
+        for epoch in range(min(s.start for s in students), max(c.epochs for c in cfgs)):
+            going = [s for s in students if s.trains(epoch)]
+            if going:
+                images, seconds = _epoch(going, epoch, bar, time.perf_counter() - t0)
+                trained[0] += images
+                trained[1] += seconds
+    if trained[1]:
+        say(f"{len(students)} students together: {trained[0] / trained[1]:,.0f} training images/s in all")
+    summaries = []
+    for s in students:
+        if s.events is not None:
+            s.events.close()
+        if s.stopped is None:
+            summaries.append(summarize(s.run, s.run.cfg.student, time.perf_counter() - t0))
+        else:
+            summaries.append(None)
+    del students  # their FFCV loaders and threads end here
+    gc.collect()
+    return summaries
+
+
+def _epoch(students: list[Student], epoch: int, bar, elapsed: float) -> tuple[int, float]:
+    """One epoch of every student: their training passes in turn, batch by batch; one validation
+    pass for all; each one's row, checkpoint and line (or its stop). Returns the images trained
+    on (all students) and the seconds their training passes took together."""
+    begun, passes = [], []
+    for s in students:
+        with s.turn():
+            begun.append(begin_epoch(s.run, epoch, bar))
+            passes.append(TrainPass(s.run, epoch, bar, begun[-1][2]))
+    batches = [iter(s.run.loader) for s in students]
+    waits = [0.0] * len(students)
+    live = list(range(len(students)))
+    t0 = time.perf_counter()
+    while live:
+        for i in list(live):
+            t = time.perf_counter()
+            batch = next(batches[i], None)
+            waits[i] += time.perf_counter() - t
+            if batch is None:
+                live.remove(i)
+                continue
+            with students[i].turn():
+                passes[i](batch)
+    synchronize(students[0].run.device)
+    seconds = time.perf_counter() - t0
+    val = val_metrics_of([model_input(s.run) for s in students], students[0].run.val_loader, students[0].run.ctx)
+    for s, (row, lambdas, task), step, wait, v in zip(students, begun, passes, waits, val):
+        with s.turn():
+            row.update(step.result(lambdas, seconds, wait))
+            end_epoch(s.run, row, bar, task, v)
+            _close_epoch(s, row, elapsed + time.perf_counter() - t0, epoch + 1 - s.start)
+    return sum(p.n_seen for p in passes), seconds
+
+
+def _close_epoch(s: Student, row: dict[str, Any], elapsed: float, epochs_timed: int) -> None:
+    """A student's epoch written (metrics line, checkpoint, scalars, its line), or its stop."""
+    run = s.run
+    s.stopped = diverged(run, row)
+    if s.stopped is not None:
+        path = save_stopped(run, row, s.stopped)
+        say(f"{run.label} seed {run.cfg.seed}: {s.stopped}; stopped (the others go on; {path})")
+        return
+    save_epoch(run, row)
+    if s.events is not None:
+        s.events.epoch(scalars_of(run, row))
+    say(epoch_line(run, row, elapsed, epochs_timed))

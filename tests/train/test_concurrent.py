@@ -1,0 +1,153 @@
+"""Students trained together (`sweep --concurrent`): each student's metrics, summary and
+checkpoint equal its separate run's, bit for bit on the CPU; a kill mid-epoch resumes every
+student to the same end; a diverging student stops alone; what cannot be trained together is
+refused in one line."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from kdstore.cli.main import cli
+from kdstore.errors import KdstoreError
+from kdstore.loader.source import TrainData
+from kdstore.models.build import build_model
+from kdstore.models.checkpoints import load_checkpoint
+from kdstore.report import sweep
+from kdstore.report.sweep import SweepConfig
+from kdstore.train import concurrent, footprint
+from kdstore.train import loop as train
+from kdstore.train.concurrent import check_together, fit_together
+from kdstore.train.config import TrainConfig
+from kdstore.train.epochs import TrainPass
+
+TIMING = {"seconds", "images_per_s", "data_wait_frac", "eval_seconds"}  # how long, not what was computed
+STUDENTS = (("kd", 0), ("kd", 1), ("kd-cl-sr", 0))
+
+
+def _cfg(out: Path, store, variant: str, seed: int, **kw) -> TrainConfig:
+    return TrainConfig(
+        out=str(out / f"{variant}-s{seed}"),
+        store=str(store),
+        variant=variant,
+        seed=seed,
+        epochs=2,
+        batch_size=64,
+        progress=False,
+        **kw,
+    )
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _same_run(a: Path, b: Path) -> None:
+    """Every metric of every epoch equal (timings aside), and the same final weights."""
+    ra, rb = _rows(a), _rows(b)
+    assert len(ra) == len(rb) == 2
+    for x, y in zip(ra, rb):
+        assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
+    wa, wb = load_checkpoint(a / "checkpoint.pt")["state_dict"], load_checkpoint(b / "checkpoint.pt")["state_dict"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def separate(digits_store, tmp_path_factory) -> Path:
+    """The three students trained one by one, as `kdstore train` trains them."""
+    out = tmp_path_factory.mktemp("separate")
+    for variant, seed in STUDENTS:
+        train.run(_cfg(out, digits_store, variant, seed))
+    return out
+
+
+def test_together_equals_separate_and_a_diverging_student_stops_alone(separate, digits_store, tmp_path):
+    cfgs = [_cfg(tmp_path, digits_store, v, s) for v, s in STUDENTS]
+    wild = _cfg(tmp_path / "wild", digits_store, "kd", 0, lr=1e6)  # its loss goes NaN in the first epoch
+    summaries = fit_together(cfgs + [wild])
+    for (variant, seed), summary in zip(STUDENTS, summaries):
+        name = f"{variant}-s{seed}"
+        _same_run(separate / name, tmp_path / name)
+        alone = json.loads((separate / name / "summary.json").read_text())
+        assert {k: v for k, v in summary.items() if k not in TIMING} == {
+            k: v for k, v in alone.items() if k not in TIMING
+        }
+        meta = load_checkpoint(tmp_path / name / "checkpoint.pt")["meta"]
+        plain, _ = build_model(meta["model"], meta["num_classes"], meta["input_size"])  # a plain timm model
+        plain.load_state_dict(load_checkpoint(tmp_path / name / "checkpoint.pt")["state_dict"])
+    assert summaries[-1] is None
+    stopped = json.loads((Path(wild.out) / "stopped.json").read_text())
+    assert stopped["epoch"] == 1 and "nan" in stopped["reason"].lower()
+    assert not (Path(wild.out) / "summary.json").exists()
+
+
+@pytest.mark.heavy
+def test_a_sweep_killed_mid_epoch_resumes_every_student(separate, digits_store, tmp_path, monkeypatch):
+    base = TrainConfig(out=str(tmp_path), store=str(digits_store), epochs=2, batch_size=64, progress=False)
+    swept = SweepConfig(variants="kd,kd-cl-sr", seeds="0", concurrent="auto", base=base)
+    real, calls = TrainPass.__call__, []
+
+    def killed_mid_second_epoch(self, batch):
+        calls.append(1)
+        if len(calls) == 2 * 23 + 11:  # two students, 23 batches an epoch: mid-epoch 2
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(TrainPass, "__call__", killed_mid_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run(swept)
+    assert all(len(_rows(tmp_path / name)) == 1 for name in ("kd-s0", "kd-cl-sr-s0"))  # epoch 1 kept
+    calls.clear()
+    sweep.run(swept)
+    assert len(calls) == 2 * 23  # only the second epoch trained again
+    for name in ("kd-s0", "kd-cl-sr-s0"):
+        _same_run(separate / name, tmp_path / name)
+    assert (tmp_path / "report" / "results.json").is_file()
+
+
+def test_a_device_too_small_names_the_largest_number_that_fits(digits_store, tmp_path, monkeypatch):
+    cfgs = [_cfg(tmp_path, digits_store, "kd", s) for s in range(3)]
+    per = footprint.student_bytes(cfgs[0], concurrent.data_from_store(concurrent.Store.open(str(digits_store))))
+    monkeypatch.setattr(footprint, "free_bytes", lambda device: int(2.5 * per / footprint.HEADROOM))
+    monkeypatch.setattr(footprint, "holds", lambda *a: False)
+    with pytest.raises(KdstoreError, match=r"--concurrent 3: too many students .* room for 2 .* pass --concurrent 2"):
+        fit_together(cfgs)
+    assert not any(Path(c.out).exists() for c in cfgs)  # refused before any run starts
+
+
+def _data(image_size: int = 32) -> TrainData:
+    return TrainData(
+        train_beton=Path("-"), val_beton=Path("-"), num_classes=10, image_size=image_size, mean=(0.5,), std=(0.5,)
+    )
+
+
+def test_a_students_footprint_is_its_state_plus_what_autograd_saves(tmp_path):
+    cfg = TrainConfig(out=str(tmp_path), student="cifar_resnet8", device="cpu", batch_size=16)
+    model, _ = build_model("cifar_resnet8", 10, 32)
+    params = sum(p.numel() * 4 for p in model.parameters())
+    at = {b: footprint.student_bytes(TrainConfig(**{**cfg.__dict__, "batch_size": b}), _data()) for b in (16, 32, 64)}
+    # activations grow with the batch, by the same bytes per sample (BatchNorm's per-channel statistics do not)
+    assert at[64] - at[32] == 2 * (at[32] - at[16]) > 0
+    assert at[16] > 3 * params
+    images = torch.zeros(16, 3, 32, 32)
+    assert footprint.saved_bytes(model, images, torch.device("cpu"), False) >= images.numel() * 4  # the input is saved
+
+
+def test_students_that_cannot_train_together_are_refused_naming_the_first_mismatch(tmp_path):
+    a = TrainConfig(out=str(tmp_path / "a"), store="s", student="cifar_resnet8", batch_size=64)
+    with pytest.raises(KdstoreError, match=r"differ in student \('cifar_resnet8' .*'cifar_resnet20'"):
+        check_together([a, TrainConfig(out=str(tmp_path / "b"), store="s", student="cifar_resnet20", batch_size=64)])
+    with pytest.raises(KdstoreError, match=r"differ in batch_size \(64 .*, 32 "):
+        check_together([a, TrainConfig(out=str(tmp_path / "b"), store="s", student="cifar_resnet8", batch_size=32)])
+    with pytest.raises(KdstoreError, match="same run directory"):
+        check_together([a, a])
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many"])
+def test_concurrent_must_be_a_positive_number_or_auto(tmp_path, value):
+    result = CliRunner().invoke(cli, ["sweep", "--out", str(tmp_path / "s"), "--concurrent", value, "--no-progress"])
+    text = result.output.strip()
+    assert result.exit_code != 0 and len(text.splitlines()) == 1 and "Traceback" not in text, text
+    assert f"--concurrent must be a positive number of students or auto, got '{value}'" in text
