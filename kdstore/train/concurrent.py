@@ -9,10 +9,12 @@ data opened once, the splits held in memory once, and each validation batch read
 student. A student's step is the step it would take alone, so its metrics equal its separate
 run's (bit for bit on the CPU: tests/train/test_concurrent.py).
 
-Students step in turn, batch by batch: student 1's batch b, student 2's batch b, ..., then
-batch b + 1. A student whose training loss goes NaN or infinite is stopped after that epoch
-(stopped.json in its directory says when) and the others go on; `--resume` (the sweep resumes
-each killed student from its last checkpoint) continues every student from its own epoch."""
+The students train in turn, an epoch each (each pass as it runs alone: its `seconds` and
+images/s are its own, and on the CPU its model stays in cache for its whole pass), then one
+validation pass reads each batch once for all of them. A student whose training loss goes NaN
+or infinite is stopped after that epoch (stopped.json in its directory says when) and the
+others go on; `--resume` (the sweep resumes each killed student from its last checkpoint)
+continues every student from its own epoch."""
 
 from __future__ import annotations
 
@@ -33,13 +35,12 @@ from kdstore.store.format import Store
 from kdstore.train.build import Run, build_run
 from kdstore.train.config import TrainConfig
 from kdstore.train.epochs import (
-    TrainPass,
     begin_epoch,
     end_epoch,
     epoch_line,
     model_input,
     scalars_of,
-    synchronize,
+    train_epoch,
     val_metrics_of,
 )
 from kdstore.train.footprint import capacity
@@ -171,37 +172,24 @@ def fit_together(cfgs: list[TrainConfig], data: TrainData | None = None) -> list
 
 
 def _epoch(students: list[Student], epoch: int, bar, elapsed: float) -> tuple[int, float]:
-    """One epoch of every student: their training passes in turn, batch by batch; one validation
-    pass for all; each one's row, checkpoint and line (or its stop). Returns the images trained
-    on (all students) and the seconds their training passes took together."""
-    begun, passes = [], []
+    """One epoch of every student: their training passes in turn, one validation pass for all,
+    then each one's row, checkpoint and line (or its stop). Returns the images trained on (all
+    students) and the seconds their training passes took."""
+    t0 = time.perf_counter()
+    ended, trained, seconds = [], 0, 0.0
     for s in students:
         with s.turn():
-            begun.append(begin_epoch(s.run, epoch, bar))
-            passes.append(TrainPass(s.run, epoch, bar, begun[-1][2]))
-    batches = [iter(s.run.loader) for s in students]
-    waits = [0.0] * len(students)
-    live = list(range(len(students)))
-    t0 = time.perf_counter()
-    while live:
-        for i in list(live):
-            t = time.perf_counter()
-            batch = next(batches[i], None)
-            waits[i] += time.perf_counter() - t
-            if batch is None:
-                live.remove(i)
-                continue
-            with students[i].turn():
-                passes[i](batch)
-    synchronize(students[0].run.device)
-    seconds = time.perf_counter() - t0
+            row, lambdas, task = begin_epoch(s.run, epoch, bar)
+            row.update(train_epoch(s.run, epoch, lambdas, bar, task))
+        ended.append((row, task))
+        trained += round(row["images_per_s"] * row["seconds"])
+        seconds += row["seconds"]
     val = val_metrics_of([model_input(s.run) for s in students], students[0].run.val_loader, students[0].run.ctx)
-    for s, (row, lambdas, task), step, wait, v in zip(students, begun, passes, waits, val):
+    for s, (row, task), v in zip(students, ended, val):
         with s.turn():
-            row.update(step.result(lambdas, seconds, wait))
             end_epoch(s.run, row, bar, task, v)
             _close_epoch(s, row, elapsed + time.perf_counter() - t0, epoch + 1 - s.start)
-    return sum(p.n_seen for p in passes), seconds
+    return trained, seconds
 
 
 def _close_epoch(s: Student, row: dict[str, Any], elapsed: float, epochs_timed: int) -> None:
