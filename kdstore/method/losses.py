@@ -46,13 +46,20 @@ def ce_mean(
     return ce.mean() if views == 1 else ce.view(views, -1).mean(dim=1).sum()
 
 
-def weigh(ce: torch.Tensor, kd: torch.Tensor, lam: float) -> dict[str, torch.Tensor]:
-    """(1 - lam) * ce + lam * kd, with both terms (detached): every loss's composition."""
+def weigh(ce: torch.Tensor, kd: torch.Tensor, lam: float | torch.Tensor) -> dict[str, torch.Tensor]:
+    """(1 - lam) * ce + lam * kd, with both terms (detached): every loss's composition. `lam` may
+    also be a device tensor (1 - lambda, lambda), each rounded from the host's double, as a CUDA
+    graph reads it (train/graph_step.py): the same products, bit for bit, with nothing baked in."""
     check_lam(lam)
+    if isinstance(lam, torch.Tensor):
+        return {"loss": lam[0] * ce + lam[1] * kd, "ce": ce.detach(), "kd": kd.detach()}
     return {"loss": (1.0 - lam) * ce + lam * kd, "ce": ce.detach(), "kd": kd.detach()}
 
 
-def check_lam(lam: float) -> None:
+def check_lam(lam: float | torch.Tensor) -> None:
+    """lambda must be in [0, 1]; a device tensor (a CUDA graph's input, checked as it is filled) is not read here."""
+    if isinstance(lam, torch.Tensor):
+        return
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lambda must be in [0, 1], got {lam}")
 

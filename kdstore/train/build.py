@@ -26,6 +26,7 @@ from kdstore.runtime.precision import for_device
 from kdstore.store.rows import Rows
 from kdstore.train import agreement
 from kdstore.train.config import TrainConfig
+from kdstore.train.graph_step import with_graph
 from kdstore.train.step import Step, cosine, sgd
 
 # on_batch(epoch, batch index, sample ids (B,), lambda): observes what the loop trained on.
@@ -181,16 +182,19 @@ def _step(cfg: TrainConfig, models: tuple[nn.Module, Any], device: torch.device,
         cfg.momentum,
         cfg.weight_decay,
     )
-    step = Step(
-        model=net,
-        optimizer=optimizer,
-        scheduler=cosine(optimizer, cfg.epochs * batches),
-        device=device,
-        tau=cfg.tau,
-        loss=term,
-        label_smoothing=cfg.label_smoothing,
-        input_size=cfg.input_size,
-        amp=cfg.amp,
+    step = with_graph(
+        Step(
+            model=net,
+            optimizer=optimizer,
+            scheduler=cosine(optimizer, cfg.epochs * batches),
+            device=device,
+            tau=cfg.tau,
+            loss=term,
+            label_smoothing=cfg.label_smoothing,
+            input_size=cfg.input_size,
+            amp=cfg.amp,
+        ),
+        cfg.cuda_graph,
     )
     return step, body
 

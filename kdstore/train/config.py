@@ -128,6 +128,14 @@ class TrainConfig:
         teacher=True,
         sweep="base",
     )
+    cuda_graph: bool = opt(
+        True,
+        "On CUDA, replay the training step from one captured CUDA graph (train/graph_step.py; a step that "
+        "cannot be captured says why and runs eagerly); ignored on the CPU.",
+        resume="may_change",
+        teacher=True,
+        sweep="base",
+    )
     agreement_samples: int = opt(
         10_000,
         "Clean training images (a fixed subset, the same for every run) on which each epoch measures the "

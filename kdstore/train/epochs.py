@@ -38,7 +38,7 @@ def begin_epoch(run: Run, epoch: int, bar) -> tuple[dict[str, Any], np.ndarray, 
     assert plan is not None
     row: dict[str, Any] = {
         "epoch": epoch + 1,
-        "lr": run.step.scheduler.get_last_lr()[0],
+        "lr": float(run.step.scheduler.get_last_lr()[0]),
         "scores": plan.scores.source,
     }
     pace = plan.fractions(epoch)

@@ -64,6 +64,15 @@ class Step:
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One optimiser step on a batch. Returns the loss and its CE and KD terms (detached) and
         the number right."""
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.compute(batch)
+        self.scheduler.step()
+        return out
+
+    def compute(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The step's work on the device, from the forward pass to the optimiser's update (not
+        the learning-rate schedule's, which runs on the host): what a CUDA graph captures
+        (graph_step.py). The gradients must be unset before (zero_grad(set_to_none=True))."""
         with autocast(self.device, self.amp):
             logits = self.model(self._input(batch.images))
             # a two-view loss (mlkd): the second view in its own forward pass (its own BatchNorm statistics)
@@ -76,11 +85,9 @@ class Step:
             loss=self.loss,
             pair_logits=None if pair is None else pair.float(),
         )
-        self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms.loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
         return {
             "loss": terms.loss.detach(),
             "ce": terms.ce,
