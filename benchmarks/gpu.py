@@ -25,6 +25,9 @@ if it fits:
   fit         `train` runs of 3 epochs at batch 512 (images/s of the training pass, synchronised
               before its time is read; evaluation and checkpoint seconds apart): every student with
               offline KD and unguided, data on the device; cifar_resnet8 streamed by FFCV
+              (the training step replayed from a CUDA graph, the default; cifar_resnet8's kd and
+              unguided again with the eager step)
+  together    four cifar_resnet8 students trained together from the store (`sweep --concurrent 4`)
   ceiling     the same step on batches already gathered on the device, one sync at the end
   cache224    the cache pass of resnet152 at 224 px over 224-px JPEGs: bf16, and fp32 with TF32 off
               (in child processes)
@@ -309,13 +312,16 @@ def sync_check(work: Path, p: dict, store: str, student: str, variant: str) -> d
         torch.cuda.set_sync_debug_mode("default")
 
 
-def fit_speed(work: Path, p: dict, store: str, student: str, variant: str, loader: str) -> dict:
+def fit_speed(
+    work: Path, p: dict, store: str, student: str, variant: str, loader: str, options: dict | None = None
+) -> dict:
     """A `train` run; per epoch: images/s of the training pass, evaluation and checkpoint seconds
-    (the first epoch includes cuDNN's autotuning: the figure is the median of the others)."""
+    (the first epoch includes cuDNN's autotuning and the graph's capture: the figure is the
+    median of the others). `options`: more of train's (cuda_graph=False: the eager step)."""
     from kdstore.store.format import Store
     from kdstore.train import loop as train
 
-    cfg = train_config(work, p, store, student, variant, loader, epochs=p["fit_epochs"])
+    cfg = train_config(work, p, store, student, variant, loader, epochs=p["fit_epochs"], **(options or {}))
     saves: list[float] = []
     plain = train.save_epoch
 
@@ -340,6 +346,31 @@ def fit_speed(work: Path, p: dict, store: str, student: str, variant: str, loade
         "checkpoint_seconds": saves,
         "data_wait_frac": [r["data_wait_frac"] for r in rows],
         "loader_used": json.loads((Path(cfg.out) / "config.json").read_text())["loader_used"],
+        "cuda_graph": cfg.cuda_graph,
+    }
+
+
+def together(work: Path, p: dict, store: str, student: str, n: int) -> dict:
+    """`sweep --concurrent n` as the library runs it: n students of `student` (kd, kd-cl-sr,
+    unguided and kd-cl in turn, seeds 0, 1, ...) from one store in one process; the students'
+    images trained on over the seconds of their training passes, and the wall time."""
+    from kdstore.train.concurrent import fit_together
+
+    variants = ("kd", "kd-cl-sr", "unguided", "kd-cl")
+    cfgs = [
+        train_config(work, p, store, student, variants[i % 4], epochs=p["fit_epochs"], seed=i // 4, tensorboard=False)
+        for i in range(n)
+    ]
+    t0 = time.perf_counter()
+    fit_together(cfgs)
+    wall = time.perf_counter() - t0
+    rows = [json.loads(line) for c in cfgs for line in (Path(c.out) / "metrics.jsonl").read_text().splitlines()]
+    images = sum(r["images_per_s"] * r["seconds"] for r in rows)
+    return {
+        "students": n,
+        "images_per_s_in_all": images / sum(r["seconds"] for r in rows),
+        "wall_seconds": wall,
+        "epochs": p["fit_epochs"],
     }
 
 
@@ -542,6 +573,16 @@ def summary(r: dict) -> list[str]:
         f"(on the device: {get('fit', 'cifar_resnet8-kd-device', 'images_per_s')})"
     )
     lines.append(
+        f"cifar_resnet8, graph step (default) / eager: kd {get('fit', 'cifar_resnet8-kd-device', 'images_per_s')} / "
+        f"{get('fit', 'cifar_resnet8-kd-device-eager', 'images_per_s')} img/s, unguided "
+        f"{get('fit', 'cifar_resnet8-unguided-device', 'images_per_s')} / "
+        f"{get('fit', 'cifar_resnet8-unguided-device-eager', 'images_per_s')} img/s"
+    )
+    lines.append(
+        f"4 cifar_resnet8 students together: {get('together', 'cifar_resnet8-x4', 'images_per_s_in_all')} img/s in all "
+        f"({get('together', 'cifar_resnet8-x4', 'wall_seconds', fmt='{:.1f}')} s)"
+    )
+    lines.append(
         f"resnet152@224 cache pass: bf16 {get('cache224', 'bf16', 'teacher_images_per_s')} img/s, "
         f"fp32 {get('cache224', 'fp32', 'teacher_images_per_s')} img/s"
     )
@@ -579,6 +620,18 @@ def plan(p: dict) -> list[tuple[str, float, object, tuple, bool]]:
     steps.append(("pytest_gpu", 45, gpu_tests, (), True))
     for student in STUDENTS:
         steps.append((f"fit/{student}-kd-device", 15, fit_speed, (student, "kd", "device"), False))
+    for variant in ("kd", "unguided"):  # issue 35: the graph step (above, the default) against the eager one
+        eager = {"cuda_graph": False}
+        steps.append(
+            (
+                f"fit/cifar_resnet8-{variant}-device-eager",
+                15,
+                fit_speed,
+                ("cifar_resnet8", variant, "device", eager),
+                False,
+            )
+        )
+    steps.append(("together/cifar_resnet8-x4", 30, together, ("cifar_resnet8", 4), False))
     steps.append(("fit/cifar_resnet8-kd-ffcv", 20, fit_speed, ("cifar_resnet8", "kd", "ffcv"), False))
     for student in STUDENTS:
         steps.append((f"fit/{student}-unguided-device", 12, fit_speed, (student, "unguided", "device"), False))
