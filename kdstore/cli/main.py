@@ -177,8 +177,8 @@ def push(store: str, url: str, **kw: Any) -> None:
 @_friendly
 def pull(url: str, out: str, **kw: Any) -> None:
     """Fetch the store at URL into OUT: every file checked against the MANIFEST's sha256 as it
-    lands, kept across a stopped pull, published atomically; --only teacher fetches teacher.h5
-    when OUT holds the same images."""
+    lands, kept across a stopped pull, published atomically; --only teacher (or train,val) fetches
+    those files when OUT holds the others."""
 
     remote_lib.pull(PullConfig(url=url, out=out, **kw))
 
