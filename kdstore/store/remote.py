@@ -42,10 +42,10 @@ from kdstore.options import opt, path_problems
 from kdstore.runtime import interrupts
 from kdstore.runtime.console import bytes_progress, say
 from kdstore.runtime.hashing import sha256_file
-from kdstore.store.format import BETONS, H5_NAME, MANIFEST, Store
+from kdstore.store.format import BETONS, H5_NAME, MANIFEST
 from kdstore.store.publish import _is_stage, claim, commit_dir, fresh_stage, link_or_copy, staging_dir
-from kdstore.store.quantized import stored_dtype
-from kdstore.store.verification import verify
+from kdstore.store.verification import hash_problems
+from kdstore.store.views import STORED
 from kdstore.version import __version__
 
 CARD = "README.md"  # the store card push writes beside the store
@@ -302,6 +302,9 @@ def read_manifest(url: str, where: FsRemote | HubRemote | None = None) -> dict[s
         raise KdstoreError(f"{url}/{MANIFEST}: not a kdstore manifest (unreadable JSON)") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("sha256"), dict):
         raise KdstoreError(f"{url}/{MANIFEST}: not a kdstore manifest (no sha256 of its files)")
+    missing = sorted({H5_NAME, *BETONS.values()} - set(manifest["sha256"]))
+    if missing:
+        raise KdstoreError(f"{url}/{MANIFEST}: not a kdstore store's (it lists no {', '.join(missing)})")
     return manifest
 
 
@@ -323,7 +326,7 @@ def push(cfg: PushConfig) -> dict[str, Any]:
     if wrong:
         raise KdstoreError(wrong[0])
     store = Path(cfg.store)
-    problems = verify(store)
+    problems = hash_problems(store)  # the bytes cache checked and published (`verify` adds an open's checks)
     if problems:
         raise KdstoreError(f"{store}: not sent, it does not verify ({problems[0]})")
     manifest = json.loads((store / MANIFEST).read_text())
@@ -426,10 +429,7 @@ def pull(cfg: PullConfig) -> Path:
             else:
                 _fetch(r, name, layout.get(name), target, digest, cfg.progress)
     (stage / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    problems = verify(stage)
-    if problems:
-        raise KdstoreError(f"{cfg.url}: the pulled store does not verify ({problems[0]}); not published")
-    commit_dir(stage, out)
+    commit_dir(stage, out)  # every file is the pushed one (its sha256 checked as it landed)
     took = f" (fetched {', '.join(only)}; the other files were already there)" if only else ""
     say(f"pulled {cfg.url} into {out}{took}")
     return out
@@ -487,11 +487,29 @@ def _local_files(out: Path, manifest: dict[str, Any], fetched: list[str]) -> dic
     return {name: out / name for name in kept}
 
 
+def h5_facts(h5: Any) -> dict[str, Any]:
+    """What a store card and `inspect URL` say of teacher.h5, from its attributes and the shapes
+    of its arrays (no array is read): attrs, sizes of the splits, views and their storage, dtype."""
+    attrs = {k: (v.item() if hasattr(v, "item") and getattr(v, "ndim", 1) == 0 else v) for k, v in h5.attrs.items()}
+    views = h5["train/views"] if "train/views" in h5 else None
+    storage = next((kind for kind, arrays in STORED.items() if views is not None and arrays[0] in views), "")
+    return {
+        "attrs": attrs,
+        "train": int(h5["train/labels"].shape[0]),
+        "val": int(h5["val/labels"].shape[0]),
+        "views": int(views["params"].shape[1]) if views is not None and "params" in views else 0,
+        "storage": storage,
+        "logits_dtype": str(h5["train/logits"].dtype),
+    }
+
+
 def card(store: Path) -> str:
     """The store card: what a store holds, for the page of a remote store (a Hub dataset's)."""
-    opened = Store.open(store)
-    a, manifest = opened.attrs, json.loads((store / MANIFEST).read_text())
-    views = opened.train.views
+    import h5py
+
+    with h5py.File(store / H5_NAME, "r") as h5:
+        facts = h5_facts(h5)
+    a, manifest = facts["attrs"], json.loads((store / MANIFEST).read_text())
     size = sum((store / name).stat().st_size for name in manifest["sha256"])
     lines = [
         f"# A kdstore store: {a['teacher']} on {a['dataset']}",
@@ -504,11 +522,11 @@ def card(store: Path) -> str:
         "|---|---|",
         f"| teacher | {a['teacher']} (input {a['input_size']} px) |",
         f"| teacher accuracy, train / val | {a['teacher_train_acc']:.2%} / {a['teacher_val_acc']:.2%} |",
-        f"| dataset | {a['dataset']}: {len(opened.train)} training and {len(opened.val)} validation images, "
+        f"| dataset | {a['dataset']}: {facts['train']} training and {facts['val']} validation images, "
         f"{a['num_classes']} classes, {a['image_size']} px |",
-        f"| logits | {stored_dtype(opened.train.logits)} |",
-        f"| views | {views.count} per training image ({views.storage})" + " |"
-        if views is not None
+        f"| logits | {facts['logits_dtype']} |",
+        f"| views | {facts['views']} per training image ({facts['storage']}) |"
+        if facts["views"]
         else "| views | none |",
         f"| size | {size / 2**20:,.1f} MiB |",
         f"| created | {manifest.get('created', '-')} with kdstore {a['kdstore_version']} (pushed with {__version__}) |",
@@ -521,7 +539,6 @@ def card(store: Path) -> str:
 def describe(url: str) -> dict[str, Any]:
     """What `kdstore inspect URL` shows without downloading the images: the MANIFEST, the
     sizes of the files, and teacher.h5's attributes (read through fsspec: its header only)."""
-
     manifest = read_manifest(url)
     with backend_errors(url):
         return _describe(url, manifest)
@@ -535,15 +552,13 @@ def _describe(url: str, manifest: dict[str, Any]) -> dict[str, Any]:
     card_path = _join(root, CARD)
     text = fs.cat_file(card_path).decode("utf-8", "replace") if fs.exists(card_path) else ""
     with fs.open(_join(root, H5_NAME), "rb") as f, h5py.File(f, "r") as h5:
-        attrs = {k: (v.item() if hasattr(v, "item") and getattr(v, "ndim", 1) == 0 else v) for k, v in h5.attrs.items()}
-        views = int(h5["train/views/params"].shape[1]) if "train/views/params" in h5 else 0
-        dtype = str(h5["train/logits"].dtype)
+        facts = h5_facts(h5)
     return {
         "url": url,
         "manifest": manifest,
         "sizes": sizes,
-        "attrs": attrs,
-        "views": views,
-        "logits_dtype": dtype,
+        "attrs": facts["attrs"],
+        "views": facts["views"],
+        "logits_dtype": facts["logits_dtype"],
         "card": text,
     }
