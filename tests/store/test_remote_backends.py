@@ -246,3 +246,21 @@ def test_a_push_killed_at_any_point_leaves_no_manifest_and_resumes(small_store, 
     sent = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("sending ")]
     assert sorted(sent + done) == sorted(NAMES)  # the finished files are not sent again
     _same(small_store, pull(PullConfig(url=url, out=str(tmp_path / "pulled"), progress=False)))
+
+
+def test_a_remote_that_is_not_a_store_and_an_existing_dir_are_one_line(small_store, tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "a.txt").write_text("x")
+    (foreign / MANIFEST).write_text(json.dumps({"sha256": {"a.txt": "0" * 64}}))
+    result = CliRunner().invoke(cli, ["pull", str(foreign), str(tmp_path / "x"), "--no-progress"])
+    assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "not a kdstore store's (it lists no teacher.h5, train.beton, val.beton)" in result.output
+    url = str(tmp_path / "remote")
+    push(PushConfig(store=str(small_store), url=url, progress=False))
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(cli, ["pull", url, str(taken), "--no-progress"])
+    assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1, result.output
+    assert (taken / "notes.txt").read_text() == "mine" and not (taken / MANIFEST).exists()
