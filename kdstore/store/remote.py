@@ -204,13 +204,7 @@ class HubRemote:
         return Path(self.api.hf_hub_download(self.repo, name, repo_type="dataset", force_download=True)).read_bytes()
 
     def pipe(self, name: str, data: bytes) -> None:
-        self.api.upload_file(
-            path_or_fileobj=data,
-            path_in_repo=name,
-            repo_id=self.repo,
-            repo_type="dataset",
-            commit_message=f"kdstore: {name}",
-        )
+        self._upload(data, name)
 
     def rm(self, name: str) -> None:
         self.api.delete_file(name, self.repo, repo_type="dataset", commit_message=f"kdstore: remove {name}")
@@ -427,6 +421,7 @@ def pull(cfg: PullConfig) -> Path:
             elif target.is_file() and sha256_file(target) == digest:
                 say(f"{name}: kept from a stopped pull (its sha256 checked)")
             else:
+                interrupts.phase(f"pull {name}")
                 _fetch(r, name, layout.get(name), target, digest, cfg.progress)
     (stage / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     commit_dir(stage, out)  # every file is the pushed one (its sha256 checked as it landed)

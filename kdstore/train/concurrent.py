@@ -111,7 +111,7 @@ class Student:
         finally:
             self.rng = torch.get_rng_state()
             torch.set_rng_state(outer)
-            if cuda:
+            if cuda and outer_cuda is not None:
                 self.cuda_rng = torch.cuda.get_rng_state(self.run.device)
                 torch.cuda.set_rng_state(outer_cuda, self.run.device)
 
@@ -158,7 +158,7 @@ def fit_together(cfgs: list[TrainConfig], data: TrainData | None = None) -> list
                 trained[1] += seconds
     if trained[1]:
         say(f"{len(students)} students together: {trained[0] / trained[1]:,.0f} training images/s in all")
-    summaries = []
+    summaries: list[dict[str, Any] | None] = []
     for s in students:
         if s.events is not None:
             s.events.close()

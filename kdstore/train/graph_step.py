@@ -70,11 +70,11 @@ class StaticBatch:
         def same(a: torch.Tensor, b: torch.Tensor) -> bool:
             return a.shape == b.shape and a.dtype == b.dtype and a.stride() == b.stride() and a.device == b.device
 
+        logits_fit = t is None if self.logits is None else (t is not None and same(self.logits, t))
         return (
             same(self.images, batch.images)
             and same(self.labels, batch.labels)
-            and (self.logits is None) == (t is None)
-            and (t is None or same(self.logits, t))
+            and logits_fit
             and batch.target.kind == self.template.target.kind
         )
 
@@ -83,7 +83,7 @@ class StaticBatch:
         check_lam(batch.lam)
         self.images.copy_(batch.images, non_blocking=True)
         self.labels.copy_(batch.labels, non_blocking=True)
-        if self.logits is not None:
+        if self.logits is not None and batch.target.logits is not None:
             self.logits.copy_(batch.target.logits, non_blocking=True)
         lam = float(batch.lam)
         self.lam[0].fill_(1.0 - lam)  # rounded from the double, as the eager step's (1 - lam) * ce

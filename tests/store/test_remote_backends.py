@@ -264,3 +264,56 @@ def test_a_remote_that_is_not_a_store_and_an_existing_dir_are_one_line(small_sto
     result = CliRunner().invoke(cli, ["pull", url, str(taken), "--no-progress"])
     assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1, result.output
     assert (taken / "notes.txt").read_text() == "mine" and not (taken / MANIFEST).exists()
+
+
+@pytest.mark.parametrize("url, package", [("gs://lab-bucket/store", "gcsfs"), ("az://container/store", "adlfs")])
+def test_a_missing_backend_names_the_package_to_install(small_store, url, package):
+    for name in ("gcsfs", "adlfs"):
+        if __import__("importlib").util.find_spec(name):
+            pytest.skip(f"{name} is installed here")
+    result = CliRunner().invoke(cli, ["push", str(small_store), url, "--no-progress"])
+    assert result.exit_code != 0 and f"install {package} (pip install {package})" in result.output, result.output
+
+
+def test_training_on_a_pulled_store_equals_training_on_the_original(small_store, tmp_path):
+    from kdstore.train import loop as train
+    from kdstore.train.config import TrainConfig
+
+    url = str(tmp_path / "remote")
+    push(PushConfig(store=str(small_store), url=url, progress=False))
+    pulled = pull(PullConfig(url=url, out=str(tmp_path / "pulled"), progress=False))
+    rows = []
+    for store in (small_store, pulled):
+        out = tmp_path / f"run-{len(rows)}"
+        train.run(TrainConfig(out=str(out), store=str(store), epochs=1, batch_size=8, progress=False))
+        rows.append([json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()])
+    timing = {"seconds", "images_per_s", "data_wait_frac", "eval_seconds"}
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows[0]] == [
+        {k: v for k, v in r.items() if k not in timing} for r in rows[1]
+    ]
+
+
+@pytest.mark.heavy
+def test_a_pull_killed_mid_way_leaves_no_dir_and_resumes_without_refetching(small_store, tmp_path):
+    url = str(tmp_path / "remote")
+    push(PushConfig(store=str(small_store), url=url, progress=False))
+    out = tmp_path / "pulled"
+    env = {**os.environ, "KDSTORE_TRACE_PHASES": "1", "KDSTORE_HOLD_AT_PHASE": "pull val.beton"}
+    proc = subprocess.Popen(
+        [KDSTORE, "pull", url, str(out), "--no-progress"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    fetched = []
+    for line in proc.stderr:
+        if line.startswith("fetching "):
+            fetched.append(line.split()[1])
+        if line.strip() == "phase pull val.beton":
+            break
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not out.exists() and fetched  # DIR absent; what was fetched waits in the staging directory
+    result = subprocess.run([KDSTORE, "pull", url, str(out), "--no-progress"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    again = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("fetching ")]
+    assert not set(again) & set(fetched) and sorted(again + fetched) == sorted(NAMES)
+    _same(small_store, out)

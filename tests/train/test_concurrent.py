@@ -151,3 +151,14 @@ def test_concurrent_must_be_a_positive_number_or_auto(tmp_path, value):
     text = result.output.strip()
     assert result.exit_code != 0 and len(text.splitlines()) == 1 and "Traceback" not in text, text
     assert f"--concurrent must be a positive number of students or auto, got '{value}'" in text
+
+
+def test_a_single_run_whose_loss_diverges_stops_with_one_line(digits_store, tmp_path):
+    from kdstore.errors import Diverged
+
+    cfg = _cfg(tmp_path, digits_store, "kd", 0, lr=1e6)
+    with pytest.raises(Diverged, match=r"kd seed 0: the training loss is nan at epoch 1; stopped"):
+        train.run(cfg)
+    out = Path(cfg.out)
+    assert json.loads((out / "stopped.json").read_text())["epoch"] == 1
+    assert not (out / "summary.json").exists() and (out / "metrics.jsonl").read_text() == ""
