@@ -19,8 +19,8 @@ static buffers for every batch of the same shape:
 - a loss that reads the epoch (dkd's warm-up) is captured again when the epoch changes.
 
 Where a step cannot be captured (not CUDA, DDP, --compile, two views, mixed views, an online
-teacher, fp16 loss scaling, a loss with learnt parameters, or a failed capture), one line says
-why and every step runs eagerly. `GraphStep.blocker` is the rule; tests/train/test_graph_step.py
+teacher, fp16 loss scaling, a loss with learnt parameters, frozen parameters, or a failed
+capture), one line says why and every step runs eagerly. `GraphStep.blocker` is the rule; tests/train/test_graph_step.py
 checks the buffers on the CPU and the graph against the eager step on CUDA."""
 
 from __future__ import annotations
@@ -111,6 +111,7 @@ def blocker(step: Step, batch: Batch) -> str | None:
         (step.scaler.is_enabled(), "fp16 needs a GradScaler (this GPU has no bf16)"),
         (step.loss is not None and any(True for _ in step.loss.parameters()), "the loss learns parameters"),
         (not all(g.get("fused") for g in step.optimizer.param_groups), "the optimiser is not fused"),
+        (not all(p.requires_grad for p in model.parameters()), "some parameters are frozen (--freeze-epochs)"),
     )
     return next((why for bad, why in checks if bad), None)
 
@@ -180,6 +181,7 @@ class GraphStep(Step):
             for g, t in zip(groups, self._lrs):
                 g["lr"] = t  # read by the captured update from the device
             self.optimizer.zero_grad(set_to_none=True)  # the graph allocates (and then owns) the gradients
+            torch.set_autocast_cache_enabled(False)  # casts made inside the graph, as CUDA graphs with autocast want
             with torch.cuda.graph(graph):
                 self._out = self.compute(static.batch())
         except RuntimeError as e:
@@ -187,6 +189,7 @@ class GraphStep(Step):
             say(f"note: the training step runs eagerly, without a CUDA graph: {self.off}")
             return False
         finally:
+            torch.set_autocast_cache_enabled(True)
             for g, r in zip(groups, rates):
                 g["lr"] = r  # the schedule steps a number on the host; replay reads its copy
         self._graph, self._static, self._epoch = graph, static, batch.epoch

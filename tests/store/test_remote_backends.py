@@ -220,32 +220,54 @@ def test_only_train_and_val_over_the_same_local_teacher(small_store, tmp_path):
         pull(PullConfig(url=url, out=str(local), only="images", progress=False))
 
 
-def _push_held(store: Path, url: str, phase: str) -> subprocess.Popen:
+def _killed_at(args: list[str], phase: str) -> list[str]:
+    """Run `kdstore ARGS` held at `phase` (the test seam KDSTORE_HOLD_AT_PHASE), SIGKILL it there;
+    returns its stderr lines up to the phase."""
     env = {**os.environ, "KDSTORE_TRACE_PHASES": "1", "KDSTORE_HOLD_AT_PHASE": phase}
-    return subprocess.Popen(
-        [KDSTORE, "push", str(store), url, "--no-progress"], env=env, stderr=subprocess.PIPE, text=True
-    )
-
-
-@pytest.mark.heavy
-@pytest.mark.parametrize("phase", ["push teacher.h5", "push val.beton", "push MANIFEST.json"])
-def test_a_push_killed_at_any_point_leaves_no_manifest_and_resumes(small_store, tmp_path, phase):
-    url = str(tmp_path / "remote")
-    proc = _push_held(small_store, url, phase)
+    proc = subprocess.Popen([KDSTORE, *args, "--no-progress"], env=env, stderr=subprocess.PIPE, text=True)
+    said = []
     for line in proc.stderr:
+        said.append(line.strip())
         if line.strip() == f"phase {phase}":
             break
     time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert not (Path(url) / MANIFEST).exists()  # the remote is incomplete by definition
-    there = {p.name: p.stat().st_size for p in Path(url).iterdir()}
-    done = [n for n in NAMES if there.get(n) == (small_store / n).stat().st_size]
+    return said
+
+
+def _sent(lines: list[str]) -> list[str]:
+    return [line.split()[1] for line in lines if line.startswith("sending ")]
+
+
+@pytest.mark.heavy
+def test_a_push_killed_twice_leaves_no_manifest_and_resumes_each_time(small_store, tmp_path):
+    url = str(tmp_path / "remote")
+    first = _sent(_killed_at(["push", str(small_store), url], "push val.beton"))  # between two files
+    assert first and not (Path(url) / MANIFEST).exists()  # the remote is incomplete by definition
+    second = _sent(
+        _killed_at(["push", str(small_store), url], "push MANIFEST.json")
+    )  # every file sent, not the MANIFEST
+    assert not (Path(url) / MANIFEST).exists()
+    assert not set(second) & {n for n in first if (Path(url) / n).stat().st_size == (small_store / n).stat().st_size}
     result = subprocess.run([KDSTORE, "push", str(small_store), url, "--no-progress"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    sent = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("sending ")]
-    assert sorted(sent + done) == sorted(NAMES)  # the finished files are not sent again
+    assert result.returncode == 0 and _sent(result.stderr.splitlines()) == [], result.stderr  # nothing sent again
     _same(small_store, pull(PullConfig(url=url, out=str(tmp_path / "pulled"), progress=False)))
+
+
+@pytest.mark.heavy
+def test_a_pull_killed_mid_way_leaves_no_dir_and_resumes_without_refetching(small_store, tmp_path):
+    url = str(tmp_path / "remote")
+    push(PushConfig(store=str(small_store), url=url, progress=False))
+    out = tmp_path / "pulled"
+    said = _killed_at(["pull", url, str(out)], "pull val.beton")
+    fetched = [line.split()[1] for line in said if line.startswith("fetching ")]
+    assert not out.exists() and fetched  # DIR absent; what was fetched waits in the staging directory
+    result = subprocess.run([KDSTORE, "pull", url, str(out), "--no-progress"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    again = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("fetching ")]
+    assert not set(again) & set(fetched) and sorted(again + fetched) == sorted(NAMES)
+    _same(small_store, out)
 
 
 def test_a_remote_that_is_not_a_store_and_an_existing_dir_are_one_line(small_store, tmp_path):
@@ -291,29 +313,3 @@ def test_training_on_a_pulled_store_equals_training_on_the_original(small_store,
     assert [{k: v for k, v in r.items() if k not in timing} for r in rows[0]] == [
         {k: v for k, v in r.items() if k not in timing} for r in rows[1]
     ]
-
-
-@pytest.mark.heavy
-def test_a_pull_killed_mid_way_leaves_no_dir_and_resumes_without_refetching(small_store, tmp_path):
-    url = str(tmp_path / "remote")
-    push(PushConfig(store=str(small_store), url=url, progress=False))
-    out = tmp_path / "pulled"
-    env = {**os.environ, "KDSTORE_TRACE_PHASES": "1", "KDSTORE_HOLD_AT_PHASE": "pull val.beton"}
-    proc = subprocess.Popen(
-        [KDSTORE, "pull", url, str(out), "--no-progress"], env=env, stderr=subprocess.PIPE, text=True
-    )
-    fetched = []
-    for line in proc.stderr:
-        if line.startswith("fetching "):
-            fetched.append(line.split()[1])
-        if line.strip() == "phase pull val.beton":
-            break
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert not out.exists() and fetched  # DIR absent; what was fetched waits in the staging directory
-    result = subprocess.run([KDSTORE, "pull", url, str(out), "--no-progress"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    again = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("fetching ")]
-    assert not set(again) & set(fetched) and sorted(again + fetched) == sorted(NAMES)
-    _same(small_store, out)

@@ -83,7 +83,6 @@ def test_together_equals_separate_and_a_diverging_student_stops_alone(separate, 
     assert not (Path(wild.out) / "summary.json").exists()
 
 
-@pytest.mark.heavy
 def test_a_sweep_killed_mid_epoch_resumes_every_student(separate, digits_store, tmp_path, monkeypatch):
     base = TrainConfig(out=str(tmp_path), store=str(digits_store), epochs=2, batch_size=64, progress=False)
     swept = SweepConfig(variants="kd,kd-cl-sr", seeds="0", concurrent="auto", base=base)

@@ -79,6 +79,8 @@ def test_what_keeps_a_step_from_being_captured():
         kind="logits", logits=mixed.target.logits, partner_labels=mixed.labels, label_weight=torch.ones(8)
     )
     assert blocker(cuda_like, mixed) == "mixed views"
+    next(cuda_like.model.parameters()).requires_grad_(False)
+    assert blocker(cuda_like, _batch()) == "some parameters are frozen (--freeze-epochs)"
 
 
 def test_the_cpu_keeps_the_eager_step_and_cuda_gets_the_graph_step():
