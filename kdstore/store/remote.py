@@ -10,8 +10,10 @@ without its MANIFEST is incomplete by definition (a push that was stopped). A fi
 PART_BYTES (5 GB, the Hugging Face Hub's limit) is sent in parts, URL/NAME.part-00000, ..., listed
 with their sizes in URL/PARTS.json (sent before the MANIFEST); a store has at most a few dozen
 files, far below the Hub's 10,000 per folder. A push sends only a verified store, and a stopped
-push resumes by itself: a file (or part) already there with its local size is not sent again
-(the MANIFEST, sent last, is what vouches for the bytes; `pull` checks them).
+push resumes by itself: URL/SENDING.json (written first, removed after the MANIFEST) names the
+sha256 of the files being sent, and a file (or part) already there with its local size and the
+same sha256 there is not sent again (the MANIFEST, sent last, vouches for the bytes; `pull`
+checks them).
 
 `hf://datasets/ORG/NAME` is a dataset repository of the Hub, written through `huggingface_hub`'s
 HfApi: one commit per file (or part), the MANIFEST in the last one, so a stopped push resumes at
@@ -50,6 +52,7 @@ from kdstore.version import __version__
 
 CARD = "README.md"  # the store card push writes beside the store
 PARTS = "PARTS.json"  # {file: [part sizes]} for the files sent in parts
+SENDING = "SENDING.json"  # the sha256 of the files a push under way sends (gone once its MANIFEST is there)
 PART_BYTES = 5 * 10**9  # the most a remote file holds (the Hub's limit); a larger store file goes in parts
 BACKENDS = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "hf": "huggingface_hub"}
 # where the backend's credentials come from, for its one-line authentication error
@@ -326,15 +329,20 @@ def push(cfg: PushConfig) -> dict[str, Any]:
     manifest = json.loads((store / MANIFEST).read_text())
     r = open_remote(cfg.url)
     with backend_errors(cfg.url):
+        there: dict[str, str] = {}  # what the files at the URL are (their sha256), as far as it is known
         if r.exists(MANIFEST):
-            if read_manifest(cfg.url, r)["sha256"] == manifest["sha256"]:
+            there = read_manifest(cfg.url, r)["sha256"]
+            if there == manifest["sha256"]:
                 say(f"{cfg.url} already holds this store; nothing sent")
                 return {"url": cfg.url, "sent": [], "kept": list(manifest["sha256"])}
             if not cfg.overwrite:
                 raise KdstoreError(f"{cfg.url} holds another store; pass --overwrite to replace it")
             r.rm(MANIFEST)  # incomplete from here until the new MANIFEST lands
+        elif r.exists(SENDING):  # a stopped push's: the files it sent are those it named
+            there = json.loads(r.cat(SENDING))
         r.prepare()
-        sent, kept, layout = _send(r, store, manifest, cfg.progress)
+        r.pipe(SENDING, json.dumps(manifest["sha256"]).encode())
+        sent, kept, layout = _send(r, store, manifest, there, cfg.progress)
         if layout:
             r.pipe(PARTS, json.dumps(layout, indent=2, sort_keys=True).encode())
         elif r.exists(PARTS):
@@ -342,6 +350,7 @@ def push(cfg: PushConfig) -> dict[str, Any]:
         r.pipe(CARD, card(store).encode())  # a Hub dataset page's text; not in the MANIFEST
         interrupts.phase(f"push {MANIFEST}")
         r.pipe(MANIFEST, (store / MANIFEST).read_bytes())  # last: the remote store is complete now
+        r.rm(SENDING)
     say(
         f"pushed {store} to {cfg.url}: sent {', '.join(sent) or 'nothing'}"
         + (f", kept {', '.join(kept)}" if kept else "")
@@ -349,17 +358,19 @@ def push(cfg: PushConfig) -> dict[str, Any]:
     return {"url": cfg.url, "sent": sent, "kept": kept}
 
 
-def _send(r: FsRemote | HubRemote, store: Path, manifest: dict[str, Any], progress: bool):
-    """Every file of the store (in parts above PART_BYTES) not already there at its size.
-    Returns (names sent, names kept, {file: part sizes} of the files sent in parts)."""
+def _send(r: FsRemote | HubRemote, store: Path, manifest: dict[str, Any], there: dict[str, str], progress: bool):
+    """Every file of the store (in parts above PART_BYTES) not already there: a file (or part) is
+    kept when it has its local size and `there` (what a stopped push or the replaced store says
+    the URL holds) gives it the same sha256. Returns (names sent, names kept, {file: part sizes}
+    of the files sent in parts)."""
     sent, kept, layout = [], [], {}
-    for name in manifest["sha256"]:
+    for name, digest in manifest["sha256"].items():
         local = store / name
         split = pieces(name, local.stat().st_size, PART_BYTES)
         if len(split) > 1:
             layout[name] = [n for _, _, n in split]
         for remote_name, offset, length in split:
-            if r.size(remote_name) == length:
+            if there.get(name) == digest and r.size(remote_name) == length:
                 kept.append(remote_name)  # a stopped push's file: the MANIFEST vouches for it, pull checks it
                 continue
             interrupts.phase(f"push {remote_name}")

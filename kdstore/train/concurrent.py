@@ -1,5 +1,5 @@
-"""Students trained together: many runs of one architecture in one process, from one store, in
-lock step (`kdstore sweep --concurrent N`; `kdstore.train.concurrent.fit_together` in Python).
+"""Students trained together: many runs of one architecture in one process, from one store,
+epoch by epoch (`kdstore sweep --concurrent N`; `kdstore.train.concurrent.fit_together` in Python).
 
 Each student is a whole run of its own (build.py): its loader with its own order, pacing,
 augmentation draws and lambda, its seed, model, optimiser and learning-rate schedule, its own
@@ -10,8 +10,8 @@ student. A student's step is the step it would take alone, so its metrics equal 
 run's (bit for bit on the CPU: tests/train/test_concurrent.py).
 
 The students train in turn, an epoch each (each pass as it runs alone: its `seconds` and
-images/s are its own, and on the CPU its model stays in cache for its whole pass), then one
-validation pass reads each batch once for all of them. A student whose training loss goes NaN
+images/s are its own), then one validation pass reads each batch once for all of them; a
+student's summary.json `seconds` is the whole group's wall time. A student whose training loss goes NaN
 or infinite is stopped after that epoch (stopped.json in its directory says when) and the
 others go on; `--resume` (the sweep resumes each killed student from its last checkpoint)
 continues every student from its own epoch."""

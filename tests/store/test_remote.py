@@ -55,7 +55,9 @@ def test_push_then_pull_gives_the_same_store(small_store, tmp_path, memory_url, 
 def test_a_stopped_push_resumes_and_the_manifest_goes_last(small_store, memory_url):
     fs = fsspec.filesystem("memory")
     fs.makedirs(memory_url, exist_ok=True)
-    fs.put_file(str(small_store / "train.beton"), f"{memory_url}/train.beton")  # what a stopped push left
+    fs.put_file(str(small_store / "train.beton"), f"{memory_url}/train.beton")  # what a stopped push left:
+    digests = json.loads((small_store / MANIFEST).read_text())["sha256"]
+    fs.pipe_file(f"{memory_url}/SENDING.json", json.dumps(digests).encode())  # and what it was sending
     with pytest.raises(KdstoreError, match="no MANIFEST.json there: not a complete kdstore store"):
         pull(PullConfig(url=memory_url, out="/nonexistent/never"))
     sent = push(PushConfig(store=str(small_store), url=memory_url))

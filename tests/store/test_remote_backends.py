@@ -172,8 +172,10 @@ def test_a_push_to_the_hub_commits_each_file_then_the_manifest_last(small_store,
     joined = b"".join(FakeHub.files[f"train.beton.part-{i:05d}"] for i in range(len(parts["train.beton"])))
     assert joined == (small_store / "train.beton").read_bytes()
     assert FakeHub.files[MANIFEST] == (small_store / MANIFEST).read_bytes()
-    # a push stopped before its MANIFEST resumes: nothing already there at its size is sent again
+    assert "SENDING.json" not in FakeHub.files  # gone once the MANIFEST is there
+    # a push stopped before its MANIFEST resumes: nothing it had sent is sent again
     del FakeHub.files[MANIFEST]
+    FakeHub.files["SENDING.json"] = json.dumps(json.loads((small_store / MANIFEST).read_text())["sha256"]).encode()
     FakeHub.calls = []
     result = push(PushConfig(store=str(small_store), url=url, progress=False))
     assert result["sent"] == [] and [c[1] for c in FakeHub.calls if c[0] == "commit"][-1] == MANIFEST
@@ -313,3 +315,21 @@ def test_training_on_a_pulled_store_equals_training_on_the_original(small_store,
     assert [{k: v for k, v in r.items() if k not in timing} for r in rows[0]] == [
         {k: v for k, v in r.items() if k not in timing} for r in rows[1]
     ]
+
+
+def test_overwrite_resends_a_file_of_the_same_size_with_other_bytes(small_store, tmp_path):
+    url = str(tmp_path / "remote")
+    push(PushConfig(store=str(small_store), url=url, progress=False))
+    other = tmp_path / "other"
+    shutil.copytree(small_store, other)
+    data = bytearray((other / "val.beton").read_bytes())
+    data[-1] ^= 0xFF  # the same size, other bytes (the store's MANIFEST says so)
+    (other / "val.beton").write_bytes(bytes(data))
+    manifest = json.loads((other / MANIFEST).read_text())
+    manifest["sha256"]["val.beton"] = __import__("hashlib").sha256(bytes(data)).hexdigest()
+    (other / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(KdstoreError, match="holds another store; pass --overwrite"):
+        push(PushConfig(store=str(other), url=url, progress=False))
+    result = push(PushConfig(store=str(other), url=url, overwrite=True, progress=False))
+    assert result["sent"] == ["val.beton"] and sorted(result["kept"]) == ["teacher.h5", "train.beton"]
+    assert (Path(url) / "val.beton").read_bytes() == bytes(data)
