@@ -23,9 +23,11 @@ from pathlib import Path
 import numpy as np
 from common import WORK, cifar10_subset, machine_record, speed_store
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.helpers import untimed  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = "kd,kd-cl,kd-cl-sr"
-TIMING = {"seconds", "images_per_s", "data_wait_frac", "eval_seconds"}
 
 
 def sweep(store: Path, epochs: int, concurrent: int, out: Path) -> float:
@@ -40,10 +42,7 @@ def sweep(store: Path, epochs: int, concurrent: int, out: Path) -> float:
 
 def metrics(out: Path) -> dict[str, list[dict]]:
     return {
-        d.name: [
-            {k: v for k, v in json.loads(line).items() if k not in TIMING}
-            for line in (d / "metrics.jsonl").read_text().splitlines()
-        ]
+        d.name: [untimed(json.loads(line)) for line in (d / "metrics.jsonl").read_text().splitlines()]
         for d in sorted(out.iterdir())
         if (d / "metrics.jsonl").is_file()
     }

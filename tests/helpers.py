@@ -1,5 +1,5 @@
 """Helpers the tests share: a synthetic ImageFolder, a resealed store, the real CIFAR-10 images,
-the README's commands."""
+the README's commands, a run's metrics without their timings."""
 
 from __future__ import annotations
 
@@ -7,6 +7,14 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+# A metrics row's (or summary's) fields that say how long, not what was computed
+TIMING = frozenset({"seconds", "images_per_s", "data_wait_frac", "eval_seconds"})
+
+
+def untimed(row: dict) -> dict:
+    """A metrics row (or a summary) without its timings: what two equal runs must agree on."""
+    return {k: v for k, v in row.items() if k not in TIMING}
 
 
 def reseal(store: Path) -> None:

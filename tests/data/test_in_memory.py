@@ -17,10 +17,9 @@ from kdstore.store.format import Store
 from kdstore.train import loop as train
 from kdstore.train import step as step_module
 from kdstore.train.config import TrainConfig
+from tests.helpers import untimed
 
 pytestmark = pytest.mark.slow  # caches, trains or kills processes: the full suite only
-
-TIMING = {"seconds", "images_per_s", "data_wait_frac", "eval_seconds"}
 
 
 def _run(store, out, loader, monkeypatch, **kw):
@@ -35,10 +34,7 @@ def _run(store, out, loader, monkeypatch, **kw):
     monkeypatch.setattr(step_module.Step, "__call__", recording)
     train.run(TrainConfig(out=str(out), store=str(store), loader=loader, progress=False, tensorboard=False, **kw))
     monkeypatch.setattr(step_module.Step, "__call__", real)
-    rows = [
-        {k: v for k, v in json.loads(line).items() if k not in TIMING}
-        for line in (out / "metrics.jsonl").read_text().splitlines()
-    ]
+    rows = [untimed(json.loads(line)) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert json.loads((out / "config.json").read_text())["loader_used"] == loader
     return rows, fed
 

@@ -22,8 +22,8 @@ from kdstore.train import loop as train
 from kdstore.train.concurrent import check_together, fit_together
 from kdstore.train.config import TrainConfig
 from kdstore.train.epochs import TrainPass
+from tests.helpers import untimed
 
-TIMING = {"seconds", "images_per_s", "data_wait_frac", "eval_seconds"}  # how long, not what was computed
 STUDENTS = (("kd", 0), ("kd", 1), ("kd-cl-sr", 0))
 
 
@@ -49,7 +49,7 @@ def _same_run(a: Path, b: Path) -> None:
     ra, rb = _rows(a), _rows(b)
     assert len(ra) == len(rb) == 2
     for x, y in zip(ra, rb):
-        assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
+        assert untimed(x) == untimed(y)
     wa, wb = load_checkpoint(a / "checkpoint.pt")["state_dict"], load_checkpoint(b / "checkpoint.pt")["state_dict"]
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
@@ -71,9 +71,7 @@ def test_together_equals_separate_and_a_diverging_student_stops_alone(separate, 
         name = f"{variant}-s{seed}"
         _same_run(separate / name, tmp_path / name)
         alone = json.loads((separate / name / "summary.json").read_text())
-        assert {k: v for k, v in summary.items() if k not in TIMING} == {
-            k: v for k, v in alone.items() if k not in TIMING
-        }
+        assert untimed(summary) == untimed(alone)
         meta = load_checkpoint(tmp_path / name / "checkpoint.pt")["meta"]
         plain, _ = build_model(meta["model"], meta["num_classes"], meta["input_size"])  # a plain timm model
         plain.load_state_dict(load_checkpoint(tmp_path / name / "checkpoint.pt")["state_dict"])
