@@ -19,7 +19,7 @@ from kdstore.options import click_options, fields_of, from_dict, given, with_pol
 from kdstore.report import sweep as sweep_lib
 from kdstore.report import tables as report_lib
 from kdstore.report.sweep import SweepConfig
-from kdstore.runtime import interrupts
+from kdstore.runtime import allocator, interrupts
 from kdstore.store import merge as merge_lib
 from kdstore.store import remote as remote_lib
 from kdstore.store.format import Store
@@ -296,16 +296,22 @@ def _terminate_like_ctrl_c() -> None:
     interrupts.install()  # recorded too: an interrupt swallowed by a ctypes callback is raised at the next check
 
 
-def main() -> None:
+def _start() -> None:
+    """What every entry point does first: signals handled, the C allocator set for long runs."""
     _terminate_like_ctrl_c()
+    allocator.tune()  # fewer page faults per step on the CPU (runtime/allocator.py)
+
+
+def main() -> None:
+    _start()
     cli(prog_name="kdstore")
 
 
 def distill_cache() -> None:
-    _terminate_like_ctrl_c()
+    _start()
     cache(prog_name="distill-cache")
 
 
 def distill_train() -> None:
-    _terminate_like_ctrl_c()
+    _start()
     train(prog_name="distill-train")

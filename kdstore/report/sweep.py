@@ -32,7 +32,7 @@ from kdstore.runtime.console import clock, say
 from kdstore.store.format import Store
 from kdstore.store.publish import default_store
 from kdstore.train import loop as train
-from kdstore.train.concurrent import fit_together
+from kdstore.train.concurrent import STACK_MODES, fit_together
 from kdstore.train.config import TrainConfig
 from kdstore.train.footprint import capacity
 from kdstore.train.run_dir import STOPPED
@@ -70,6 +70,12 @@ class SweepConfig:
         "1",
         "Students trained together in one process, from one store: a number, or 'auto' (as many as the device's "
         "memory holds, measured before training). Each writes its own run directory, as `kdstore train` does.",
+    )
+    stack: str = opt(
+        "auto",
+        "How students trained together step: 'on' as one network of grouped convolutions (kdstore's CIFAR "
+        "networks; one launch per layer for all), 'off' each its own step in turn, 'auto' stacked on CUDA only.",
+        choices=lambda: list(STACK_MODES),
     )
 
 
@@ -229,7 +235,7 @@ def run(sweep: SweepConfig) -> dict[str, Any]:
     if concurrent == 1:
         _one_by_one([cfg for cfg, _ in jobs], todo)
     elif todo:
-        _together(todo, concurrent)
+        _together(todo, concurrent, sweep.stack)
     stopped = [c for c, _ in jobs if (Path(c.out) / STOPPED).is_file()]
     if stopped:
         say(f"left out of the report, their loss diverged: {', '.join(Path(c.out).name for c in stopped)}")
@@ -285,8 +291,9 @@ def _ended(target: Path) -> str:
     return "stopped (its loss diverged)" if (target / STOPPED).is_file() else "finished"
 
 
-def _together(todo: list[TrainConfig], concurrent: int | None) -> None:
-    """Train the runs in `todo` in groups of `concurrent` students (None: as many as fit)."""
+def _together(todo: list[TrainConfig], concurrent: int | None, stack: str = "auto") -> None:
+    """Train the runs in `todo` in groups of `concurrent` students (None: as many as fit), each
+    group stacked into one network or not (`stack`: fit_together's)."""
     store = todo[0].store or str(default_store())
     todo = [replace(c, store=store) for c in todo]
     data = data_from_store(Store.open(store))
@@ -302,4 +309,4 @@ def _together(todo: list[TrainConfig], concurrent: int | None) -> None:
         names = ", ".join(Path(c.out).name + (" (resumed)" if c.resume else "") for c in group)
         elapsed = clock(time.perf_counter() - t0)
         say(f"[{start + 1}-{start + len(group)}/{len(todo)}] together: {names} (elapsed {elapsed})")
-        fit_together(group, data)
+        fit_together(group, data, stack)

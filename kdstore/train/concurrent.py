@@ -32,14 +32,17 @@ from kdstore.runtime import distributed
 from kdstore.runtime.console import images_progress, say
 from kdstore.runtime.devices import resolve_device
 from kdstore.store.format import Store
+from kdstore.train import stacked
 from kdstore.train.build import Run, build_run
 from kdstore.train.config import TrainConfig
 from kdstore.train.epochs import (
+    TrainPass,
     begin_epoch,
     end_epoch,
     epoch_line,
     model_input,
     scalars_of,
+    synchronize,
     train_epoch,
     val_metrics_of,
 )
@@ -50,6 +53,7 @@ from kdstore.train.tensorboard import EventLog
 # What students trained together must share: one store, one architecture as built, one batch
 # (size and input size), one device and precision. Everything else is a student's own.
 SHARED = ("store", "student", "stem", "pretrained", "pretrained_file", "batch_size", "input_size", "device", "amp")
+STACK_MODES = ("auto", "on", "off")  # fit_together's `stack`: stacked.py
 
 
 def check_together(cfgs: list[TrainConfig]) -> None:
@@ -136,9 +140,15 @@ def _student(cfg: TrainConfig, data: TrainData) -> Student:
     return student
 
 
-def fit_together(cfgs: list[TrainConfig], data: TrainData | None = None) -> list[dict[str, Any] | None]:
+def fit_together(
+    cfgs: list[TrainConfig], data: TrainData | None = None, stack: str = "auto"
+) -> list[dict[str, Any] | None]:
     """Train every student of cfgs together (module docstring) from `data` (default: the store
-    of cfgs[0]); returns each one's summary (None for a student stopped because its loss diverged)."""
+    of cfgs[0]); returns each one's summary (None for a student stopped because its loss diverged).
+    stack: `on` (one stacked network where it can: stacked.py), `off` (their own steps in turn) or
+    `auto` (stacked on CUDA only)."""
+    if stack not in STACK_MODES:
+        raise KdstoreError(f"--stack must be one of {', '.join(STACK_MODES)}, got {stack!r}")
     check_together(cfgs)
     for cfg in cfgs:
         cfg.validate()
@@ -148,12 +158,13 @@ def fit_together(cfgs: list[TrainConfig], data: TrainData | None = None) -> list
         data = data_from_store(Store.open(str(cfgs[0].store)))
     check_fits(cfgs, data)
     students = [_student(cfg, data) for cfg in cfgs]
+    said: set[str] = set()  # why the students could not be stacked, said once each
     t0, trained = time.perf_counter(), [0, 0.0]  # images trained, seconds of training
     with images_progress(cfgs[0].progress) as bar:
         for epoch in range(min(s.start for s in students), max(c.epochs for c in cfgs)):
             going = [s for s in students if s.trains(epoch)]
             if going:
-                images, seconds = _epoch(going, epoch, bar, time.perf_counter() - t0)
+                images, seconds = _epoch(going, epoch, bar, time.perf_counter() - t0, (stack, said))
                 trained[0] += images
                 trained[1] += seconds
     if trained[1]:
@@ -171,25 +182,85 @@ def fit_together(cfgs: list[TrainConfig], data: TrainData | None = None) -> list
     return summaries
 
 
-def _epoch(students: list[Student], epoch: int, bar, elapsed: float) -> tuple[int, float]:
-    """One epoch of every student: their training passes in turn, one validation pass for all,
-    then each one's row, checkpoint and line (or its stop). Returns the images trained on (all
-    students) and the seconds their training passes took."""
+def _epoch(students: list[Student], epoch: int, bar, elapsed: float, stack: tuple[str, set[str]]) -> tuple[int, float]:
+    """One epoch of every student: their training passes (as one stack, or in turn), one
+    validation pass for all, then each one's row, checkpoint and line (or its stop). Returns the
+    images trained on (all students) and the seconds their training took."""
     t0 = time.perf_counter()
-    ended, trained, seconds = [], 0, 0.0
+    begun = []
     for s in students:
         with s.turn():
-            row, lambdas, task = begin_epoch(s.run, epoch, bar)
-            row.update(train_epoch(s.run, epoch, lambdas, bar, task))
-        ended.append((row, task))
-        trained += round(row["images_per_s"] * row["seconds"])
-        seconds += row["seconds"]
+            begun.append(begin_epoch(s.run, epoch, bar))
+    if _stacks(students, epoch, stack):
+        passes = _stacked_pass(students, epoch, bar, begun)
+        seconds = passes[0]["seconds"]  # one pass for all
+    else:
+        passes = []
+        for s, (_, lambdas, task) in zip(students, begun):
+            with s.turn():
+                passes.append(train_epoch(s.run, epoch, lambdas, bar, task))
+        seconds = sum(p["seconds"] for p in passes)
+    trained = sum(round(p["images_per_s"] * p["seconds"]) for p in passes)
     val = val_metrics_of([model_input(s.run) for s in students], students[0].run.val_loader, students[0].run.ctx)
-    for s, (row, task), v in zip(students, ended, val):
+    for s, (row, _, task), p, v in zip(students, begun, passes, val):
+        row.update(p)
         with s.turn():
             end_epoch(s.run, row, bar, task, v)
             _close_epoch(s, row, elapsed + time.perf_counter() - t0, epoch + 1 - s.start)
     return trained, seconds
+
+
+def _stacks(students: list[Student], epoch: int, stack: tuple[str, set[str]]) -> bool:
+    """Whether this epoch's students train as one stack (stacked.py): the mode (stack[0]) on, or
+    auto on CUDA; nothing blocks it (else the reason is said once, kept in stack[1], and they step
+    in turn); their epochs have the same batches."""
+    mode, said = stack
+    if mode == "off" or (mode == "auto" and students[0].run.device.type != "cuda"):
+        return False
+    runs = [s.run for s in students]
+    why = stacked.blocker(runs)
+    if why is None and len({len(r.loader.rank_order(epoch)) for r in runs}) > 1:
+        why = "their epochs have different numbers of samples"
+    if why is not None:
+        if why not in said:
+            say(f"--stack: the students take their steps in turn ({why})")
+            said.add(why)
+        return False
+    return True
+
+
+def _stacked_pass(students: list[Student], epoch: int, bar, begun: list) -> list[dict[str, float]]:
+    """One pass of training of every student as one stack: each batch of each student's own loader
+    (under its own random state), one step for all; returns each one's pass row (train_epoch's)."""
+    stack = stacked.Stack([s.run for s in students])
+    passes = [TrainPass(s.run, epoch, bar, task) for s, (_, _, task) in zip(students, begun)]
+    stack.model.train()
+    iters = []
+    for s in students:
+        with s.turn():
+            iters.append(iter(s.run.loader))
+    wait = 0.0
+    t0 = time.perf_counter()
+    while True:
+        t_wait = time.perf_counter()
+        got = []
+        for s, it in zip(students, iters):
+            with s.turn():
+                got.append(next(it, None))
+        wait += time.perf_counter() - t_wait
+        batches = [b for b in got if b is not None]
+        if not batches:
+            break
+        if len(batches) < len(got) or len({len(b) for b in batches}) > 1:  # _stacks checked the epoch's length
+            raise KdstoreError("--stack: the students' loaders gave batches of different sizes")
+        for p, b in zip(passes, batches):
+            p.observe(b)
+        for p, terms, b in zip(passes, stack.step(batches), batches):
+            p.add(terms, len(b))
+    synchronize(students[0].run.device)
+    stack.write_back()
+    seconds = time.perf_counter() - t0
+    return [p.result(lambdas, seconds, wait) for p, (_, lambdas, _) in zip(passes, begun)]
 
 
 def _close_epoch(s: Student, row: dict[str, Any], elapsed: float, epochs_timed: int) -> None:

@@ -91,16 +91,23 @@ class TrainPass:
     def __call__(self, batch) -> torch.Tensor:
         """One step on `batch`; returns its loss (on the device)."""
         run = self.run
-        if run.hook is not None:
-            run.hook(self.epoch, batch.index, batch.ids.copy(), batch.lam)
+        self.observe(batch)
         terms = run.step(batch)
-        n = len(batch)
+        self.add(terms, len(batch))
+        return terms["loss"]
+
+    def observe(self, batch) -> None:
+        """The run's hook on a batch about to be trained on."""
+        if self.run.hook is not None:
+            self.run.hook(self.epoch, batch.index, batch.ids.copy(), batch.lam)
+
+    def add(self, terms: dict[str, torch.Tensor], n: int) -> None:
+        """A step's terms (on `n` samples) into the pass's sums."""
         self.n_seen += n
         self.sums += torch.stack(
             [terms["loss"].double() * n, terms["ce"].double() * n, terms["kd"].double() * n, terms["correct"].double()]
         )
         self.bar.update(self.task, completed=self.n_seen)  # a number only: no sync with the device
-        return terms["loss"]
 
     def result(self, lambdas: np.ndarray, seconds: float, wait: float) -> dict[str, float]:
         """The pass's row: mean terms and accuracy over every rank's samples, lambda's range, and

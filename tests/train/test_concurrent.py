@@ -159,3 +159,30 @@ def test_a_single_run_whose_loss_diverges_stops_with_one_line(digits_store, tmp_
     out = Path(cfg.out)
     assert json.loads((out / "stopped.json").read_text())["epoch"] == 1
     assert not (out / "summary.json").exists() and (out / "metrics.jsonl").read_text() == ""
+
+
+# Fields of a row that do not depend on the student's weights: the same in a stacked run
+BY_THE_STORE = ("epoch", "lr", "lam", "lam_mean", "lam_min", "lam_max", "pace", "scores")
+
+
+def test_stacked_students_write_the_runs_of_separate_students(separate, digits_store, tmp_path):
+    """`--stack on` on the CPU: the same run directories, the same order, lambda and schedule, and
+    metrics that agree to the tolerance float32 rounding leaves after early training amplifies it
+    (tests/train/test_stacked.py checks the stack's arithmetic itself, in float64, to 1e-12)."""
+    fit_together([_cfg(tmp_path, digits_store, v, s) for v, s in STUDENTS], stack="on")
+    for variant, seed in STUDENTS:
+        name = f"{variant}-s{seed}"
+        alone, stacked = _rows(separate / name), _rows(tmp_path / name)
+        assert len(stacked) == 2 and stacked[0].keys() == alone[0].keys()
+        for a, b in zip(alone, stacked):
+            assert {k: a.get(k) for k in BY_THE_STORE} == {k: b.get(k) for k in BY_THE_STORE}
+            for k in ("train_loss", "train_ce", "train_kd"):  # measured: within 0.2%
+                assert b[k] == pytest.approx(a[k], rel=1e-2), (name, k)
+            for k in ("val_loss", "kl_val"):  # measured: within 1.1%
+                assert b[k] == pytest.approx(a[k], rel=5e-2), (name, k)
+            for k in ("train_acc", "val_acc", "agree_val"):
+                assert b[k] == pytest.approx(a[k], abs=0.03), (name, k)
+        meta = load_checkpoint(tmp_path / name / "checkpoint.pt")["meta"]
+        plain, _ = build_model(meta["model"], meta["num_classes"], meta["input_size"])
+        plain.load_state_dict(load_checkpoint(tmp_path / name / "checkpoint.pt")["state_dict"])
+        assert (tmp_path / name / "summary.json").is_file()
