@@ -1,10 +1,11 @@
 """`kdstore sweep --concurrent 3` against the same three runs one by one (`--concurrent 1`), on the
-real CIFAR-10 images, CPU (issue 35's CPU target: together at least as fast, ratio >= 1.0).
+real CIFAR-10 images, CPU (issue 35's CPU target: together at least as fast, ratio >= 1.0); and
+the same three stacked into one network (`--stack on`; in turn is `--stack off`).
 
-Each sweep is its own process (`kdstore sweep --variants kd,kd-cl,kd-cl-sr --seeds 0 ...`),
-alternating one-by-one / together / together / one-by-one (`--rounds` times); the figure is each
-sweep's wall time, from start to its report, on an idle machine. The runs' metrics are compared
-too: the two ways must give the same numbers (timings aside).
+Each sweep is its own process (`kdstore sweep --variants kd,kd-cl,kd-cl-sr --seeds 0 ...`), in the
+order one by one, together, stacked, stacked, together, one by one (`--rounds` times); the figure
+is each sweep's wall time, from start to its report, on an idle machine. The runs' metrics are
+compared too: together (in turn) must give the numbers of one by one (timings aside).
 
     .venv/bin/python benchmarks/concurrent_students.py [--train-per-class 500] [--epochs 2] [--rounds 1] [--json F]
 """
@@ -30,11 +31,16 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = "kd,kd-cl,kd-cl-sr"
 
 
-def sweep(store: Path, epochs: int, concurrent: int, out: Path) -> float:
+# The ways compared: (--concurrent, --stack)
+WAYS = {"one by one": ("1", "off"), "together": ("3", "off"), "stacked": ("3", "on")}
+
+
+def sweep(store: Path, epochs: int, way: str, out: Path) -> float:
     """One sweep in its own process; returns its wall time."""
     shutil.rmtree(out, ignore_errors=True)
+    concurrent, stack = WAYS[way]
     cmd = [sys.executable, "-m", "kdstore", "sweep", "--store", str(store), "--variants", VARIANTS, "--seeds", "0"]
-    cmd += ["--epochs", str(epochs), "--concurrent", str(concurrent), "--out", str(out), "--no-progress"]
+    cmd += ["--epochs", str(epochs), "--concurrent", concurrent, "--stack", stack, "--out", str(out), "--no-progress"]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0
@@ -59,26 +65,28 @@ def main() -> None:
     work = WORK / f"concurrent-students-{args.train_per_class}"
     store = speed_store(root, work / "store")
     load_before = os.getloadavg()
-    times: dict[int, list[float]] = {1: [], 3: []}
-    seen: dict[int, dict] = {}
-    for n in (1, 3, 3, 1) * args.rounds:
-        out = work / f"sweep-{n}"
-        times[n].append(sweep(store, args.epochs, n, out))
-        seen[n] = metrics(out)
-        print(f"--concurrent {n}: {times[n][-1]:.1f} s")
-    same = seen[1] == seen[3]
-    one, together = float(np.median(times[1])), float(np.median(times[3]))
+    times: dict[str, list[float]] = {way: [] for way in WAYS}
+    seen: dict[str, dict] = {}
+    for way in ("one by one", "together", "stacked", "stacked", "together", "one by one") * args.rounds:
+        out = work / f"sweep-{way.replace(' ', '-')}"
+        times[way].append(sweep(store, args.epochs, way, out))
+        seen[way] = metrics(out)
+        print(f"{way}: {times[way][-1]:.1f} s", flush=True)
+    same = seen["one by one"] == seen["together"]
+    median = {way: float(np.median(t)) for way, t in times.items()}
     result = {
         "store": str(store),
         "variants": VARIANTS,
         "epochs": args.epochs,
-        "one_by_one_s": times[1],
-        "together_s": times[3],
-        "ratio": one / together,
+        "seconds": times,
+        "median_s": median,
+        "ratio": median["one by one"] / median["together"],
+        "ratio_stacked": median["one by one"] / median["stacked"],
         "same_metrics": same,
         **machine_record(load_before),
     }
-    print(f"one by one {one:.1f} s, together {together:.1f} s: ratio {one / together:.3f}; same metrics: {same}")
+    print(f"medians {median}: one by one / together {result['ratio']:.3f}, / stacked {result['ratio_stacked']:.3f}")
+    print(f"together (in turn) gave the same metrics as one by one: {same}")
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if not same:
         sys.exit("the runs trained together differ from the runs one by one")

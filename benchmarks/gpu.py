@@ -27,7 +27,8 @@ if it fits:
               offline KD and unguided, data on the device; cifar_resnet8 streamed by FFCV
               (the training step replayed from a CUDA graph, the default; cifar_resnet8's kd and
               unguided again with the eager step)
-  together    four cifar_resnet8 students trained together from the store (`sweep --concurrent 4`)
+  together    cifar_resnet8 students trained together from the store: 4 stacked, 4 in turn, 16 stacked
+              (`sweep --concurrent N --stack on|off`)
   ceiling     the same step on batches already gathered on the device, one sync at the end
   cache224    the cache pass of resnet152 at 224 px over 224-px JPEGs: bf16, and fp32 with TF32 off
               (in child processes)
@@ -350,10 +351,11 @@ def fit_speed(
     }
 
 
-def together(work: Path, p: dict, store: str, student: str, n: int) -> dict:
-    """`sweep --concurrent n` as the library runs it: n students of `student` (kd, kd-cl-sr,
-    unguided and kd-cl in turn, seeds 0, 1, ...) from one store in one process; the students'
-    images trained on over the seconds of their training passes, and the wall time."""
+def together(work: Path, p: dict, store: str, student: str, n: int, stack: str) -> dict:
+    """`sweep --concurrent n --stack STACK` as the library runs it: n students of `student` (kd,
+    kd-cl-sr, unguided and kd-cl in turn, seeds 0, 1, ...) from one store in one process; the
+    students' images trained on over the seconds of their training passes (a stacked epoch's pass
+    counted once), and the wall time."""
     from kdstore.train.concurrent import fit_together
 
     variants = ("kd", "kd-cl-sr", "unguided", "kd-cl")
@@ -362,13 +364,21 @@ def together(work: Path, p: dict, store: str, student: str, n: int) -> dict:
         for i in range(n)
     ]
     t0 = time.perf_counter()
-    fit_together(cfgs)
+    fit_together(cfgs, stack=stack)
     wall = time.perf_counter() - t0
     rows = [json.loads(line) for c in cfgs for line in (Path(c.out) / "metrics.jsonl").read_text().splitlines()]
     images = sum(r["images_per_s"] * r["seconds"] for r in rows)
+    by_epoch: dict[int, list[dict]] = {}
+    for r in rows:
+        by_epoch.setdefault(r["epoch"], []).append(r)
+    seconds = sum(
+        max(r["seconds"] for r in e) if "stacked" in e[0] else sum(r["seconds"] for r in e) for e in by_epoch.values()
+    )
     return {
         "students": n,
-        "images_per_s_in_all": images / sum(r["seconds"] for r in rows),
+        "stack": stack,
+        "stacked_epochs": sum("stacked" in e[0] for e in by_epoch.values()),
+        "images_per_s_in_all": images / seconds,
         "wall_seconds": wall,
         "epochs": p["fit_epochs"],
     }
@@ -578,10 +588,13 @@ def summary(r: dict) -> list[str]:
         f"{get('fit', 'cifar_resnet8-unguided-device', 'images_per_s')} / "
         f"{get('fit', 'cifar_resnet8-unguided-device-eager', 'images_per_s')} img/s"
     )
-    lines.append(
-        f"4 cifar_resnet8 students together: {get('together', 'cifar_resnet8-x4', 'images_per_s_in_all')} img/s in all "
-        f"({get('together', 'cifar_resnet8-x4', 'wall_seconds', fmt='{:.1f}')} s)"
-    )
+    for key, what in (("x4", "4 stacked"), ("x4-in-turn", "4 in turn"), ("x16", "16 stacked")):
+        lines.append(
+            f"cifar_resnet8 students together, {what}: "
+            f"{get('together', f'cifar_resnet8-{key}', 'images_per_s_in_all')} img/s in all "
+            f"({get('together', f'cifar_resnet8-{key}', 'wall_seconds', fmt='{:.1f}')} s, "
+            f"{get('together', f'cifar_resnet8-{key}', 'stacked_epochs')} epochs stacked)"
+        )
     lines.append(
         f"resnet152@224 cache pass: bf16 {get('cache224', 'bf16', 'teacher_images_per_s')} img/s, "
         f"fp32 {get('cache224', 'fp32', 'teacher_images_per_s')} img/s"
@@ -631,7 +644,10 @@ def plan(p: dict) -> list[tuple[str, float, object, tuple, bool]]:
                 False,
             )
         )
-    steps.append(("together/cifar_resnet8-x4", 30, together, ("cifar_resnet8", 4), False))
+    # issue 35: students as one stacked network ("on": the stacked path on the CPU rehearsal too), in turn, and 16
+    steps.append(("together/cifar_resnet8-x4", 30, together, ("cifar_resnet8", 4, "on"), False))
+    steps.append(("together/cifar_resnet8-x4-in-turn", 30, together, ("cifar_resnet8", 4, "off"), False))
+    steps.append(("together/cifar_resnet8-x16", 45, together, ("cifar_resnet8", 16, "on"), False))
     steps.append(("fit/cifar_resnet8-kd-ffcv", 20, fit_speed, ("cifar_resnet8", "kd", "ffcv"), False))
     for student in STUDENTS:
         steps.append((f"fit/{student}-unguided-device", 12, fit_speed, (student, "unguided", "device"), False))

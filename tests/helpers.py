@@ -12,6 +12,22 @@ from PIL import Image
 TIMING = frozenset({"seconds", "images_per_s", "data_wait_frac", "eval_seconds"})
 
 
+def student_config(out: Path, store, variant: str, seed: int, batch_size: int = 128, **kw):
+    """A 2-epoch student run of `variant` from `store`, written to out/VARIANT-sSEED."""
+    from kdstore.train.config import TrainConfig
+
+    return TrainConfig(
+        out=str(out / f"{variant}-s{seed}"),
+        store=str(store),
+        variant=variant,
+        seed=seed,
+        epochs=2,
+        batch_size=batch_size,
+        progress=False,
+        **kw,
+    )
+
+
 def untimed(row: dict) -> dict:
     """A metrics row (or a summary) without its timings: what two equal runs must agree on."""
     return {k: v for k, v in row.items() if k not in TIMING}

@@ -6,11 +6,14 @@ augmentation draws and lambda, its seed, model, optimiser and learning-rate sche
 global random state (swapped in around everything it does), and its own run directory, written
 exactly as `kdstore train` writes one. What they share is what one store gives them all: the
 data opened once, the splits held in memory once, and each validation batch read once for every
-student. A student's step is the step it would take alone, so its metrics equal its separate
-run's (bit for bit on the CPU: tests/train/test_concurrent.py).
+student.
 
-The students train in turn, an epoch each (each pass as it runs alone: its `seconds` and
-images/s are its own), then one validation pass reads each batch once for all of them; a
+Each epoch the students train either as one stacked network (stacked.py: one step for all, each
+on its own batch; `stack="on"`, or `auto` on CUDA), which computes each student's own step in
+another summation order, or in turn, an epoch each, each taking the step it would take alone
+(its metrics equal its separate run's bit for bit on the CPU: tests/train/test_concurrent.py;
+each pass's `seconds` and images/s are its own). Then one validation pass reads each batch once
+for all of them; a
 student's summary.json `seconds` is the whole group's wall time. A student whose training loss goes NaN
 or infinite is stopped after that epoch (stopped.json in its directory says when) and the
 others go on; `--resume` (the sweep resumes each killed student from its last checkpoint)
@@ -260,7 +263,8 @@ def _stacked_pass(students: list[Student], epoch: int, bar, begun: list) -> list
     synchronize(students[0].run.device)
     stack.write_back()
     seconds = time.perf_counter() - t0
-    return [p.result(lambdas, seconds, wait) for p, (_, lambdas, _) in zip(passes, begun)]
+    # `seconds` is the stack's pass, shared; `stacked` says how many students took it
+    return [{**p.result(lambdas, seconds, wait), "stacked": len(students)} for p, (_, lambdas, _) in zip(passes, begun)]
 
 
 def _close_epoch(s: Student, row: dict[str, Any], elapsed: float, epochs_timed: int) -> None:

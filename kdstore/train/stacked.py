@@ -207,7 +207,8 @@ class Stack:
             bufs = [self._momentum(r, p) for r, p in zip(self.runs, slot.own)]
             if any(b is not None for b in bufs):  # a student yet to step: zeros (its first step is then the same)
                 full = [b if b is not None else torch.zeros_like(p) for b, p in zip(bufs, slot.own)]
-                optimizer.state[slot.stacked]["momentum_buffer"] = torch.stack(full).view(slot.stacked.shape).clone()
+                buf = torch.empty_like(slot.stacked)  # the parameter's memory layout (fused SGD's wish)
+                optimizer.state[slot.stacked]["momentum_buffer"] = buf.copy_(torch.stack(full).view(buf.shape))
         return optimizer
 
     @staticmethod
@@ -257,6 +258,6 @@ class Stack:
                 mine = buf.view(len(slot.own), *p.shape)[n]
                 state = run.step.optimizer.state[p]
                 if state.get("momentum_buffer") is None:
-                    state["momentum_buffer"] = mine.clone()
+                    state["momentum_buffer"] = torch.empty_like(p).copy_(mine)
                 else:  # in place: a captured graph of the student's own step reads this very tensor
                     state["momentum_buffer"].copy_(mine)

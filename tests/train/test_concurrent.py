@@ -22,22 +22,9 @@ from kdstore.train import loop as train
 from kdstore.train.concurrent import check_together, fit_together
 from kdstore.train.config import TrainConfig
 from kdstore.train.epochs import TrainPass
-from tests.helpers import untimed
+from tests.helpers import student_config, untimed
 
 STUDENTS = (("kd", 0), ("kd", 1), ("kd-cl-sr", 0))
-
-
-def _cfg(out: Path, store, variant: str, seed: int, **kw) -> TrainConfig:
-    return TrainConfig(
-        out=str(out / f"{variant}-s{seed}"),
-        store=str(store),
-        variant=variant,
-        seed=seed,
-        epochs=2,
-        batch_size=128,
-        progress=False,
-        **kw,
-    )
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -59,13 +46,13 @@ def separate(digits_store, tmp_path_factory) -> Path:
     """The three students trained one by one, as `kdstore train` trains them."""
     out = tmp_path_factory.mktemp("separate")
     for variant, seed in STUDENTS:
-        train.run(_cfg(out, digits_store, variant, seed))
+        train.run(student_config(out, digits_store, variant, seed))
     return out
 
 
 def test_together_equals_separate_and_a_diverging_student_stops_alone(separate, digits_store, tmp_path):
-    cfgs = [_cfg(tmp_path, digits_store, v, s) for v, s in STUDENTS]
-    wild = _cfg(tmp_path / "wild", digits_store, "kd", 0, lr=1e6)  # its loss goes NaN in the first epoch
+    cfgs = [student_config(tmp_path, digits_store, v, s) for v, s in STUDENTS]
+    wild = student_config(tmp_path / "wild", digits_store, "kd", 0, lr=1e6)  # its loss goes NaN in the first epoch
     summaries = fit_together(cfgs + [wild])
     for (variant, seed), summary in zip(STUDENTS, summaries):
         name = f"{variant}-s{seed}"
@@ -105,7 +92,7 @@ def test_a_sweep_killed_mid_epoch_resumes_every_student(separate, digits_store, 
 
 
 def test_a_device_too_small_names_the_largest_number_that_fits(digits_store, tmp_path, monkeypatch):
-    cfgs = [_cfg(tmp_path, digits_store, "kd", s) for s in range(3)]
+    cfgs = [student_config(tmp_path, digits_store, "kd", s) for s in range(3)]
     per = footprint.student_bytes(cfgs[0], concurrent.data_from_store(concurrent.Store.open(str(digits_store))))
     monkeypatch.setattr(footprint, "free_bytes", lambda device: int(2.5 * per / footprint.HEADROOM))
     monkeypatch.setattr(footprint, "holds", lambda *a: False)
@@ -153,7 +140,7 @@ def test_concurrent_must_be_a_positive_number_or_auto(tmp_path, value):
 def test_a_single_run_whose_loss_diverges_stops_with_one_line(digits_store, tmp_path):
     from kdstore.errors import Diverged
 
-    cfg = _cfg(tmp_path, digits_store, "kd", 0, lr=1e6)
+    cfg = student_config(tmp_path, digits_store, "kd", 0, lr=1e6)
     with pytest.raises(Diverged, match=r"kd seed 0: the training loss is nan at epoch 1; stopped"):
         train.run(cfg)
     out = Path(cfg.out)
@@ -169,11 +156,12 @@ def test_stacked_students_write_the_runs_of_separate_students(separate, digits_s
     """`--stack on` on the CPU: the same run directories, the same order, lambda and schedule, and
     metrics that agree to the tolerance float32 rounding leaves after early training amplifies it
     (tests/train/test_stacked.py checks the stack's arithmetic itself, in float64, to 1e-12)."""
-    fit_together([_cfg(tmp_path, digits_store, v, s) for v, s in STUDENTS], stack="on")
+    fit_together([student_config(tmp_path, digits_store, v, s) for v, s in STUDENTS], stack="on")
     for variant, seed in STUDENTS:
         name = f"{variant}-s{seed}"
         alone, stacked = _rows(separate / name), _rows(tmp_path / name)
-        assert len(stacked) == 2 and stacked[0].keys() == alone[0].keys()
+        assert len(stacked) == 2 and all(r.pop("stacked") == 3 for r in stacked)
+        assert stacked[0].keys() == alone[0].keys()
         for a, b in zip(alone, stacked):
             assert {k: a.get(k) for k in BY_THE_STORE} == {k: b.get(k) for k in BY_THE_STORE}
             for k in ("train_loss", "train_ce", "train_kd"):  # measured: within 0.2%

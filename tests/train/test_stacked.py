@@ -21,6 +21,7 @@ from kdstore.train.build import build_run
 from kdstore.train.concurrent import fit_together
 from kdstore.train.config import TrainConfig
 from kdstore.train.step import Step
+from tests.helpers import student_config
 
 STUDENTS = (("kd", 0), ("kd", 1), ("kd-cl-sr", 0))
 STEPS = 3
@@ -30,16 +31,7 @@ def _runs(store, tmp_path, dtype=torch.float32, **kw):
     data = data_from_store(Store.open(str(store)))
     runs = []
     for variant, seed in STUDENTS:
-        cfg = TrainConfig(
-            out=str(tmp_path / f"{variant}-{seed}"),
-            store=str(store),
-            variant=variant,
-            seed=seed,
-            epochs=2,
-            batch_size=64,
-            progress=False,
-            **kw.get(variant, {}),
-        )
+        cfg = student_config(tmp_path, store, variant, seed, batch_size=64, **kw.get(variant, {}))
         run = build_run(cfg, data, cfg.student, "student")
         run.model.to(dtype)
         runs.append(run)
