@@ -12,20 +12,40 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network here: fail fast inste
 
 from kdstore.cache import write as cache  # noqa: E402
 from kdstore.cache.config import CacheConfig  # noqa: E402
+from kdstore.runtime import allocator  # noqa: E402
 from kdstore.train import teacher  # noqa: E402
 from kdstore.train.config import TrainConfig  # noqa: E402
 from kdstore.train.teacher import TeacherConfig  # noqa: E402
 from tests.helpers import make_imagefolder  # noqa: E402
+
+allocator.tune()  # the in-process runs allocate as the `kdstore` commands do (runtime/allocator.py)
 
 # A test that needs one of these trains a teacher on the digits data first (about 30 s on 2 cores,
 # once per session): it belongs to the slow tier whatever it does itself.
 SLOW_FIXTURES = {"digits_teacher", "digits_store", "digits_views_store"}
 
 
+# The files whose tests take longest (`--durations`, make test on 2 cores): run first, so that
+# under `--dist loadfile` no worker is left alone with one of them at the end of the session
+LONGEST_FIRST = (
+    "tests/train/test_concurrent.py",
+    "tests/train/test_distributed.py",
+    "tests/e2e/test_any_loop.py",
+    "tests/store/test_bounded_memory.py",
+    "tests/train/test_stacked.py",
+    "tests/store/test_mixed_views.py",
+    "tests/store/test_sampled_views.py",
+    "tests/train/test_teacher.py",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    root = Path(str(config.rootpath))
+    items.sort(key=lambda item: rank.get(Path(str(item.path)).relative_to(root).as_posix(), len(rank)))
 
 
 @pytest.fixture(scope="session")

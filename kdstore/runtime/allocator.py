@@ -5,9 +5,10 @@ backward frees the step's activations (a few MB each), the free space at the top
 exceeds glibc's trim threshold (twice its dynamic mmap threshold, at most 64 MB) and is returned,
 and the next step's first touch of every page is a page fault. Measured on the 2-core machine
 (torch 2.14.1, 2 threads; `kdstore train --variant kd --epochs 2`, cifar_resnet8 at batch 128, 5,000
-CIFAR-10 images; benchmarks/RESULTS.md "The allocator"): 2.0-2.3 million minor page faults and
-4.9-5.4 s of system time with the defaults, 0.5 million and 1.9 s with the settings below; wall
-time 20.3-22.1 s against 18.1-19.1 s. Peak RSS grows by at most TRIM_BYTES.
+CIFAR-10 images, each run its own process; benchmarks/RESULTS.md, "The C allocator"): with glibc's
+defaults 0.9-2.4 million minor page faults, 2.7-6.2 s of system time and 20.0-22.4 s of wall time;
+with the settings below 0.50-0.83 million, 1.9-2.6 s and 19.3-19.6 s (medians 20.3 against 19.4 s:
+1.047 times as fast), the metrics unchanged. The heap keeps at most TRIM_BYTES of free space.
 
 `kdstore`'s commands call tune() first. It changes nothing where the user chose already (glibc's
 MALLOC_*_ environment variables, or another allocator preloaded) and nothing outside glibc."""

@@ -49,7 +49,7 @@ from kdstore.train.step import sgd
 # The modules a stackable network may hold: those whose parameters are stacked (below), and
 # those that act on each channel alone
 STACKED_TYPES = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
-PER_CHANNEL = (nn.ReLU, nn.Identity, nn.AdaptiveAvgPool2d, nn.Sequential)
+PER_CHANNEL = (nn.ReLU, nn.Identity, nn.AdaptiveAvgPool2d)
 # What the students trained in one stack share beyond SHARED (concurrent.py): one optimiser over the stack
 SAME_OPTIMISER = ("lr", "head_lr", "momentum", "weight_decay", "epochs")
 
@@ -103,12 +103,14 @@ def unstackable(model: nn.Module) -> str | None:
                 return f"{name} pads with {mod.padding_mode!r}"
         elif list(mod.parameters(recurse=False)) or list(mod.buffers(recurse=False)):
             return f"{name} ({type(mod).__name__}) holds tensors that cannot be stacked"
+        elif not list(mod.children()) and not isinstance(mod, PER_CHANNEL):
+            return f"{name} ({type(mod).__name__}) is not known to act on each channel alone"
     return None
 
 
 def stack_models(models: list[nn.Module]) -> nn.Module:
-    """One network computing all of `models` (module docstring); its tensors are uninitialised
-    (Stack.load fills them)."""
+    """One network computing all of `models` (module docstring); its tensors are not yet the
+    students' (a Stack fills them, Slot.load)."""
     n = len(models)
     stacked = copy.deepcopy(models[0])
     for name, mod in list(stacked.named_modules()):

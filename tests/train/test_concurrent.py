@@ -156,11 +156,12 @@ def test_stacked_students_write_the_runs_of_separate_students(separate, digits_s
     """`--stack on` on the CPU: the same run directories, the same order, lambda and schedule, and
     metrics that agree to the tolerance float32 rounding leaves after early training amplifies it
     (tests/train/test_stacked.py checks the stack's arithmetic itself, in float64, to 1e-12)."""
-    fit_together([student_config(tmp_path, digits_store, v, s) for v, s in STUDENTS], stack="on")
-    for variant, seed in STUDENTS:
+    pair = STUDENTS[1:]  # two variants, two seeds: the suite's time is short
+    fit_together([student_config(tmp_path, digits_store, v, s) for v, s in pair], stack="on")
+    for variant, seed in pair:
         name = f"{variant}-s{seed}"
         alone, stacked = _rows(separate / name), _rows(tmp_path / name)
-        assert len(stacked) == 2 and all(r.pop("stacked") == 3 for r in stacked)
+        assert len(stacked) == 2 and all(r.pop("stacked") == 2 for r in stacked)
         assert stacked[0].keys() == alone[0].keys()
         for a, b in zip(alone, stacked):
             assert {k: a.get(k) for k in BY_THE_STORE} == {k: b.get(k) for k in BY_THE_STORE}

@@ -24,14 +24,14 @@ from kdstore.train.step import Step
 from tests.helpers import student_config
 
 STUDENTS = (("kd", 0), ("kd", 1), ("kd-cl-sr", 0))
-STEPS = 3
+STEPS = 2
 
 
-def _runs(store, tmp_path, dtype=torch.float32, **kw):
+def _runs(store, tmp_path, dtype=torch.float32, batch_size=64, **kw):
     data = data_from_store(Store.open(str(store)))
     runs = []
     for variant, seed in STUDENTS:
-        cfg = student_config(tmp_path, store, variant, seed, batch_size=64, **kw.get(variant, {}))
+        cfg = student_config(tmp_path, store, variant, seed, batch_size=batch_size, **kw.get(variant, {}))
         run = build_run(cfg, data, cfg.student, "student")
         run.model.to(dtype)
         runs.append(run)
@@ -51,7 +51,7 @@ def _state(run):
 def test_in_float64_a_stack_steps_exactly_as_its_students_alone(digits_store, tmp_path, monkeypatch):
     cast = Step._input
     monkeypatch.setattr(Step, "_input", lambda self, x: cast(self, x).double())
-    alone, together = _runs(digits_store, tmp_path, torch.float64), _runs(digits_store, tmp_path, torch.float64)
+    alone, together = (_runs(digits_store, tmp_path, torch.float64, batch_size=32) for _ in range(2))
     batches = []
     for run in alone:
         run.loader.set_epoch(0)
@@ -98,6 +98,9 @@ def test_what_cannot_be_stacked_is_named(digits_store, tmp_path):
     runs = _runs(digits_store, tmp_path, **{"kd-cl-sr": {"lr": 0.1}})
     assert stacked.blocker(runs) == "the students differ in lr"
     assert stacked.blocker(runs[:2]) is None
+    net = runs[0].model
+    net.stages[0][0].shortcut = nn.Dropout(0.1)  # draws random numbers: not each student's own draws
+    assert "stages.0.0.shortcut (Dropout) is not known to act on each channel alone" in stacked.unstackable(net)
 
 
 def test_a_bad_stack_mode_is_one_line(digits_store, tmp_path):
