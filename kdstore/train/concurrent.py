@@ -13,10 +13,9 @@ on its own batch; `stack="on"`, or `auto` on CUDA), which computes each student'
 another summation order, or in turn, an epoch each, each taking the step it would take alone
 (its metrics equal its separate run's bit for bit on the CPU: tests/train/test_concurrent.py;
 each pass's `seconds` and images/s are its own). Then one validation pass reads each batch once
-for all of them; a
-student's summary.json `seconds` is the whole group's wall time. A student whose training loss goes NaN
-or infinite is stopped after that epoch (stopped.json in its directory says when) and the
-others go on; `--resume` (the sweep resumes each killed student from its last checkpoint)
+for all of them; a student's summary.json `seconds` is the whole group's wall time. A student
+whose training loss goes NaN or infinite is stopped after that epoch (stopped.json in its
+directory says when) and the others go on; `--resume` (the sweep resumes each killed student from its last checkpoint)
 continues every student from its own epoch."""
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from kdstore.loader.batch import Batch, kd_loss
+from kdstore.loader.batch import Batch
 from kdstore.models.cifar import CIFAR_ARCHS
 from kdstore.runtime.precision import autocast, device_layout, for_device
 from kdstore.train.build import Run
@@ -225,14 +225,7 @@ class Stack:
         with autocast(self.device, first.amp):
             images = torch.cat([r.step._input(b.images) for r, b in zip(runs, batches)], dim=1)
             logits = self.model(device_layout(images)).view(len(batches[0]), n, -1)
-        out, losses = [], []
-        for i, (run, batch) in enumerate(zip(runs, batches)):
-            z = logits[:, i].float()
-            s = run.step
-            terms = kd_loss(z, batch, tau=s.tau, label_smoothing=s.label_smoothing, loss=s.loss)
-            losses.append(terms.loss)
-            correct = (z.argmax(1) == batch.labels).sum()
-            out.append({"loss": terms.loss.detach(), "ce": terms.ce, "kd": terms.kd, "correct": correct})
+        losses, out = zip(*(run.step.terms(logits[:, i], batch) for i, (run, batch) in enumerate(zip(runs, batches))))
         torch.stack(losses).sum().backward()
         for group, own in zip(self.optimizer.param_groups, first.optimizer.param_groups):
             group["lr"] = own["lr"]  # the students' schedules (equal: blocker) set this step's rate
@@ -241,7 +234,7 @@ class Stack:
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
             for run in runs:
                 run.step.scheduler.step()
-        return out
+        return list(out)
 
     def write_back(self) -> None:
         """The stack's parameters, buffers, BatchNorm counters and momentum into each student's own

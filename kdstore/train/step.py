@@ -77,6 +77,17 @@ class Step:
             logits = self.model(self._input(batch.images))
             # a two-view loss (mlkd): the second view in its own forward pass (its own BatchNorm statistics)
             pair = None if batch.pair is None else self.model(self._input(batch.pair.images))
+        loss, out = self.terms(logits, batch, pair)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return out
+
+    def terms(
+        self, logits: torch.Tensor, batch: Batch, pair: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The run's loss of the student's logits on `batch` (and on its second view's, `pair`),
+        and what a step returns of it: the loss and its CE and KD terms (detached), the number right."""
         terms = kd_loss(
             logits.float(),
             batch,
@@ -85,12 +96,5 @@ class Step:
             loss=self.loss,
             pair_logits=None if pair is None else pair.float(),
         )
-        self.scaler.scale(terms.loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return {
-            "loss": terms.loss.detach(),
-            "ce": terms.ce,
-            "kd": terms.kd,
-            "correct": (logits.argmax(1) == batch.labels).sum(),
-        }
+        correct = (logits.argmax(1) == batch.labels).sum()
+        return terms.loss, {"loss": terms.loss.detach(), "ce": terms.ce, "kd": terms.kd, "correct": correct}
